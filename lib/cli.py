@@ -1,0 +1,188 @@
+"""The command line shared by every template and entry script.
+
+``python TEMPLATE CODE_DIR DATA_DIR JOB_DIR --id ID --rid RID --gpu 0 [--set k=v ...]``
+
+This module must not import Keras: ``--gpu`` and the thread limits only take
+effect when they are set before Keras (and TensorFlow) are first imported.
+"""
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import random
+import sys
+
+from . import config as config_lib
+from .errors import UserError
+
+DONE_FILE = "metrics.json"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"command line: {message} (see --help)")
+
+
+def build_parser(description):
+    p = _Parser(description=description)
+    p.add_argument("code_dir", help="folder holding this project's lib/ (e.g. '.')")
+    p.add_argument("data_dir", help="dataset folder with train/{x,y} and test/{x,y}")
+    p.add_argument("job_dir", help="folder for results; the run goes to JOB_DIR/<id>_<rid>/")
+    p.add_argument("--id", default="job", help="experiment name (default: job)")
+    p.add_argument("--rid", default="0", help="run number, a non-negative integer (default: 0)")
+    p.add_argument("--gpu", default="0", help="GPU index or list ('0', '0,1') or 'cpu' (default: 0)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for Keras/NumPy (default: all)")
+    p.add_argument("--config", help="JSON file with configuration sections, applied after the template's block")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one option, e.g. --set train.epochs=50 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run with the same id and rid")
+    return p
+
+
+def parse_args(argv=None, description="EM segmentation experiment"):
+    """Parse and check the command line; raise UserError on bad arguments."""
+    args = build_parser(description).parse_args(argv)
+    if not args.rid.isdigit():
+        raise UserError(f"--rid {args.rid}: expected a non-negative integer run number")
+    if not args.id or any(c in args.id for c in "/\\") or args.id.startswith("."):
+        raise UserError(f"--id {args.id!r}: expected a plain name without slashes")
+    gpu = args.gpu.strip().lower()
+    if gpu != "cpu" and not all(p.strip().isdigit() for p in gpu.split(",")):
+        raise UserError(f"--gpu {args.gpu}: expected 'cpu', an index such as 0, or a list such as 0,1")
+    if args.threads < 0:
+        raise UserError(f"--threads {args.threads}: expected 0 (all cores) or a positive number")
+    args.gpu = gpu
+    return args
+
+
+def select_device(gpu, threads):
+    """Set the environment that Keras/TensorFlow read at import time."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if gpu == "cpu" else gpu.replace(" ", "")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if threads:
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+            os.environ[var] = str(threads)
+
+
+def check_gpu(gpu):
+    """After Keras is imported: raise UserError if the requested GPUs are not visible."""
+    if gpu == "cpu":
+        return
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
+    import tensorflow as tf
+
+    if not tf.config.list_physical_devices("GPU"):
+        print(f"warning: --gpu {gpu}: no GPU visible to TensorFlow; running on the CPU", file=sys.stderr)
+
+
+def load_config(template_config, args):
+    """Defaults <- template block <- --config file <- --set overrides, validated."""
+    cfg = config_lib.from_dict(template_config or {}, source="template CONFIG")
+    if args.config:
+        cfg = config_lib.from_dict(config_lib.load_json(args.config), base=cfg, source=f"--config {args.config}")
+    config_lib.apply_overrides(cfg, args.overrides)
+    return cfg.validate()
+
+
+def run_dir_for(args):
+    return os.path.join(args.job_dir, f"{args.id}_{args.rid}")
+
+
+def next_free_rid(job_dir, run_id):
+    rid = 0
+    while os.path.exists(os.path.join(job_dir, f"{run_id}_{rid}")):
+        rid += 1
+    return rid
+
+
+def check_run_dir(args):
+    """Refuse to overwrite a finished run unless ``--overwrite``; check JOB_DIR is writable.
+
+    Returns True when an unfinished run folder exists (the run resumes).
+    """
+    run_dir = run_dir_for(args)
+    parent = os.path.abspath(args.job_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{args.job_dir}: JOB_DIR is not writable (no write permission on {parent})")
+    if os.path.isfile(args.job_dir):
+        raise UserError(f"{args.job_dir}: JOB_DIR is a file; expected a folder")
+    if os.path.exists(os.path.join(run_dir, DONE_FILE)):
+        if args.overwrite:
+            return False
+        raise UserError(
+            f"{run_dir} holds a finished run; use --rid {next_free_rid(args.job_dir, args.id)} "
+            "for a new run or --overwrite to replace it"
+        )
+    return os.path.isdir(run_dir)
+
+
+def create_run_dir(args, cfg):
+    """Create ``JOB_DIR/<id>_<rid>/`` with ``config.json`` and ``environment.json``."""
+    import shutil
+
+    from . import io
+
+    run_dir = run_dir_for(args)
+    if args.overwrite and os.path.exists(os.path.join(run_dir, DONE_FILE)):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    io.write_text(os.path.join(run_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
+    io.write_text(os.path.join(run_dir, "environment.json"), json.dumps(environment(args), indent=2) + "\n")
+    return run_dir
+
+
+def environment(args):
+    """Versions, backend and devices, recorded with every run."""
+    import keras
+    import numpy
+    import skimage
+
+    env = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "numpy": numpy.__version__,
+        "scikit-image": skimage.__version__,
+        "gpu": args.gpu,
+        "threads": args.threads or os.cpu_count(),
+    }
+    if env["backend"] == "tensorflow":
+        import tensorflow as tf
+
+        env["tensorflow"] = tf.__version__
+        env["devices"] = [d.name for d in tf.config.list_logical_devices()]
+    return env
+
+
+def seed_everything(seed):
+    import keras
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn UserError into one ``error: ...`` line on stderr and exit status 2."""
+    try:
+        yield
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        sys.exit(130)

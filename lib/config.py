@@ -1,0 +1,381 @@
+"""Experiment configuration: dataclasses, defaults, validation, JSON and overrides.
+
+A configuration has six sections (``data``, ``augment``, ``model``, ``train``,
+``inference``, ``post``). Values come, in increasing priority, from the
+dataclass defaults, the template's ``CONFIG`` block, a ``--config FILE.json``
+and ``--set section.key=value`` options. Every value is type-checked and
+range-checked; a bad one raises :class:`lib.errors.UserError` naming the option.
+"""
+
+import ast
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import List, Optional, Union
+
+from .errors import UserError
+
+NORMALIZATIONS = ("per_image", "dtype_max", "zscore")
+VAL_SPLITS = ("random", "last")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+UPSAMPLINGS = ("transpose", "resize")
+ACTIVATIONS = ("relu", "elu", "leaky_relu", "gelu", "swish")
+WINDOWS = ("gaussian", "spline")
+
+
+@dataclass
+class DataConfig:
+    normalization: str = "per_image"
+    val_fraction: float = 0.1
+    val_split: str = "random"
+    crop_shape: List[int] = field(default_factory=lambda: [256, 256])
+    random_crops: bool = True
+    min_fg_fraction: float = 0.0
+    fg_sampling: float = 0.0
+    replicate: int = 1
+
+    def validate(self):
+        _choice("data.normalization", self.normalization, NORMALIZATIONS)
+        _choice("data.val_split", self.val_split, VAL_SPLITS)
+        _range("data.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
+        _shape("data.crop_shape", self.crop_shape)
+        _range("data.min_fg_fraction", self.min_fg_fraction, 0.0, 1.0, high_open=True)
+        _range("data.fg_sampling", self.fg_sampling, 0.0, 1.0)
+        _range("data.replicate", self.replicate, 1, None)
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    flip_p: float = 0.5
+    rot90_p: float = 0.5
+    rotation_p: float = 0.0
+    rotation_range: float = 180.0
+    elastic_p: float = 0.0
+    elastic_alpha: float = 30.0
+    elastic_sigma: float = 5.0
+    zoom_p: float = 0.0
+    zoom_range: List[float] = field(default_factory=lambda: [0.8, 1.2])
+    shift_p: float = 0.0
+    shift_range: float = 0.1
+    shear_p: float = 0.0
+    shear_range: float = 10.0
+    brightness_p: float = 0.0
+    brightness_range: float = 0.1
+    contrast_p: float = 0.0
+    contrast_range: List[float] = field(default_factory=lambda: [0.8, 1.2])
+    gamma_p: float = 0.0
+    gamma_range: List[float] = field(default_factory=lambda: [0.8, 1.25])
+    blur_p: float = 0.0
+    blur_sigma: List[float] = field(default_factory=lambda: [0.0, 1.5])
+    median_p: float = 0.0
+    median_size: int = 3
+    noise_p: float = 0.0
+    noise_std: float = 0.03
+    missing_section_p: float = 0.0
+    misalignment_p: float = 0.0
+    misalignment_max_shift: int = 10
+    samples: int = 0
+
+    def validate(self):
+        for f in dataclasses.fields(self):
+            if f.name.endswith("_p"):
+                _range(f"augment.{f.name}", getattr(self, f.name), 0.0, 1.0)
+        _range("augment.rotation_range", self.rotation_range, 0.0, 360.0)
+        _range("augment.elastic_alpha", self.elastic_alpha, 0.0, None)
+        _range("augment.elastic_sigma", self.elastic_sigma, 0.0, None, low_open=True)
+        _interval("augment.zoom_range", self.zoom_range, 0.0, None, low_open=True)
+        _range("augment.shift_range", self.shift_range, 0.0, 1.0)
+        _range("augment.shear_range", self.shear_range, 0.0, 89.0)
+        _range("augment.brightness_range", self.brightness_range, 0.0, 1.0)
+        _interval("augment.contrast_range", self.contrast_range, 0.0, None, low_open=True)
+        _interval("augment.gamma_range", self.gamma_range, 0.0, None, low_open=True)
+        _interval("augment.blur_sigma", self.blur_sigma, 0.0, None)
+        _range("augment.median_size", self.median_size, 1, None)
+        _range("augment.noise_std", self.noise_std, 0.0, None)
+        _range("augment.misalignment_max_shift", self.misalignment_max_shift, 0, None)
+        _range("augment.samples", self.samples, 0, None)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    depth: int = 4
+    filters: int = 16
+    dropout: Union[float, List[float]] = field(default_factory=lambda: [0.1, 0.1, 0.2, 0.2, 0.3])
+    spatial_dropout: bool = False
+    batch_norm: bool = True
+    activation: str = "elu"
+    upsampling: str = "transpose"
+    pool_size: Optional[List[int]] = None
+
+    def validate(self):
+        # Imported here: the network registry imports Keras, which must not be
+        # loaded before the command line has chosen the device.
+        from .networks import MODEL_NAMES
+
+        _choice("model.name", self.name, MODEL_NAMES)
+        _range("model.depth", self.depth, 1, 8)
+        _range("model.filters", self.filters, 1, None)
+        _choice("model.activation", self.activation, ACTIVATIONS)
+        _choice("model.upsampling", self.upsampling, UPSAMPLINGS)
+        rates = self.dropout if isinstance(self.dropout, list) else [self.dropout]
+        if isinstance(self.dropout, list) and len(rates) != self.depth + 1:
+            raise UserError(
+                f"model.dropout: expected one rate per level ({self.depth + 1} values for "
+                f"model.depth={self.depth}) or a single number, got {len(rates)} values"
+            )
+        for r in rates:
+            _range("model.dropout", r, 0.0, 1.0, high_open=True)
+        if self.pool_size is not None:
+            _shape("model.pool_size", self.pool_size, low=1)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 4
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    loss: str = "bce"
+    patience: int = 30
+    time_limit_minutes: float = 0.0
+    seed: int = 42
+    workers: int = 1
+
+    def validate(self):
+        from .losses import LOSS_NAMES
+
+        _range("train.epochs", self.epochs, 1, None)
+        _range("train.batch_size", self.batch_size, 1, None)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _range("train.learning_rate", self.learning_rate, 0.0, None, low_open=True)
+        _range("train.momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _range("train.weight_decay", self.weight_decay, 0.0, None)
+        _choice("train.loss", self.loss, LOSS_NAMES)
+        _range("train.patience", self.patience, 0, None)
+        _range("train.time_limit_minutes", self.time_limit_minutes, 0.0, None)
+        _range("train.seed", self.seed, 0, 2**32 - 1)
+        _range("train.workers", self.workers, 1, None)
+
+
+@dataclass
+class InferenceConfig:
+    per_crop: bool = True
+    merged: bool = True
+    tiled: bool = True
+    overlap: float = 0.5
+    window: str = "gaussian"
+    threshold: float = 0.5
+    batch_size: int = 8
+
+    def validate(self):
+        _range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
+        _choice("inference.window", self.window, WINDOWS)
+        _range("inference.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
+        _range("inference.batch_size", self.batch_size, 1, None)
+        if not (self.per_crop or self.merged or self.tiled):
+            raise UserError(
+                "inference: every prediction variant is switched off; set at least one of "
+                "inference.per_crop, inference.merged, inference.tiled to true"
+            )
+
+
+@dataclass
+class PostConfig:
+    z_filter: bool = False
+    z_filter_size: int = 5
+
+    def validate(self):
+        _range("post.z_filter_size", self.z_filter_size, 1, None)
+        if self.z_filter_size % 2 == 0:
+            raise UserError(f"post.z_filter_size: expected an odd number, got {self.z_filter_size}")
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    post: PostConfig = field(default_factory=PostConfig)
+
+    def validate(self):
+        """Check every option; raise UserError naming the first bad one."""
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate()
+        return self
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def from_dict(values, base=None, source="configuration"):
+    """Build a Config from nested ``{section: {key: value}}``, on top of ``base``.
+
+    Unknown sections or keys and values of the wrong type raise UserError that
+    names ``source`` and the option.
+    """
+    cfg = _copy(base) if base is not None else Config()
+    if not isinstance(values, dict):
+        raise UserError(f"{source}: expected a mapping of sections {SECTIONS}, got {type(values).__name__}")
+    for section, entries in values.items():
+        if section not in SECTIONS:
+            raise UserError(f"{source}: unknown section '{section}'{_suggest(section, SECTIONS)}; "
+                            f"sections are {', '.join(SECTIONS)}")
+        if not isinstance(entries, dict):
+            raise UserError(f"{source}: section '{section}' must be a mapping of options")
+        for key, value in entries.items():
+            set_option(cfg, f"{section}.{key}", value, source)
+    return cfg
+
+
+def set_option(cfg, dotted, value, source="--set"):
+    """Set ``section.key`` on ``cfg`` to ``value`` after checking its type."""
+    section, _, key = dotted.partition(".")
+    if section not in SECTIONS or not key:
+        raise UserError(f"{source}: unknown option '{dotted}'{_suggest(dotted, all_keys())}; "
+                        "expected section.key, e.g. train.epochs")
+    sub = getattr(cfg, section)
+    names = [f.name for f in dataclasses.fields(sub)]
+    if key not in names:
+        raise UserError(f"{source}: unknown option '{dotted}'"
+                        f"{_suggest(dotted, all_keys())}")
+    hint = typing.get_type_hints(type(sub))[key]
+    setattr(sub, key, _coerce(dotted, value, hint))
+
+
+def apply_overrides(cfg, overrides):
+    """Apply ``--set section.key=value`` strings; values are parsed as JSON or Python literals."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set {item}: expected section.key=value, e.g. train.epochs=50")
+        dotted, _, text = item.partition("=")
+        set_option(cfg, dotted.strip(), parse_value(text.strip()), f"--set {item}")
+    return cfg
+
+
+def parse_value(text):
+    """Parse a command-line value: JSON, then Python literal, then plain string."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError):
+            continue
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    return text
+
+
+def load_json(path):
+    """Read a configuration JSON file (as written to ``config.json``)."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"--config {path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--config {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def all_keys():
+    cfg = Config()
+    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))]
+
+
+def _copy(cfg):
+    return Config(**{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
+
+
+def _suggest(word, options):
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(hint):
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _coerce(name, value, hint):
+    """Return ``value`` converted to the annotated type, or raise UserError."""
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(name, value, arg)
+            except UserError:
+                continue
+        raise UserError(f"{name}: expected {' or '.join(_type_name(a) for a in args if a is not type(None))}"
+                        f"{' or null' if type(None) in args else ''}, got {value!r}")
+    if origin in (list, List):
+        (item,) = typing.get_args(hint)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise UserError(f"{name}: expected a list of {_type_name(item)}, got {value!r}")
+        return [_coerce(name, v, item) for v in value]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{name}: expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{name}: expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{name}: expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{name}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported option type {hint} for {name}")
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise UserError(f"{name}: unknown value '{value}'{_suggest(str(value), choices)}; "
+                        f"expected one of {', '.join(choices)}")
+
+
+def _range(name, value, low, high, low_open=False, high_open=False):
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lo = "-inf" if low is None else low
+        hi = "inf" if high is None else high
+        interval = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise UserError(f"{name}: expected a value in {interval}, got {value}")
+
+
+def _interval(name, value, low, high, low_open=False):
+    if len(value) != 2 or value[0] > value[1]:
+        raise UserError(f"{name}: expected [min, max] with min <= max, got {value}")
+    for v in value:
+        _range(name, v, low, high, low_open=low_open)
+
+
+def _shape(name, value, low=2):
+    if len(value) not in (2, 3):
+        raise UserError(f"{name}: expected 2 (y, x) or 3 (z, y, x) sizes, got {value}")
+    for v in value:
+        _range(name, v, low, None)

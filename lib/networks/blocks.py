@@ -1,0 +1,222 @@
+"""Dimension-generic layers and blocks shared by every network.
+
+Every function takes a :class:`Ops` first: it holds the number of spatial
+dimensions and the model options, and picks ``Conv2D`` or ``Conv3D`` (and the
+pooling, upsampling and dropout layers) accordingly, so each block below is
+written once for 2D and 3D.
+"""
+
+from keras import layers
+
+# Reduction ratio of the squeeze-and-excitation bottleneck (Hu et al. 2018 use
+# 16; our default 16 filters at the first level would squeeze to a single unit).
+SE_RATIO = 8
+# Width multiplier of a MultiRes block (Ibtehaz & Rahman 2020, alpha = 1.67)
+# and the split of its width over the 3x3, "5x5" and "7x7" chains.
+MULTIRES_ALPHA = 1.67
+MULTIRES_SPLIT = (0.167, 0.333, 0.5)
+
+
+class Ops:
+    """Layer factory for one network: 2D or 3D, with the model's options.
+
+    Parameters
+    ----------
+    ndim : int
+        Number of spatial dimensions, 2 or 3.
+    cfg : lib.config.ModelConfig
+        Supplies ``activation``, ``batch_norm``, ``spatial_dropout`` and
+        ``upsampling``.
+    pool : tuple of int
+        Pooling factor per spatial axis, e.g. ``(2, 2)`` or ``(1, 2, 2)``.
+    """
+
+    def __init__(self, ndim, cfg, pool):
+        self.ndim = ndim
+        self.cfg = cfg
+        self.pool = tuple(pool)
+
+    def _layer(self, kind, suffix=""):
+        return getattr(layers, f"{kind}{self.ndim}D{suffix}")
+
+    def conv(self, x, filters, kernel_size=3, strides=1, use_bias=True):
+        """Convolution with 'same' padding and He initialisation, no activation."""
+        return self._layer("Conv")(
+            filters, kernel_size, strides=strides, padding="same",
+            use_bias=use_bias, kernel_initializer="he_normal",
+        )(x)
+
+    def norm(self, x):
+        """Batch normalisation, or ``x`` unchanged when ``model.batch_norm`` is off.
+
+        Momentum 0.9 rather than Keras' 0.99: with the few steps per epoch of small EM
+        training sets, 0.99 leaves the inference-time statistics far from the training
+        ones for dozens of epochs, and validation predictions collapse to one class.
+        """
+        return layers.BatchNormalization(momentum=0.9)(x) if self.cfg.batch_norm else x
+
+    def act(self, x):
+        """The model's activation (``model.activation``)."""
+        return layers.Activation(self.cfg.activation)(x)
+
+    def conv_norm_act(self, x, filters, kernel_size=3, activate=True):
+        """Convolution, optional batch norm, optional activation.
+
+        The convolution has no bias when batch norm follows, whose offset
+        makes it redundant.
+        """
+        x = self.conv(x, filters, kernel_size, use_bias=not self.cfg.batch_norm)
+        x = self.norm(x)
+        return self.act(x) if activate else x
+
+    def pool_down(self, x):
+        """Max pooling by the model's pooling factor."""
+        return self._layer("MaxPooling")(pool_size=self.pool)(x)
+
+    def up(self, x, filters):
+        """Upsample by the pooling factor, with ``filters`` output channels.
+
+        ``transpose`` learns the upsampling (a transposed convolution with
+        kernel = stride = pool); ``resize`` repeats voxels and then convolves,
+        which avoids the checkerboard artefacts of transposed convolutions.
+        """
+        if self.cfg.upsampling == "transpose":
+            return self._layer("Conv", "Transpose")(
+                filters, self.pool, strides=self.pool, padding="same",
+                kernel_initializer="he_normal",
+            )(x)
+        x = self._layer("UpSampling")(size=self.pool)(x)
+        return self.conv(x, filters)
+
+    def upsample_by(self, x, factor):
+        """Nearest-neighbour upsampling by ``factor`` per axis (no weights)."""
+        return self._layer("UpSampling")(size=factor)(x)
+
+    def dropout(self, x, rate):
+        """(Spatial) dropout at ``rate``; no layer at all when the rate is 0."""
+        if rate <= 0:
+            return x
+        kind = self._layer("SpatialDropout") if self.cfg.spatial_dropout else layers.Dropout
+        return kind(rate)(x)
+
+    def global_pool(self, x):
+        """Global average over the spatial axes, kept as size-1 axes for broadcasting."""
+        return self._layer("GlobalAveragePooling")(keepdims=True)(x)
+
+
+def conv_block(ops, x, filters):
+    """Two 3x3(x3) convolutions, each followed by batch norm and activation (U-Net)."""
+    x = ops.conv_norm_act(x, filters)
+    return ops.conv_norm_act(x, filters)
+
+
+def residual_block(ops, x, filters, preactivate=True):
+    """Pre-activation residual block (He et al. 2016; Zhang et al. 2018).
+
+    ``[BN, act,] conv, BN, act, conv`` plus a 1x1 projection shortcut. The
+    shortcut is always projected because every block of the network changes
+    the channel count (input to ``filters``, pooled or concatenated features).
+
+    Parameters
+    ----------
+    preactivate : bool
+        False for the first block of the network, whose input is the image:
+        an activation there would discard the negative half of normalised
+        intensities.
+    """
+    shortcut = ops.norm(ops.conv(x, filters, 1, use_bias=not ops.cfg.batch_norm))
+    if preactivate:
+        x = ops.act(ops.norm(x))
+    x = ops.conv_norm_act(x, filters)
+    x = ops.conv(x, filters)
+    return layers.Add()([shortcut, x])
+
+
+def first_residual_block(ops, x, filters):
+    """:func:`residual_block` without pre-activation, for the image input."""
+    return residual_block(ops, x, filters, preactivate=False)
+
+
+def squeeze_excite(ops, x, filters):
+    """Squeeze-and-excitation (Hu et al. 2018): rescale channels by global context."""
+    s = ops.global_pool(x)
+    s = layers.Dense(max(1, filters // SE_RATIO), activation="relu", kernel_initializer="he_normal")(s)
+    s = layers.Dense(filters, activation="sigmoid")(s)
+    return layers.Multiply()([x, s])
+
+
+def se_conv_block(ops, x, filters):
+    """:func:`conv_block` followed by :func:`squeeze_excite`."""
+    return squeeze_excite(ops, conv_block(ops, x, filters), filters)
+
+
+def attention_gate(ops, skip, gating, filters):
+    """Additive attention gate (Oktay et al. 2018) weighting a skip connection.
+
+    ``alpha = sigmoid(psi(relu(W_x skip + W_g gating)))`` and the gate returns
+    ``alpha * skip``. Here the gating signal is the decoder feature already
+    upsampled to the skip's resolution, so the attention map is computed at
+    full resolution and needs no resampling.
+
+    Parameters
+    ----------
+    skip : tensor, shape (N, *spatial, F)
+        Encoder feature to be gated.
+    gating : tensor, shape (N, *spatial, G)
+        Decoder feature at the same resolution.
+    filters : int
+        Channels of the skip; the intermediate space has half as many.
+    """
+    inter = max(1, filters // 2)
+    theta = ops.conv(skip, inter, 1, use_bias=False)
+    phi = ops.conv(gating, inter, 1)
+    f = layers.Activation("relu")(layers.Add()([theta, phi]))
+    alpha = layers.Activation("sigmoid")(ops.conv(f, 1, 1))
+    return layers.Multiply()([skip, alpha])
+
+
+def multires_block(ops, x, filters):
+    """MultiRes block (Ibtehaz & Rahman 2020).
+
+    Three chained 3x3 convolutions approximate 3x3, 5x5 and 7x7 receptive
+    fields; their outputs are concatenated and added to a 1x1 shortcut.
+    The block is ``MULTIRES_ALPHA`` times wider than ``filters``.
+    """
+    width = MULTIRES_ALPHA * filters
+    sizes = [max(1, int(width * s)) for s in MULTIRES_SPLIT]
+    shortcut = ops.conv_norm_act(x, sum(sizes), 1, activate=False)
+    chain = []
+    for size in sizes:
+        x = ops.conv_norm_act(x, size)
+        chain.append(x)
+    x = ops.norm(layers.Concatenate()(chain))
+    x = ops.act(layers.Add()([shortcut, x]))
+    return ops.norm(x)
+
+
+def res_path(ops, x, filters, length):
+    """Res path (Ibtehaz & Rahman 2020): ``length`` residual 3x3 convolutions.
+
+    Applied to a skip connection to narrow the semantic gap between encoder
+    and decoder features; deeper skips, which are closer semantically, get
+    shorter paths.
+    """
+    for _ in range(length):
+        shortcut = ops.conv_norm_act(x, filters, 1, activate=False)
+        x = ops.conv_norm_act(x, filters)
+        x = ops.act(layers.Add()([shortcut, x]))
+        x = ops.norm(x)
+    return x
+
+
+def sigmoid_head(ops, x, n_outputs, name, upsample=None):
+    """1x1 convolution to ``n_outputs`` logits, optional upsampling, float32 sigmoid.
+
+    Upsampling (nearest neighbour, by ``upsample`` per axis) acts on the
+    logits and so adds no weights; the sigmoid runs in float32 so that
+    probabilities, and the loss on them, stay accurate under mixed precision.
+    """
+    x = ops.conv(x, n_outputs, 1)
+    if upsample is not None:
+        x = ops.upsample_by(x, upsample)
+    return layers.Activation("sigmoid", dtype="float32", name=name)(x)

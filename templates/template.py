@@ -1,0 +1,127 @@
+"""2D U-Net for EM segmentation, with the dataset held in memory.
+
+Usage::
+
+    python templates/template.py CODE_DIR DATA_DIR JOB_DIR --id 400 --rid 0 --gpu 0 \
+        [--set train.epochs=50 ...] [--config FILE.json] [--threads N] [--overwrite]
+
+CODE_DIR is the folder holding this project's ``lib/``; DATA_DIR holds
+``train/{x,y}`` and ``test/{x,y}``; results go to ``JOB_DIR/<id>_<rid>/``.
+Copy this file to start a new experiment and edit CONFIG below; any option can
+also be changed from the command line with ``--set section.key=value``.
+"""
+
+CONFIG = {
+    "data": {
+        "normalization": "per_image",  # per_image (min-max per image) | dtype_max (x / 255 for uint8) | zscore (training mean/std)
+        "val_fraction": 0.1,           # share of training images kept for validation (0 disables validation)
+        "val_split": "random",         # random | last (the last images, e.g. the end of a stack)
+        "crop_shape": [256, 256],      # training crop / inference tile (y, x); divisible by 2**model.depth
+        "random_crops": True,          # True: a new random crop per image per epoch; False: fixed grid of crops
+        "min_fg_fraction": 0.0,        # fixed crops only: discard training crops with less foreground (0-1)
+        "fg_sampling": 0.0,            # random crops: share of crops centred on foreground (0 = uniform)
+        "replicate": 1,                # times each training image is sampled per epoch
+    },
+    "augment": {
+        "enabled": True,               # False: no augmentation at all
+        "flip_p": 0.5,                 # probability of a flip, per axis
+        "rot90_p": 0.5,                # probability of a 90/180/270-degree rotation
+        "rotation_p": 0.0,             # probability of a free rotation (reflect padding)
+        "rotation_range": 180.0,       # free rotation angle, degrees, uniform in [-r, r]
+        "elastic_p": 0.0,              # probability of an elastic deformation
+        "elastic_alpha": 30.0,         # elastic displacement strength, pixels
+        "elastic_sigma": 5.0,          # elastic smoothness, pixels
+        "zoom_p": 0.0,                 # probability of a zoom
+        "zoom_range": [0.8, 1.2],      # zoom factor range
+        "shift_p": 0.0,                # probability of a shift
+        "shift_range": 0.1,            # shift, fraction of the crop size
+        "shear_p": 0.0,                # probability of a shear
+        "shear_range": 10.0,           # shear angle, degrees
+        "brightness_p": 0.0,           # probability of a brightness change
+        "brightness_range": 0.1,       # additive brightness change
+        "contrast_p": 0.0,             # probability of a contrast change
+        "contrast_range": [0.8, 1.2],  # contrast factor range
+        "gamma_p": 0.0,                # probability of a gamma change
+        "gamma_range": [0.8, 1.25],    # gamma range
+        "blur_p": 0.0,                 # probability of a Gaussian blur
+        "blur_sigma": [0.0, 1.5],      # blur sigma range, pixels
+        "median_p": 0.0,               # probability of a median filter
+        "median_size": 3,              # median filter size, pixels
+        "noise_p": 0.0,                # probability of Gaussian noise
+        "noise_std": 0.03,             # noise standard deviation
+        "missing_section_p": 0.0,      # 3D only: probability of a blank or duplicated slice
+        "misalignment_p": 0.0,         # 3D only: probability of a shifted part of the stack
+        "misalignment_max_shift": 10,  # 3D only: largest misalignment, pixels
+        "samples": 0,                  # augmented pairs to save in samples/ for a visual check
+    },
+    "model": {
+        "name": "unet",                # network architecture
+        "depth": 4,                    # number of downsampling levels
+        "filters": 16,                 # filters of the first level, doubled at each level
+        "dropout": [0.1, 0.1, 0.2, 0.2, 0.3],  # dropout per level (depth + 1 values) or one number
+        "spatial_dropout": False,      # drop whole feature maps instead of pixels
+        "batch_norm": True,            # batch normalisation after each convolution
+        "activation": "elu",           # relu | elu | leaky_relu | gelu | swish
+        "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
+        "pool_size": None,             # 3D only: per-axis pooling, e.g. [1, 2, 2] for anisotropic stacks
+    },
+    "train": {
+        "epochs": 200,                 # maximum number of epochs
+        "batch_size": 4,               # crops per batch
+        "optimizer": "adam",           # sgd (with momentum) | adam | adamw
+        "learning_rate": 1e-3,         # initial learning rate
+        "momentum": 0.9,               # sgd only
+        "weight_decay": 1e-4,          # adamw only
+        "loss": "bce",                 # bce | dice | bce_dice
+        "patience": 30,                # early stopping: epochs without a better validation loss
+        "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
+        "seed": 42,                    # random seed (weights, split, crops, augmentation)
+        "workers": 1,                  # threads preparing batches beside training
+    },
+    "inference": {
+        "per_crop": True,              # evaluate crop by crop (mean over crops)
+        "merged": True,                # crops merged into full images
+        "tiled": True,                 # overlapping tiles with smooth blending
+        "overlap": 0.5,                # tile overlap for the tiled variant, [0, 1)
+        "window": "gaussian",          # blending window: gaussian | spline
+        "threshold": 0.5,              # probability threshold for binary masks
+        "batch_size": 8,               # tiles per prediction batch
+    },
+}
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+# CODE_DIR (first argument) holds lib/; fall back to this file's project so the template runs from anywhere.
+sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
+
+from lib import cli  # noqa: E402
+
+
+def main(argv=None):
+    args = cli.parse_args(argv, description=__doc__.splitlines()[0])
+    cli.select_device(args.gpu, args.threads)
+    cfg = cli.load_config(CONFIG, args)
+    cli.check_run_dir(args)
+
+    from lib import evaluation, experiment, networks, training
+    from lib.inference import make_predictor
+
+    train_set, test_set = experiment.load_2d(args.data_dir, cfg)
+    run_dir = cli.create_run_dir(args, cfg)
+    cli.seed_everything(cfg.train.seed)
+    train_data, val_data = experiment.training_data_2d(train_set, cfg, run_dir)
+
+    model = networks.build_model(cfg.model, (None, None, train_set.channels))
+    experiment.record_model(model, run_dir)
+    model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
+
+    probs = evaluation.predict_test_set(make_predictor(model), test_set.images, test_set.names,
+                                        cfg.data.crop_shape, cfg.inference, os.path.join(run_dir, "predictions"))
+    results, sweeps = evaluation.evaluate(probs, test_set.masks, cfg.data.crop_shape, cfg.inference)
+    experiment.finish(args, run_dir, results, sweeps, info)
+
+
+if __name__ == "__main__":
+    with cli.user_errors():
+        main()

@@ -1,0 +1,39 @@
+"""Shared fixtures: small synthetic datasets written by the project's own generator."""
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def dataset_2d(tmp_path_factory):
+    """A tiny 2D dataset in the template layout: 8 train and 2 test images of 128x128."""
+    from lib.synthetic import write_dataset
+
+    return write_dataset(str(tmp_path_factory.mktemp("data") / "em2d"), n_train=8, n_test=2,
+                         shape=(128, 128), seed=1)
+
+
+def write_pairs(root, split, images, masks):
+    """Write images/masks as TIFFs under ``root/split/{x,y}``; returns root."""
+    for kind, arrays in (("x", images), ("y", masks)):
+        folder = os.path.join(root, split, kind)
+        os.makedirs(folder, exist_ok=True)
+        for i, a in enumerate(arrays):
+            tifffile.imwrite(os.path.join(folder, f"{i:03d}.tif"), a)
+    return root
+
+
+def blob_pair(shape=(64, 64), seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, shape, dtype=np.uint8)
+    mask = np.zeros(shape, np.uint8)
+    mask[shape[0] // 4: shape[0] // 2, shape[1] // 4: shape[1] // 2] = 255
+    return image, mask

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from lib import data
+from lib.errors import UserError
+
+
+@pytest.mark.parametrize("shape, tile", [
+    ((64, 64, 1), (32, 32)), ((70, 45, 1), (32, 16)), ((20, 20, 3), (32, 32)),
+    ((10, 33, 47, 1), (4, 16, 16)), ((33, 47), (16, 16)),
+])
+def test_crop_merge_round_trip_is_exact(shape, tile):
+    array = np.random.default_rng(0).random(shape).astype(np.float32)
+    crops, info = data.crop_grid(array, tile)
+    assert crops.shape[1:1 + len(tile)] == tile
+    assert np.array_equal(data.merge_grid(crops, info), array)
+
+
+def test_crop_grid_counts_and_reflect_padding():
+    image = np.arange(100 * 60, dtype=np.float32).reshape(100, 60, 1)
+    crops, info = data.crop_grid(image, (32, 32))
+    assert len(crops) == 4 * 2
+    assert info["padded"] == (128, 64)
+    # reflect padding mirrors the last row, it does not repeat zeros
+    padded_row = crops[-1][100 - 96, :28, 0]
+    assert np.array_equal(padded_row, image[98, 32:60, 0])
+
+
+def test_tile_starts_cover_with_overlap():
+    starts = data.tile_starts(100, 32, 0.5)
+    assert starts[0] == 0 and starts[-1] == 100 - 32
+    assert all(b - a <= 16 for a, b in zip(starts, starts[1:]))
+    assert data.tile_starts(32, 32, 0.5) == [0]
+
+
+def test_normalization_methods():
+    image = np.array([[0, 51], [102, 255]], np.uint8)
+    assert np.allclose(data.normalize(image, "dtype_max"), image / 255.0)
+    per = data.normalize(np.array([[10, 20], [30, 50]], np.uint16), "per_image")
+    assert per.min() == 0 and per.max() == 1 and per.dtype == np.float32
+    assert np.allclose(per, [[0, 0.25], [0.5, 1.0]])
+    flat = data.normalize(np.full((4, 4), 7, np.uint8), "per_image")
+    assert np.all(flat == 0)
+    train = [np.array([1.0, 3.0], np.float32), np.array([5.0, 7.0], np.float32)]
+    stats = data.fit_normalization(train, "zscore")
+    assert stats["mean"] == pytest.approx(4.0)
+    assert stats["std"] == pytest.approx(np.sqrt(5.0))
+    z = data.normalize(np.array([4.0, 4.0 + np.sqrt(5.0)]), "zscore", stats)
+    assert np.allclose(z, [0.0, 1.0])
+
+
+def test_dtype_max_rejects_float_images():
+    with pytest.raises(UserError, match="dtype_max needs integer images, got float32"):
+        data.normalize(np.zeros((2, 2), np.float32), "dtype_max")
+
+
+def test_split_random_and_last():
+    train, val = data.split_indices(10, 0.2, "last", seed=0)
+    assert list(val) == [8, 9] and list(train) == list(range(8))
+    train, val = data.split_indices(10, 0.3, "random", seed=3)
+    assert len(val) == 3 and len(set(train) | set(val)) == 10
+    assert np.array_equal(val, data.split_indices(10, 0.3, "random", seed=3)[1])
+    assert len(data.split_indices(5, 0.0, "random", 0)[1]) == 0
+    with pytest.raises(UserError, match="leaves no training image"):
+        data.split_indices(1, 0.5, "random", 0)
+
+
+def test_discard_low_foreground_uses_fraction():
+    masks = np.zeros((3, 10, 10), np.uint8)
+    masks[1, :1] = 1        # 10 % foreground
+    masks[2, :5] = 1        # 50 % foreground
+    images = np.arange(3)[:, None, None] * np.ones((3, 10, 10))
+    x, y = data.discard_low_foreground(images, masks, 0.2)
+    assert len(x) == 1 and x[0, 0, 0] == 2
+    x, y = data.discard_low_foreground(images, masks, 0.05)
+    assert len(x) == 2
+    with pytest.raises(UserError, match="discards every training crop"):
+        data.discard_low_foreground(images, masks, 0.9)
+
+
+def test_crop_larger_than_data_is_refused():
+    with pytest.raises(UserError, match=r"data.crop_shape=\[256, 256\] is larger than"):
+        data.check_crop_fits((128, 300), (256, 256), "the smallest image")

@@ -1,0 +1,109 @@
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from lib import io
+from lib.errors import UserError
+from conftest import blob_pair, write_pairs
+
+
+def test_pairs_sorted_and_binarised(tmp_path):
+    pairs = [blob_pair(seed=i) for i in range(3)]
+    write_pairs(str(tmp_path), "train", [p[0] for p in pairs], [p[1] for p in pairs])
+    found = io.dataset_pairs(str(tmp_path), "train")
+    assert [os.path.basename(x) for x, _ in found] == ["000.tif", "001.tif", "002.tif"]
+    images, masks, names = io.load_pairs_2d(found)
+    assert images[0].shape == (64, 64, 1) and images[0].dtype == np.uint8
+    assert set(np.unique(masks[0])) == {0, 1} and masks[0].dtype == np.uint8
+    assert names == ["000", "001", "002"]
+
+
+def test_multipage_tiff_is_split_into_slices(tmp_path):
+    stack = np.random.default_rng(0).integers(0, 255, (5, 32, 40), dtype=np.uint8)
+    labels = (stack > 128).astype(np.uint8)
+    for kind, a in (("x", stack), ("y", labels)):
+        os.makedirs(tmp_path / "train" / kind)
+        tifffile.imwrite(tmp_path / "train" / kind / "vol.tif", a)
+    images, masks, names = io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+    assert len(images) == 5 and images[2].shape == (32, 40, 1)
+    assert np.array_equal(masks[3], labels[3]) and names[4] == "vol_0004"
+
+
+def test_png_images_are_read(tmp_path):
+    import skimage.io
+
+    image, mask = blob_pair()
+    for kind, a in (("x", image), ("y", mask)):
+        os.makedirs(tmp_path / "train" / kind)
+        skimage.io.imsave(tmp_path / "train" / kind / "a.png", a, check_contrast=False)
+    images, masks, _ = io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+    assert np.array_equal(images[0][..., 0], image) and masks[0].sum() == (mask > 0).sum()
+
+
+def test_nested_flow_from_directory_layout(tmp_path):
+    image, mask = blob_pair()
+    for kind, a in (("x", image), ("y", mask)):
+        os.makedirs(tmp_path / "train" / kind / kind)
+        tifffile.imwrite(tmp_path / "train" / kind / kind / "a.tif", a)
+    assert len(io.dataset_pairs(str(tmp_path), "train")) == 1
+
+
+def test_missing_mask_folder(tmp_path):
+    image, _ = blob_pair()
+    os.makedirs(tmp_path / "train" / "x")
+    tifffile.imwrite(tmp_path / "train" / "x" / "a.tif", image)
+    with pytest.raises(UserError, match=r"train/y: folder not found; expected masks"):
+        io.dataset_pairs(str(tmp_path), "train")
+
+
+def test_count_mismatch_names_both_folders(tmp_path):
+    pairs = [blob_pair(seed=i) for i in range(10)]
+    write_pairs(str(tmp_path), "train", [p[0] for p in pairs], [p[1] for p in pairs[:9]])
+    with pytest.raises(UserError, match=r"train/x has 10 images but .*train/y has 9 masks"):
+        io.dataset_pairs(str(tmp_path), "train")
+
+
+def test_three_valued_mask_is_refused(tmp_path):
+    image, mask = blob_pair()
+    mask[:5, :5] = 128
+    write_pairs(str(tmp_path), "train", [image], [mask])
+    with pytest.raises(UserError, match=r"000.tif: mask is not binary, found 3 values \(0, 128, 255\)"):
+        io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+
+
+def test_size_mismatch_is_refused(tmp_path):
+    image, mask = blob_pair()
+    write_pairs(str(tmp_path), "train", [image], [mask[:, :60]])
+    with pytest.raises(UserError, match=r"image size 64x64 differs from its mask .* \(64x60\)"):
+        io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+
+
+def test_corrupt_tiff_is_named(tmp_path):
+    image, mask = blob_pair()
+    write_pairs(str(tmp_path), "train", [image], [mask])
+    path = tmp_path / "train" / "x" / "000.tif"
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(UserError, match=r"000.tif: cannot read image"):
+        io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+
+
+def test_rgb_mask_with_equal_channels_is_accepted(tmp_path):
+    image, mask = blob_pair()
+    write_pairs(str(tmp_path), "train", [image], [np.stack([mask] * 3, axis=-1)])
+    _, masks, _ = io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+    assert masks[0].shape == (64, 64)
+
+
+def test_atomic_write_leaves_no_file_on_failure(tmp_path):
+    target = tmp_path / "out.txt"
+
+    def fail(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        io.write_atomic(str(target), fail)
+    assert list(tmp_path.iterdir()) == []

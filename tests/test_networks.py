@@ -1,0 +1,173 @@
+"""Tests of lib.networks on tiny 2D and 3D models (filters 4, depth 2)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from lib.config import ModelConfig
+from lib.errors import UserError
+from lib.networks import (
+    MODEL_NAMES,
+    build_model,
+    count_params,
+    divisor,
+    summary_text,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {2: (32, 32, 1), 3: (8, 32, 32, 1)}
+# A layer that only the given architecture's blocks add to a U-Net.
+SIGNATURE = {
+    "resunet": keras.layers.Add,
+    "attention_unet": keras.layers.Multiply,
+    "seunet": keras.layers.Dense,
+    "multiresunet": keras.layers.Add,
+}
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    keras.utils.set_random_seed(0)
+
+
+def tiny(name="unet", **overrides):
+    values = {"name": name, "depth": 2, "filters": 4, "dropout": 0.0}
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def synthetic_batch(input_shape, n=2):
+    """Images with bright boxes on noise, and the boxes as masks."""
+    rng = np.random.default_rng(0)
+    spatial = input_shape[:-1]
+    y = np.zeros((n, *spatial, 1), dtype="float32")
+    for i in range(n):
+        box = tuple(slice(s // 4 + i, s // 2 + i + 1) for s in spatial)
+        y[(i, *box, 0)] = 1.0
+    x = y + 0.3 * rng.standard_normal(y.shape).astype("float32")
+    return np.repeat(x, input_shape[-1], axis=-1), y
+
+
+def test_package_import_does_not_load_keras():
+    code = "import sys, lib.networks; print('keras' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_builds_with_output_like_input(name, ndim):
+    shape = SHAPES[ndim]
+    model = build_model(tiny(name), shape, n_outputs=2)
+    x, _ = synthetic_batch(shape)
+    y = keras.ops.convert_to_numpy(model(x, training=False))
+    assert y.shape == (2, *shape[:-1], 2)
+    assert y.dtype == np.float32
+    assert np.all((y >= 0) & (y <= 1))
+    if name in SIGNATURE:
+        assert any(isinstance(layer, SIGNATURE[name]) for layer in model.layers)
+
+
+# Eager training is ten times quicker to start on these tiny models; one case
+# runs as a compiled graph to check that the networks trace.
+@pytest.mark.parametrize(
+    "name, ndim, eager",
+    [(name, 2, True) for name in MODEL_NAMES] + [("unet", 3, False)],
+)
+def test_trains_then_saves_and_loads(name, ndim, eager, tmp_path):
+    shape = SHAPES[ndim]
+    model = build_model(tiny(name), shape)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", run_eagerly=eager)
+    x, y = synthetic_batch(shape)
+    losses = [float(model.train_on_batch(x, y)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(loaded(x, training=False)),
+        keras.ops.convert_to_numpy(model(x, training=False)),
+        rtol=0, atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_options_variants(ndim):
+    cfg = tiny(
+        upsampling="resize", spatial_dropout=True, batch_norm=False,
+        activation="leaky_relu", dropout=[0.1, 0.2, 0.3],
+    )
+    shape = SHAPES[ndim]
+    model = build_model(cfg, shape)
+    x, _ = synthetic_batch(shape)
+    assert model(x, training=True).shape == (2, *shape[:-1], 1)
+
+
+def test_anisotropic_pooling_keeps_z():
+    cfg = tiny(pool_size=[1, 2, 2])
+    assert divisor(cfg, 3) == (1, 4, 4)
+    model = build_model(cfg, (4, 32, 32, 1))
+    x, _ = synthetic_batch((4, 32, 32, 1))
+    assert model(x).shape == (2, 4, 32, 32, 1)
+
+
+def test_unknown_spatial_size_accepts_any_multiple():
+    model = build_model(tiny("attention_unet"), (None, None, 1))
+    for size in [(32, 32), (16, 48)]:
+        x = np.zeros((1, *size, 1), dtype="float32")
+        assert model(x).shape == (1, *size, 1)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_deep_supervision_outputs_at_full_resolution(ndim):
+    shape = SHAPES[ndim]
+    model = build_model(tiny(depth=3), shape, n_outputs=2, deep_supervision=True)
+    assert model.output_names == ["output", "aux_1", "aux_2"]
+    x, _ = synthetic_batch(shape)
+    outputs = model(x)
+    assert [tuple(o.shape) for o in outputs] == [(2, *shape[:-1], 2)] * 3
+
+
+def test_divisor():
+    assert divisor(tiny(depth=4), 2) == (16, 16)
+    assert divisor(tiny(depth=3), 3) == (8, 8, 8)
+
+
+@pytest.mark.parametrize(
+    "cfg, shape, message",
+    [
+        (tiny(depth=4), (100, 96, 1), "input size 100 on axis y is not divisible by 16 "
+                                      "(2^depth for model.depth=4); choose data.crop_shape divisible by 16"),
+        (tiny(), (8, 32, 30, 1), "input size 30 on axis x is not divisible by 4"),
+        (tiny(pool_size=[1, 2, 2]), (3, 32, 30, 1), "axis x"),
+        (tiny(pool_size=[1, 2, 2]), (32, 32, 1), "model.pool_size: expected 2 sizes"),
+        (tiny(name="vnet"), (32, 32, 1), "model.name"),
+        (tiny(dropout=[0.1, 0.2]), (32, 32, 1), "model.dropout"),
+        (tiny(), (32, 1), "expected an input shape"),
+        (tiny(), (32, 32, None), "positive channel count"),
+    ],
+)
+def test_bad_input_raises_user_error(cfg, shape, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        build_model(cfg, shape)
+
+
+def test_deep_supervision_needs_two_levels():
+    with pytest.raises(UserError, match="model.depth >= 2"):
+        build_model(tiny(depth=1), (32, 32, 1), deep_supervision=True)
+
+
+def test_count_params_and_summary():
+    model = build_model(tiny(), (32, 32, 1))
+    n = count_params(model)
+    assert isinstance(n, int)
+    assert n == sum(int(np.prod(w.shape)) for w in model.weights)
+    text = summary_text(model)
+    assert '"unet"' in text
+    assert f"Total params: {n:,}" in text

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from lib.metrics import pixel_metrics
+from lib.postprocess import binarize, oztel, refine_boundaries, remove_low_confidence, z_filter
+
+
+def test_binarize_keeps_values_on_the_threshold():
+    probs = np.array([0.2, 0.5, 0.7], np.float32)
+    out = binarize(probs, 0.5)
+    assert out.dtype == np.uint8
+    assert out.tolist() == [0, 1, 1]
+    with pytest.raises(ValueError, match="threshold"):
+        binarize(probs, 1.5)
+    with pytest.raises(ValueError, match="probs"):
+        binarize(probs * 2, 0.5)
+
+
+def test_z_filter_removes_single_slice_spike():
+    stack = np.zeros((7, 4, 5), np.float32)
+    stack[3, 1, 2] = 1.0
+    stack[:, 3, 4] = 0.8
+    out = z_filter(stack, 3)
+    assert out.dtype == np.float32 and out.shape == stack.shape
+    assert out[3, 1, 2] == 0.0
+    np.testing.assert_array_equal(out[:, 3, 4], stack[:, 3, 4])
+
+
+def test_z_filter_preserves_constant_stack_and_dtype():
+    stack = np.ones((5, 3, 3), bool)
+    out = z_filter(stack, 5)
+    assert out.dtype == bool
+    np.testing.assert_array_equal(out, stack)
+
+
+@pytest.mark.parametrize("size", [0, 2, 3.0])
+def test_z_filter_rejects_bad_size(size):
+    with pytest.raises(ValueError, match="size"):
+        z_filter(np.zeros((3, 2, 2)), size)
+
+
+def test_z_filter_rejects_2d():
+    with pytest.raises(ValueError, match="Z, Y, X"):
+        z_filter(np.zeros((3, 2)), 3)
+
+
+def _disk(shape, centre, radius):
+    yy, xx = np.indices(shape)
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def _scene(seed=0):
+    """EM-like image of a bright disk, and a prediction that overshoots it by 3 px."""
+    shape = (48, 80)
+    rng = np.random.default_rng(seed)
+    truth = _disk(shape, (24, 24), 10)
+    image = ndi.gaussian_filter(np.where(truth, 0.8, 0.2), 1.0)
+    image = (image + rng.normal(0, 0.02, shape)).astype(np.float32)
+    probs = np.full(shape, 0.05, np.float32)
+    probs[_disk(shape, (24, 24), 13)] = 0.9
+    probs[_disk(shape, (24, 64), 5)] = 0.55  # low-confidence blob
+    return probs, image, truth
+
+
+def test_remove_low_confidence_drops_uncertain_blob():
+    probs, _, _ = _scene()
+    kept = remove_low_confidence(probs, 0.5, 0.6)
+    np.testing.assert_array_equal(kept, probs >= 0.9)
+
+
+def test_oztel_filters_blobs_and_snaps_to_edges():
+    scenes = [_scene(seed) for seed in range(2)]
+    probs = np.stack([s[0] for s in scenes])
+    image = np.stack([s[1] for s in scenes])
+    truth = np.stack([s[2] for s in scenes])
+
+    out = oztel(probs, image)
+    assert out.dtype == np.uint8 and out.shape == probs.shape
+    assert not out[:, :, 50:].any()  # the low-confidence blob is gone
+    before = pixel_metrics([probs >= 0.5], [truth])["fg_iou"]
+    after = pixel_metrics([out], [truth])["fg_iou"]
+    assert after > before + 0.2
+    assert after > 0.9
+    # A stack is processed slice by slice.
+    np.testing.assert_array_equal(out[1], oztel(probs[1], image[1]))
+
+
+def test_refine_boundaries_keeps_objects_thinner_than_the_markers():
+    mask = np.zeros((9, 20), bool)
+    mask[4, 2:18] = True
+    image = np.zeros(mask.shape, np.float32)
+    out = refine_boundaries(mask, image, marker_radius=3)
+    assert out[4, 2:18].all()
+
+
+def test_oztel_validates_inputs():
+    probs, image, _ = _scene()
+    with pytest.raises(ValueError, match="shape"):
+        oztel(probs, image[:, :-1])
+    with pytest.raises(ValueError, match="threshold"):
+        oztel(probs, image, threshold=0.0)
+    with pytest.raises(ValueError, match="min_mean_prob"):
+        oztel(probs, image, min_mean_prob=1.2)
+    with pytest.raises(ValueError, match="marker_radius"):
+        oztel(probs, image, marker_radius=0)
+    with pytest.raises(ValueError, match="Y, X"):
+        oztel(probs[None, None], image[None, None])

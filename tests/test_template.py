@@ -1,0 +1,138 @@
+"""The 2D template end to end, as a user runs it from bash, and its refusals of bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import REPO, blob_pair, write_pairs
+
+TEMPLATE = os.path.join(REPO, "templates", "template.py")
+FAST = ["--set", "train.epochs=8", "--set", "data.crop_shape=[64,64]", "--set", "data.replicate=4",
+        "--set", "model.depth=2", "--set", "model.filters=8", "--set", "model.dropout=0.0",
+        "--set", "train.batch_size=8", "--set", "train.learning_rate=3e-3"]
+
+
+def run_template(*args, cwd=None):
+    return subprocess.run([sys.executable, TEMPLATE, REPO, *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def finished_run(dataset_2d, tmp_path_factory):
+    job = tmp_path_factory.mktemp("jobs")
+    # run from an unrelated working directory: the template must not depend on it
+    result = run_template(dataset_2d, str(job), "--id", "e2e", "--rid", "0", "--gpu", "cpu", *FAST,
+                          cwd=str(tmp_path_factory.mktemp("elsewhere")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return job, result
+
+
+def test_run_folder_has_every_output(finished_run):
+    job, _ = finished_run
+    run = job / "e2e_0"
+    for name in ("config.json", "environment.json", "history.csv", "metrics.json", "model.txt",
+                 "checkpoints/best.keras", "checkpoints/last.keras",
+                 "charts/loss.png", "charts/iou.png", "charts/threshold_sweep.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["epochs"] == 8 and config["data"]["crop_shape"] == [64, 64]
+    with open(run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 and {"seconds", "loss", "val_loss", "iou", "val_iou"} <= set(rows[0])
+    for variant in ("merged", "tiled"):
+        probs = sorted((run / "predictions" / variant / "prob").iterdir())
+        binary = sorted((run / "predictions" / variant / "binary").iterdir())
+        assert len(probs) == 2 and len(binary) == 2
+        p = tifffile.imread(probs[0])
+        b = tifffile.imread(binary[0])
+        assert p.shape == (128, 128) and p.dtype == np.float32 and 0 <= p.min() and p.max() <= 1
+        assert set(np.unique(b)) <= {0, 255}
+
+
+def test_metrics_beat_all_background(finished_run, dataset_2d):
+    job, result = finished_run
+    metrics = json.loads((job / "e2e_0" / "metrics.json").read_text())
+    masks = [tifffile.imread(os.path.join(dataset_2d, "test", "y", f)) > 0
+             for f in sorted(os.listdir(os.path.join(dataset_2d, "test", "y")))]
+    fg = np.mean(np.concatenate([m.ravel() for m in masks]))
+    background_mean_iou = (1 - fg) / 2  # all-background: fg IoU 0, bg IoU = 1 - fg share
+    for variant in ("per_crop", "merged", "tiled"):
+        values = metrics["results"][variant]
+        assert set(values) >= {"fg_iou", "mean_iou", "dice", "precision", "recall"}
+        assert values["fg_iou"] > 0.2, (variant, values)
+        assert values["mean_iou"] > background_mean_iou + 0.1, (variant, values)
+    assert "fg_iou" in result.stdout and "tiled" in result.stdout  # the table is printed
+    with open(job / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and rows[0]["id"] == "e2e" and float(rows[0]["tiled_fg_iou"]) > 0.2
+
+
+def test_finished_run_is_not_overwritten(finished_run, dataset_2d):
+    job, _ = finished_run
+    before = (job / "e2e_0" / "metrics.json").read_text()
+    result = run_template(dataset_2d, str(job), "--id", "e2e", "--rid", "0", "--gpu", "cpu")
+    assert result.returncode == 2
+    assert "holds a finished run; use --rid 1" in result.stderr and "--overwrite" in result.stderr
+    assert (job / "e2e_0" / "metrics.json").read_text() == before
+
+
+def test_time_limit_stops_training_and_still_evaluates(dataset_2d, tmp_path):
+    result = run_template(dataset_2d, str(tmp_path), "--id", "limit", "--gpu", "cpu", *FAST,
+                          "--set", "train.epochs=1000", "--set", "train.time_limit_minutes=0.05")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "limit_0" / "metrics.json").read_text())
+    assert metrics["training"]["stopped_by"] == "time_limit"
+    assert metrics["training"]["epochs"] < 1000
+    assert "tiled" in metrics["results"]
+
+
+def _bad_dataset(tmp_path, case):
+    root = str(tmp_path / "data")
+    pairs = [blob_pair(seed=i) for i in range(10)]
+    images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+    write_pairs(root, "test", images[:2], masks[:2])
+    if case == "no_train_y":
+        write_pairs(root, "train", images, masks)
+        for f in os.listdir(os.path.join(root, "train", "y")):
+            os.remove(os.path.join(root, "train", "y", f))
+        os.rmdir(os.path.join(root, "train", "y"))
+    elif case == "9_masks":
+        write_pairs(root, "train", images, masks[:9])
+    elif case == "three_values":
+        masks[3] = masks[3].copy()
+        masks[3][:4, :4] = 7
+        write_pairs(root, "train", images, masks)
+    elif case == "size":
+        masks[2] = masks[2][:, :50]
+        write_pairs(root, "train", images, masks)
+    else:
+        write_pairs(root, "train", images, masks)
+    return root
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("no_train_y", [], "train/y: folder not found"),
+    ("9_masks", [], "has 10 images but"),
+    ("three_values", [], "003.tif: mask is not binary, found 3 values (0, 7, 255)"),
+    ("size", [], "002.tif: image size 64x64 differs from its mask"),
+    ("ok", ["--set", "data.crop_shape=[128,128]"], "data.crop_shape=[128, 128] is larger than"),
+    ("ok", ["--set", "train.epochs=-1"], "train.epochs: expected a value in [1, inf), got -1"),
+    ("ok", ["--set", "train.epochz=3"], "unknown option 'train.epochz' (did you mean 'train.epochs'?)"),
+    ("ok", ["--rid", "abc"], "--rid abc: expected a non-negative integer"),
+    ("ok", ["--set", "data.crop_shape=[40,40]"], "size 40 on axis y is not divisible by 16"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case, extra, message):
+    root = _bad_dataset(tmp_path, case)
+    job = tmp_path / "jobs"
+    result = run_template(root, str(job), "--id", "bad", "--gpu", "cpu", "--set", "data.crop_shape=[32,32]", *extra)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not (job / "bad_0").exists()
