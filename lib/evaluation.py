@@ -89,3 +89,28 @@ def evaluate(probs, masks, tile, cfg):
         results[variant] = metrics.pixel_metrics([binarize(p, cfg.threshold) for p in probs[variant]], masks)
         sweeps[variant] = metrics.threshold_sweep(probs[variant], masks)
     return results, sweeps
+
+
+def evaluate_test_set(predict, test_set, tile, cfg, pred_dir):
+    """Predict and evaluate a whole test set with every enabled variant.
+
+    Parameters
+    ----------
+    predict : callable from ``inference.make_predictor``
+    test_set : sequence of ``(image (*spatial, C) float32, mask spatial uint8 {0, 1}, name)``
+        2D images or 3D volumes; ``len(test_set)`` and ``test_set[i]`` are all that is used,
+        so a set may read its items from disk lazily.
+    tile : sequence of int, crop/tile spatial shape
+    cfg : Config (its ``inference`` and ``post`` sections are used)
+    pred_dir : str, the run's ``predictions/`` folder
+
+    Returns
+    -------
+    results : dict ``{variant: {metric: float}}``
+    sweeps : dict ``{variant: threshold sweep}``
+    """
+    items = [test_set[i] for i in range(len(test_set))]
+    images, masks, names = (list(v) for v in zip(*items))
+    tile = tuple(tile)
+    probs = predict_test_set(predict, images, names, tile, cfg.inference, pred_dir)
+    return evaluate(probs, masks, tile, cfg.inference)

@@ -26,6 +26,12 @@ class ImageSet:
     def channels(self):
         return self.images[0].shape[-1]
 
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], self.masks[i], self.names[i]
+
 
 def check_crop_shape(cfg, shapes, where):
     """The crop must fit in every image and be divisible by the network's downsampling."""

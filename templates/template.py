@@ -116,9 +116,8 @@ def main(argv=None):
     experiment.record_model(model, run_dir)
     model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
 
-    probs = evaluation.predict_test_set(make_predictor(model), test_set.images, test_set.names,
-                                        cfg.data.crop_shape, cfg.inference, os.path.join(run_dir, "predictions"))
-    results, sweeps = evaluation.evaluate(probs, test_set.masks, cfg.data.crop_shape, cfg.inference)
+    results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
+                                                   os.path.join(run_dir, "predictions"))
     experiment.finish(args, run_dir, results, sweeps, info)
 
 
