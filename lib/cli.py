@@ -49,7 +49,7 @@ def parse_args(argv=None, description="EM segmentation experiment"):
         raise UserError(f"--rid {args.rid}: expected a non-negative integer run number")
     if not args.id or any(c in args.id for c in "/\\") or args.id.startswith("."):
         raise UserError(f"--id {args.id!r}: expected a plain name without slashes")
-    gpu = args.gpu.strip().lower()
+    gpu = args.gpu.replace(" ", "").lower()
     if gpu != "cpu" and not all(p.strip().isdigit() for p in gpu.split(",")):
         raise UserError(f"--gpu {args.gpu}: expected 'cpu', an index such as 0, or a list such as 0,1")
     if args.threads < 0:
@@ -58,9 +58,36 @@ def parse_args(argv=None, description="EM segmentation experiment"):
     return args
 
 
-def select_device(gpu, threads):
-    """Set the environment that Keras/TensorFlow read at import time."""
-    os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if gpu == "cpu" else gpu.replace(" ", "")
+def count_gpus():
+    """Number of NVIDIA GPUs on this machine (``nvidia-smi -L``), 0 when there is no driver."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def select_device(gpu, threads, n_gpus=None):
+    """Set the environment that Keras/TensorFlow read at import time.
+
+    A GPU index that this machine does not have is an error; asking for a GPU on
+    a machine without any prints a warning and runs on the CPU, so the default
+    ``--gpu 0`` works on laptops too.
+    """
+    if gpu != "cpu":
+        n_gpus = count_gpus() if n_gpus is None else n_gpus
+        indices = [int(i) for i in gpu.split(",")]
+        if n_gpus == 0:
+            print(f"warning: --gpu {gpu}: this machine has no NVIDIA GPU; running on the CPU", file=sys.stderr)
+        elif max(indices) >= n_gpus:
+            raise UserError(f"--gpu {gpu}: no GPU {max(indices)} on this machine, which has {n_gpus} "
+                            f"(indices 0 to {n_gpus - 1}); use one of those or 'cpu'")
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if gpu == "cpu" else gpu
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if threads:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -68,18 +95,20 @@ def select_device(gpu, threads):
             os.environ[var] = str(threads)
 
 
-def check_gpu(gpu):
-    """After Keras is imported: raise UserError if the requested GPUs are not visible."""
-    if gpu == "cpu":
-        return
+def distribution_scope(gpu):
+    """A ``tf.distribute.MirroredStrategy`` scope when several GPUs are used with TensorFlow, else a no-op.
+
+    Build and train the model inside it; this is the project's only TensorFlow-specific code path.
+    """
     import keras
 
-    if keras.backend.backend() != "tensorflow":
-        return
+    if gpu == "cpu" or "," not in gpu or keras.backend.backend() != "tensorflow":
+        return contextlib.nullcontext()
     import tensorflow as tf
 
-    if not tf.config.list_physical_devices("GPU"):
-        print(f"warning: --gpu {gpu}: no GPU visible to TensorFlow; running on the CPU", file=sys.stderr)
+    if len(tf.config.list_logical_devices("GPU")) < 2:
+        return contextlib.nullcontext()
+    return tf.distribute.MirroredStrategy().scope()
 
 
 def load_config(template_config, args):
@@ -111,10 +140,10 @@ def check_run_dir(args):
     parent = os.path.abspath(args.job_dir)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UserError(f"{args.job_dir}: JOB_DIR is not writable ({parent} is a file, not a folder)")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{args.job_dir}: JOB_DIR is not writable (no write permission on {parent})")
-    if os.path.isfile(args.job_dir):
-        raise UserError(f"{args.job_dir}: JOB_DIR is a file; expected a folder")
     if os.path.exists(os.path.join(run_dir, DONE_FILE)):
         if args.overwrite:
             return False

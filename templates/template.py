@@ -112,9 +112,10 @@ def main(argv=None):
     cli.seed_everything(cfg.train.seed)
     train_data, val_data = experiment.training_data_2d(train_set, cfg, run_dir)
 
-    model = networks.build_model(cfg.model, (None, None, train_set.channels))
-    experiment.record_model(model, run_dir)
-    model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
+    with cli.distribution_scope(args.gpu):
+        model = networks.build_model(cfg.model, (None, None, train_set.channels))
+        experiment.record_model(model, run_dir)
+        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
 
     results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
                                                    os.path.join(run_dir, "predictions"))
