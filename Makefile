@@ -26,7 +26,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests --ignore=tests/benchmarks
 
 bench: $(STAMP)
-	$(PY) -m pytest -q -s tests/benchmarks
+	$(PY) -m pytest -q -s -o python_files='bench_*.py' tests/benchmarks
 
 clean:
 	rm -rf demo_data demo_jobs

@@ -9,11 +9,14 @@ effect when they are set before Keras (and TensorFlow) are first imported.
 import argparse
 import contextlib
 import datetime
+import errno
 import json
 import os
 import platform
 import random
+import signal
 import sys
+import threading
 
 from . import config as config_lib
 from .errors import UserError
@@ -155,18 +158,67 @@ def check_run_dir(args):
 
 
 def create_run_dir(args, cfg):
-    """Create ``JOB_DIR/<id>_<rid>/`` with ``config.json`` and ``environment.json``."""
-    import shutil
+    """Create ``JOB_DIR/<id>_<rid>/`` with ``config.json`` and ``environment.json``, or reopen it to resume.
 
+    The folder is locked for the life of this process, so a second process
+    started on the same run (e.g. a job submitted twice) is refused. A folder
+    that ``--overwrite`` replaces is first renamed away, so a kill while it is
+    deleted never leaves a half-deleted run under the run's name. An unfinished
+    run is reopened: the temporary files of writes its kill interrupted are
+    removed, and options that differ from its ``config.json`` are listed.
+    """
     from . import io
 
     run_dir = run_dir_for(args)
     if args.overwrite and os.path.exists(os.path.join(run_dir, DONE_FILE)):
-        shutil.rmtree(run_dir)
+        _remove_run(run_dir)
     os.makedirs(run_dir, exist_ok=True)
-    io.write_text(os.path.join(run_dir, "config.json"), json.dumps(cfg.to_dict(), indent=2) + "\n")
+    _lock_run(run_dir)
+    config_path = os.path.join(run_dir, "config.json")
+    values = json.loads(json.dumps(cfg.to_dict()))
+    if os.path.exists(config_path):
+        io.remove_partial_files(run_dir)
+        changed = _changed_options(config_lib.load_json(config_path), values)
+        print(f"Resuming the unfinished run in {run_dir}" + (
+            f"; changed options: {', '.join(changed)}" if changed else ""))
+    io.write_text(config_path, json.dumps(values, indent=2) + "\n")
     io.write_text(os.path.join(run_dir, "environment.json"), json.dumps(environment(args), indent=2) + "\n")
     return run_dir
+
+
+def _remove_run(run_dir):
+    import shutil
+
+    trash = os.path.join(os.path.dirname(run_dir), f".{os.path.basename(run_dir)}.removing.{os.getpid()}")
+    os.rename(run_dir, trash)
+    shutil.rmtree(trash)
+
+
+_RUN_LOCKS = []  # open lock files: closing one (or the process ending, however) releases its run
+
+
+def _lock_run(run_dir):
+    """Hold an exclusive lock on ``run_dir/.lock``; UserError if another process holds it."""
+    import fcntl
+
+    handle = open(os.path.join(run_dir, ".lock"), "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"{run_dir} is in use by another process running the same --id and --rid; "
+                        "wait for it to end, or choose another --rid") from None
+    except OSError:  # a file system without locks: run unprotected rather than not at all
+        handle.close()
+        return
+    _RUN_LOCKS.append(handle)
+
+
+def _changed_options(old, new):
+    """``['train.epochs: 8 -> 10', ...]`` for the options whose values differ between two config dicts."""
+    return [f"{section}.{key}: {old[section][key]} -> {value}"
+            for section, entries in new.items() for key, value in entries.items()
+            if key in old.get(section, {}) and old[section][key] != value]
 
 
 def environment(args):
@@ -204,14 +256,45 @@ def seed_everything(seed):
     keras.utils.set_random_seed(seed)
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that cleanup code runs and the user learns how to resume."""
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
+# A full or read-only disk: the run stops, but rerunning the same command resumes it once there is room.
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
 @contextlib.contextmanager
 def user_errors():
-    """Turn UserError into one ``error: ...`` line on stderr and exit status 2."""
+    """Turn UserError into one ``error: ...`` line on stderr and exit status 2.
+
+    Also: Ctrl-C (status 130) and SIGTERM, which cluster schedulers send before
+    killing a job (status 143), end with a line on how to resume; a full or
+    read-only disk ends with one ``error:`` line naming the file (status 1).
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         yield
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(line.strip() for line in str(exc).splitlines()), file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         sys.exit(130)
+    except _Terminated:
+        print("terminated (SIGTERM): run the same command again to resume", file=sys.stderr)
+        sys.exit(143)
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        print(f"error: {exc.filename or 'writing a file'}: {exc.strerror}; make room and run the same command "
+              "again to resume", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -20,6 +20,9 @@ from .errors import UserError
 NORMALIZATIONS = ("per_image", "dtype_max", "zscore")
 VAL_SPLITS = ("random", "last")
 OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
+# Defined here, not in lib.losses, so that checking a configuration does not import Keras.
+LOSS_NAMES = ("bce", "weighted_bce", "dice", "bce_dice", "jaccard")
 UPSAMPLINGS = ("transpose", "resize")
 ACTIVATIONS = ("relu", "elu", "leaky_relu", "gelu", "swish")
 WINDOWS = ("gaussian", "spline")
@@ -35,6 +38,8 @@ class DataConfig:
     min_fg_fraction: float = 0.0
     fg_sampling: float = 0.0
     replicate: int = 1
+    # Streamed data (big-data template): validation crops read once and kept in memory.
+    max_val_crops: int = 256
 
     def validate(self):
         _choice("data.normalization", self.normalization, NORMALIZATIONS)
@@ -44,6 +49,7 @@ class DataConfig:
         _range("data.min_fg_fraction", self.min_fg_fraction, 0.0, 1.0, high_open=True)
         _range("data.fg_sampling", self.fg_sampling, 0.0, 1.0)
         _range("data.replicate", self.replicate, 1, None)
+        _range("data.max_val_crops", self.max_val_crops, 1, None)
 
 
 @dataclass
@@ -110,6 +116,7 @@ class ModelConfig:
     activation: str = "elu"
     upsampling: str = "transpose"
     pool_size: Optional[List[int]] = None
+    deep_supervision: bool = False
 
     def validate(self):
         # Imported here: the network registry imports Keras, which must not be
@@ -131,36 +138,100 @@ class ModelConfig:
             _range("model.dropout", r, 0.0, 1.0, high_open=True)
         if self.pool_size is not None:
             _shape("model.pool_size", self.pool_size, low=1)
+        if self.deep_supervision and self.depth < 2:
+            raise UserError(
+                f"model.deep_supervision: needs intermediate decoder levels, i.e. model.depth >= 2, "
+                f"got model.depth={self.depth}"
+            )
 
 
 @dataclass
 class TrainConfig:
+    """Training options; the learning-rate schedules are defined in :func:`lib.training.learning_rate_at`."""
+
     epochs: int = 200
     batch_size: int = 4
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 1e-4
+    schedule: str = "none"
+    warmup_epochs: int = 0
+    min_learning_rate: float = 1e-6
+    step_epochs: List[int] = field(default_factory=list)
+    step_factor: float = 0.1
+    plateau_patience: int = 10
+    plateau_factor: float = 0.5
     loss: str = "bce"
+    bce_weight: float = 1.0
+    dice_weight: float = 1.0
+    weight_w0: float = 10.0
+    weight_sigma: float = 5.0
+    deep_supervision_weights: List[float] = field(default_factory=list)
+    pretrained: Optional[str] = None
+    freeze_encoder: bool = False
     patience: int = 30
     time_limit_minutes: float = 0.0
     seed: int = 42
-    workers: int = 1
+    workers: int = 2
+    # Deterministic kernels (TensorFlow op determinism): identical reruns, at a cost in speed; see README.
+    deterministic: bool = False
 
     def validate(self):
-        from .losses import LOSS_NAMES
-
         _range("train.epochs", self.epochs, 1, None)
         _range("train.batch_size", self.batch_size, 1, None)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _range("train.learning_rate", self.learning_rate, 0.0, None, low_open=True)
         _range("train.momentum", self.momentum, 0.0, 1.0, high_open=True)
         _range("train.weight_decay", self.weight_decay, 0.0, None)
+        _choice("train.schedule", self.schedule, SCHEDULES)
+        _range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
+        if self.schedule in ("cosine", "plateau", "onecycle"):
+            _range("train.min_learning_rate", self.min_learning_rate, 0.0, self.learning_rate)
+        if self.schedule == "step" and not self.step_epochs:
+            raise UserError("train.step_epochs: train.schedule=step needs the epochs after which the "
+                            "learning rate drops, e.g. [100, 150]")
+        for e in self.step_epochs:
+            _range("train.step_epochs", e, 1, None)
+        if any(b <= a for a, b in zip(self.step_epochs, self.step_epochs[1:])):
+            raise UserError(f"train.step_epochs: expected increasing epochs, got {self.step_epochs}")
+        _range("train.step_factor", self.step_factor, 0.0, 1.0, low_open=True)
+        _range("train.plateau_patience", self.plateau_patience, 1, None)
+        _range("train.plateau_factor", self.plateau_factor, 0.0, 1.0, low_open=True, high_open=True)
         _choice("train.loss", self.loss, LOSS_NAMES)
+        _range("train.bce_weight", self.bce_weight, 0.0, None)
+        _range("train.dice_weight", self.dice_weight, 0.0, None)
+        if self.loss == "bce_dice" and self.bce_weight + self.dice_weight == 0:
+            raise UserError("train.bce_weight, train.dice_weight: both are 0; expected at least one positive weight")
+        _range("train.weight_w0", self.weight_w0, 0.0, None)
+        _range("train.weight_sigma", self.weight_sigma, 0.0, None, low_open=True)
+        for w in self.deep_supervision_weights:
+            _range("train.deep_supervision_weights", w, 0.0, None)
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise UserError("train.pretrained: expected a .keras file, a run folder or a run name ID_RID, or null")
+        if self.freeze_encoder and self.pretrained is None:
+            raise UserError("train.freeze_encoder=true needs train.pretrained (a random encoder would stay "
+                            "random): set it to the run or .keras file whose weights to fine-tune")
         _range("train.patience", self.patience, 0, None)
         _range("train.time_limit_minutes", self.time_limit_minutes, 0.0, None)
         _range("train.seed", self.seed, 0, 2**32 - 1)
         _range("train.workers", self.workers, 1, None)
+
+    def check_model(self, model):
+        """Check the options that depend on the model section (``ModelConfig``)."""
+        weights = self.deep_supervision_weights
+        if weights and not model.deep_supervision:
+            raise UserError("train.deep_supervision_weights: given, but model.deep_supervision is false; "
+                            "set model.deep_supervision=true or train.deep_supervision_weights=[]")
+        if weights and len(weights) != model.depth:
+            raise UserError(
+                f"train.deep_supervision_weights: expected {model.depth} weights for model.depth={model.depth} "
+                f"(the main output first, then aux_1 .. aux_{model.depth - 1}), got {len(weights)}"
+            )
+        if weights and weights[0] <= 0:
+            raise UserError(f"train.deep_supervision_weights: the first weight (main output) must be positive, "
+                            f"got {weights[0]}")
 
 
 @dataclass
@@ -168,32 +239,43 @@ class InferenceConfig:
     per_crop: bool = True
     merged: bool = True
     tiled: bool = True
-    overlap: float = 0.5
+    # Off by default: 8 (2D) or 16 (3D) predictions per tile, too slow for a CPU run.
+    tta: bool = False
+    overlap: Union[float, List[float]] = 0.5
     window: str = "gaussian"
     threshold: float = 0.5
     batch_size: int = 8
+    overlays: int = 3
 
     def validate(self):
-        _range("inference.overlap", self.overlap, 0.0, 1.0, high_open=True)
+        for value in self.overlap if isinstance(self.overlap, list) else [self.overlap]:
+            _range("inference.overlap", value, 0.0, 1.0, high_open=True)
         _choice("inference.window", self.window, WINDOWS)
         _range("inference.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
         _range("inference.batch_size", self.batch_size, 1, None)
-        if not (self.per_crop or self.merged or self.tiled):
+        _range("inference.overlays", self.overlays, 0, None)
+        if not (self.per_crop or self.merged or self.tiled or self.tta):
             raise UserError(
                 "inference: every prediction variant is switched off; set at least one of "
-                "inference.per_crop, inference.merged, inference.tiled to true"
+                "inference.per_crop, inference.merged, inference.tiled, inference.tta to true"
             )
 
 
 @dataclass
 class PostConfig:
-    z_filter: bool = False
+    z_filter: bool = True
     z_filter_size: int = 5
+    tta_z_filter: bool = True
+    oztel: bool = True
+    oztel_min_mean_prob: float = 0.6
+    oztel_marker_radius: float = 3.0
 
     def validate(self):
         _range("post.z_filter_size", self.z_filter_size, 1, None)
         if self.z_filter_size % 2 == 0:
             raise UserError(f"post.z_filter_size: expected an odd number, got {self.z_filter_size}")
+        _range("post.oztel_min_mean_prob", self.oztel_min_mean_prob, 0.0, 1.0)
+        _range("post.oztel_marker_radius", self.oztel_marker_radius, 0.0, None, low_open=True)
 
 
 @dataclass
@@ -209,6 +291,7 @@ class Config:
         """Check every option; raise UserError naming the first bad one."""
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
+        self.train.check_model(self.model)
         return self
 
     def to_dict(self):

@@ -7,6 +7,7 @@ Everything here works for 2D images ``(H, W, C)`` and 3D volumes
 import itertools
 
 import numpy as np
+from scipy import ndimage as ndi
 
 from .errors import UserError
 
@@ -80,6 +81,26 @@ def split_indices(n, fraction, mode, seed):
     return train, val
 
 
+def split_depth(depth, fraction, min_depth):
+    """Split one stack of ``depth`` slices into training ``[0, z)`` and validation ``[z, depth)``; return z.
+
+    The last ``fraction`` of the slices validate: a contiguous block at the end,
+    because neighbouring slices are nearly identical and scattered validation
+    slices would be seen in training. With ``fraction > 0`` both parts hold at
+    least ``min_depth`` slices (a whole training crop); ``fraction == 0`` returns ``depth``.
+    """
+    if fraction <= 0:
+        return depth
+    n_val = max(int(round(depth * fraction)), min_depth)
+    if depth - n_val < min_depth:
+        raise UserError(
+            f"data.val_fraction={fraction}: the training volume has {depth} slices; validating on the last "
+            f"{n_val} leaves fewer than {min_depth} (the crop depth) for training; lower data.val_fraction "
+            "or the crop depth in data.crop_shape, or set data.val_fraction=0"
+        )
+    return depth - n_val
+
+
 # --------------------------------------------------------------------------- tiling
 
 def tile_starts(size, tile, overlap):
@@ -97,8 +118,30 @@ def tile_starts(size, tile, overlap):
 
 
 def tile_grid(shape, tile, overlap=0.0):
-    """All tile corner positions for a spatial ``shape`` (tuple per tile)."""
-    return list(itertools.product(*(tile_starts(s, t, overlap) for s, t in zip(shape, tile))))
+    """All tile corner positions for a spatial ``shape`` (tuple per tile).
+
+    ``overlap`` is one fraction in [0, 1) for every axis or a sequence of one per axis.
+    """
+    overlaps = per_axis(overlap, len(shape), "inference.overlap")
+    return list(itertools.product(*(tile_starts(s, t, o) for s, t, o in zip(shape, tile, overlaps))))
+
+
+def per_axis(value, ndim, name):
+    """Return ``value`` as a tuple of ``ndim`` values: a number is repeated, a sequence checked.
+
+    Raises
+    ------
+    UserError
+        If a sequence does not have ``ndim`` items; ``name`` is the option named in the message.
+    """
+    if np.ndim(value) == 0:
+        return (value,) * ndim
+    if len(value) != ndim:
+        raise UserError(
+            f"{name}={list(value)}: expected one value or {ndim} values (one per axis "
+            f"{', '.join('zyx'[3 - ndim:]) if ndim <= 3 else ndim}), got {len(value)}"
+        )
+    return tuple(value)
 
 
 def pad_to_tile(array, tile, mode="reflect", to_multiple=False):
@@ -148,9 +191,59 @@ def crop_grid(array, tile):
     info : dict with ``positions`` and ``shape``/``padded`` spatial shapes, for ``merge_grid``.
     """
     padded, shape = pad_to_tile(array, tile, to_multiple=True)
-    positions = tile_grid(padded.shape[:len(tile)], tile, overlap=0.0)
-    crops = np.stack([padded[_window(p, tile)] for p in positions])
+    crops, positions = extract_tiles(padded, tile)
     return crops, {"positions": positions, "shape": shape, "padded": padded.shape[:len(tile)]}
+
+
+def extract_tiles(array, tile, overlap=0.0):
+    """Cut ``array`` into tiles of shape ``tile`` that overlap by ``overlap``.
+
+    Axes shorter than the tile are first padded at the end by reflection; the
+    last tile of each axis is aligned with the (padded) end, so every position is
+    covered (see ``tile_starts``).
+
+    Parameters
+    ----------
+    array : ndarray ``(*spatial, ...)``, any dtype
+    tile : sequence of int, one per spatial axis
+    overlap : float in [0, 1) or sequence of one per spatial axis
+
+    Returns
+    -------
+    tiles : ndarray ``(n_tiles, *tile, ...)``, dtype of ``array``
+    positions : list of tuple of int, the corner of each tile, for ``merge_tiles``
+    """
+    tile = tuple(int(t) for t in tile)
+    padded, _ = pad_to_tile(array, tile)
+    positions = tile_grid(padded.shape[:len(tile)], tile, overlap)
+    return np.stack([padded[_window(p, tile)] for p in positions]), positions
+
+
+def merge_tiles(tiles, positions, shape):
+    """Inverse of ``extract_tiles``: average the tiles where they overlap, drop the padding.
+
+    Parameters
+    ----------
+    tiles : ndarray ``(n_tiles, *tile, ...)``
+    positions : list of tuple of int, from ``extract_tiles``
+    shape : tuple of int, spatial shape of the original array
+
+    Returns
+    -------
+    ndarray ``(*shape, ...)``, dtype of ``tiles``; where the tiles agree (tiles
+    of one array) the original values, exactly.
+    """
+    ndim = len(shape)
+    tile = tiles.shape[1:1 + ndim]
+    extent = tuple(max(p[i] + tile[i] for p in positions) for i in range(ndim))
+    # float64 sums of equal float32 values divided by their count give those values back exactly.
+    total = np.zeros(extent + tiles.shape[1 + ndim:], np.float64)
+    count = np.zeros(extent, np.int64)
+    for t, p in zip(tiles, positions):
+        total[_window(p, tile)] += t
+        count[_window(p, tile)] += 1
+    count = count.reshape(count.shape + (1,) * (total.ndim - ndim))
+    return (total / count)[tuple(slice(0, s) for s in shape)].astype(tiles.dtype)
 
 
 def merge_grid(crops, info):
@@ -186,3 +279,69 @@ def discard_low_foreground(images, masks, min_fraction):
             f"(largest foreground fraction {foreground_fraction(masks).max():.3f}); lower it"
         )
     return images[keep], masks[keep]
+
+
+# --------------------------------------------------------------------------- weight maps
+
+# Distances are computed only this many sigmas around each object: farther, the
+# border term is below exp(-6**2 / 2) w0 = 1.5e-8 w0 and is left out.
+_WEIGHT_REACH = 6.0
+
+
+def weight_map(mask, w0=10.0, sigma=5.0, fg_fraction=None):
+    """Per-pixel loss weights of U-Net (Ronneberger et al. 2015): class balance plus borders.
+
+    ``w = w_c + w0 exp(-(d1 + d2)^2 / (2 sigma^2))``, the border term on
+    background pixels only, where ``d1`` and ``d2`` are the distances to the
+    nearest and second-nearest object (connected component of the mask). It
+    peaks in narrow gaps between objects, which the network must learn to keep
+    open. ``w_c`` balances the classes: ``1 / (2 f)`` on foreground and
+    ``1 / (2 (1 - f))`` on background for a foreground share ``f``, so its mean
+    over pixels with that share is 1.
+
+    Distances are computed object by object in the object's bounding box grown
+    by ``6 sigma``, so the cost grows with the number and size of the objects,
+    not with their number times the image size.
+
+    Parameters
+    ----------
+    mask : ndarray ``spatial`` (2D or 3D), binary (nonzero is foreground)
+    w0 : float
+        Height of the border term, >= 0.
+    sigma : float
+        Width of the border term, pixels (voxels in 3D), > 0.
+    fg_fraction : float in [0, 1], optional
+        Foreground share ``f`` for the class balance; by default this mask's.
+        Pass the share of the whole training set so that every image gets the
+        same class weights. With ``f`` 0 or 1 the class weights are all 1.
+
+    Returns
+    -------
+    ndarray of float32, shape ``spatial``
+    """
+    mask = np.asarray(mask) != 0
+    if w0 < 0 or sigma <= 0:
+        raise ValueError(f"weight_map: expected w0 >= 0 and sigma > 0, got w0={w0}, sigma={sigma}")
+    f = float(mask.mean()) if fg_fraction is None else float(fg_fraction)
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(f"weight_map: fg_fraction must be in [0, 1], got {fg_fraction}")
+    if 0.0 < f < 1.0:
+        weights = np.where(mask, np.float32(0.5 / f), np.float32(0.5 / (1.0 - f)))
+    else:
+        weights = np.ones(mask.shape, np.float32)
+    labels, count = ndi.label(mask)
+    if count < 2 or w0 == 0:
+        return weights
+    pad = int(np.ceil(_WEIGHT_REACH * sigma))
+    nearest = np.full(mask.shape, np.inf, np.float32)
+    second = np.full(mask.shape, np.inf, np.float32)
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        window = tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box, mask.shape))
+        # The window holds the whole object, so these are its exact distances.
+        d = ndi.distance_transform_edt(labels[window] != index).astype(np.float32)
+        first, other = nearest[window], second[window]
+        np.minimum(other, np.maximum(first, d), out=other)
+        np.minimum(first, d, out=first)
+    border = np.float32(w0) * np.exp(-((nearest + second) ** 2) / np.float32(2.0 * sigma ** 2))
+    weights[~mask] += border[~mask]
+    return weights

@@ -1,116 +1,291 @@
-"""Predict a test set with every enabled inference variant, save predictions, compute metrics.
+"""Predict a test set with every enabled inference variant, one item at a time; save and score.
 
-Variants (2D):
+Variants, reported in this order; each can be switched off in the configuration:
 
-``per_crop``
-    non-overlapping crops of the training size; metrics computed per crop and
+``per_crop`` (``inference.per_crop``)
+    non-overlapping crops of the tile size; metrics computed per crop and
     averaged over crops (how patch-based papers often report).
-``merged``
-    the same crop predictions merged into full images; metrics over the whole set.
-``tiled``
-    overlapping tiles (``inference.overlap``) blended with a smooth window;
-    metrics over the whole set.
+``merged`` (``inference.merged``)
+    the same crop predictions merged into whole images or volumes.
+``tiled`` (``inference.tiled``)
+    overlapping tiles (``inference.overlap``) blended with a smooth window.
+``tta`` (``inference.tta``)
+    ``tiled`` with test-time augmentation: 8 flips/rotations in 2D, 16 in 3D.
+``z_filter`` (``post.z_filter``)
+    ``tiled``, median-filtered along z over ``post.z_filter_size`` slices.
+``tta_z_filter`` (``post.tta_z_filter``, with ``inference.tta``)
+    ``tta``, median-filtered along z.
+``oztel`` (``post.oztel``)
+    ``tiled``, post-processed as Oztel et al. (2017): connected components of low
+    mean probability dropped, boundaries refined by a watershed on the image
+    gradient (:func:`lib.postprocess.oztel`).
+
+The tiled prediction is computed whenever ``tiled``, ``z_filter`` or ``oztel`` needs it.
+
+Z-filtering of 2D test sets: consecutive images are taken as the slices of one
+stack, in the order of the test set (the usual case: the sorted slices of a
+volume). If the images differ in shape they cannot be a stack: the z variants
+are then skipped, with a printed note. A 3D item is filtered along its own z axis.
+
+Streaming: items are read, predicted, written and scored one at a time, so
+memory holds one item and its predictions, never the whole set. What is kept
+across items is bounded: pixel and object counts, threshold-sweep histograms, a
+window of ``post.z_filter_size`` predictions for 2D z-filtering, and the few
+slices drawn as overlays.
+
+Metrics of each variant, pooled over the set: ``fg_iou``, ``mean_iou``, ``dice``,
+``precision``, ``recall`` from summed pixel counts; ``det`` and ``seg`` of the Cell
+Tracking Challenge, objects being the connected components of each 2D image or
+3D volume; for probability variants, a threshold sweep and its ``best_threshold``.
 """
 
 import os
+import shutil
 
 import numpy as np
+from skimage.measure import label
 from tqdm import tqdm
 
-from . import io, metrics
-from .inference import crop_windows, predict_crops, predict_tiled
+from . import io, reports
+from .errors import UserError
+from .inference import crop_windows, predict_crops, predict_tiled, predict_tta
+from .metrics import PIXEL_METRICS, ObjectCounts, PixelCounts, SweepHistogram
+from .postprocess import ZFilterStream, binarize, oztel, z_filter
+
+VARIANTS = ("per_crop", "merged", "tiled", "tta", "z_filter", "tta_z_filter", "oztel")
+PROBABILITY_VARIANTS = ("merged", "tiled", "tta", "z_filter", "tta_z_filter")
+OBJECT_METRICS = ("det", "seg")
 
 
-def binarize(prob, threshold):
-    """Probabilities to a binary uint8 {0, 1} map (foreground where ``prob >= threshold``)."""
-    return (prob >= threshold).astype(np.uint8)
+def enabled_variants(cfg):
+    """The variants ``cfg`` (a full Config) switches on, in :data:`VARIANTS` order."""
+    inf, post = cfg.inference, cfg.post
+    on = {"per_crop": inf.per_crop, "merged": inf.merged, "tiled": inf.tiled, "tta": inf.tta,
+          "z_filter": post.z_filter, "tta_z_filter": inf.tta and post.tta_z_filter, "oztel": post.oztel}
+    return [v for v in VARIANTS if on[v]]
 
 
-def save_prediction(pred_dir, variant, name, prob, threshold):
-    """Write ``<variant>/prob/<name>.tif`` (float32) and ``<variant>/binary/<name>.tif`` (0/255 uint8)."""
-    for kind, array in (("prob", prob.astype(np.float32)), ("binary", binarize(prob, threshold) * np.uint8(255))):
+def save_prediction(pred_dir, variant, name, binary, prob=None):
+    """Write ``<variant>/binary/<name>.tif`` (0/255 uint8) and, given ``prob``, ``<variant>/prob/<name>.tif``.
+
+    ``binary`` is {0, 1} and ``prob`` float probabilities (written as float32), of one shape.
+    """
+    outputs = [("binary", binary.astype(np.uint8) * np.uint8(255))]
+    if prob is not None:
+        outputs.append(("prob", prob.astype(np.float32, copy=False)))
+    for kind, array in outputs:
         folder = os.path.join(pred_dir, variant, kind)
         os.makedirs(folder, exist_ok=True)
         io.write_tiff(os.path.join(folder, f"{name}.tif"), array)
 
 
-def predict_test_set(predict, images, names, tile, cfg, pred_dir):
-    """Predict every image with the enabled variants and write the predictions.
+class _Score:
+    """Pooled pixel counts, object counts and, for probabilities, the threshold sweep of one variant."""
+
+    def __init__(self, sweep):
+        self.pixels = PixelCounts()
+        self.objects = ObjectCounts()
+        self.sweep = SweepHistogram() if sweep else None
+
+    def add(self, binary, mask, gt_labels, prob=None):
+        self.pixels += PixelCounts.from_arrays(binary, mask)
+        self.objects += ObjectCounts.from_masks(binary, mask, gt_labels=gt_labels)
+        if self.sweep is not None:
+            self.sweep.update(prob, mask)
+
+    def results(self):
+        objects = self.objects.metrics()
+        return {**self.pixels.metrics(), **{k: objects[k] for k in OBJECT_METRICS}}
+
+
+class _PerCropScore:
+    """Pixel and object metrics of each crop of the grid, averaged over crops."""
+
+    def __init__(self, tile):
+        self.tile = tile
+        self.sums = dict.fromkeys(PIXEL_METRICS + OBJECT_METRICS, 0.0)
+        self.count = 0
+
+    def add(self, binary, mask):
+        for w in crop_windows(mask.shape, self.tile):
+            values = {**PixelCounts.from_arrays(binary[w], mask[w]).metrics(),
+                      **ObjectCounts.from_masks(binary[w], mask[w]).metrics()}
+            for k in self.sums:
+                self.sums[k] += values[k]
+            self.count += 1
+
+    def results(self):
+        return {k: v / self.count for k, v in self.sums.items()}
+
+
+class _Evaluation:
+    """The state of one streamed evaluation: scores, z-filter windows, overlay slices."""
+
+    def __init__(self, cfg, tile, pred_dir, n_items):
+        self.cfg, self.tile, self.pred_dir = cfg, tile, pred_dir
+        self.ndim = len(tile)
+        self.scores = {v: _PerCropScore(tile) if v == "per_crop" else _Score(v in PROBABILITY_VARIANTS)
+                       for v in enabled_variants(cfg)}
+        self.streams = {}
+        if self.ndim == 2:
+            self.streams = {v: ZFilterStream(cfg.post.z_filter_size)
+                            for v in ("z_filter", "tta_z_filter") if v in self.scores}
+        self.stack_shape = None
+        count = min(cfg.inference.overlays, n_items)
+        self.overlay_items = set(np.linspace(0, n_items - 1, count).round().astype(int).tolist()) if count else set()
+        self.samples = {}  # item index -> [(z or None, sample dict)]
+
+    def add_item(self, index, image, mask, name, predict):
+        """Predict one item with every enabled variant; write, score and sample each prediction."""
+        _check_item(image, mask, name, self.tile)
+        if self.streams:
+            self._check_stack(mask.shape, name)
+        gray = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1)
+        self._keep_samples(index, gray, mask, name)
+        item = (name, mask, label(mask), index)
+        # One method per prediction: its arrays are freed before the next one is made.
+        if "per_crop" in self.scores or "merged" in self.scores:
+            self._crops(predict, image, item)
+        if {"tiled", "z_filter", "oztel"} & set(self.scores):
+            self._tiled(predict, image, gray, item)
+        if "tta" in self.scores:
+            self._tta(predict, image, item)
+
+    def _crops(self, predict, image, item):
+        inf = self.cfg.inference
+        prob = predict_crops(predict, image, self.tile, inf.batch_size)
+        binary = binarize(prob, inf.threshold)
+        if "per_crop" in self.scores:
+            self.scores["per_crop"].add(binary, item[1])
+        if "merged" in self.scores:
+            self.record("merged", item, binary, prob)
+
+    def _tiled(self, predict, image, gray, item):
+        inf, post = self.cfg.inference, self.cfg.post
+        prob = predict_tiled(predict, image, self.tile, inf.overlap, inf.window, inf.batch_size)
+        if "tiled" in self.scores:
+            self.record("tiled", item, binarize(prob, inf.threshold), prob)
+        if "oztel" in self.scores:
+            self.record("oztel", item, oztel(prob, gray, inf.threshold, post.oztel_min_mean_prob,
+                                             post.oztel_marker_radius))
+        self._z_filter("z_filter", prob, item)
+
+    def _tta(self, predict, image, item):
+        inf = self.cfg.inference
+        prob = predict_tta(predict, image, self.tile, inf.overlap, inf.window, inf.batch_size)
+        self.record("tta", item, binarize(prob, inf.threshold), prob)
+        self._z_filter("tta_z_filter", prob, item)
+
+    def record(self, variant, item, binary, prob=None):
+        """Write one prediction of ``variant``, add it to the scores and to the overlay samples."""
+        name, mask, gt_labels, index = item
+        save_prediction(self.pred_dir, variant, name, binary, prob)
+        self.scores[variant].add(binary, mask, gt_labels, prob)
+        for z, sample in self.samples.get(index, ()):
+            sample["preds"][variant] = (binary if z is None else binary[z]).copy()
+
+    def _z_filter(self, variant, prob, item):
+        if variant not in self.scores:
+            return
+        if self.ndim == 3:
+            filtered = z_filter(prob, self.cfg.post.z_filter_size)
+            self.record(variant, item, binarize(filtered, self.cfg.inference.threshold), filtered)
+            return
+        for filtered, slice_item in self.streams[variant].push(prob, item):
+            self.record(variant, slice_item, binarize(filtered, self.cfg.inference.threshold), filtered)
+
+    def _check_stack(self, shape, name):
+        if self.stack_shape is None:
+            self.stack_shape = shape
+        elif shape != self.stack_shape:
+            tqdm.write(f"Note: test image {name} ({'x'.join(map(str, shape))}) differs in size from the first "
+                  f"({'x'.join(map(str, self.stack_shape))}): the test images are not the slices of one "
+                  f"stack, so the z-filter variants ({', '.join(self.streams)}) are skipped")
+            for variant in self.streams:
+                del self.scores[variant]
+                shutil.rmtree(os.path.join(self.pred_dir, variant), ignore_errors=True)
+                for samples in self.samples.values():
+                    for _, sample in samples:
+                        sample["preds"].pop(variant, None)
+            self.streams = {}
+
+    def _keep_samples(self, index, gray, mask, name):
+        if index not in self.overlay_items:
+            return
+        # Copies: a view would keep the whole image or volume alive until the end.
+        if self.ndim == 2:
+            self.samples[index] = [(None, {"name": name, "image": gray.copy(), "mask": mask.copy(), "preds": {}})]
+            return
+        per_item = -(-self.cfg.inference.overlays // len(self.overlay_items))
+        zs = sorted({int(z) for z in np.linspace(0, len(mask), per_item + 2)[1:-1]})
+        self.samples[index] = [(z, {"name": f"{name} z={z}", "image": gray[z].copy(), "mask": mask[z].copy(),
+                                    "preds": {}}) for z in zs]
+
+    def finish(self, charts_dir):
+        for variant, stream in self.streams.items():
+            for filtered, item in stream.flush():
+                self.record(variant, item, binarize(filtered, self.cfg.inference.threshold), filtered)
+        results, sweeps = {}, {}
+        for variant, score in self.scores.items():
+            results[variant] = score.results()
+            if getattr(score, "sweep", None) is not None:
+                sweeps[variant] = score.sweep.result()
+                results[variant]["best_threshold"] = sweeps[variant]["best_threshold"]
+        samples = [s for index in sorted(self.samples) for _, s in self.samples[index]]
+        columns = [v for v in self.scores if v != "per_crop"]  # per_crop's masks are merged's
+        if samples and columns:
+            reports.plot_overlays(samples, columns, charts_dir)
+        return results, sweeps
+
+
+def _check_item(image, mask, name, tile):
+    ndim = len(tile)
+    if image.ndim != ndim + 1:
+        raise UserError(f"test item {name}: expected an image with {ndim} spatial axes and channels last "
+                        f"(tile {list(tile)}), got shape {image.shape}")
+    if mask.shape != image.shape[:ndim]:
+        raise UserError(f"test item {name}: mask shape {mask.shape} differs from image shape {image.shape[:ndim]}")
+
+
+def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None):
+    """Predict, write and evaluate a test set with every enabled variant, one item at a time.
 
     Parameters
     ----------
-    predict : callable from ``inference.make_predictor``
-    images : list of float32 ndarray ``(*spatial, C)``
-    names : list of str, file stems for the outputs
-    tile : tuple of int, crop/tile spatial shape
-    cfg : InferenceConfig
-    pred_dir : str, the run's ``predictions/`` folder
-
-    Returns
-    -------
-    dict ``{variant: list of float32 probability maps}`` for 'merged' and/or 'tiled'.
-    """
-    probs = {}
-    for image, name in zip(tqdm(images, desc="predicting", unit="image"), names):
-        if cfg.per_crop or cfg.merged:
-            prob = predict_crops(predict, image, tile, cfg.batch_size)
-            probs.setdefault("merged", []).append(prob)
-            save_prediction(pred_dir, "merged", name, prob, cfg.threshold)
-        if cfg.tiled:
-            prob = predict_tiled(predict, image, tile, cfg.overlap, cfg.window, cfg.batch_size)
-            probs.setdefault("tiled", []).append(prob)
-            save_prediction(pred_dir, "tiled", name, prob, cfg.threshold)
-    return probs
-
-
-def evaluate(probs, masks, tile, cfg):
-    """Metrics of every variant: ``{variant: {metric: value}}`` plus threshold sweeps.
-
-    Parameters
-    ----------
-    probs : dict from ``predict_test_set``
-    masks : list of uint8 {0, 1} ndarray, ground truth aligned with the predictions
-    tile : tuple of int, crop shape (for the per-crop variant)
-    cfg : InferenceConfig
-
-    Returns
-    -------
-    results : dict ``{variant: {metric: float}}``
-    sweeps : dict ``{variant: threshold_sweep result}``
-    """
-    results, sweeps = {}, {}
-    if cfg.per_crop:
-        pairs = [(binarize(p[w], cfg.threshold), m[w])
-                 for p, m in zip(probs["merged"], masks) for w in crop_windows(m.shape, tile)]
-        results["per_crop"] = metrics.mean_per_item_metrics([p for p, _ in pairs], [m for _, m in pairs])
-    for variant in ("merged", "tiled"):
-        if variant == "merged" and not cfg.merged or variant not in probs:
-            continue
-        results[variant] = metrics.pixel_metrics([binarize(p, cfg.threshold) for p in probs[variant]], masks)
-        sweeps[variant] = metrics.threshold_sweep(probs[variant], masks)
-    return results, sweeps
-
-
-def evaluate_test_set(predict, test_set, tile, cfg, pred_dir):
-    """Predict and evaluate a whole test set with every enabled variant.
-
-    Parameters
-    ----------
-    predict : callable from ``inference.make_predictor``
-    test_set : sequence of ``(image (*spatial, C) float32, mask spatial uint8 {0, 1}, name)``
-        2D images or 3D volumes; ``len(test_set)`` and ``test_set[i]`` are all that is used,
-        so a set may read its items from disk lazily.
+    predict : callable ``f(batch (N, *tile, C) float32) -> (N, *tile) float32``
+        From :func:`lib.inference.make_predictor`.
+    test_set : sequence of ``(image (*spatial, C) float32, mask spatial uint8 {0, 1}, name str)``
+        2D images or 3D volumes (``len(tile)`` spatial axes); ``len(test_set)``
+        and ``test_set[i]`` are all that is used, and each item is read once, so
+        a set may load its items lazily from disk.
     tile : sequence of int, crop/tile spatial shape
-    cfg : Config (its ``inference`` and ``post`` sections are used)
-    pred_dir : str, the run's ``predictions/`` folder
+    cfg : lib.config.Config
+        Its ``inference`` and ``post`` sections choose the variants and their options.
+    pred_dir : str
+        The run's ``predictions/`` folder: ``<variant>/binary/<name>.tif`` (0/255) for
+        every variant but ``per_crop``, ``<variant>/prob/<name>.tif`` (float32) for
+        probability variants.
+    charts_dir : str, optional
+        Where ``overlays.png`` goes (image, ground-truth and prediction outlines of
+        ``inference.overlays`` test slices); default the ``charts/`` folder beside
+        ``pred_dir``.
 
     Returns
     -------
     results : dict ``{variant: {metric: float}}``
+        The metrics of :data:`PIXEL_METRICS` and ``det``, ``seg`` for each enabled
+        variant, plus ``best_threshold`` (highest ``fg_iou`` of the sweep) for
+        probability variants.
     sweeps : dict ``{variant: threshold sweep}``
+        For probability variants, as :func:`lib.metrics.threshold_sweep` returns it.
     """
-    items = [test_set[i] for i in range(len(test_set))]
-    images, masks, names = (list(v) for v in zip(*items))
-    tile = tuple(tile)
-    probs = predict_test_set(predict, images, names, tile, cfg.inference, pred_dir)
-    return evaluate(probs, masks, tile, cfg.inference)
+    tile = tuple(int(t) for t in tile)
+    if not len(test_set):
+        raise UserError("the test set is empty: nothing to evaluate")
+    if charts_dir is None:
+        charts_dir = os.path.join(os.path.dirname(os.path.normpath(pred_dir)), "charts")
+    evaluation = _Evaluation(cfg, tile, pred_dir, len(test_set))
+    for i in tqdm(range(len(test_set)), desc="predicting", unit="item"):
+        image, mask, name = test_set[i]
+        evaluation.add_item(i, image, mask, name, predict)
+    return evaluation.finish(charts_dir)

@@ -6,7 +6,7 @@ one implementation of each step, while the templates stay short enough to copy.
 
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from .errors import UserError
 
 @dataclass
 class ImageSet:
-    """Normalised 2D images ``(H, W, C)`` float32, binary masks ``(H, W)`` uint8 and file stems."""
+    """Normalised images float32 ``(*spatial, C)`` (2D images or 3D volumes), binary masks ``spatial`` uint8, names."""
 
     images: List[np.ndarray]
     masks: List[np.ndarray]
@@ -56,8 +56,26 @@ def load_2d(data_dir, cfg):
     Returns ``(train, test)`` ImageSets. Raises UserError on any problem with the
     data, before anything is written.
     """
-    if len(cfg.data.crop_shape) != 2:
-        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the 2D template needs 2 sizes (y, x)")
+    return _load(data_dir, cfg, ndim=2)
+
+
+def load_3d(data_dir, cfg):
+    """Read, check and normalise ``DATA_DIR/{train,test}`` as 3D volumes.
+
+    Each folder holds sorted 2D slices (one volume) or multi-page TIFF stacks
+    (one volume each), see ``io.load_pairs_3d``; ``per_image`` normalisation is
+    per volume. Returns ``(train, test)`` ImageSets of volumes ``(Z, Y, X, C)``
+    float32 and masks ``(Z, Y, X)`` uint8. Raises UserError on any problem with
+    the data, before anything is written.
+    """
+    return _load(data_dir, cfg, ndim=3)
+
+
+def _load(data_dir, cfg, ndim):
+    if len(cfg.data.crop_shape) != ndim:
+        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the {ndim}D template needs {ndim} sizes "
+                        f"({', '.join('zyx'[3 - ndim:])})")
+    data.per_axis(cfg.inference.overlap, ndim, "inference.overlap")
     if cfg.data.random_crops and cfg.data.min_fg_fraction > 0:
         raise UserError(
             "data.min_fg_fraction discards fixed crops (data.random_crops=false); "
@@ -66,7 +84,7 @@ def load_2d(data_dir, cfg):
     sets = {}
     for split in ("train", "test"):
         pairs = io.dataset_pairs(data_dir, split)
-        images, masks, names = io.load_pairs_2d(pairs)
+        images, masks, names = io.load_pairs_2d(pairs) if ndim == 2 else io.load_pairs_3d(pairs, split)
         check_crop_shape(cfg, [m.shape for m in masks], os.path.join(data_dir, split))
         sets[split] = (images, masks, names)
     if sets["train"][0][0].shape[-1] != sets["test"][0][0].shape[-1]:
@@ -87,33 +105,328 @@ def training_data_2d(train_set, cfg, run_dir):
     Validation uses the fixed, non-overlapping crop grid of the validation images
     (no augmentation), so its loss is comparable from epoch to epoch.
     """
+    dataset, val = _crop_data(*_split_items(train_set, cfg), cfg, ndim=2)
+    if cfg.augment.samples:
+        write_samples(dataset, train_set, cfg, run_dir)
+    return dataset, val
+
+
+def training_data_3d(train_set, cfg, run_dir):
+    """Split training/validation and return ``(CropDataset of subvolumes, (x_val, y_val) or None)``.
+
+    Several volumes are split as whole volumes, as 2D images are. A single volume
+    is split along z: its last ``data.val_fraction`` of slices (at least one
+    subvolume deep) validate, so no validation slice neighbours a training slice
+    on both sides. Validation uses the fixed, non-overlapping subvolume grid.
+    """
+    if len(train_set) > 1:
+        return _crop_data(*_split_items(train_set, cfg), cfg, ndim=3)
+    volume, mask = train_set.images[0], train_set.masks[0]
+    z = data.split_depth(len(mask), cfg.data.val_fraction, cfg.data.crop_shape[0])
+    val = ([volume[z:]], [mask[z:]]) if z < len(mask) else ([], [])
+    return _crop_data(([volume[:z]], [mask[:z]]), val, cfg, ndim=3)
+
+
+def _split_items(train_set, cfg):
+    """``((images, masks), (val_images, val_masks))`` of a split by item (image or volume)."""
+    split = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
+    return tuple(([train_set.images[i] for i in idx], [train_set.masks[i] for i in idx]) for idx in split)
+
+
+def _crop_data(train, val, cfg, ndim):
+    """CropDataset over ``train = (images, masks)`` and the crop grid of ``val`` as arrays (or None)."""
     from .augment import Augmenter
     from .generators import CropDataset
 
     crop = tuple(cfg.data.crop_shape)
-    train_idx, val_idx = data.split_indices(len(train_set.images), cfg.data.val_fraction,
-                                            cfg.data.val_split, cfg.train.seed)
+    (images, masks), (val_images, val_masks) = train, val
+    weights, val_weights = _weight_maps(masks, val_masks, cfg)
     val = None
-    if len(val_idx):
-        xs, ys = zip(*(
-            (data.crop_grid(train_set.images[i], crop)[0], data.crop_grid(train_set.masks[i], crop)[0])
-            for i in val_idx
-        ))
-        val = (np.concatenate(xs), np.concatenate(ys)[..., None].astype(np.float32))
-    images = [train_set.images[i] for i in train_idx]
-    masks = [train_set.masks[i] for i in train_idx]
+    if val_images:
+        xs, ys = zip(*((data.crop_grid(x, crop)[0], data.crop_grid(_targets(y, w), crop)[0])
+                       for x, y, w in zip(val_images, val_masks, val_weights)))
+        val = (np.concatenate(xs), np.concatenate(ys))
     if not cfg.data.random_crops:
         x = np.concatenate([data.crop_grid(im, crop)[0] for im in images])
         y = np.concatenate([data.crop_grid(m, crop)[0] for m in masks])
-        x, y = data.discard_low_foreground(x, y, cfg.data.min_fg_fraction)
-        images, masks = list(x), list(y)
-    augmenter = Augmenter(cfg.augment, ndim=2) if cfg.augment.enabled else None
+        keep, y = data.discard_low_foreground(np.arange(len(y)), y, cfg.data.min_fg_fraction)
+        images, masks = [x[i] for i in keep], list(y)
+        if weights is not None:
+            w = np.concatenate([data.crop_grid(m, crop)[0] for m in weights])
+            weights = [w[i] for i in keep]
+    augmenter = Augmenter(cfg.augment, ndim=ndim) if cfg.augment.enabled else None
     dataset = CropDataset(images, masks, crop, cfg.train.batch_size, augmenter=augmenter,
                           random_crops=cfg.data.random_crops, fg_sampling=cfg.data.fg_sampling,
-                          replicate=cfg.data.replicate, seed=cfg.train.seed, workers=cfg.train.workers)
-    print(f"Training on {len(images)} {'images (random crops)' if cfg.data.random_crops else 'crops'}, "
-          f"validating on {0 if val is None else len(val[0])} crops")
+                          replicate=cfg.data.replicate, seed=cfg.train.seed, workers=cfg.train.workers,
+                          weights=weights)
+    item, crops = ("images", "crops") if ndim == 2 else ("volumes", "subvolumes")
+    print(f"Training on {len(images)} {f'{item} (random {crops})' if cfg.data.random_crops else crops}, "
+          f"validating on {0 if val is None else len(val[0])} {crops}")
     return dataset, val
+
+
+def _weight_maps(masks, val_masks, cfg):
+    """``(train maps or None, val maps or Nones)``: U-Net weight maps when ``train.loss`` needs them.
+
+    Computed once per image, after the split and before cropping, with the
+    class balance of the training masks for every image.
+    """
+    from .losses import uses_weight_maps
+
+    if not uses_weight_maps(cfg.train.loss):
+        return None, [None] * len(val_masks)
+    fg = sum(int(np.count_nonzero(m)) for m in masks) / sum(m.size for m in masks)
+    maps = [[data.weight_map(m, cfg.train.weight_w0, cfg.train.weight_sigma, fg_fraction=fg) for m in group]
+            for group in (masks, val_masks)]
+    return maps[0], maps[1]
+
+
+def _targets(mask, weight):
+    """Training targets ``(*spatial, 1)``, or ``(*spatial, 2)`` (mask, weight) with a weight map, float32."""
+    return np.stack([mask] if weight is None else [mask, weight], axis=-1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- pictures to check before a long run
+
+CROP_CHECKS = 4  # crop-check mosaics are of whole images, which can be large: a few are enough
+
+
+def write_samples(dataset, image_set, cfg, run_dir):
+    """Write the pictures to check before a long run (``augment.samples`` > 0).
+
+    ``samples/augmentation/sample_NNN.png``: the first ``augment.samples``
+    training samples of epoch 1 as the network receives them (cropped,
+    augmented, normalised), the mask outline in green.
+    ``samples/crops/<name>.png``: crop-check mosaics of the first training
+    images (at most ``CROP_CHECKS``), the crop grid over the full image.
+
+    Parameters
+    ----------
+    dataset : CropDataset (or a subclass), batches ``(x, y)`` with the mask in ``y[..., 0]``
+    image_set : sequence of ``(image (H, W, C), mask (H, W), name)``, the full training images
+    cfg : Config
+    run_dir : str
+    """
+    n = cfg.augment.samples
+    images, masks = [], []
+    for index in range(len(dataset)):
+        x, y = dataset[index][:2]
+        images += list(x)
+        masks += list(y[..., 0])
+        if len(images) >= n:
+            break
+    folder = os.path.join(run_dir, "samples")
+    reports.save_augmentation_samples(images[:n], masks[:n], os.path.join(folder, "augmentation"))
+    for i in range(min(n, CROP_CHECKS, len(image_set))):
+        image, mask, name = image_set[i]
+        reports.save_crop_check(image, mask, cfg.data.crop_shape, os.path.join(folder, "crops", f"{name}.png"))
+    print(f"Check pictures: {folder}")
+
+
+# --------------------------------------------------------------------------- 2D data streamed from disk
+
+FG_BLOCK = 64  # side of the blocks whose foreground counts drive data.fg_sampling on streamed data
+
+
+@dataclass
+class DiskImageSet:
+    """2D images and masks on disk, read one item at a time, and their names.
+
+    ``[i]`` reads item ``i`` whole: ``(image (H, W, C) float32`` normalised like
+    the training data, ``mask (H, W) uint8 {0, 1}, name)``; nothing is kept, so a
+    set of any size is used in bounded memory (``evaluation.evaluate_test_set``
+    takes it as a test set).
+
+    Attributes
+    ----------
+    images : list of generators.DiskImage
+    masks : list of generators.DiskMask
+    names : list of str
+    foreground : list of generators.ForegroundIndex, or None
+        Per-block foreground index of each mask (training set with ``data.fg_sampling > 0``).
+    """
+
+    images: list
+    masks: list
+    names: List[str]
+    foreground: Optional[list] = None
+
+    @property
+    def channels(self):
+        return self.images[0].shape[-1]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return np.asarray(self.images[i]), np.asarray(self.masks[i]), self.names[i]
+
+
+def open_2d_streamed(data_dir, cfg):
+    """Index and check ``DATA_DIR/{train,test}`` for training streamed from disk; keep no pixels.
+
+    Pairing, counts, sizes, channels and pixel types are checked from the file
+    headers (``io.index_pairs_2d``). Then every file is read once, one at a time
+    per thread (``train.workers`` threads): this checks every mask, and computes
+    each image's normalisation (its minimum and maximum for ``per_image``, the
+    training mean and standard deviation for ``zscore``, computed in one pass)
+    and, with ``data.fg_sampling > 0``, the foreground count of every block of
+    ``FG_BLOCK`` pixels of each training mask.
+
+    Returns
+    -------
+    train, test : DiskImageSet
+
+    Raises
+    ------
+    UserError
+        On any problem with the data or an option the streamed path does not
+        support, before anything is written.
+    """
+    from .generators import DiskImage, DiskMask, ForegroundIndex
+    from .losses import uses_weight_maps
+
+    if len(cfg.data.crop_shape) != 2:
+        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the 2D template needs 2 sizes (y, x)")
+    data.per_axis(cfg.inference.overlap, 2, "inference.overlap")
+    if not cfg.data.random_crops or cfg.data.min_fg_fraction > 0:
+        option = ("data.random_crops=false" if not cfg.data.random_crops
+                  else f"data.min_fg_fraction={cfg.data.min_fg_fraction}")
+        raise UserError(f"{option}: streamed training always takes random crops, not a fixed grid; set "
+                        "data.random_crops=true and data.min_fg_fraction=0 (data.fg_sampling favours foreground)")
+    if uses_weight_maps(cfg.train.loss):
+        raise UserError(f"train.loss={cfg.train.loss}: weight maps are not computed for data streamed from disk; "
+                        "choose a loss without weight maps")
+    sources = {}
+    for split in ("train", "test"):
+        images, masks, names = io.index_pairs_2d(io.dataset_pairs(data_dir, split))
+        check_crop_shape(cfg, [x.shape[:2] for x in images], os.path.join(data_dir, split))
+        sources[split] = images, masks, names
+    (train_x, _, _), (test_x, _, _) = sources["train"], sources["test"]
+    if train_x[0].shape[-1] != test_x[0].shape[-1]:
+        raise UserError(f"{data_dir}: training images have {train_x[0].shape[-1]} channels but test images "
+                        f"{test_x[0].shape[-1]}; expected the same")
+    method = cfg.data.normalization
+    for x in (train_x[0], test_x[0]):
+        if method == "dtype_max" and x.dtype.kind not in "ui":
+            raise UserError(f"data.normalization=dtype_max needs integer images, got {x.dtype} ({x.path}); "
+                            "use per_image or zscore for float images")
+    fg = cfg.data.fg_sampling > 0
+    scans = {split: _scan(sources[split][0], sources[split][1], cfg.train.workers, method == "zscore",
+                          fg and split == "train", split)
+             for split in ("train", "test")}
+    stats = _zscore_stats([m for m, _ in scans["train"]]) if method == "zscore" else None
+    sets = []
+    for split in ("train", "test"):
+        images, masks, names = sources[split]
+        disk_masks = [DiskMask(m) for m in masks]
+        disk_images = [DiskImage(x, *_affine(x, image_stats, method, stats))
+                       for x, (image_stats, _) in zip(images, scans[split])]
+        foreground = ([ForegroundIndex(m, counts, FG_BLOCK) for m, (_, counts) in zip(disk_masks, scans[split])]
+                      if fg and split == "train" else None)
+        sets.append(DiskImageSet(disk_images, disk_masks, names, foreground))
+    return tuple(sets)
+
+
+def _scan(images, masks, workers, moments, block_counts, split):
+    """Read each image/mask pair once: ``[(image statistics, mask block counts or None)]``.
+
+    Statistics are ``(min, max)``, with ``moments`` followed by ``(count, mean, m2)``
+    (``m2``: sum of squared deviations from the mean, in float64 blocks of rows,
+    so the memory used stays a few rows per image).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from .generators import ForegroundIndex
+
+    def one(pair):
+        x_source, y_source = pair
+        x = x_source.read()
+        stats = (float(x.min()), float(x.max()))
+        if not np.isfinite(stats).all():
+            raise UserError(f"{x_source.path}: some pixels are NaN or infinite; expected finite values "
+                            "(replace them, e.g. by the background level)")
+        if moments:
+            mean = float(x.sum(dtype=np.float64)) / x.size
+            m2 = sum(float(np.square(rows.astype(np.float64) - mean).sum())
+                     for rows in np.array_split(x, -(-len(x) // 256)))
+            stats += (x.size, mean, m2)
+        y = io.read_mask(y_source)
+        return stats, ForegroundIndex.block_counts(y, FG_BLOCK) if block_counts else None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(tqdm(pool.map(one, zip(images, masks)), total=len(images),
+                         desc=f"checking {split} files", unit="image"))
+
+
+def _zscore_stats(moments):
+    """Mean and standard deviation over all pixels from per-image ``(min, max, count, mean, m2)``.
+
+    Merged pairwise (Chan, Golub and LeVeque), which stays accurate over many images.
+    """
+    count, mean, m2 = 0, 0.0, 0.0
+    for _, _, n, m, s in moments:
+        delta = m - mean
+        total = count + n
+        mean += delta * n / total
+        m2 += s + delta * delta * count * n / total
+        count = total
+    return {"mean": mean, "std": max((m2 / count) ** 0.5, 1e-8)}
+
+
+def _affine(source, image_stats, method, stats):
+    """``(offset, scale)`` with ``(x - offset) / scale`` equal to ``data.normalize(x, method, stats)``."""
+    lo, hi = image_stats[:2]
+    if method == "per_image":
+        return lo, (hi - lo if hi > lo else 1.0)
+    if method == "dtype_max":
+        return 0.0, float(np.iinfo(source.dtype).max)
+    return stats["mean"], stats["std"]
+
+
+def training_data_streamed(train_set, cfg, run_dir):
+    """Split the training images and return ``(DiskCropDataset, (x_val, y_val) or None)``.
+
+    Validation crops follow the non-overlapping crop grid of the validation
+    images (the last row and column aligned with the image's end, so no padding
+    is read); when there are more than ``data.max_val_crops``, a seeded choice of
+    that many. They are read once and kept in memory, like the in-memory template's.
+    """
+    from .augment import Augmenter
+    from .generators import DiskCropDataset
+
+    crop = tuple(cfg.data.crop_shape)
+    train_idx, val_idx = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split,
+                                            cfg.train.seed)
+    val = _validation_crops([train_set.images[i] for i in val_idx], [train_set.masks[i] for i in val_idx],
+                            crop, cfg.data.max_val_crops, cfg.train.seed)
+    augmenter = Augmenter(cfg.augment, ndim=2) if cfg.augment.enabled else None
+    foreground = None if train_set.foreground is None else [train_set.foreground[i] for i in train_idx]
+    dataset = DiskCropDataset([train_set.images[i] for i in train_idx], [train_set.masks[i] for i in train_idx],
+                              crop, cfg.train.batch_size, augmenter=augmenter, fg_sampling=cfg.data.fg_sampling,
+                              foreground=foreground, replicate=cfg.data.replicate, seed=cfg.train.seed,
+                              workers=cfg.train.workers)
+    print(f"Training on {len(train_idx)} images (random crops read from disk), "
+          f"validating on {0 if val is None else len(val[0])} crops")
+    if cfg.augment.samples:
+        write_samples(dataset, train_set, cfg, run_dir)
+    return dataset, val
+
+
+def _validation_crops(images, masks, crop, limit, seed):
+    """At most ``limit`` grid crops of disk images: ``(x (N, *crop, C) float32, y (N, *crop, 1) float32)`` or None."""
+    windows = [(i, corner) for i, m in enumerate(masks) for corner in data.tile_grid(m.shape, crop)]
+    if not windows:
+        return None
+    if len(windows) > limit:
+        chosen = np.sort(np.random.default_rng(seed).choice(len(windows), limit, replace=False))
+        windows = [windows[k] for k in chosen]
+    keys = [(i, tuple(slice(c, c + s) for c, s in zip(corner, crop))) for i, corner in windows]
+    x = np.stack([images[i][key] for i, key in keys])
+    y = np.stack([masks[i][key] for i, key in keys])
+    return x, y[..., None].astype(np.float32)
 
 
 def record_model(model, run_dir):
@@ -137,8 +450,44 @@ def finish(args, run_dir, results, sweeps, info):
                        {"results": results, "threshold_sweeps": sweeps, "training": info})
     print()
     print(reports.metrics_table(results))
+    if sweeps:
+        # Chosen on the test set itself, so optimistic: choose on validation data for inference.threshold.
+        print("Best threshold of each sweep (fg_iou): " + ", ".join(
+            f"{v} {s['best_threshold']:.2f} ({s['best_fg_iou']:.4f})" for v, s in sweeps.items()))
     print(f"\nRun folder: {os.path.abspath(run_dir)}")
     print(f"  metrics:     {os.path.join(run_dir, 'metrics.json')}")
     print(f"  charts:      {charts}")
+    if os.path.exists(os.path.join(charts, "overlays.png")):
+        print(f"  overlays:    {os.path.join(charts, 'overlays.png')}")
     print(f"  predictions: {os.path.join(run_dir, 'predictions')}")
     print(f"  summary:     {os.path.join(args.job_dir, 'summary.csv')}")
+
+
+def reset_peak_rss():
+    """Restart the count of this process's peak resident memory (Linux ``VmHWM``) from its current RSS.
+
+    Lets ``peak_rss_mb`` report the peak of one phase (e.g. inference) rather
+    than of the whole run. Returns False where the kernel does not allow it.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb():
+    """Peak resident memory of this process in MB, since ``reset_peak_rss`` or else since it started."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+    return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)

@@ -4,10 +4,18 @@ Reproducible: sample ``i`` of epoch ``e`` is drawn with the random generator
 seeded by ``(seed, e, i)``, so results do not depend on worker scheduling.
 """
 
+import copy
+import dataclasses
+
 import numpy as np
 import keras
 
+from .augment import Augmenter
 from .errors import UserError
+from .io import read_mask
+
+# The Augmenter transforms that move pixels, which a weight map must follow.
+_GEOMETRIC = ("flip_p", "rot90_p", "rotation_p", "zoom_p", "shift_p", "shear_p", "elastic_p")
 
 
 class CropDataset(keras.utils.PyDataset):
@@ -35,14 +43,24 @@ class CropDataset(keras.utils.PyDataset):
     shuffle : bool
     workers : int
         Threads preparing batches beside training.
+    weights : list of float32 ndarray ``spatial``, optional
+        Per-pixel loss weights aligned with ``masks`` (:func:`lib.data.weight_map`),
+        cropped with the same window and moved by the same geometric
+        augmentation as the mask. With them the targets ``y`` have two
+        channels, mask then weight, for :func:`lib.losses.weighted_bce`.
+
+    Batches are ``(x (N, *crop, C) float32, y (N, *crop, 1 or 2) float32)``.
     """
 
     def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, random_crops=True,
-                 fg_sampling=0.0, replicate=1, seed=0, shuffle=True, workers=1):
+                 fg_sampling=0.0, replicate=1, seed=0, shuffle=True, workers=1, weights=None):
         super().__init__(workers=workers, use_multiprocessing=False)
         if len(images) != len(masks) or not images:
             raise UserError(f"training data: {len(images)} images and {len(masks)} masks; expected equal, non-zero counts")
-        self.images, self.masks = images, masks
+        if weights is not None and [w.shape for w in weights] != [m.shape for m in masks]:
+            raise ValueError("CropDataset: expected one weight map of the shape of each mask")
+        self.images, self.masks, self.weights = images, masks, weights
+        self._geometry = _geometry_only(augmenter) if weights is not None and augmenter is not None else None
         self.crop_shape = tuple(crop_shape)
         self.batch_size = batch_size
         self.augmenter = augmenter
@@ -62,6 +80,23 @@ class CropDataset(keras.utils.PyDataset):
         self.epoch += 1
         self._order = self._epoch_order()
 
+    def set_epoch(self, epoch):
+        """Draw the order and crops of epoch ``epoch`` (0-based) next, whatever came before.
+
+        Called by :func:`lib.training.train` as each epoch begins, so that a
+        resumed run sees the data of an uninterrupted one.
+        """
+        self.epoch = epoch
+        self._order = self._epoch_order()
+
+    def release(self):
+        """Drop the training arrays so that their memory is returned; the dataset is unusable afterwards.
+
+        Keras (TensorFlow backend) keeps a reference to a PyDataset after ``fit``
+        until the process ends, and with it every image the dataset holds.
+        """
+        self.images = self.masks = self.weights = self._fg = None
+
     def _epoch_order(self):
         order = np.tile(np.arange(len(self.images)), self.replicate)
         if self.shuffle:
@@ -73,21 +108,31 @@ class CropDataset(keras.utils.PyDataset):
         xs, ys = [], []
         for k, item in enumerate(items):
             rng = np.random.default_rng([self.seed, self.epoch, index * self.batch_size + k])
-            x, y = self.sample(item, rng)
+            x, *target = self.sample(item, rng)
             xs.append(x)
-            ys.append(y)
-        return np.stack(xs), np.stack(ys)[..., None].astype(np.float32)
+            ys.append(np.stack(target, axis=-1))
+        return np.stack(xs), np.stack(ys).astype(np.float32)
 
     def sample(self, item, rng):
-        """Return one training pair ``(image (*crop, C) float32, mask (*crop) uint8)``."""
+        """Return one training pair ``(image (*crop, C) float32, mask (*crop) uint8)``.
+
+        With ``weights``, a triple: the pair and the crop's weight map ``(*crop)`` float32.
+        """
         image, mask = self.images[item], self.masks[item]
+        weight = None if self.weights is None else self.weights[item]
         if self.random_crops:
             corner = self._crop_corner(item, rng)
             window = tuple(slice(c, c + s) for c, s in zip(corner, self.crop_shape))
             image, mask = image[window], mask[window]
+            weight = None if weight is None else weight[window]
         if self.augmenter is not None:
-            image, mask = self.augmenter(image, mask, rng)
-        return np.ascontiguousarray(image, dtype=np.float32), mask
+            replay = copy.deepcopy(rng) if weight is not None else None
+            image, augmented = self.augmenter(image, mask, rng)
+            if weight is not None:
+                weight = self._geometry(weight[..., None], mask, replay)[0][..., 0]
+            mask = augmented
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        return (image, mask) if weight is None else (image, mask, weight)
 
     def _crop_corner(self, item, rng):
         shape = self.masks[item].shape
@@ -96,3 +141,178 @@ class CropDataset(keras.utils.PyDataset):
             centre = np.unravel_index(fg[rng.integers(len(fg))], shape)
             return [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, self.crop_shape, shape)]
         return [int(rng.integers(0, n - s + 1)) for s, n in zip(self.crop_shape, shape)]
+
+
+def _geometry_only(augmenter):
+    """An Augmenter that, from the same random state, repeats only the geometry of ``augmenter``.
+
+    :class:`lib.augment.Augmenter` draws its flips, rotations and coordinate
+    map before anything else, so a copy with every other transform switched
+    off, given a copy of the random generator, moves a weight map exactly as
+    the mask was moved (interpolated linearly where the mask is resampled).
+    3D misalignment comes after the intensity draws, so it cannot be repeated.
+    """
+    if not isinstance(augmenter, Augmenter):
+        raise TypeError("CropDataset: weight maps need a lib.augment.Augmenter, whose geometry they follow")
+    cfg = augmenter.cfg
+    if augmenter.ndim == 3 and cfg.misalignment_p > 0:
+        raise UserError(
+            f"augment.misalignment_p={cfg.misalignment_p}: the weight maps of train.loss=weighted_bce cannot "
+            "follow misalignment; set augment.misalignment_p=0 or use another train.loss"
+        )
+    off = {f.name: 0.0 for f in dataclasses.fields(cfg) if f.name.endswith("_p") and f.name not in _GEOMETRIC}
+    return Augmenter(dataclasses.replace(cfg, **off), augmenter.ndim)
+
+
+# --------------------------------------------------------------------------- streamed from disk
+
+def _bounds(key, shape):
+    """``((y0, y1), (x0, x1))`` of a 2D index ``key`` (a tuple of two unit-step slices), clipped like NumPy."""
+    if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
+        raise TypeError(f"expected a window of two slices (y, x), got {key!r}")
+    bounds = tuple(k.indices(n) for k, n in zip(key, shape))
+    if any(step != 1 for _, _, step in bounds):
+        raise TypeError(f"expected unit-step slices, got {key!r}")
+    return tuple((start, max(start, stop)) for start, stop, _ in bounds)
+
+
+class DiskImage:
+    """A normalised 2D image on disk that reads only the windows asked for.
+
+    Array-like enough for :class:`CropDataset`: ``shape`` is ``(H, W, C)``,
+    ``image[y0:y1, x0:x1]`` reads that window as float32 ``(h, w, C)`` and
+    ``np.asarray(image)`` reads it all. Nothing is cached between reads.
+
+    Parameters
+    ----------
+    source : lib.io.FileSlice
+    offset, scale : float
+        Normalisation ``(x - offset) / scale``: the image's minimum and range for
+        per-image min-max, 0 and the type's maximum for ``dtype_max``, the training
+        mean and standard deviation for ``zscore``.
+    """
+
+    def __init__(self, source, offset, scale):
+        self.source, self.offset, self.scale = source, float(offset), float(scale)
+
+    @property
+    def shape(self):
+        return tuple(self.source.shape)
+
+    def read(self, window=None):
+        x = self.source.read(window).astype(np.float32)
+        return (x - np.float32(self.offset)) / np.float32(self.scale)
+
+    def __getitem__(self, key):
+        return self.read(_bounds(key, self.shape[:2]))
+
+    def __array__(self, dtype=None, copy=None):
+        x = self.read()
+        return x if dtype is None else x.astype(dtype)
+
+
+class DiskMask:
+    """A binary 2D mask on disk that reads only the windows asked for.
+
+    ``shape`` is ``(H, W)``; ``mask[y0:y1, x0:x1]`` and ``np.asarray(mask)`` read
+    uint8 {0, 1}. Values are checked as they are read: a non-binary window raises
+    :class:`lib.errors.UserError` naming the file.
+
+    Parameters
+    ----------
+    source : lib.io.FileSlice
+    """
+
+    def __init__(self, source):
+        self.source = source
+
+    @property
+    def shape(self):
+        return tuple(self.source.shape[:2])
+
+    def read(self, window=None):
+        return read_mask(self.source, window)
+
+    def __getitem__(self, key):
+        return self.read(_bounds(key, self.shape))
+
+    def __array__(self, dtype=None, copy=None):
+        y = self.read()
+        return y if dtype is None else y.astype(dtype)
+
+
+class ForegroundIndex:
+    """The flat indices of a disk mask's foreground pixels, found on demand.
+
+    Stands in for ``np.flatnonzero(mask)`` in :class:`CropDataset`'s foreground
+    sampling (``len`` and integer indexing), while keeping only the foreground
+    count of each ``cell x cell`` block: item ``k`` is found by locating its
+    block and reading that block of the mask. Items are ordered by block, then
+    raster order inside the block, so a uniform index is a uniform foreground pixel.
+
+    Parameters
+    ----------
+    mask : DiskMask
+    counts : int ndarray ``(ceil(H / cell), ceil(W / cell))``
+        Foreground pixels per block, from :meth:`block_counts`.
+    cell : int
+    """
+
+    def __init__(self, mask, counts, cell):
+        self.mask, self.cell = mask, cell
+        self.grid_width = counts.shape[1]
+        self.blocks = np.flatnonzero(counts).astype(np.int32)
+        self.ends = np.cumsum(counts.ravel()[self.blocks], dtype=np.int64)
+
+    @staticmethod
+    def block_counts(mask, cell):
+        """Foreground pixels of a binary mask ``(H, W)`` in each ``cell x cell`` block, int64."""
+        height, width = mask.shape
+        grid = (-(-height // cell), -(-width // cell))
+        padded = np.zeros((grid[0] * cell, grid[1] * cell), np.int64)
+        padded[:height, :width] = mask
+        return padded.reshape(grid[0], cell, grid[1], cell).sum(axis=(1, 3))
+
+    def __len__(self):
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, k):
+        block = int(np.searchsorted(self.ends, k, side="right"))
+        rank = int(k) - (int(self.ends[block - 1]) if block else 0)
+        by, bx = divmod(int(self.blocks[block]), self.grid_width)
+        y0, x0 = by * self.cell, bx * self.cell
+        window = self.mask[y0:y0 + self.cell, x0:x0 + self.cell]
+        y, x = np.unravel_index(np.flatnonzero(window)[rank], window.shape)
+        return (y0 + int(y)) * self.mask.shape[1] + x0 + int(x)
+
+
+class DiskCropDataset(CropDataset):
+    """Batches of random, augmented crops read from image files as they are needed.
+
+    Each sample reads only its crop's window (for TIFF, only the strips or tiles
+    it touches) in the worker preparing the batch, and nothing is kept between
+    batches, so memory does not grow with the dataset. Order, replication,
+    seeding and augmentation are those of :class:`CropDataset`.
+
+    Parameters
+    ----------
+    images : list of DiskImage
+    masks : list of DiskMask
+    crop_shape, batch_size, augmenter, replicate, seed, shuffle, workers
+        As for :class:`CropDataset` (crops are always random).
+    fg_sampling : float in [0, 1]
+        Share of crops centred on a foreground pixel.
+    foreground : list of ForegroundIndex, aligned with ``masks``
+        Needed when ``fg_sampling > 0``.
+    """
+
+    def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, fg_sampling=0.0,
+                 foreground=None, replicate=1, seed=0, shuffle=True, workers=1):
+        # CropDataset would index the foreground by reading every mask whole;
+        # the per-block ForegroundIndex takes the place of its pixel index.
+        super().__init__(images, masks, crop_shape, batch_size, augmenter=augmenter, random_crops=True,
+                         fg_sampling=0.0, replicate=replicate, seed=seed, shuffle=shuffle, workers=workers)
+        if fg_sampling > 0 and (foreground is None or len(foreground) != len(masks)):
+            raise ValueError("DiskCropDataset: fg_sampling needs one ForegroundIndex per mask")
+        self.fg_sampling = fg_sampling
+        self._fg = list(foreground) if fg_sampling > 0 else None

@@ -1,14 +1,17 @@
-"""Prediction of whole images and volumes: per crop, merged crops, blended tiles.
+"""Prediction of whole images and volumes: merged crops, blended tiles, test-time augmentation.
 
 Dimension-generic: an image is ``(*spatial, C)`` float32 with 2 or 3 spatial
 axes, a prediction is a float32 probability map of the spatial shape.
 """
 
 import functools
+import itertools
 
 import numpy as np
 
-from .data import crop_grid, merge_grid, pad_to_tile, tile_grid
+from .data import pad_to_tile, per_axis, tile_grid
+
+_IDENTITY = (0, ())  # a transform of tta_transforms: no rotation, no flip
 
 
 def make_predictor(model):
@@ -25,19 +28,72 @@ def make_predictor(model):
     return predict
 
 
-def _predict_batched(predict, tiles, batch_size):
-    return np.concatenate([predict(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)])
+def tta_transforms(tile):
+    """The test-time augmentations that keep the shape of ``tile``.
+
+    Rotations by 90 degrees in the y-x plane (all four when the tile is square
+    in y-x, else 0 and 180 degrees), each with and without a flip of x and, in
+    3D, of z: the 8 elements of the dihedral group D4 for a square 2D tile, 16
+    for a 3D tile square in y-x (4 and 8 otherwise). Flips of y are included as
+    a 180-degree rotation composed with a flip of x.
+
+    Parameters
+    ----------
+    tile : sequence of int, 2 (y, x) or 3 (z, y, x) sizes
+
+    Returns
+    -------
+    list of ``(k, flip_axes)``: rotate by ``k`` quarter turns after flipping the
+    spatial axes ``flip_axes`` (indices into ``tile``); the first is the identity.
+    """
+    ndim = len(tile)
+    turns = range(4) if tile[-1] == tile[-2] else (0, 2)
+    flippable = tuple(range(ndim - 2)) + (ndim - 1,)  # z (3D) and x
+    flip_sets = [tuple(a for a, bit in zip(flippable, bits) if bit)
+                 for bits in itertools.product((0, 1), repeat=len(flippable))]
+    return [(k, flips) for flips in flip_sets for k in turns]
+
+
+def _predict_tiles(predict, padded, tile, positions, batch_size, transforms):
+    """Predict each tile of ``padded`` under each transform, in batches of ``batch_size``.
+
+    Yields ``(window, probabilities)`` per tile and transform, the probabilities
+    mapped back to the tile's orientation. Batches mix the transforms of
+    neighbouring tiles, so every batch is full whatever the number of transforms.
+    """
+    ndim = len(tile)
+    plane = (ndim - 2, ndim - 1)
+    jobs = [(tuple(slice(p, p + t) for p, t in zip(pos, tile)), transform)
+            for pos in positions for transform in transforms]
+    for i in range(0, len(jobs), batch_size):
+        chunk = jobs[i:i + batch_size]
+        batch = np.stack([np.rot90(np.flip(padded[w], flips), k, axes=plane) for w, (k, flips) in chunk])
+        for (w, (k, flips)), prob in zip(chunk, predict(batch)):
+            yield w, np.flip(np.rot90(prob, -k, axes=plane), flips)
 
 
 def predict_crops(predict, image, tile, batch_size=8):
     """Predict non-overlapping crops of ``image`` and merge them back.
 
-    Returns the probability map of the image's spatial shape; padding added to
-    complete the last crops (by reflection) is removed.
+    Parameters
+    ----------
+    predict : callable from ``make_predictor``
+    image : float32 ndarray ``(*spatial, C)``
+    tile : sequence of int, spatial crop shape
+    batch_size : int, crops per call of ``predict``
+
+    Returns
+    -------
+    float32 ndarray ``spatial``; the padding added to complete the last crops (by
+    reflection) is removed. Memory is the output plus one batch of crops.
     """
-    crops, info = crop_grid(image, tile)
-    probs = _predict_batched(predict, crops, batch_size)
-    return merge_grid(probs, info)
+    tile = tuple(int(t) for t in tile)
+    padded, spatial = pad_to_tile(image, tile, to_multiple=True)
+    out = np.empty(padded.shape[:len(tile)], np.float32)
+    for w, prob in _predict_tiles(predict, padded, tile, tile_grid(out.shape, tile), batch_size,
+                                  [_IDENTITY]):
+        out[w] = prob
+    return out[tuple(slice(0, s) for s in spatial)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -64,21 +120,30 @@ def blend_window(tile, kind="gaussian"):
     return window
 
 
-def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_size=8):
+def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_size=8, tta=False):
     """Predict ``image`` with overlapping tiles blended by a smooth window.
 
     The image is first padded by reflection by a quarter tile on each side so
     that its borders are not seen only at tile edges. Tiles are predicted in
-    batches, each exactly once; memory is the output map plus its weight sum
-    plus one batch of tiles.
+    batches, each exactly once (once per transform with ``tta``); memory is the
+    output map plus its weight sum plus one batch of tiles.
 
     Parameters
     ----------
     predict : callable from ``make_predictor``
+        Maps a batch ``(N, *tile, C)`` to probabilities ``(N, *tile)`` in [0, 1].
     image : float32 ndarray ``(*spatial, C)``
-    tile : tuple of int, spatial tile shape (divisible by the network's downsampling)
-    overlap : float in [0, 1)
+    tile : sequence of int, spatial tile shape (divisible by the network's downsampling)
+    overlap : float in [0, 1), or a sequence of one per spatial axis
     window : {'gaussian', 'spline'}
+    batch_size : int, network inputs per call of ``predict``
+    tta : bool
+        Test-time augmentation: every tile is also predicted under each of
+        :func:`tta_transforms`, and the predictions, mapped back, are averaged.
+        Because blending is linear and the window symmetric, this equals the
+        mean of the blended predictions of all transformed copies of the image,
+        each cut along the transformed tile grid. Batches mix the transforms of
+        neighbouring tiles, so they stay full.
 
     Returns
     -------
@@ -86,23 +151,32 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
     """
     tile = tuple(int(t) for t in tile)
     spatial = image.shape[:len(tile)]
-    margin = [t // 4 if overlap > 0 else 0 for t in tile]
+    margin = [t // 4 if o > 0 else 0 for t, o in zip(tile, per_axis(overlap, len(tile), "inference.overlap"))]
     pad = [(m, m) for m in margin] + [(0, 0)]
     mode = "reflect" if all(m < s for m, s in zip(margin, spatial)) else "symmetric"
     padded, _ = pad_to_tile(np.pad(image, pad, mode=mode), tile)
+    transforms = tta_transforms(tile) if tta else [_IDENTITY]
     weights = blend_window(tile, window)
+    share = weights / np.float32(len(transforms))
     acc = np.zeros(padded.shape[:len(tile)], np.float32)
     wsum = np.zeros_like(acc)
     positions = tile_grid(acc.shape, tile, overlap)
-    for i in range(0, len(positions), batch_size):
-        chunk = positions[i:i + batch_size]
-        windows = [tuple(slice(p, p + t) for p, t in zip(pos, tile)) for pos in chunk]
-        probs = predict(np.stack([padded[w] for w in windows]))
-        for w, p in zip(windows, probs):
-            acc[w] += p * weights
-            wsum[w] += weights
-    out = acc / wsum
-    return out[tuple(slice(m, m + s) for m, s in zip(margin, spatial))]
+    for w, prob in _predict_tiles(predict, padded, tile, positions, batch_size, transforms):
+        acc[w] += prob * share
+    for pos in positions:
+        wsum[tuple(slice(p, p + t) for p, t in zip(pos, tile))] += weights
+    acc /= wsum
+    # A weighted mean of probabilities, but float32 rounding can step just outside [0, 1].
+    np.clip(acc, 0.0, 1.0, out=acc)
+    return acc[tuple(slice(m, m + s) for m, s in zip(margin, spatial))]
+
+
+def predict_tta(predict, image, tile, overlap=0.5, window="gaussian", batch_size=8):
+    """:func:`predict_tiled` with test-time augmentation (8 transforms in 2D, 16 in 3D).
+
+    See :func:`predict_tiled` (``tta=True``) and :func:`tta_transforms`.
+    """
+    return predict_tiled(predict, image, tile, overlap, window, batch_size, tta=True)
 
 
 def crop_windows(shape, tile):

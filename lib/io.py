@@ -11,10 +11,12 @@ their slices (2D) or kept as volumes (3D). Masks are binary: any two values of
 which one is 0 (0/1 and 0/255 are both common) or a single value.
 """
 
+import contextlib
 import csv
 import io as _io
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import tifffile
@@ -83,22 +85,42 @@ def read_image(path):
     UserError
         If the file cannot be decoded.
     """
-    try:
+    with decoding_errors(path):
         if path.lower().endswith(TIFF_EXTENSIONS):
             array = tifffile.imread(path)
         else:
             import skimage.io
 
             array = skimage.io.imread(path)
+    array = array.astype(pixel_type(array.dtype, path), copy=False)
+    if array.size == 0:
+        raise UserError(f"{path}: cannot read image (no pixels in it; is the file corrupt or truncated?)")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise UserError(f"{path}: {np.count_nonzero(~np.isfinite(array))} pixels are NaN or infinite; expected "
+                        "finite values (replace them, e.g. by the background level)")
+    return array
+
+
+@contextlib.contextmanager
+def decoding_errors(path):
+    """Turn the exceptions of image decoders into a UserError naming ``path``."""
+    try:
+        yield
+    except UserError:
+        raise
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except Exception as exc:  # decoders raise many types for corrupt files
         raise UserError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if array.dtype.kind not in "uif":
-        raise UserError(f"{path}: unsupported pixel type {array.dtype}; expected integer or float pixels")
-    return array
+
+
+def pixel_type(dtype, path):
+    """The in-memory pixel type for a file's ``dtype``: uint8 for bool; UserError unless integer or float."""
+    if dtype == bool:
+        return np.dtype(np.uint8)
+    if dtype is None or dtype.kind not in "uif":
+        raise UserError(f"{path}: unsupported pixel type {dtype}; expected integer or float pixels")
+    return dtype
 
 
 def as_image_slices(array, path):
@@ -124,13 +146,22 @@ def as_mask_slices(array, path):
     RGB(A) masks are accepted when their colour channels are identical.
     """
     if array.ndim == 3 and array.shape[-1] in (3, 4) and array.shape[0] > 4:
-        if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, 3)):
-            raise UserError(f"{path}: colour mask with differing channels; expected a single-channel binary mask")
-        array = array[..., 0]
+        array = mask_channel(array, path)
     slices = [array] if array.ndim == 2 else list(array) if array.ndim == 3 else None
     if slices is None:
         raise UserError(f"{path}: expected a 2D mask or a stack of 2D masks, got shape {array.shape}")
     return [binarize_mask(s, path) for s in slices]
+
+
+def mask_channel(array, path):
+    """The single channel ``(H, W)`` of a mask ``(H, W, C)`` whose colour channels are identical.
+
+    An alpha channel (the 4th) is ignored. Raises UserError naming ``path`` when
+    the colour channels differ.
+    """
+    if not all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, min(array.shape[-1], 3))):
+        raise UserError(f"{path}: colour mask with differing channels; expected a single-channel binary mask")
+    return array[..., 0]
 
 
 def binarize_mask(mask, path):
@@ -169,13 +200,237 @@ def load_pairs_2d(pairs):
             masks.append(y)
             stem = os.path.splitext(os.path.basename(x_path))[0]
             names.append(stem if len(xs) == 1 else f"{stem}_{i:04d}")
+    check_same_kind(images)
+    return images, masks, names
+
+
+def check_same_kind(images):
+    """Raise UserError unless all ``images`` ``(..., C)`` share their channel count and pixel type."""
     channels = {x.shape[-1] for x in images}
     if len(channels) > 1:
         raise UserError(f"images have different channel counts {sorted(channels)}; expected all the same")
     dtypes = {x.dtype for x in images}
     if len(dtypes) > 1:
         raise UserError(f"images have different pixel types {sorted(map(str, dtypes))}; expected one type")
+
+
+def load_pairs_3d(pairs, name):
+    """Read image/mask pairs as volumes ``(Z, Y, X, C)`` and binary masks ``(Z, Y, X)``.
+
+    Two layouts are accepted. When every file holds one 2D slice, the sorted
+    slices form one volume, called ``name``. When every file is a multi-page
+    TIFF stack, each file is one volume, called by its file stem.
+
+    Parameters
+    ----------
+    pairs : list of ``(image_path, mask_path)``, from ``dataset_pairs``
+    name : str, the name of a volume made of slices (e.g. the split, ``'test'``)
+
+    Returns
+    -------
+    images : list of ndarray ``(Z, Y, X, C)``, the files' pixel type
+    masks : list of uint8 ndarray ``(Z, Y, X)``, values {0, 1}
+    names : list of str
+
+    Raises
+    ------
+    UserError
+        If a mask is not binary (naming its file), the folder mixes slices and
+        stacks, or slices or masks differ in size.
+    """
+    xs = [as_image_slices(read_image(x), x) for x, _ in pairs]
+    stacked = [len(s) > 1 for s in xs]
+    if any(stacked) and not all(stacked):
+        raise UserError(
+            f"{pairs[stacked.index(True)][0]} is a stack but {pairs[stacked.index(False)][0]} a single "
+            "image; expected a folder of 2D slices (one volume) or of multi-page stacks (one volume each)"
+        )
+    check_same_kind([s for x in xs for s in x])
+    ys = [as_mask_slices(read_image(y), y) for _, y in pairs]
+    for (x_path, y_path), x, y in zip(pairs, xs, ys):
+        if len(x) != len(y):
+            raise UserError(f"{x_path} has {len(x)} slices but its mask {y_path} has {len(y)}")
+        if x[0].shape[:2] != y[0].shape:
+            raise UserError(
+                f"{x_path}: image size {x[0].shape[0]}x{x[0].shape[1]} differs from its mask "
+                f"{y_path} ({y[0].shape[0]}x{y[0].shape[1]})"
+            )
+    if all(stacked):
+        return ([_stack_slices(x, [p] * len(x)) for (p, _), x in zip(pairs, xs)],
+                [_stack_slices(y, [q] * len(y)) for (_, q), y in zip(pairs, ys)],
+                [os.path.splitext(os.path.basename(p))[0] for p, _ in pairs])
+    x_paths, y_paths = zip(*pairs)
+    return [_stack_slices([x for x, in xs], x_paths)], [_stack_slices([y for y, in ys], y_paths)], [name]
+
+
+def _stack_slices(slices, paths):
+    """Stack same-sized 2D slices into one array; ``paths[i]`` is the file of slice ``i``, for messages."""
+    for s, path in zip(slices, paths):
+        if s.shape != slices[0].shape:
+            raise UserError(
+                f"{path}: slice size {'x'.join(map(str, s.shape))} differs from {paths[0]} "
+                f"({'x'.join(map(str, slices[0].shape))}); the slices of a volume must have one size"
+            )
+    return np.stack(slices)
+
+
+# --------------------------------------------------------------------------- 2D slices read on demand
+
+JPEG_COMPRESSIONS = (6, 7, 33007, 34892)
+
+
+@dataclass(frozen=True)
+class FileSlice:
+    """One 2D slice of an image file, described from the file's header and read on demand.
+
+    Attributes
+    ----------
+    path : str
+    index : int
+        Slice number in the file (0 for a file holding one image).
+    shape : tuple of int
+        ``(H, W, C)``.
+    dtype : numpy.dtype
+        Pixel type, as ``read_image`` returns it.
+    by_page : bool
+        The slice is TIFF page ``index``: a window is read by decoding only the
+        strips or tiles it touches. Otherwise every read decodes the whole file.
+    """
+
+    path: str
+    index: int
+    shape: tuple
+    dtype: np.dtype
+    by_page: bool
+
+    def read(self, window=None):
+        """Return the pixels of the slice, or of ``window``, as ``(h, w, C)`` of ``self.dtype``.
+
+        Parameters
+        ----------
+        window : ``((y0, y1), (x0, x1))`` inside the slice, or None for the whole slice
+        """
+        if self.by_page:
+            with decoding_errors(self.path), tifffile.TiffFile(self.path) as tif:
+                array = _read_page(tif, tif.pages[self.index], window)
+        else:
+            array = as_image_slices(read_image(self.path), self.path)[self.index]
+            if window is not None:
+                (y0, y1), (x0, x1) = window
+                array = array[y0:y1, x0:x1]
+        return array.astype(self.dtype, copy=False)
+
+
+def file_slices(path):
+    """Describe the 2D slices of an image file, from TIFF headers where possible.
+
+    A TIFF whose every page is one 2D image ``(H, W)`` or ``(H, W, C)`` gives one
+    slice per page, described without decoding pixels. Other files (PNG, JPEG, ...,
+    TIFF stacks stored in a single page) are decoded once here and split as
+    ``as_image_slices`` splits them.
+
+    Returns
+    -------
+    list of FileSlice
+
+    Raises
+    ------
+    UserError
+        If the file is missing, cannot be decoded or has an unsupported pixel type.
+    """
+    if path.lower().endswith(TIFF_EXTENSIONS):
+        with decoding_errors(path), tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            if all(_is_2d_page(p) for p in pages):
+                return [FileSlice(path, i, _page_shape(p), pixel_type(p.dtype, path), True)
+                        for i, p in enumerate(pages)]
+    slices = as_image_slices(read_image(path), path)
+    return [FileSlice(path, i, s.shape, s.dtype, False) for i, s in enumerate(slices)]
+
+
+def index_pairs_2d(pairs):
+    """Describe image/mask pairs as 2D slices without reading pixels (see ``file_slices``).
+
+    The checks of ``load_pairs_2d`` that need no pixels are made here: slice
+    counts and sizes of each image and its mask, one channel count and one
+    pixel type for all images. Mask values are checked when masks are read.
+
+    Returns
+    -------
+    images, masks : lists of FileSlice, aligned
+    names : list of str, file stems (``stem_0003`` for slice 3 of a stack)
+    """
+    images, masks, names = [], [], []
+    for x_path, y_path in pairs:
+        xs, ys = file_slices(x_path), file_slices(y_path)
+        if len(xs) != len(ys):
+            raise UserError(f"{x_path} has {len(xs)} slices but its mask {y_path} has {len(ys)}")
+        for x, y in zip(xs, ys):
+            if x.shape[:2] != y.shape[:2]:
+                raise UserError(
+                    f"{x_path}: image size {x.shape[0]}x{x.shape[1]} differs from its mask "
+                    f"{y_path} ({y.shape[0]}x{y.shape[1]})"
+                )
+        stem = os.path.splitext(os.path.basename(x_path))[0]
+        images += xs
+        masks += ys
+        names += [stem] if len(xs) == 1 else [f"{stem}_{i:04d}" for i in range(len(xs))]
+    check_same_kind(images)
     return images, masks, names
+
+
+def read_mask(source, window=None):
+    """Read a mask ``FileSlice`` (or its ``window``) as binary ``(h, w)`` uint8 {0, 1}.
+
+    Raises UserError naming the file if the pixels read are not binary.
+    """
+    array = source.read(window)
+    return binarize_mask(mask_channel(array, source.path) if array.shape[-1] > 1 else array[..., 0], source.path)
+
+
+def _is_2d_page(page):
+    return page.imagedepth == 1 and (len(page.shape) == 2 or (len(page.shape) == 3 and page.planarconfig == 1))
+
+
+def _page_shape(page):
+    return tuple(page.shape) if len(page.shape) == 3 else tuple(page.shape) + (1,)
+
+
+def _read_page(tif, page, window):
+    """Pixels ``(h, w, C)`` of a 2D TIFF page, decoding only the strips or tiles ``window`` touches."""
+    height, width, channels = _page_shape(page)
+    if window is None or page.bitspersample not in (8, 16, 32, 64):
+        array = page.asarray().reshape(height, width, channels)
+        return array if window is None else array[window[0][0]:window[0][1], window[1][0]:window[1][1]]
+    (y0, y1), (x0, x1) = window
+    fh = tif.filehandle
+    if page.is_final:  # uncompressed and contiguous: read the window's rows directly
+        dtype = page.dtype.newbyteorder(tif.byteorder)
+        row = width * channels * dtype.itemsize
+        fh.seek(page.dataoffsets[0] + y0 * row)
+        rows = np.frombuffer(fh.read((y1 - y0) * row), dtype).reshape(y1 - y0, width, channels)
+        return rows[:, x0:x1].astype(page.dtype)
+    length, segment_width = page.chunks[:2]
+    columns = page.chunked[1]
+    indices = [r * columns + c for r in range(y0 // length, -(-y1 // length))
+               for c in range(x0 // segment_width, -(-x1 // segment_width))]
+    jpeg = ({"jpegtables": page.jpegtables, "jpegheader": page.jpegheader}
+            if page.compression in JPEG_COMPRESSIONS else {})
+    out = np.zeros((y1 - y0, x1 - x0, channels), page.dtype)  # empty segments stay 0
+    for data, index in fh.read_segments([page.dataoffsets[i] for i in indices],
+                                        [page.databytecounts[i] for i in indices], indices):
+        segment, (_, _, sy, sx, _), _ = page.decode(data, index, **jpeg)
+        if segment is None:
+            continue
+        segment = segment[0]
+        ya, yb = max(y0, sy), min(y1, sy + segment.shape[0])
+        xa, xb = max(x0, sx), min(x1, sx + segment.shape[1])
+        out[ya - y0:yb - y0, xa - x0:xb - x0] = segment[ya - sy:yb - sy, xa - sx:xb - sx]
+    return out
+
+
+_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
+os.umask(_UMASK)
 
 
 def atomic_path(path):
@@ -194,11 +449,25 @@ def write_atomic(path, write):
     tmp = atomic_path(path)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's owner-only mode would hide results from the user's group
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def remove_partial_files(folder):
+    """Delete what writes interrupted by a kill left in ``folder`` and below.
+
+    Those are the hidden temporary files of :func:`write_atomic` (``.<name>.*.tmp``)
+    and of :func:`lib.training.save_model_atomic` (``.<name>.*.tmp.keras``); no
+    complete file ever has such a name.
+    """
+    for root, _, files in os.walk(folder):
+        for name in files:
+            if name.startswith(".") and ".tmp" in name:
+                os.remove(os.path.join(root, name))
 
 
 def write_tiff(path, array):

@@ -264,6 +264,30 @@ class ObjectCounts:
             jaccard_sum=float(jaccard.sum()),
         )
 
+    @classmethod
+    def from_masks(cls, pred, gt, connectivity=None, gt_labels=None):
+        """Match the connected components of two binary masks of one image or volume.
+
+        Parameters
+        ----------
+        pred, gt : ndarray of bool or {0, 1} integers, shape (Y, X) or (Z, Y, X)
+            Prediction and ground truth, of the same shape.
+        connectivity : int, optional
+            Neighbourhood of :func:`skimage.measure.label`, from 1 (faces) to
+            ``ndim``; default ``ndim`` (8-connected in 2D, 26-connected in 3D).
+        gt_labels : ndarray of int, optional
+            The labelled components of ``gt``, when already computed (labelling a
+            large volume once serves every prediction compared with it).
+
+        Returns
+        -------
+        ObjectCounts
+        """
+        pred = _check_binary(pred, "prediction")
+        if gt_labels is None:
+            gt_labels = _label(_check_binary(gt, "ground truth"), connectivity=connectivity)
+        return cls.from_labels(_label(pred, connectivity=connectivity), gt_labels)
+
     def __add__(self, other):
         return ObjectCounts(
             *(getattr(self, f.name) + getattr(other, f.name) for f in fields(self))
@@ -320,14 +344,6 @@ def _check_labels(a, what):
     return a.astype(np.int64, copy=False)
 
 
-def _objects(pred, gt, connectivity):
-    pred = _check_binary(pred, "prediction")
-    gt = _check_binary(gt, "ground truth")
-    return ObjectCounts.from_labels(
-        _label(pred, connectivity=connectivity), _label(gt, connectivity=connectivity)
-    )
-
-
 def object_metrics_labels(pred_labels, gt_labels):
     """Cell Tracking Challenge DET and SEG of one labelled image or volume.
 
@@ -362,7 +378,7 @@ def object_metrics(pred, gt, connectivity=None):
     dict
         See :meth:`ObjectCounts.metrics`.
     """
-    return _objects(pred, gt, connectivity).metrics()
+    return ObjectCounts.from_masks(pred, gt, connectivity).metrics()
 
 
 def object_metrics_set(preds, gts, connectivity=None):
@@ -385,17 +401,95 @@ def object_metrics_set(preds, gts, connectivity=None):
     """
     total = ObjectCounts()
     for _, p, g in _pairs(preds, gts):
-        total = total + _objects(p, g, connectivity)
+        total = total + ObjectCounts.from_masks(p, g, connectivity)
     return total.metrics()
+
+
+class SweepHistogram:
+    """Threshold sweep accumulated one array at a time: streaming :func:`threshold_sweep`.
+
+    Each probability is binned by the number of thresholds it reaches
+    (``p >= t``), separately for ground-truth foreground and background;
+    cumulative sums of the two histograms give the confusion counts at every
+    threshold, exactly. Memory is two histograms of ``K + 1`` integers, whatever
+    the number and size of the arrays added.
+
+    Parameters
+    ----------
+    thresholds : array_like of float, shape (K,)
+        Strictly increasing thresholds in [0, 1]; default 0.05, 0.10, ..., 0.95.
+    """
+
+    def __init__(self, thresholds=DEFAULT_THRESHOLDS):
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        if thresholds.ndim != 1 or thresholds.size == 0:
+            raise ValueError(
+                f"thresholds: expected a non-empty 1-D sequence, got shape {thresholds.shape}"
+            )
+        if not np.all((thresholds >= 0) & (thresholds <= 1)):
+            raise ValueError(f"thresholds: expected values in [0, 1], got {thresholds.tolist()}")
+        if np.any(np.diff(thresholds) <= 0):
+            raise ValueError(
+                f"thresholds: expected strictly increasing values, got {thresholds.tolist()}"
+            )
+        self.thresholds = thresholds
+        self.fg_hist = np.zeros(thresholds.size + 1, np.int64)
+        self.bg_hist = np.zeros(thresholds.size + 1, np.int64)
+
+    def update(self, prob, gt, where="probabilities"):
+        """Add one probability map and its ground truth.
+
+        Parameters
+        ----------
+        prob : ndarray of float, any shape
+            Foreground probabilities in [0, 1].
+        gt : ndarray of bool or {0, 1} integers, shape of ``prob``
+            Ground truth.
+        where : str
+            Names the array in error messages.
+        """
+        p, g = np.asarray(prob), _check_binary(gt, f"ground truth of {where}")
+        if p.shape != g.shape:
+            raise ValueError(f"{where}: shape {p.shape} differs from ground truth shape {g.shape}")
+        p, g = p.ravel(), g.ravel()
+        if p.size and not (p.min() >= 0 and p.max() <= 1):  # also rejects NaN
+            raise ValueError(f"{where}: probabilities must lie in [0, 1], got [{p.min()}, {p.max()}]")
+        n_bins = self.fg_hist.size
+        for start in range(0, p.size, _SWEEP_BLOCK):
+            block = slice(start, start + _SWEEP_BLOCK)
+            reached = np.searchsorted(self.thresholds, p[block], side="right")
+            fg = g[block]
+            self.fg_hist += np.bincount(reached[fg], minlength=n_bins)
+            self.bg_hist += np.bincount(reached[~fg], minlength=n_bins)
+
+    def counts(self):
+        """Confusion counts at every threshold: a list of K :class:`PixelCounts`."""
+        # A pixel in bin b reaches thresholds 0..b-1: positives at threshold k are bins > k.
+        tp = np.cumsum(self.fg_hist[::-1])[::-1][1:]
+        fp = np.cumsum(self.bg_hist[::-1])[::-1][1:]
+        fn = self.fg_hist.sum() - tp
+        tn = self.bg_hist.sum() - fp
+        return [PixelCounts(*map(int, c)) for c in zip(tp, fp, fn, tn)]
+
+    def result(self):
+        """The sweep, as :func:`threshold_sweep` returns it."""
+        scores = [c.metrics() for c in self.counts()]
+        fg_iou = [s["fg_iou"] for s in scores]
+        best = int(np.argmax(fg_iou))
+        return {
+            "thresholds": self.thresholds.tolist(),
+            "fg_iou": fg_iou,
+            "dice": [s["dice"] for s in scores],
+            "best_threshold": float(self.thresholds[best]),
+            "best_fg_iou": fg_iou[best],
+        }
 
 
 def threshold_sweep(probs, gts, thresholds=DEFAULT_THRESHOLDS):
     """Pooled foreground IoU and Dice at many thresholds, in one pass over the data.
 
-    Each probability is binned by the number of thresholds it reaches
-    (``p >= t``); cumulative sums of the foreground and background bin counts
-    then give the confusion counts at every threshold, exactly. Memory does
-    not depend on the number of thresholds.
+    Exact confusion counts at every threshold from two histograms (see
+    :class:`SweepHistogram`); memory does not depend on the number of thresholds.
 
     Parameters
     ----------
@@ -414,50 +508,10 @@ def threshold_sweep(probs, gts, thresholds=DEFAULT_THRESHOLDS):
         floats, pooled over the set), ``best_threshold`` (the lowest threshold of
         highest ``fg_iou``) and ``best_fg_iou``.
     """
-    thresholds = np.asarray(thresholds, dtype=np.float64)
-    if thresholds.ndim != 1 or thresholds.size == 0:
-        raise ValueError(
-            f"thresholds: expected a non-empty 1-D sequence, got shape {thresholds.shape}"
-        )
-    if not np.all((thresholds >= 0) & (thresholds <= 1)):
-        raise ValueError(f"thresholds: expected values in [0, 1], got {thresholds.tolist()}")
-    if np.any(np.diff(thresholds) <= 0):
-        raise ValueError(
-            f"thresholds: expected strictly increasing values, got {thresholds.tolist()}"
-        )
-
-    n_bins = thresholds.size + 1
-    fg_hist = np.zeros(n_bins, np.int64)
-    bg_hist = np.zeros(n_bins, np.int64)
+    sweep = SweepHistogram(thresholds)
     for i, p, g in _pairs(probs, gts):
-        g = _check_binary(g, f"ground truth {i}").ravel()
-        p = p.ravel()
-        if p.size and not (p.min() >= 0 and p.max() <= 1):  # also rejects NaN
-            raise ValueError(
-                f"index {i}: probabilities must lie in [0, 1], got [{p.min()}, {p.max()}]"
-            )
-        for start in range(0, p.size, _SWEEP_BLOCK):
-            block = slice(start, start + _SWEEP_BLOCK)
-            reached = np.searchsorted(thresholds, p[block], side="right")
-            fg = g[block]
-            fg_hist += np.bincount(reached[fg], minlength=n_bins)
-            bg_hist += np.bincount(reached[~fg], minlength=n_bins)
-
-    # A pixel in bin b reaches thresholds 0..b-1: positives at threshold k are bins > k.
-    tp = np.cumsum(fg_hist[::-1])[::-1][1:]
-    fp = np.cumsum(bg_hist[::-1])[::-1][1:]
-    fn = fg_hist.sum() - tp
-    tn = bg_hist.sum() - fp
-    scores = [PixelCounts(*map(int, c)).metrics() for c in zip(tp, fp, fn, tn)]
-    fg_iou = [s["fg_iou"] for s in scores]
-    best = int(np.argmax(fg_iou))
-    return {
-        "thresholds": thresholds.tolist(),
-        "fg_iou": fg_iou,
-        "dice": [s["dice"] for s in scores],
-        "best_threshold": float(thresholds[best]),
-        "best_fg_iou": fg_iou[best],
-    }
+        sweep.update(p, g, where=f"index {i}")
+    return sweep.result()
 
 
 @keras.saving.register_keras_serializable(package="emseg")
@@ -493,14 +547,17 @@ class ForegroundIoU(keras.metrics.Metric):
 
         Parameters
         ----------
-        y_true : tensor, shape (N, ...)
-            Binary ground truth (values above 0.5 are foreground).
-        y_pred : tensor, shape of ``y_true``
+        y_true : tensor, shape (N, ..., K)
+            Binary ground truth (values above 0.5 are foreground) in the first
+            ``C`` channels; further channels (the weight maps of
+            :func:`lib.losses.weighted_bce`) are ignored.
+        y_pred : tensor, shape (N, ..., C)
             Foreground probabilities.
         sample_weight : tensor, optional
             Weights broadcastable to ``y_true`` after trailing axes are added,
             e.g. one weight per sample of shape (N,).
         """
+        y_true = y_true[..., :y_pred.shape[-1]]
         true = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
         pred = ops.cast(ops.cast(y_pred, "float32") >= self.threshold, "float32")
         w = 1.0

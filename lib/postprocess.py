@@ -84,6 +84,84 @@ def z_filter(stack, size):
     return ndi.median_filter(stack, size=(size, 1, 1), mode="nearest")
 
 
+class ZFilterStream:
+    """:func:`z_filter` of a stack that arrives one slice at a time.
+
+    Slice ``i`` is given back as soon as slice ``i + size // 2`` has arrived
+    (the rest by :meth:`flush`), so memory holds ``size`` slices, not the stack.
+    The result is exactly that of :func:`z_filter` on the whole stack, edges
+    included (slices beyond the ends repeat the first and last slice).
+
+    Parameters
+    ----------
+    size : int
+        Odd number of consecutive slices in the median window.
+
+    Examples
+    --------
+    >>> stream = ZFilterStream(3)
+    >>> spike = [0, 0, 1, 0, 1, 1]
+    >>> out = [s for v in spike for s, _ in stream.push(np.full((1, 1), v))]
+    >>> out += [s for s, _ in stream.flush()]
+    >>> [int(s[0, 0]) for s in out]
+    [0, 0, 0, 1, 1, 1]
+    """
+
+    def __init__(self, size):
+        if not isinstance(size, numbers.Integral) or size < 1 or size % 2 == 0:
+            raise ValueError(f"size: expected a positive odd integer, got {size!r}")
+        self.radius = size // 2
+        self._slices = {}  # index -> (slice, payload) for the slices a median still needs
+        self._count = 0
+        self._emitted = 0
+
+    def push(self, slice_, payload=None):
+        """Add the next slice; return the ``(filtered slice, payload)`` pairs now complete.
+
+        Parameters
+        ----------
+        slice_ : ndarray, shape (Y, X)
+            Probabilities or binary mask, any real or bool dtype; every slice of
+            a stack has one shape.
+        payload : object
+            Given back with the filtered slice (e.g. its name and ground truth).
+
+        Returns
+        -------
+        list of ``(ndarray (Y, X), payload)``, in slice order; empty until
+        ``size // 2 + 1`` slices have arrived.
+        """
+        slice_ = np.asarray(slice_)
+        if self._slices:
+            first = next(iter(self._slices.values()))[0]
+            if slice_.shape != first.shape:
+                raise ValueError(
+                    f"slice {self._count}: shape {slice_.shape} differs from the stack's {first.shape}"
+                )
+        self._slices[self._count] = (slice_, payload)
+        self._count += 1
+        return self._emit(self._count - 1 - self.radius)
+
+    def flush(self):
+        """Return the remaining filtered slices, the stack being complete; then start a new stack."""
+        out = self._emit(self._count - 1)
+        self._slices.clear()
+        self._count = self._emitted = 0
+        return out
+
+    def _emit(self, last):
+        out = []
+        while self._emitted <= last:
+            i = self._emitted
+            near = np.clip(np.arange(i - self.radius, i + self.radius + 1), 0, self._count - 1)
+            window = np.stack([self._slices[k][0] for k in near])
+            out.append((np.partition(window, self.radius, axis=0)[self.radius], self._slices[i][1]))
+            self._emitted += 1
+            # Slice i - radius is needed by no later median.
+            self._slices.pop(i - self.radius, None)
+        return out
+
+
 def remove_low_confidence(probs, threshold=0.5, min_mean_prob=DEFAULT_MIN_MEAN_PROB):
     """Binarise, then drop the connected components of low mean probability.
 

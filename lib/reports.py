@@ -72,7 +72,9 @@ def append_summary(job_dir, row):
     """Append one row to ``JOB_DIR/summary.csv`` under a file lock, widening the header as needed.
 
     Concurrent runs each get their whole row: the file is rewritten atomically
-    while the lock is held.
+    while the lock is held. A row with the same ``id`` and ``rid`` is replaced:
+    a run killed after writing its row, then run again, or run again with
+    ``--overwrite``, keeps one row.
     """
     import fcntl
 
@@ -83,7 +85,8 @@ def append_summary(job_dir, row):
         if os.path.exists(path):
             with open(path, newline="") as fh:
                 rows = list(csv.DictReader(fh))
-        rows.append({k: ("" if v is None else str(v)) for k, v in row.items()})
+        new = {k: ("" if v is None else str(v)) for k, v in row.items()}
+        rows = [r for r in rows if (r.get("id"), r.get("rid")) != (new.get("id"), new.get("rid"))] + [new]
         io.write_text(path, io.rows_to_csv(rows))
     return path
 
@@ -114,4 +117,143 @@ def plot_threshold_sweeps(sweeps, charts_dir):
         ax.legend()
     path = os.path.join(charts_dir, "threshold_sweep.png")
     _save_figure(fig, path)
+    return path
+
+
+def plot_overlays(samples, variants, charts_dir, filename="overlays.png"):
+    """Write ``overlays.png``: test slices with ground-truth and predicted outlines, one column per variant.
+
+    Parameters
+    ----------
+    samples : list of dict
+        One row each: ``name`` (str), ``image`` (Y, X) float grey levels, ``mask``
+        (Y, X) {0, 1} ground truth and ``preds`` ``{variant: (Y, X) {0, 1}}``.
+    variants : sequence of str
+        The columns, in order; a variant missing from a row leaves its panel empty.
+    charts_dir : str
+    filename : str
+
+    Returns
+    -------
+    str, the written path.
+    """
+    os.makedirs(charts_dir, exist_ok=True)
+    variants = list(variants)
+    height, width = samples[0]["image"].shape
+    panel = 3.2
+    fig, axes = plt.subplots(len(samples), len(variants), squeeze=False,
+                             figsize=(panel * len(variants), panel * height / width * len(samples) + 0.6))
+    for r, (row, sample) in enumerate(zip(axes, samples)):
+        image = sample["image"]
+        lo, hi = np.percentile(image, (0.5, 99.5))
+        for c, (ax, variant) in enumerate(zip(row, variants)):
+            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+            _outline(ax, sample["mask"], "lime")
+            if variant in sample["preds"]:
+                _outline(ax, sample["preds"][variant], "magenta")
+            if r == 0:
+                ax.set_title(variant, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(sample["name"], fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("green: ground truth, magenta: prediction", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(charts_dir, filename)
+    _save_figure(fig, path)
+    return path
+
+
+def _outline(ax, mask, color):
+    mask = np.asarray(mask)
+    if mask.min() != mask.max():  # a contour of a constant mask does not exist
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=0.7)
+
+
+# --------------------------------------------------------------------------- pictures to check before a long run
+
+def outline_rgb(image, mask, color=(0, 255, 0)):
+    """Picture of ``image`` with the outline of ``mask`` drawn over it, pixel for pixel.
+
+    Parameters
+    ----------
+    image : float ndarray ``(H, W, C)``
+        Any range: grey levels are stretched between the 0.5 and 99.5 percentiles.
+        Three channels are shown as colour, otherwise the first channel.
+    mask : ndarray ``(H, W)``, binary
+    color : RGB triple of the outline (default green)
+
+    Returns
+    -------
+    uint8 ndarray ``(H, W, 3)``
+    """
+    from skimage.segmentation import find_boundaries
+
+    shown = image[..., :3] if image.shape[-1] == 3 else image[..., :1]
+    lo, hi = np.percentile(shown, (0.5, 99.5))
+    rgb = np.clip((shown - lo) * (255.0 / (hi - lo if hi > lo else 1.0)), 0, 255).astype(np.uint8)
+    rgb = np.repeat(rgb, 3 // rgb.shape[-1], axis=-1)
+    rgb[find_boundaries(np.asarray(mask) > 0, mode="inner")] = color
+    return rgb
+
+
+def _save_png(path, rgb):
+    io.write_atomic(path, lambda tmp: plt.imsave(tmp, rgb, format="png"))
+
+
+def save_augmentation_samples(images, masks, folder):
+    """Write ``sample_000.png``, ... in ``folder``: each training sample with its mask outline in green.
+
+    Parameters
+    ----------
+    images : sequence of float32 ndarray ``(h, w, C)``, augmented crops as the network sees them
+    masks : sequence of ndarray ``(h, w)``, their binary masks
+
+    Returns
+    -------
+    list of str, the written paths.
+    """
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        paths.append(os.path.join(folder, f"sample_{i:03d}.png"))
+        _save_png(paths[-1], outline_rgb(image, mask))
+    return paths
+
+
+def save_crop_check(image, mask, crop_shape, path, gap=4):
+    """Write a crop-check mosaic: ``image`` cut by the crop grid, the crops apart on a white grid.
+
+    The grid is that of :func:`lib.data.crop_grid` (validation and per-crop
+    prediction): non-overlapping crops from the top-left corner, the last row and
+    column completed by reflection, shown darkened. The mask outline is drawn in
+    green, so a misaligned mask or a crop cut in the wrong place shows at a glance.
+
+    Parameters
+    ----------
+    image : float ndarray ``(H, W, C)``
+    mask : ndarray ``(H, W)``, binary
+    crop_shape : (h, w)
+    path : str, PNG to write
+    gap : int, width of the grid lines in pixels
+
+    Returns
+    -------
+    str, the written path.
+    """
+    from .data import pad_to_tile
+
+    crop = tuple(crop_shape)
+    padded, (height, width) = pad_to_tile(image, crop, to_multiple=True)
+    rgb = outline_rgb(padded, pad_to_tile(np.asarray(mask), crop, to_multiple=True)[0])
+    rgb[height:] //= 2
+    rgb[:, width:] //= 2
+    rows, cols = rgb.shape[0] // crop[0], rgb.shape[1] // crop[1]
+    canvas = np.full((rows * (crop[0] + gap) + gap, cols * (crop[1] + gap) + gap, 3), 255, np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            y, x = gap + r * (crop[0] + gap), gap + c * (crop[1] + gap)
+            canvas[y:y + crop[0], x:x + crop[1]] = rgb[r * crop[0]:(r + 1) * crop[0], c * crop[1]:(c + 1) * crop[1]]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    _save_png(path, canvas)
     return path

@@ -1,40 +1,298 @@
-"""Optimisers, callbacks and the training loop with checkpoints, history and time limits.
+"""Optimisers, learning-rate schedules, fine-tuning and the training loop with checkpoints and time limits.
 
 Checkpoints (``checkpoints/last.keras`` every epoch, ``checkpoints/best.keras``
 at each improvement of the monitored loss) and ``history.csv`` are written
 atomically, so a killed run leaves whole files and can be resumed by running
-the same command again.
+the same command again. The learning rate of an epoch is a pure function of
+the epoch number and of the history rows before it
+(:func:`learning_rate_at`), so a resumed run continues the same schedule.
 """
 
 import csv
 import math
 import os
+import sys
 import time
 
 import keras
+import numpy as np
 
 from . import io
 from .errors import UserError
 from .losses import get_loss
+from .metrics import ForegroundIoU
 
 BEST, LAST = "best.keras", "last.keras"
+# One-cycle: the rise starts at learning_rate / ONECYCLE_DIV and, without
+# train.warmup_epochs, lasts ONECYCLE_RISE of the epochs (Smith & Topin 2019).
+ONECYCLE_DIV = 25.0
+ONECYCLE_RISE = 0.3
 
 
 def make_optimizer(cfg):
     """Return the optimiser named by ``cfg.optimizer`` (``TrainConfig``)."""
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum)
+        return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
     return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def compile_model(model, cfg):
-    """Compile ``model`` with the configured optimiser, loss and the foreground IoU metric."""
-    from .metrics import ForegroundIoU
+def learning_rate_at(epoch, cfg, history=(), monitor="val_loss"):
+    """The learning rate of epoch ``epoch`` (0-based) under ``cfg.schedule``.
 
-    model.compile(optimizer=make_optimizer(cfg), loss=get_loss(cfg.loss), metrics=[ForegroundIoU(name="iou")])
+    With ``L = learning_rate``, ``m = min_learning_rate``, ``W = warmup_epochs``
+    and ``E = epochs``:
+
+    - warm-up (every schedule but ``onecycle``): epoch ``e < W`` uses
+      ``L (e + 1) / (W + 1)``;
+    - ``none``: ``L``;
+    - ``step``: ``L * step_factor ** k``, ``k`` the number of ``step_epochs``
+      already completed (``[100, 150]``: epochs 1-100 at ``L``, 101-150 at
+      ``L f``, then ``L f^2``; epochs numbered from 1 as in ``history.csv``);
+    - ``cosine``: from ``L`` after the warm-up down to ``m`` at the last epoch;
+    - ``plateau``: ``L * plateau_factor ** k`` (at least ``m``), ``k`` the
+      number of times ``monitor`` went ``plateau_patience`` epochs without a
+      new minimum, counted over the history after the warm-up;
+    - ``onecycle``: a cosine rise from ``L / 25`` to ``L`` over ``W`` epochs
+      (default 30 % of the epochs), then a cosine decay to ``m`` at the last epoch.
+
+    Parameters
+    ----------
+    epoch : int
+    cfg : lib.config.TrainConfig
+    history : sequence of dict
+        Rows of ``history.csv`` of the epochs before ``epoch`` (only ``plateau`` reads them).
+    monitor : str
+        Key of the rows that ``plateau`` watches.
+
+    Returns
+    -------
+    float
+    """
+    base, low, warm = cfg.learning_rate, cfg.min_learning_rate, cfg.warmup_epochs
+    if cfg.schedule == "onecycle":
+        rise = warm or int(round(ONECYCLE_RISE * cfg.epochs))
+        if epoch < rise:
+            return _cosine(base / ONECYCLE_DIV, base, epoch / rise)
+        return _cosine(base, low, (epoch - rise) / max(1, cfg.epochs - 1 - rise))
+    if epoch < warm:
+        return base * (epoch + 1) / (warm + 1)
+    if cfg.schedule == "step":
+        return base * cfg.step_factor ** sum(epoch >= e for e in cfg.step_epochs)
+    if cfg.schedule == "cosine":
+        return _cosine(base, low, (epoch - warm) / max(1, cfg.epochs - 1 - warm))
+    if cfg.schedule == "plateau":
+        drops = _plateau_drops([row.get(monitor) for row in history[warm:epoch]], cfg.plateau_patience)
+        return max(base * cfg.plateau_factor ** drops, low)
+    return base
+
+
+def _cosine(start, end, t):
+    """Half a cosine from ``start`` (t = 0) to ``end`` (t >= 1)."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
+
+def _plateau_drops(values, patience):
+    """How many times ``values`` went ``patience`` entries without a new minimum (as ReduceLROnPlateau)."""
+    best, wait, drops = math.inf, 0, 0
+    for value in values:
+        if value is None:
+            continue
+        if value < best:
+            best, wait = value, 0
+            continue
+        wait += 1
+        if wait >= patience:
+            drops, wait = drops + 1, 0
+    return drops
+
+
+class LearningRateSchedule(keras.callbacks.Callback):
+    """Sets the optimiser's learning rate at the start of each epoch from :func:`learning_rate_at`.
+
+    ``history`` is the list of history rows that :class:`RunRecorder` appends
+    to, shared so that ``plateau`` sees every finished epoch.
+    """
+
+    def __init__(self, cfg, monitor, history):
+        super().__init__()
+        self.cfg = cfg
+        self.monitor = monitor
+        self.history = history
+
+    def on_epoch_begin(self, epoch, logs=None):
+        rate = learning_rate_at(epoch, self.cfg, self.history[:epoch], self.monitor)
+        self.model.optimizer.learning_rate.assign(rate)
+
+
+def deep_supervision_weights(cfg, n_outputs):
+    """Loss weight of each output, main first: ``train.deep_supervision_weights``, or 1, 1/2, 1/4...
+
+    Parameters
+    ----------
+    cfg : lib.config.TrainConfig
+    n_outputs : int
+        Outputs of the model: the main one, then ``aux_1 .. aux_{n-1}``.
+
+    Returns
+    -------
+    list of float, ``n_outputs`` long
+    """
+    if cfg.deep_supervision_weights:
+        if len(cfg.deep_supervision_weights) != n_outputs:
+            raise UserError(f"train.deep_supervision_weights: expected {n_outputs} weights for a model with "
+                            f"{n_outputs} outputs, got {cfg.deep_supervision_weights}")
+        return [float(w) for w in cfg.deep_supervision_weights]
+    return [0.5**k for k in range(n_outputs)]
+
+
+def compile_model(model, cfg):
+    """Compile ``model`` with the configured optimiser, loss and the foreground IoU metric.
+
+    A model with several outputs (deep supervision) gets the loss on every
+    output, weighted by :func:`deep_supervision_weights`, and the metric on the
+    main output only; its targets must be repeated per output (:func:`per_output`).
+    """
+    loss = get_loss(cfg.loss, cfg.bce_weight, cfg.dice_weight)
+    n = len(model.outputs)
+    if n == 1:
+        model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=[ForegroundIoU(name="iou")])
+    else:
+        model.compile(optimizer=make_optimizer(cfg), loss=[loss] * n, loss_weights=deep_supervision_weights(cfg, n),
+                      metrics=[[ForegroundIoU(name="iou")]] + [[] for _ in range(n - 1)])
     return model
+
+
+class _RepeatTargets(keras.utils.PyDataset):
+    """A PyDataset whose batches ``(x, y)`` become ``(x, (y,) * n)``."""
+
+    def __init__(self, data, n):
+        super().__init__(workers=data.workers, use_multiprocessing=data.use_multiprocessing,
+                         max_queue_size=data.max_queue_size)
+        self.data, self.n = data, n
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, index):
+        x, y = self.data[index]
+        return x, (y,) * self.n
+
+    def on_epoch_begin(self):
+        self.data.on_epoch_begin()
+
+    def on_epoch_end(self):
+        self.data.on_epoch_end()
+
+
+def per_output(data, n_outputs):
+    """Feed the targets of ``data`` to each of ``n_outputs`` model outputs.
+
+    Parameters
+    ----------
+    data : keras.utils.PyDataset, tuple ``(x, y)`` of arrays, or None
+    n_outputs : int
+
+    Returns
+    -------
+    ``data`` itself for one output; else the same data with ``y`` repeated.
+    """
+    if data is None or n_outputs == 1:
+        return data
+    if isinstance(data, tuple):
+        x, y = data
+        return x, (y,) * n_outputs
+    return _RepeatTargets(data, n_outputs)
+
+
+def resolve_pretrained(value, job_dir):
+    """The ``.keras`` file that ``train.pretrained`` names, or None when it is None.
+
+    A value with a path separator or ending in ``.keras`` is a path (a
+    ``.keras`` file or a run folder); any other value is a run name ``ID_RID``
+    inside ``job_dir``. A run folder gives its ``checkpoints/best.keras``, or
+    ``checkpoints/last.keras`` when it has no best one.
+
+    Raises
+    ------
+    UserError
+        Naming ``train.pretrained``, when nothing usable is there.
+    """
+    if value is None:
+        return None
+    is_path = os.sep in value or "/" in value or value.endswith(".keras")
+    path = os.path.expanduser(value) if is_path else os.path.join(job_dir, value)
+    if os.path.isdir(path):
+        for name in (BEST, LAST):
+            checkpoint = os.path.join(path, "checkpoints", name)
+            if os.path.isfile(checkpoint):
+                return checkpoint
+        raise UserError(f"train.pretrained={value}: the run folder {path} has no checkpoints/{BEST} "
+                        f"or checkpoints/{LAST}")
+    if not os.path.isfile(path):
+        raise UserError(f"train.pretrained={value}: {path} not found; expected a .keras file, a run folder, "
+                        "or a run name ID_RID inside JOB_DIR")
+    if not path.endswith(".keras"):
+        raise UserError(f"train.pretrained={value}: {path} is not a .keras model file")
+    return path
+
+
+def load_pretrained(model, path, freeze_encoder=False):
+    """Copy the weights of the model saved at ``path`` into ``model``; optionally freeze its encoder.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Built by :func:`lib.networks.build_model`, not yet compiled.
+    path : str or None
+        From :func:`resolve_pretrained`; None leaves ``model`` as it is.
+    freeze_encoder : bool
+        Make the encoder (:func:`lib.networks.encoder_layers`) untrainable; its
+        batch normalisation then uses the pretrained statistics.
+
+    Returns
+    -------
+    keras.Model
+        ``model`` itself.
+
+    Raises
+    ------
+    UserError
+        When ``path`` is not a readable model or its architecture differs.
+    """
+    if path is None:
+        return model
+    from .networks import encoder_layers
+
+    try:
+        source = keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise UserError(f"train.pretrained: {path} could not be read as a Keras model ({exc})") from None
+    mismatch = _architecture_mismatch(source, model)
+    if mismatch:
+        raise UserError(f"train.pretrained: {path} holds another architecture than this run's model ({mismatch}); "
+                        "use the model options and image channels of the run it comes from")
+    model.set_weights(source.get_weights())
+    frozen = encoder_layers(model) if freeze_encoder else []
+    for layer in frozen:
+        layer.trainable = False
+    print(f"Weights from {path}" + (f", encoder frozen ({len(frozen)} layers)" if frozen else ""))
+    return model
+
+
+def _architecture_mismatch(source, model):
+    """A short description of the first difference between two models' weights, or ''."""
+    if source.name != model.name:
+        return f"a {source.name}, not a {model.name}"
+    if len(source.outputs) != len(model.outputs):
+        return f"outputs: {len(source.outputs)} there, {len(model.outputs)} here; see model.deep_supervision"
+    if len(source.weights) != len(model.weights):
+        return f"{len(source.weights)} weight arrays, not {len(model.weights)}"
+    for theirs, ours in zip(source.weights, model.weights):
+        if tuple(theirs.shape) != tuple(ours.shape):
+            return f"weight {ours.path} of shape {tuple(theirs.shape)}, not {tuple(ours.shape)}"
+    return ""
 
 
 def save_model_atomic(model, path):
@@ -49,18 +307,52 @@ def save_model_atomic(model, path):
 
 
 def read_history(path):
-    """Rows of ``history.csv`` as dicts of floats (empty list when missing)."""
+    """Rows of ``history.csv`` as dicts of floats, ``epoch`` an int (empty list when missing)."""
     if not os.path.exists(path):
         return []
     with open(path, newline="") as fh:
-        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+        return [{k: int(v) if k == "epoch" else float(v) for k, v in row.items() if v != ""}
+                for row in csv.DictReader(fh)]
+
+
+def _pending(checkpoints, epoch, name):
+    """Where checkpoint ``name`` of ``epoch`` waits until the epoch's history row is written."""
+    return os.path.join(checkpoints, f".pending_{epoch}_{name}")
+
+
+def recover_checkpoints(run_dir, epochs):
+    """Make the checkpoints those of epoch ``epochs``, the last row of ``history.csv``, after a kill.
+
+    :class:`RunRecorder` commits an epoch by writing its history row between
+    saving the epoch's checkpoints under pending names and renaming them into
+    place. A run killed before the row was written keeps the checkpoints of the
+    epoch before; one killed after it has its renaming finished here. Pending
+    checkpoints of other epochs and temporary files of interrupted saves are removed.
+    """
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(checkpoints):
+        return
+    for name in (BEST, LAST):
+        pending = _pending(checkpoints, epochs, name)
+        if os.path.exists(pending):
+            os.replace(pending, os.path.join(checkpoints, name))
+    for name in os.listdir(checkpoints):
+        if name.startswith("."):
+            os.remove(os.path.join(checkpoints, name))
 
 
 class RunRecorder(keras.callbacks.Callback):
     """Writes ``history.csv`` and the checkpoints after every epoch, atomically.
 
     Each history row holds the epoch number (1-based), the seconds the epoch
-    took, the learning rate and every logged loss and metric.
+    took, the learning rate and every logged loss and metric. With several
+    outputs, the metrics of the main output (``output_iou``) are recorded
+    under their plain names (``iou``), as for a single output.
+
+    ``checkpoints/last.keras`` always holds the epoch of the last history row,
+    even after a kill at any moment (see :func:`recover_checkpoints`). A loss
+    that is not finite, checked after every batch, stops training with a
+    UserError before anything of that epoch is written.
     """
 
     def __init__(self, run_dir, monitor, history=()):
@@ -74,42 +366,182 @@ class RunRecorder(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
 
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._diverged(f"the training loss is {float(loss)} after batch {batch + 1}")
+
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})
         row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self._start, 3)}
         row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        row.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
+        main = self.model.output_names[0] if len(self.model.outputs) > 1 else None
+        row.update({_main_metric_name(k, main): float(v) for k, v in logs.items() if k != "learning_rate"})
+        bad = [k for k, v in row.items() if k.endswith("loss") and not math.isfinite(v)]
+        if bad:
+            self._diverged(f"{bad[0]} is {row[bad[0]]}")
         value = row.get(self.monitor)
-        if value is not None and not math.isfinite(value):
-            raise UserError(
-                f"training diverged at epoch {epoch + 1}: {self.monitor} is {value}; "
-                f"the last good checkpoint is kept in {os.path.join(self.run_dir, 'checkpoints')}. "
-                "Lower train.learning_rate or check the data"
-            )
-        ckpt = os.path.join(self.run_dir, "checkpoints")
-        if value is not None and value < self.best:
-            self.best = value
-            save_model_atomic(self.model, os.path.join(ckpt, BEST))
-        save_model_atomic(self.model, os.path.join(ckpt, LAST))
+        checkpoints = os.path.join(self.run_dir, "checkpoints")
+        names = ([BEST] if value is not None and value < self.best else []) + [LAST]
+        for name in names:
+            save_model_atomic(self.model, _pending(checkpoints, epoch + 1, name))
+        self.best = min(self.best, value if value is not None else math.inf)
         self.rows.append(row)
         io.write_text(os.path.join(self.run_dir, "history.csv"), io.rows_to_csv(self.rows))
+        for name in names:
+            os.replace(_pending(checkpoints, epoch + 1, name), os.path.join(checkpoints, name))
+
+    def _diverged(self, detail):
+        epoch = len(self.rows) + 1
+        last = os.path.join(self.run_dir, "checkpoints", LAST)
+        kept = f"{last} keeps epoch {epoch - 1}, the last good one" if self.rows else "no checkpoint was saved"
+        print(flush=True)  # end the progress bar's line: the message gets a line of its own
+        raise UserError(f"training diverged in epoch {epoch} ({detail}); {kept}. Lower train.learning_rate "
+                        "or check the data; the same command then resumes from the last good epoch")
+
+
+def _main_metric_name(key, main):
+    """``[val_]<main>_<metric>`` -> ``[val_]<metric>``; losses and other keys unchanged."""
+    prefix = "val_" if key.startswith("val_") else ""
+    rest = key[len(prefix):]
+    if main is None or not rest.startswith(f"{main}_") or rest == f"{main}_loss":
+        return key
+    return prefix + rest[len(main) + 1:]
+
+
+def _since_best(rows, monitor):
+    """``(best value of monitor, epochs since it)`` over history ``rows``; ``(inf, 0)`` without rows."""
+    values = [row.get(monitor, math.inf) for row in rows]
+    if not values:
+        return math.inf, 0
+    best = min(range(len(values)), key=values.__getitem__)
+    return values[best], len(values) - 1 - best
+
+
+class _EarlyStopping(keras.callbacks.EarlyStopping):
+    """Early stopping on a loss that, in a resumed run, starts from the recorded history.
+
+    The best value and the epochs waited since are taken from ``history`` at
+    the start of training (Keras resets them there), so a resumed run stops at
+    the same epoch as an uninterrupted one.
+    """
+
+    def __init__(self, monitor, patience, history):
+        super().__init__(monitor=monitor, patience=patience, mode="min")
+        self.history = list(history)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.history:
+            self.best, self.wait = _since_best(self.history, self.monitor)
 
 
 class TimeLimit(keras.callbacks.Callback):
-    """Stops training cleanly after ``minutes``: the current epoch ends, then validation and checkpoints run."""
+    """Stops training once the epochs have taken ``minutes``, counting the epochs of earlier sessions.
 
-    def __init__(self, minutes):
+    Time is that of the ``seconds`` column of the history ``rows`` (shared with
+    :class:`RunRecorder`) plus the current epoch, so a resumed run counts the
+    time already spent. Checked after every batch (the current epoch then ends,
+    with validation and checkpoints) and after every epoch, the test that
+    :func:`finished_by` repeats when a run is resumed.
+    """
+
+    def __init__(self, minutes, rows):
         super().__init__()
         self.seconds = minutes * 60.0
+        self.rows = rows
         self.reached = False
 
-    def on_train_begin(self, logs=None):
+    def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._spent = sum(r.get("seconds", 0.0) for r in self.rows)
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.perf_counter() - self._start >= self.seconds:
-            self.reached = True
-            self.model.stop_training = True
+        if self._spent + time.perf_counter() - self._start >= self.seconds:
+            self._stop()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if sum(r.get("seconds", 0.0) for r in self.rows) >= self.seconds:
+            self._stop()
+
+    def _stop(self):
+        self.reached = True
+        self.model.stop_training = True
+
+
+def finished_by(rows, cfg, monitor):
+    """Why training is over after the epochs of history ``rows``, or None if it goes on.
+
+    The tests of the callbacks, in their order: ``time_limit`` (the epochs'
+    seconds reach ``train.time_limit_minutes``), ``early_stopping``
+    (``train.patience`` epochs, at least one, without a new minimum of
+    ``monitor``) and ``epochs`` (``train.epochs`` done). A run killed after
+    its training ended, e.g. during prediction, is thereby not trained further
+    when run again.
+
+    Parameters
+    ----------
+    rows : list of dict, rows of ``history.csv``
+    cfg : TrainConfig
+    monitor : str
+
+    Returns
+    -------
+    str or None
+    """
+    if not rows:
+        return None
+    if cfg.time_limit_minutes > 0 and sum(r.get("seconds", 0.0) for r in rows) >= cfg.time_limit_minutes * 60:
+        return "time_limit"
+    if _since_best(rows, monitor)[1] >= max(1, cfg.patience):
+        return "early_stopping"
+    if len(rows) >= cfg.epochs:
+        return "epochs"
+    return None
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Draws each epoch's randomness from ``(seed, epoch)``: dropout and noise layers, crops and augmentation.
+
+    Keras does not save the state of its seed generators in ``.keras`` files,
+    so a resumed run would draw other dropout masks than an uninterrupted one.
+    Setting every seed generator of the model, and the epoch of the training
+    data (``set_epoch``), as each epoch begins makes a resumed run draw what an
+    uninterrupted one draws, and each epoch reproducible on its own.
+    """
+
+    def __init__(self, seed, data):
+        super().__init__()
+        self.seed = seed
+        self.data = data
+
+    def on_epoch_begin(self, epoch, logs=None):
+        states = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+        for index, state in enumerate(states):
+            value = np.random.default_rng([self.seed, epoch, index]).integers(1, 2**31 - 1)
+            state.assign(np.array([value, 0], dtype=keras.backend.standardize_dtype(state.dtype)))
+        if hasattr(self.data, "set_epoch"):
+            self.data.set_epoch(epoch)
+
+
+def enable_determinism():
+    """Make the backend run deterministic kernels: identical runs then give identical results.
+
+    TensorFlow: ``enable_op_determinism`` (for the rest of the process; an op
+    without a deterministic kernel then raises an error). torch:
+    ``use_deterministic_algorithms``. JAX on GPU needs
+    ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` in the environment before it
+    starts; on CPU it is deterministic already. Costs speed, see README.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif backend == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
 
 
 def train(model, train_data, val_data, cfg, run_dir):
@@ -118,8 +550,11 @@ def train(model, train_data, val_data, cfg, run_dir):
     Parameters
     ----------
     model : keras.Model
-        Built model; compiled here unless resuming from ``checkpoints/last.keras``.
+        Built model, one output or several (deep supervision: main first);
+        compiled here unless resuming from ``checkpoints/last.keras``.
     train_data : keras.utils.PyDataset
+        Batches ``(x, y)``; ``y`` is fed to every output. With ``set_epoch``
+        (``CropDataset``), its samples are drawn from the seed and the epoch.
     val_data : tuple ``(x, y)`` of arrays or None
         Validation crops; without them the training loss is monitored.
     cfg : TrainConfig
@@ -128,43 +563,68 @@ def train(model, train_data, val_data, cfg, run_dir):
     Returns
     -------
     model : keras.Model with the weights of the best epoch.
-    info : dict with ``epochs``, ``stopped_by`` ('epochs', 'early_stopping' or
-        'time_limit'), ``seconds`` and ``seconds_per_epoch``.
+    info : dict with ``epochs``, ``best_epoch``, ``stopped_by`` ('epochs',
+        'early_stopping' or 'time_limit'), ``seconds`` (of training, every
+        session of a resumed run) and ``seconds_per_epoch``.
+
+    Notes
+    -----
+    The monitored loss (``val_loss``, or ``loss`` without validation data) picks
+    the best checkpoint, stops early and drives the ``plateau`` schedule; with
+    deep supervision it is the main output's loss (``val_output_loss``).
+
+    A run folder with a history is resumed from ``checkpoints/last.keras``
+    (weights, optimiser state, epoch counter); the schedule, early stopping and
+    the time limit continue from ``history.csv`` and :class:`EpochSeeds` the
+    random draws. When the history shows that training was over
+    (:func:`finished_by`), e.g. for a run killed during prediction, the model
+    gets the best weights without training further.
     """
-    monitor = "val_loss" if val_data is not None else "loss"
-    history_path = os.path.join(run_dir, "history.csv")
+    if cfg.deterministic:
+        enable_determinism()
+    n_outputs = len(model.outputs)
+    monitor = ("val_" if val_data is not None else "") + (
+        f"{model.output_names[0]}_loss" if n_outputs > 1 else "loss")
+    history = read_history(os.path.join(run_dir, "history.csv"))
+    recover_checkpoints(run_dir, len(history))
     last = os.path.join(run_dir, "checkpoints", LAST)
-    history = read_history(history_path)
-    if history and os.path.exists(last):
+    if history and not os.path.exists(last):
+        print(f"warning: {run_dir}: history.csv without checkpoints/{LAST}; training starts again", file=sys.stderr)
+        history = []
+    done = finished_by(history, cfg, monitor)
+    if done:
+        print(f"Training was over after epoch {len(history)} ({done.replace('_', ' ')}): predicting with its "
+              "best checkpoint")
+    elif history:
         model = keras.models.load_model(last)
         print(f"Resuming from {last} after epoch {len(history)}")
     else:
-        history = []
         compile_model(model, cfg)
+    earlier = sum(r.get("seconds", 0.0) for r in history)
     recorder = RunRecorder(run_dir, monitor, history)
-    early = keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.patience, mode="min")
-    if history:
-        early.best = recorder.best
-    callbacks = [recorder, early]
-    limit = TimeLimit(cfg.time_limit_minutes) if cfg.time_limit_minutes > 0 else None
-    if limit is not None:
-        callbacks.append(limit)
     start = time.perf_counter()
-    if len(history) < cfg.epochs:
-        model.fit(train_data, validation_data=val_data, epochs=cfg.epochs, initial_epoch=len(history),
-                  callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1)
-    seconds = time.perf_counter() - start
+    if not done:
+        callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows), recorder,
+                     _EarlyStopping(monitor, cfg.patience, history)]
+        if cfg.time_limit_minutes > 0:
+            callbacks.append(TimeLimit(cfg.time_limit_minutes, recorder.rows))
+        # shuffle=False: the dataset shuffles itself from (seed, epoch); Keras would reorder its batches
+        # with Python's global random state, which a resumed run cannot restore.
+        model.fit(per_output(train_data, n_outputs), validation_data=per_output(val_data, n_outputs),
+                  epochs=cfg.epochs, initial_epoch=len(history), callbacks=callbacks, shuffle=False,
+                  verbose=2 if os.environ.get("CI") else 1)
+    seconds = earlier + time.perf_counter() - start
     best = os.path.join(run_dir, "checkpoints", BEST)
     if os.path.exists(best):
         model.load_weights(best)
-    epochs = len(recorder.rows)
-    stopped_by = "time_limit" if limit is not None and limit.reached else (
-        "early_stopping" if early.stopped_epoch > 0 else "epochs")
-    times = [r["seconds"] for r in recorder.rows]
+    rows = recorder.rows
+    times = [r["seconds"] for r in rows]
     return model, {
-        "epochs": epochs,
-        "best_epoch": 1 + min(range(epochs), key=lambda i: recorder.rows[i].get(monitor, math.inf)) if epochs else 0,
-        "stopped_by": stopped_by,
+        "epochs": len(rows),
+        "best_epoch": len(rows) - _since_best(rows, monitor)[1] if rows else 0,
+        # fit ends before train.epochs only through a callback; the time limit's mid-epoch stop may end
+        # an epoch a rounding error short of the limit that finished_by tests
+        "stopped_by": finished_by(rows, cfg, monitor) or "time_limit",
         "seconds": round(seconds, 1),
         "seconds_per_epoch": round(sum(times) / len(times), 2) if times else 0.0,
     }

@@ -55,7 +55,7 @@ CONFIG = {
         "samples": 0,                  # augmented pairs to save in samples/ for a visual check
     },
     "model": {
-        "name": "unet",                # network architecture
+        "name": "unet",                # unet | resunet (pre-activation residual) | attention_unet | seunet | multiresunet
         "depth": 4,                    # number of downsampling levels
         "filters": 16,                 # filters of the first level, doubled at each level
         "dropout": [0.1, 0.1, 0.2, 0.2, 0.3],  # dropout per level (depth + 1 values) or one number
@@ -64,28 +64,55 @@ CONFIG = {
         "activation": "elu",           # relu | elu | leaky_relu | gelu | swish
         "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
         "pool_size": None,             # 3D only: per-axis pooling, e.g. [1, 2, 2] for anisotropic stacks
+        "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)
     },
     "train": {
         "epochs": 200,                 # maximum number of epochs
         "batch_size": 4,               # crops per batch
         "optimizer": "adam",           # sgd (with momentum) | adam | adamw
-        "learning_rate": 1e-3,         # initial learning rate
+        "learning_rate": 1e-3,         # initial (peak) learning rate
         "momentum": 0.9,               # sgd only
+        "nesterov": False,             # sgd only: Nesterov momentum
         "weight_decay": 1e-4,          # adamw only
-        "loss": "bce",                 # bce | dice | bce_dice
+        "schedule": "none",            # none | step | cosine | plateau | onecycle (resumed runs continue it)
+        "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
+        "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor
+        "step_epochs": [],             # step: epochs after which the rate drops, e.g. [100, 150]
+        "step_factor": 0.1,            # step: factor of each drop
+        "plateau_patience": 10,        # plateau: epochs without a better validation loss before a drop
+        "plateau_factor": 0.5,         # plateau: factor of each drop
+        "loss": "bce",                 # bce | weighted_bce (U-Net weight maps) | dice | bce_dice | jaccard
+        "bce_weight": 1.0,             # bce_dice: weight of the bce term
+        "dice_weight": 1.0,            # bce_dice: weight of the dice term
+        "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
+        "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, pixels
+        "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
+        "pretrained": None,            # fine-tune: a .keras file, a run folder, or a run name "ID_RID" in JOB_DIR
+        "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
         "patience": 30,                # early stopping: epochs without a better validation loss
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
         "seed": 42,                    # random seed (weights, split, crops, augmentation)
-        "workers": 1,                  # threads preparing batches beside training
+        "workers": 2,                  # threads preparing batches beside training (1 = in the training loop)
+        "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
     },
-    "inference": {
+    "inference": {                     # each variant is evaluated and reported side by side
         "per_crop": True,              # evaluate crop by crop (mean over crops)
         "merged": True,                # crops merged into full images
         "tiled": True,                 # overlapping tiles with smooth blending
-        "overlap": 0.5,                # tile overlap for the tiled variant, [0, 1)
+        "tta": False,                  # tiled + test-time augmentation (8 flips/rotations: 8x the prediction time)
+        "overlap": 0.5,                # tile overlap for the tiled variants, [0, 1)
         "window": "gaussian",          # blending window: gaussian | spline
-        "threshold": 0.5,              # probability threshold for binary masks
+        "threshold": 0.5,              # probability threshold for binary masks (pick it on validation data)
         "batch_size": 8,               # tiles per prediction batch
+        "overlays": 3,                 # test images drawn with outlines in charts/overlays.png (0 = none)
+    },
+    "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
+        "z_filter": True,              # median filter along z; consecutive test images of one size form the stack
+        "z_filter_size": 5,            # slices in the z median window (odd)
+        "tta_z_filter": True,          # z filter of the tta prediction (needs inference.tta)
+        "oztel": True,                 # Oztel et al. 2017: drop unsure objects, snap boundaries to image edges
+        "oztel_min_mean_prob": 0.6,    # objects whose mean probability is below this are dropped
+        "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
     },
 }
 
@@ -104,16 +131,21 @@ def main(argv=None):
     cfg = cli.load_config(CONFIG, args)
     cli.check_run_dir(args)
 
-    from lib import evaluation, experiment, networks, training
-    from lib.inference import make_predictor
+    from lib import experiment
 
     train_set, test_set = experiment.load_2d(args.data_dir, cfg)
+    # Keras is imported once the data are checked, so that bad data are refused at once.
+    from lib import evaluation, networks, training
+    from lib.inference import make_predictor
+
+    pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
     run_dir = cli.create_run_dir(args, cfg)
     cli.seed_everything(cfg.train.seed)
     train_data, val_data = experiment.training_data_2d(train_set, cfg, run_dir)
 
     with cli.distribution_scope(args.gpu):
         model = networks.build_model(cfg.model, (None, None, train_set.channels))
+        training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
         experiment.record_model(model, run_dir)
         model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
 

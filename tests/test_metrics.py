@@ -5,7 +5,9 @@ import pytest
 from lib import metrics
 from lib.metrics import (
     ForegroundIoU,
+    ObjectCounts,
     PixelCounts,
+    SweepHistogram,
     mean_per_item_metrics,
     object_metrics,
     object_metrics_labels,
@@ -271,3 +273,47 @@ def test_foreground_iou_sample_weight_and_serialisation():
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
     assert isinstance(clone, ForegroundIoU)
     assert (clone.name, clone.threshold) == ("fg", 0.3)
+
+
+def test_sweep_histogram_streamed_equals_threshold_sweep():
+    rng = np.random.default_rng(4)
+    gts = [rng.random((5, 7)) < 0.3 for _ in range(4)]
+    probs = [rng.random(g.shape).astype(np.float32) for g in gts]
+    sweep = SweepHistogram()
+    for p, g in zip(probs, gts):
+        sweep.update(p, g)
+    assert sweep.result() == threshold_sweep(probs, gts)
+    assert sweep.counts()[9] == PixelCounts.from_arrays(np.stack(probs) >= 0.5, np.stack(gts))
+    with pytest.raises(ValueError, match="shape"):
+        sweep.update(probs[0], gts[0][:, :3])
+
+
+def test_threshold_sweep_monotonic_cases():
+    rng = np.random.default_rng(5)
+    probs = rng.random((30, 30)).astype(np.float32)
+    # All foreground: IoU and Dice equal recall, which can only fall as the threshold rises.
+    everything = threshold_sweep([probs], [np.ones_like(probs, np.uint8)])
+    assert np.all(np.diff(everything["fg_iou"]) <= 0) and everything["fg_iou"][0] > everything["fg_iou"][-1]
+    assert everything["best_threshold"] == 0.05
+    # No foreground: every predicted pixel is a false positive, so IoU is 0 until nothing is predicted.
+    nothing = threshold_sweep([probs * 0.5], [np.zeros_like(probs, np.uint8)])
+    assert nothing["fg_iou"] == [0.0] * 9 + [1.0] * 10 and nothing["best_threshold"] == 0.5
+    # Binary probabilities equal to the truth: perfect at every threshold.
+    gt = probs > 0.5
+    assert threshold_sweep([gt.astype(np.float32)], [gt])["fg_iou"] == [1.0] * 19
+
+
+def test_empty_prediction_objects():
+    gt = _boxes((6, 12), np.s_[1:3, 1:3], np.s_[1:3, 6:9]) > 0
+    m = object_metrics(np.zeros_like(gt), gt)
+    assert (m["det"], m["seg"], m["fn"], m["fp"], m["n_pred"]) == (0.0, 0.0, 2, 0, 0)
+
+
+def test_object_counts_reuse_ground_truth_labels():
+    from skimage.measure import label
+
+    gt = _boxes((6, 12), np.s_[1:4, 1:4], np.s_[1:4, 5:8]) > 0
+    pred = _boxes((6, 12), np.s_[1:4, 1:8]) > 0
+    counts = ObjectCounts.from_masks(pred, gt, gt_labels=label(gt))
+    assert counts == ObjectCounts.from_masks(pred, gt)
+    assert counts.metrics() == object_metrics(pred, gt)

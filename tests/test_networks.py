@@ -16,6 +16,7 @@ from lib.networks import (
     build_model,
     count_params,
     divisor,
+    encoder_layers,
     summary_text,
 )
 
@@ -74,13 +75,15 @@ def test_builds_with_output_like_input(name, ndim):
 
 
 # Eager training is ten times quicker to start on these tiny models; one case
-# runs as a compiled graph to check that the networks trace.
+# runs as a compiled graph to check that the networks trace. The other 3D
+# cases use a smaller volume to stay quick.
 @pytest.mark.parametrize(
     "name, ndim, eager",
-    [(name, 2, True) for name in MODEL_NAMES] + [("unet", 3, False)],
+    [(name, ndim, True) for name in MODEL_NAMES for ndim in (2, 3) if (name, ndim) != ("unet", 3)]
+    + [("unet", 3, False)],
 )
 def test_trains_then_saves_and_loads(name, ndim, eager, tmp_path):
-    shape = SHAPES[ndim]
+    shape = (4, 16, 16, 1) if (ndim, eager) == (3, True) else SHAPES[ndim]
     model = build_model(tiny(name), shape)
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", run_eagerly=eager)
     x, y = synthetic_batch(shape)
@@ -132,6 +135,25 @@ def test_deep_supervision_outputs_at_full_resolution(ndim):
     x, _ = synthetic_batch(shape)
     outputs = model(x)
     assert [tuple(o.shape) for o in outputs] == [(2, *shape[:-1], 2)] * 3
+
+
+def test_deep_supervision_from_the_config():
+    assert build_model(tiny(deep_supervision=True), (32, 32, 1)).output_names == ["output", "aux_1"]
+    assert len(build_model(tiny(deep_supervision=True), (32, 32, 1), deep_supervision=False).outputs) == 1
+
+
+# Convolutions of the contracting path at depth 2 (two levels and the bottom):
+# 2 per U-Net block; 1 shortcut + 3 chained per MultiRes block, and none of
+# the res paths that transform its skip connections.
+@pytest.mark.parametrize("name, convolutions", [("unet", 6), ("multiresunet", 12)])
+def test_encoder_layers_feed_the_bottleneck(name, convolutions):
+    model = build_model(tiny(name), (32, 32, 1))
+    encoder = encoder_layers(model)
+    assert encoder[-1].name == "bottleneck"
+    assert sum(type(layer) is keras.layers.Conv2D for layer in encoder) == convolutions
+    assert 0 < sum(count_params(layer) for layer in encoder) < count_params(model)
+    with pytest.raises(UserError, match="has no 'bottleneck' layer"):
+        encoder_layers(keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(1, 3)]))
 
 
 def test_divisor():

@@ -1,4 +1,4 @@
-"""The 2D template end to end, as a user runs it from bash, and its refusals of bad input."""
+"""The 2D template end to end, as a user runs it from bash (its refusals of bad input: test_bad_input.py)."""
 
 import csv
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO, blob_pair, write_pairs
+from conftest import REPO
 
 TEMPLATE = os.path.join(REPO, "templates", "template.py")
 FAST = ["--set", "train.epochs=8", "--set", "data.crop_shape=[64,64]", "--set", "data.replicate=4",
@@ -90,49 +90,3 @@ def test_time_limit_stops_training_and_still_evaluates(dataset_2d, tmp_path):
     assert metrics["training"]["stopped_by"] == "time_limit"
     assert metrics["training"]["epochs"] < 1000
     assert "tiled" in metrics["results"]
-
-
-def _bad_dataset(tmp_path, case):
-    root = str(tmp_path / "data")
-    pairs = [blob_pair(seed=i) for i in range(10)]
-    images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
-    write_pairs(root, "test", images[:2], masks[:2])
-    if case == "no_train_y":
-        write_pairs(root, "train", images, masks)
-        for f in os.listdir(os.path.join(root, "train", "y")):
-            os.remove(os.path.join(root, "train", "y", f))
-        os.rmdir(os.path.join(root, "train", "y"))
-    elif case == "9_masks":
-        write_pairs(root, "train", images, masks[:9])
-    elif case == "three_values":
-        masks[3] = masks[3].copy()
-        masks[3][:4, :4] = 7
-        write_pairs(root, "train", images, masks)
-    elif case == "size":
-        masks[2] = masks[2][:, :50]
-        write_pairs(root, "train", images, masks)
-    else:
-        write_pairs(root, "train", images, masks)
-    return root
-
-
-@pytest.mark.parametrize("case, extra, message", [
-    ("no_train_y", [], "train/y: folder not found"),
-    ("9_masks", [], "has 10 images but"),
-    ("three_values", [], "003.tif: mask is not binary, found 3 values (0, 7, 255)"),
-    ("size", [], "002.tif: image size 64x64 differs from its mask"),
-    ("ok", ["--set", "data.crop_shape=[128,128]"], "data.crop_shape=[128, 128] is larger than"),
-    ("ok", ["--set", "train.epochs=-1"], "train.epochs: expected a value in [1, inf), got -1"),
-    ("ok", ["--set", "train.epochz=3"], "unknown option 'train.epochz' (did you mean 'train.epochs'?)"),
-    ("ok", ["--rid", "abc"], "--rid abc: expected a non-negative integer"),
-    ("ok", ["--set", "data.crop_shape=[40,40]"], "size 40 on axis y is not divisible by 16"),
-])
-def test_bad_input_one_line_exit_2_nothing_written(tmp_path, case, extra, message):
-    root = _bad_dataset(tmp_path, case)
-    job = tmp_path / "jobs"
-    result = run_template(root, str(job), "--id", "bad", "--gpu", "cpu", "--set", "data.crop_shape=[32,32]", *extra)
-    assert result.returncode == 2, result.stderr[-2000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    assert not (job / "bad_0").exists()

@@ -68,7 +68,7 @@ def divisor(cfg, ndim):
     return tuple(p**cfg.depth for p in pool_size(cfg, ndim))
 
 
-def build_model(cfg, input_shape, n_outputs=1, deep_supervision=False):
+def build_model(cfg, input_shape, n_outputs=1, deep_supervision=None):
     """Build the network named by ``cfg.name`` (not compiled).
 
     Parameters
@@ -81,8 +81,9 @@ def build_model(cfg, input_shape, n_outputs=1, deep_supervision=False):
         a multiple of :func:`divisor`); the channel count must be given.
     n_outputs : int
         Number of output channels (one sigmoid per channel).
-    deep_supervision : bool
-        Also output a prediction from each intermediate decoder level.
+    deep_supervision : bool, optional
+        Also output a prediction from each intermediate decoder level;
+        default ``cfg.deep_supervision``.
 
     Returns
     -------
@@ -98,6 +99,8 @@ def build_model(cfg, input_shape, n_outputs=1, deep_supervision=False):
         For a bad option, or an input shape the network cannot take.
     """
     cfg.validate()
+    if deep_supervision is None:
+        deep_supervision = cfg.deep_supervision
     input_shape = tuple(input_shape)
     ndim = len(input_shape) - 1
     if ndim not in _AXES:
@@ -124,6 +127,39 @@ def build_model(cfg, input_shape, n_outputs=1, deep_supervision=False):
         ops, input_shape, cfg.depth, cfg.filters, rates, n_outputs, deep_supervision,
         name=cfg.name, **architectures.ARCHITECTURES[cfg.name],
     )
+
+
+def encoder_layers(model):
+    """The layers of ``model``'s encoder: every layer that feeds its bottleneck.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Built by :func:`build_model`.
+
+    Returns
+    -------
+    list of keras.layers.Layer
+        In the model's order, the input layer excluded.
+
+    Raises
+    ------
+    UserError
+        If ``model`` has no layer named ``bottleneck`` (not built by this package).
+    """
+    import keras
+
+    from .architectures import BOTTLENECK
+
+    try:
+        bottleneck = model.get_layer(BOTTLENECK)
+    except ValueError:
+        raise UserError(f"model '{model.name}' has no '{BOTTLENECK}' layer: its encoder is unknown, "
+                        "so it cannot be frozen (train.freeze_encoder)") from None
+    # A model from the input to the bottleneck holds exactly the layers that feed it.
+    encoder = {id(layer) for layer in keras.Model(model.inputs, bottleneck.output).layers}
+    return [layer for layer in model.layers
+            if id(layer) in encoder and not isinstance(layer, keras.layers.InputLayer)]
 
 
 def count_params(model):

@@ -13,6 +13,8 @@ from keras import layers
 
 from . import blocks
 
+BOTTLENECK = "bottleneck"
+
 
 def _attention_skip(ops, skip, gating, filters, level, depth):
     return blocks.attention_gate(ops, skip, gating, filters)
@@ -67,6 +69,8 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
     Returns
     -------
     keras.Model
+        The bottom block's output passes through an identity layer named
+        :data:`BOTTLENECK`; everything that feeds it is the encoder.
         Output ``(N, *spatial, n_outputs)`` float32 probabilities, or with
         ``deep_supervision`` a list: that output, then one per decoder level
         ``1 .. depth - 1`` (finest first) upsampled to the input size.
@@ -80,6 +84,8 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
         skips.append(x)
         x = ops.pool_down(x)
     x = ops.dropout(block(ops, x, filters * 2**depth), rates[depth])
+    # Marks the end of the encoder: lib.networks.encoder_layers finds it by name.
+    x = layers.Identity(name=BOTTLENECK)(x)
 
     aux = []
     for level in reversed(range(depth)):

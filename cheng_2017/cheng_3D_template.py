@@ -1,0 +1,115 @@
+"""Cheng & Varshney (ICIP 2017) 3D network: stochastic downsampling and factorised 3D convolutions.
+
+Usage::
+
+    python cheng_2017/cheng_3D_template.py CODE_DIR DATA_DIR JOB_DIR --id 400 --rid 0 --gpu 0 \
+        [--set train.epochs=50 ...] [--config FILE.json] [--threads N] [--overwrite]
+
+The same command line, data layout (each of ``train/{x,y}`` and ``test/{x,y}``
+a folder of sorted 2D slices or of multi-page TIFF stacks) and run folder
+(``JOB_DIR/<id>_<rid>/``) as ``templates/3D_template.py``; the defaults below
+are the paper's training settings as far as they are known (see
+cheng_2017/README.md). Subvolume sizes must be multiples of 16 on every axis:
+the network halves z as well, as the paper's isotropic FIB-SEM volume allows.
+"""
+
+CONFIG = {
+    "data": {
+        "normalization": "per_image",  # per_image (min-max per volume) | dtype_max (x / 255 for uint8) | zscore (training mean/std)
+        "val_fraction": 0.0,           # one volume: its last slices validate; 0: train on all of it, as the paper
+        "val_split": "last",           # several volumes: random | last (the last volumes)
+        "crop_shape": [96, 128, 128],  # training subvolume / inference tile (z, y, x); multiples of 16
+        "random_crops": True,          # True: new random subvolumes each epoch; False: fixed grid of subvolumes
+        "fg_sampling": 0.0,            # share of subvolumes centred on a foreground voxel (0 = uniform)
+        "replicate": 144,              # subvolumes drawn from each training volume per epoch (48 steps of 3)
+    },
+    "augment": {
+        "enabled": True,               # False: no augmentation at all
+        "flip_p": 0.0,                 # probability of a flip, per axis (z, y, x)
+        "rot90_p": 0.5,                # probability of an in-plane (y-x) 90/180/270-degree rotation
+    },
+    "model": {
+        "name": "cheng3d",             # the paper's 3D asymmetric encoder-decoder (cheng_2017/networks.py)
+        "depth": 3,                    # fixed: the network halves its input 3 times, on every axis
+        "filters": 16,                 # width of the input block; blocks widen by filters/2; decoder 4x and 2x filters
+        "dropout": 0.1,                # dropout inside every encoder block (one number)
+        "spatial_dropout": False,      # drop whole feature maps instead of voxels
+        "batch_norm": True,            # batch normalisation before each activation
+        "activation": "relu",          # relu | elu | leaky_relu | gelu | swish
+        "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
+    },
+    "train": {
+        "epochs": 545,                 # maximum number of epochs
+        "batch_size": 3,               # subvolumes per batch
+        "optimizer": "sgd",            # sgd (with momentum) | adam | adamw
+        "learning_rate": 0.1,          # initial learning rate
+        "momentum": 0.9,               # sgd only
+        "loss": "jaccard",             # the paper's loss: 1 - (sum(y p) + 1) / (sum(y) + sum(p) - sum(y p) + 1)
+        "patience": 200,               # early stopping: epochs without a better (validation) loss
+        "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
+        "seed": 42,                    # random seed (weights, split, subvolumes, augmentation, stochastic downsampling)
+        "workers": 1,                  # threads preparing batches beside training
+    },
+    "inference": {                     # each variant is evaluated on whole volumes and reported side by side
+        "per_crop": False,             # evaluate subvolume by subvolume (mean over subvolumes)
+        "merged": False,               # non-overlapping subvolumes merged into whole volumes
+        "tiled": True,                 # overlapping windows (reflect-padded borders) blended into whole volumes
+        "overlap": [0.5, 0.5, 0.5],    # window overlap, one value or one per axis (z, y, x), each in [0, 1)
+        "window": "gaussian",          # blending window: gaussian | spline
+        "threshold": 0.5,              # probability threshold for binary masks
+        "batch_size": 8,               # windows per prediction batch (memory: the output volume plus one batch)
+        "overlays": 3,                 # test slices drawn with outlines in charts/overlays.png (0 = none)
+    },
+    "post": {
+        "z_filter": False,             # median filter along z of the tiled prediction (not in the paper)
+        "oztel": False,                # Oztel et al. post-processing of the tiled prediction (not in the paper)
+    },
+}
+
+import gc  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+# CODE_DIR (first argument) holds lib/; fall back to this file's project so the script runs from anywhere.
+sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
+
+import cheng_2017  # noqa: E402
+from lib import cli  # noqa: E402
+
+
+def main(argv=None):
+    args = cli.parse_args(argv, description=__doc__.splitlines()[0])
+    cli.select_device(args.gpu, args.threads)
+    cheng_2017.register_model_names()
+    cfg = cli.load_config(CONFIG, args)
+    cli.check_run_dir(args)
+
+    from cheng_2017 import networks
+    from lib import evaluation, experiment, training
+    from lib.inference import make_predictor
+
+    networks.check_config(cfg, ndim=3)
+    train_set, test_set = experiment.load_3d(args.data_dir, cfg)
+    run_dir = cli.create_run_dir(args, cfg)
+    cli.seed_everything(cfg.train.seed)
+    train_data, val_data = experiment.training_data_3d(train_set, cfg, run_dir)
+
+    with cli.distribution_scope(args.gpu):
+        model = networks.build_model(cfg.model, (None, None, None, train_set.channels))
+        experiment.record_model(model, run_dir)
+        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
+
+    # Free the training volumes so that the recorded peak memory is that of inference alone.
+    del train_set, train_data, val_data
+    gc.collect()
+    experiment.reset_peak_rss()
+    results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
+                                                   os.path.join(run_dir, "predictions"))
+    info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
+    print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB")
+    experiment.finish(args, run_dir, results, sweeps, info)
+
+
+if __name__ == "__main__":
+    with cli.user_errors():
+        main()

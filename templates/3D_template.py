@@ -1,0 +1,167 @@
+"""3D U-Net for EM volumes: random subvolumes for training, blended sliding windows for inference.
+
+Usage::
+
+    python templates/3D_template.py CODE_DIR DATA_DIR JOB_DIR --id 400 --rid 0 --gpu 0 \
+        [--set train.epochs=50 ...] [--config FILE.json] [--threads N] [--overwrite]
+
+CODE_DIR is the folder holding this project's ``lib/``; DATA_DIR holds
+``train/{x,y}`` and ``test/{x,y}``, each a folder of sorted 2D slices (one
+volume) or of multi-page TIFF stacks (one volume per file); results go to
+``JOB_DIR/<id>_<rid>/``. Metrics are computed on the whole merged test
+volume(s); ``predictions/tiled/{prob,binary}/`` hold them as TIFF stacks.
+Copy this file to start a new experiment and edit CONFIG below; any option can
+also be changed from the command line with ``--set section.key=value``.
+"""
+
+CONFIG = {
+    "data": {
+        "normalization": "per_image",  # per_image (min-max per volume) | dtype_max (x / 255 for uint8) | zscore (training mean/std)
+        "val_fraction": 0.1,           # one volume: its last slices validate (at least one subvolume deep); several: whole volumes
+        "val_split": "last",           # several volumes: random | last (the last volumes)
+        "crop_shape": [16, 128, 128],  # training subvolume / inference tile (z, y, x); divisible by the network's downsampling
+        "random_crops": True,          # True: new random subvolumes each epoch; False: fixed grid of subvolumes
+        "min_fg_fraction": 0.0,        # fixed subvolumes only: discard those with less foreground (0-1)
+        "fg_sampling": 0.3,            # share of subvolumes centred on a foreground voxel (0 = uniform)
+        "replicate": 200,              # subvolumes drawn from each training volume per epoch
+    },
+    "augment": {
+        "enabled": True,               # False: no augmentation at all
+        "flip_p": 0.5,                 # probability of a flip, per axis (z, y, x)
+        "rot90_p": 0.5,                # probability of an in-plane (y-x) 90/180/270-degree rotation
+        "rotation_p": 0.0,             # probability of a free in-plane rotation (reflect padding)
+        "rotation_range": 180.0,       # free rotation angle, degrees, uniform in [-r, r]
+        "elastic_p": 0.0,              # probability of an in-plane elastic deformation
+        "elastic_alpha": 30.0,         # elastic displacement strength, pixels
+        "elastic_sigma": 5.0,          # elastic smoothness, pixels
+        "zoom_p": 0.0,                 # probability of an in-plane zoom
+        "zoom_range": [0.8, 1.2],      # zoom factor range
+        "shift_p": 0.0,                # probability of an in-plane shift
+        "shift_range": 0.1,            # shift, fraction of the subvolume size
+        "shear_p": 0.0,                # probability of an in-plane shear
+        "shear_range": 10.0,           # shear angle, degrees
+        "brightness_p": 0.0,           # probability of a brightness change
+        "brightness_range": 0.1,       # additive brightness change
+        "contrast_p": 0.0,             # probability of a contrast change
+        "contrast_range": [0.8, 1.2],  # contrast factor range
+        "gamma_p": 0.0,                # probability of a gamma change
+        "gamma_range": [0.8, 1.25],    # gamma range
+        "blur_p": 0.0,                 # probability of an in-plane Gaussian blur
+        "blur_sigma": [0.0, 1.5],      # blur sigma range, pixels
+        "median_p": 0.0,               # probability of an in-plane median filter
+        "median_size": 3,              # median filter size, pixels
+        "noise_p": 0.0,                # probability of Gaussian noise
+        "noise_std": 0.03,             # noise standard deviation
+        "missing_section_p": 0.0,      # probability of a blank or duplicated section (serial-section EM)
+        "misalignment_p": 0.0,         # probability of a shifted part of the stack (serial-section EM)
+        "misalignment_max_shift": 10,  # largest misalignment, pixels
+        "samples": 0,                  # augmented pairs to save in samples/ for a visual check
+    },
+    "model": {
+        "name": "unet",                # unet | resunet (pre-activation residual) | attention_unet | seunet | multiresunet
+        "depth": 3,                    # number of downsampling levels
+        "filters": 16,                 # filters of the first level, doubled at each level
+        "dropout": [0.1, 0.1, 0.2, 0.2],  # dropout per level (depth + 1 values) or one number
+        "spatial_dropout": False,      # drop whole feature maps instead of voxels
+        "batch_norm": True,            # batch normalisation after each convolution
+        "activation": "elu",           # relu | elu | leaky_relu | gelu | swish
+        "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
+        "pool_size": None,             # per-axis pooling (z, y, x); None = 2 everywhere (isotropic voxels),
+                                       # [1, 2, 2] when z sections are much thicker than the pixel size
+        "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)
+    },
+    "train": {
+        "epochs": 200,                 # maximum number of epochs
+        "batch_size": 2,               # subvolumes per batch
+        "optimizer": "adam",           # sgd (with momentum) | adam | adamw
+        "learning_rate": 1e-3,         # initial (peak) learning rate
+        "momentum": 0.9,               # sgd only
+        "nesterov": False,             # sgd only: Nesterov momentum
+        "weight_decay": 1e-4,          # adamw only
+        "schedule": "none",            # none | step | cosine | plateau | onecycle (resumed runs continue it)
+        "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
+        "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor
+        "step_epochs": [],             # step: epochs after which the rate drops, e.g. [100, 150]
+        "step_factor": 0.1,            # step: factor of each drop
+        "plateau_patience": 10,        # plateau: epochs without a better validation loss before a drop
+        "plateau_factor": 0.5,         # plateau: factor of each drop
+        "loss": "bce",                 # bce | weighted_bce (U-Net weight maps) | dice | bce_dice | jaccard
+        "bce_weight": 1.0,             # bce_dice: weight of the bce term
+        "dice_weight": 1.0,            # bce_dice: weight of the dice term
+        "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
+        "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, voxels
+        "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
+        "pretrained": None,            # fine-tune: a .keras file, a run folder, or a run name "ID_RID" in JOB_DIR
+        "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
+        "patience": 30,                # early stopping: epochs without a better validation loss
+        "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
+        "seed": 42,                    # random seed (weights, split, subvolumes, augmentation)
+        "workers": 1,                  # threads preparing batches beside training
+    },
+    "inference": {                     # each variant is evaluated on whole volumes and reported side by side
+        "per_crop": False,             # evaluate subvolume by subvolume (mean over subvolumes)
+        "merged": False,               # non-overlapping subvolumes merged into whole volumes
+        "tiled": True,                 # overlapping windows (reflect-padded borders) blended into whole volumes
+        "tta": False,                  # tiled + test-time augmentation (16 flips/rotations: 16x the prediction time)
+        "overlap": [0.5, 0.5, 0.5],    # window overlap, one value or one per axis (z, y, x), each in [0, 1)
+        "window": "gaussian",          # blending window: gaussian | spline
+        "threshold": 0.5,              # probability threshold for binary masks (pick it on validation data)
+        "batch_size": 8,               # windows per prediction batch (memory: the output volume plus one batch)
+        "overlays": 3,                 # test slices drawn with outlines in charts/overlays.png (0 = none)
+    },
+    "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
+        "z_filter": True,              # median filter along z
+        "z_filter_size": 5,            # slices in the z median window (odd)
+        "tta_z_filter": True,          # z filter of the tta prediction (needs inference.tta)
+        "oztel": True,                 # Oztel et al. 2017, slice by slice: drop unsure objects, snap boundaries to edges
+        "oztel_min_mean_prob": 0.6,    # objects whose mean probability is below this are dropped
+        "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
+    },
+}
+
+import gc  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+# CODE_DIR (first argument) holds lib/; fall back to this file's project so the template runs from anywhere.
+sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
+
+from lib import cli  # noqa: E402
+
+
+def main(argv=None):
+    args = cli.parse_args(argv, description=__doc__.splitlines()[0])
+    cli.select_device(args.gpu, args.threads)
+    cfg = cli.load_config(CONFIG, args)
+    cli.check_run_dir(args)
+
+    from lib import evaluation, experiment, networks, training
+    from lib.inference import make_predictor
+
+    train_set, test_set = experiment.load_3d(args.data_dir, cfg)
+    pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
+    run_dir = cli.create_run_dir(args, cfg)
+    cli.seed_everything(cfg.train.seed)
+    train_data, val_data = experiment.training_data_3d(train_set, cfg, run_dir)
+
+    with cli.distribution_scope(args.gpu):
+        model = networks.build_model(cfg.model, (None, None, None, train_set.channels))
+        training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
+        experiment.record_model(model, run_dir)
+        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
+
+    # Free the training volumes so that the recorded peak memory is that of inference alone.
+    train_data.release()
+    del train_set, train_data, val_data
+    gc.collect()
+    experiment.reset_peak_rss()
+    results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
+                                                   os.path.join(run_dir, "predictions"))
+    info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
+    print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB")
+    experiment.finish(args, run_dir, results, sweeps, info)
+
+
+if __name__ == "__main__":
+    with cli.user_errors():
+        main()

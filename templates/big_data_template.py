@@ -1,0 +1,162 @@
+"""2D U-Net for EM segmentation, with the dataset streamed from disk.
+
+Usage::
+
+    python templates/big_data_template.py CODE_DIR DATA_DIR JOB_DIR --id 400 --rid 0 --gpu 0 \
+        [--set train.epochs=50 ...] [--config FILE.json] [--threads N] [--overwrite]
+
+For datasets larger than memory; no image is held in memory. Before the run
+folder is made, file headers are checked (pairing, counts, sizes), then every
+file is read once, one at a time, to check its mask and take its normalisation
+statistics (per image: its own minimum and maximum, so crops are normalised as
+whole images are; zscore: the training mean and std). In training, each batch
+reads just its random crops (for TIFF, only the strips or tiles a crop touches)
+in ``train.workers`` threads; validation uses at most ``data.max_val_crops``
+crops, read once; test images are read, predicted and written one at a time.
+
+DATA_DIR holds ``train/{x,y}`` and ``test/{x,y}`` (or ``train/x/x``,
+``train/y/y``..., flow_from_directory style), one 2D image or multi-page TIFF
+stack per file, paired by sorted name. The run folder, metrics and reports are
+those of ``template.py``. Copy this file to start a new experiment and edit
+CONFIG below; any option can also be changed with ``--set section.key=value``.
+"""
+
+CONFIG = {
+    "data": {
+        "normalization": "per_image",  # per_image (min-max per image) | dtype_max (x / 255 for uint8) | zscore (training mean/std)
+        "val_fraction": 0.1,           # share of training images kept for validation (0 disables validation)
+        "val_split": "random",         # random | last (the last images, e.g. the end of a stack)
+        "crop_shape": [256, 256],      # training crop / inference tile (y, x); divisible by 2**model.depth
+        "fg_sampling": 0.0,            # random crops: share of crops centred on foreground (0 = uniform)
+        "replicate": 1,                # times each training image is sampled per epoch
+        "max_val_crops": 256,          # validation crops read from the validation images once, kept in memory
+    },
+    "augment": {
+        "enabled": True,               # False: no augmentation at all
+        "flip_p": 0.5,                 # probability of a flip, per axis
+        "rot90_p": 0.5,                # probability of a 90/180/270-degree rotation
+        "rotation_p": 0.0,             # probability of a free rotation (reflect padding)
+        "rotation_range": 180.0,       # free rotation angle, degrees, uniform in [-r, r]
+        "elastic_p": 0.0,              # probability of an elastic deformation
+        "elastic_alpha": 30.0,         # elastic displacement strength, pixels
+        "elastic_sigma": 5.0,          # elastic smoothness, pixels
+        "zoom_p": 0.0,                 # probability of a zoom
+        "zoom_range": [0.8, 1.2],      # zoom factor range
+        "shift_p": 0.0,                # probability of a shift
+        "shift_range": 0.1,            # shift, fraction of the crop size
+        "shear_p": 0.0,                # probability of a shear
+        "shear_range": 10.0,           # shear angle, degrees
+        "brightness_p": 0.0,           # probability of a brightness change
+        "brightness_range": 0.1,       # additive brightness change
+        "contrast_p": 0.0,             # probability of a contrast change
+        "contrast_range": [0.8, 1.2],  # contrast factor range
+        "gamma_p": 0.0,                # probability of a gamma change
+        "gamma_range": [0.8, 1.25],    # gamma range
+        "blur_p": 0.0,                 # probability of a Gaussian blur
+        "blur_sigma": [0.0, 1.5],      # blur sigma range, pixels
+        "median_p": 0.0,               # probability of a median filter
+        "median_size": 3,              # median filter size, pixels
+        "noise_p": 0.0,                # probability of Gaussian noise
+        "noise_std": 0.03,             # noise standard deviation
+        "samples": 0,                  # N > 0: write N augmented crops to samples/augmentation/, crop checks to samples/crops/
+    },
+    "model": {
+        "name": "unet",                # unet | resunet (pre-activation residual) | attention_unet | seunet | multiresunet
+        "depth": 4,                    # number of downsampling levels
+        "filters": 16,                 # filters of the first level, doubled at each level
+        "dropout": [0.1, 0.1, 0.2, 0.2, 0.3],  # dropout per level (depth + 1 values) or one number
+        "spatial_dropout": False,      # drop whole feature maps instead of pixels
+        "batch_norm": True,            # batch normalisation after each convolution
+        "activation": "elu",           # relu | elu | leaky_relu | gelu | swish
+        "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
+        "pool_size": None,             # 3D only: per-axis pooling, e.g. [1, 2, 2] for anisotropic stacks
+        "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)
+    },
+    "train": {
+        "epochs": 200,                 # maximum number of epochs
+        "batch_size": 4,               # crops per batch
+        "optimizer": "adam",           # sgd (with momentum) | adam | adamw
+        "learning_rate": 1e-3,         # initial (peak) learning rate
+        "momentum": 0.9,               # sgd only
+        "nesterov": False,             # sgd only: Nesterov momentum
+        "weight_decay": 1e-4,          # adamw only
+        "schedule": "none",            # none | step | cosine | plateau | onecycle (resumed runs continue it)
+        "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
+        "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor
+        "step_epochs": [],             # step: epochs after which the rate drops, e.g. [100, 150]
+        "step_factor": 0.1,            # step: factor of each drop
+        "plateau_patience": 10,        # plateau: epochs without a better validation loss before a drop
+        "plateau_factor": 0.5,         # plateau: factor of each drop
+        "loss": "bce",                 # bce | dice | bce_dice | jaccard (weighted_bce needs weight maps: in-memory template only)
+        "bce_weight": 1.0,             # bce_dice: weight of the bce term
+        "dice_weight": 1.0,            # bce_dice: weight of the dice term
+        "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
+        "pretrained": None,            # fine-tune: a .keras file, a run folder, or a run name "ID_RID" in JOB_DIR
+        "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
+        "patience": 30,                # early stopping: epochs without a better validation loss
+        "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
+        "seed": 42,                    # random seed (weights, split, crops, augmentation)
+        "workers": 2,                  # threads reading and augmenting crops beside training (1 = in the training loop)
+    },
+    "inference": {                     # each variant is evaluated and reported side by side
+        "per_crop": True,              # evaluate crop by crop (mean over crops)
+        "merged": True,                # crops merged into full images
+        "tiled": True,                 # overlapping tiles with smooth blending
+        "tta": False,                  # tiled + test-time augmentation (8 flips/rotations: 8x the prediction time)
+        "overlap": 0.5,                # tile overlap for the tiled variants, [0, 1)
+        "window": "gaussian",          # blending window: gaussian | spline
+        "threshold": 0.5,              # probability threshold for binary masks (pick it on validation data)
+        "batch_size": 8,               # tiles per prediction batch
+        "overlays": 3,                 # test images drawn with outlines in charts/overlays.png (0 = none)
+    },
+    "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
+        "z_filter": True,              # median filter along z; consecutive test images of one size form the stack
+        "z_filter_size": 5,            # slices in the z median window (odd)
+        "tta_z_filter": True,          # z filter of the tta prediction (needs inference.tta)
+        "oztel": True,                 # Oztel et al. 2017: drop unsure objects, snap boundaries to image edges
+        "oztel_min_mean_prob": 0.6,    # objects whose mean probability is below this are dropped
+        "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
+    },
+}
+
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+# CODE_DIR (first argument) holds lib/; fall back to this file's project so the template runs from anywhere.
+sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
+
+from lib import cli  # noqa: E402
+
+
+def main(argv=None):
+    args = cli.parse_args(argv, description=__doc__.splitlines()[0])
+    cli.select_device(args.gpu, args.threads)
+    cfg = cli.load_config(CONFIG, args)
+    cli.check_run_dir(args)
+
+    from lib import evaluation, experiment, networks, training
+    from lib.inference import make_predictor
+
+    train_set, test_set = experiment.open_2d_streamed(args.data_dir, cfg)
+    pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
+    run_dir = cli.create_run_dir(args, cfg)
+    cli.seed_everything(cfg.train.seed)
+    train_data, val_data = experiment.training_data_streamed(train_set, cfg, run_dir)
+
+    with cli.distribution_scope(args.gpu):
+        model = networks.build_model(cfg.model, (None, None, train_set.channels))
+        training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
+        experiment.record_model(model, run_dir)
+        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
+    info["train_peak_rss_mb"] = experiment.peak_rss_mb()  # flat however large the dataset
+    print(f"Training peak memory (RSS): {info['train_peak_rss_mb']:.0f} MB")
+
+    results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
+                                                   os.path.join(run_dir, "predictions"))
+    experiment.finish(args, run_dir, results, sweeps, info)
+
+
+if __name__ == "__main__":
+    with cli.user_errors():
+        main()

@@ -1,0 +1,114 @@
+"""Tiled prediction, blending and test-time augmentation, with NumPy predictors of known output."""
+
+import numpy as np
+import pytest
+
+from lib.data import tile_grid
+from lib.inference import blend_window, predict_crops, predict_tiled, predict_tta, tta_transforms
+
+
+def sigmoid(batch):
+    """A per-pixel predictor: equivariant under every flip and rotation."""
+    return (1.0 / (1.0 + np.exp(-batch[..., 0]))).astype(np.float32)
+
+
+def x_ramp(batch):
+    """A predictor that ignores the image: 0 on the first column of each tile, 1 on the last."""
+    n = batch.shape[-2]
+    return np.broadcast_to(np.linspace(0, 1, n, dtype=np.float32), batch.shape[:-1]).copy()
+
+
+class Recorder:
+    """Wraps a predictor and keeps every batch it is given."""
+
+    def __init__(self, predict):
+        self.predict, self.batches = predict, []
+
+    def __call__(self, batch):
+        self.batches.append(batch.copy())
+        return self.predict(batch)
+
+    @property
+    def inputs(self):
+        return np.concatenate(self.batches)
+
+
+def _image(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=shape + (1,)).astype(np.float32)
+
+
+@pytest.mark.parametrize("tile", [(32, 32), (16, 24), (8, 16, 16)])
+@pytest.mark.parametrize("kind", ["gaussian", "spline"])
+def test_blend_window_positive_peaked_and_cached(tile, kind):
+    w = blend_window(tile, kind)
+    assert w.shape == tile and w.dtype == np.float32
+    assert w.min() > 0 and w.max() == pytest.approx(1.0)
+    centre = tuple(t // 2 for t in tile)
+    assert w[centre] >= w.max() - 1e-3 and w[(0,) * len(tile)] < 0.1
+    assert blend_window(tile, kind) is w  # computed once per tile shape
+
+
+@pytest.mark.parametrize("shape, tile, overlap", [
+    ((70, 90), (32, 32), 0.5), ((70, 90), (32, 32), 0.0), ((20, 25), (32, 32), 0.25),
+    ((9, 40, 50), (8, 16, 16), [0.0, 0.5, 0.5]),
+])
+@pytest.mark.parametrize("window", ["gaussian", "spline"])
+@pytest.mark.parametrize("tta", [False, True])
+def test_blend_of_constant_predictor_is_that_constant(shape, tile, overlap, window, tta):
+    const = lambda b: np.full(b.shape[:-1], 0.3, np.float32)  # noqa: E731
+    out = predict_tiled(const, _image(shape), tile, overlap, window, 4, tta=tta)
+    assert out.shape == shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, 0.3, atol=1e-5)  # float32 sums of up to 16 x 8 tiles
+
+
+@pytest.mark.parametrize("shape, tile", [((70, 90), (32, 32)), ((70, 90), (32, 48)),
+                                         ((9, 40, 50), (8, 16, 16)), ((9, 40, 50), (8, 16, 24))])
+def test_tta_of_an_equivariant_predictor_is_its_output(shape, tile):
+    image = _image(shape)
+    out = predict_tta(sigmoid, image, tile, 0.5, "gaussian", 8)
+    np.testing.assert_allclose(out, sigmoid(image[None])[0], atol=1e-5)
+    np.testing.assert_allclose(predict_crops(sigmoid, image, tile, 3), sigmoid(image[None])[0], atol=0)
+
+
+@pytest.mark.parametrize("tile, count", [((32, 32), 8), ((16, 24), 4), ((8, 16, 16), 16), ((8, 16, 24), 8)])
+def test_tta_transforms_are_distinct_and_keep_the_tile_shape(tile, count):
+    transforms = tta_transforms(tile)
+    assert len(transforms) == count and transforms[0] == (0, ())
+    rec = Recorder(sigmoid)
+    image = _image(tile)  # one tile exactly: every input is a transform of the same tile
+    predict_tiled(rec, image, tile, overlap=0.0, batch_size=count, tta=True)
+    inputs = rec.inputs
+    assert inputs.shape == (count,) + tile + (1,)
+    assert len({x.tobytes() for x in inputs}) == count
+    assert all(np.array_equal(np.sort(x, axis=None), np.sort(image, axis=None)) for x in inputs)
+
+
+def test_tta_averages_the_transforms_mapped_back():
+    # x_ramp is not equivariant: over the 8 D4 transforms its mapped-back outputs
+    # are ramps in the four directions, which average to 0.5 everywhere.
+    image = _image((64, 64))
+    plain = predict_tiled(x_ramp, image, (32, 32), overlap=0.0)
+    assert plain.min() == 0 and plain.max() == 1
+    np.testing.assert_allclose(predict_tta(x_ramp, image, (32, 32), overlap=0.0), 0.5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tta, per_tile", [(False, 1), (True, 8)])
+def test_each_tile_predicted_once_in_full_batches(tta, per_tile):
+    image = _image((100, 130))
+    tile, overlap, batch = (32, 32), 0.5, 6
+    rec = Recorder(sigmoid)
+    predict_tiled(rec, image, tile, overlap, batch_size=batch, tta=tta)
+    padded = (100 + 2 * 8, 130 + 2 * 8)  # a quarter tile of margin on each side
+    n_tiles = len(tile_grid(padded, tile, overlap))
+    sizes = [len(b) for b in rec.batches]
+    assert sum(sizes) == n_tiles * per_tile
+    assert all(s == batch for s in sizes[:-1])  # batches mix tiles and transforms
+    assert len({x.tobytes() for x in rec.inputs}) == n_tiles * per_tile  # nothing predicted twice
+
+
+def test_predict_crops_predicts_the_crop_grid_once():
+    rec = Recorder(sigmoid)
+    image = _image((70, 90))
+    out = predict_crops(rec, image, (32, 32), batch_size=4)
+    assert out.shape == (70, 90)
+    assert sum(len(b) for b in rec.batches) == 3 * 3
