@@ -44,6 +44,10 @@ CONFIG = {
         "optimizer": "sgd",            # sgd (with momentum) | adam | adamw
         "learning_rate": 0.1,          # initial learning rate
         "momentum": 0.9,               # sgd only
+        "nesterov": False,             # sgd only: Nesterov momentum
+        "schedule": "step",            # none | step | cosine | plateau | onecycle (resumed runs continue it)
+        "step_epochs": [272, 408],     # step: the rate drops after 50 % and 75 % of the epochs
+        "step_factor": 0.1,            # step: factor of each drop
         "loss": "jaccard",             # the paper's loss: 1 - (sum(y p) + 1) / (sum(y) + sum(p) - sum(y p) + 1)
         "patience": 200,               # early stopping: epochs without a better (validation) loss
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict

@@ -4,7 +4,7 @@ A large encoder and a small decoder without skip connections between them
 (as in ENet), built from:
 
 - an input block: a strided 3x3(x3) convolution concatenated with a max
-  pooling of the image (halves the input);
+  pooling of the image (halves the input; ``filters`` channels in all);
 - pyramidal pre-activation residual blocks (Han et al., 2017) whose
   convolutions are factorised into one convolution per axis (1x3 and 3x1 in
   2D; 1x1x3, 1x3x1 and 3x1x1 in 3D), each block ``filters / 2`` channels wider
@@ -94,7 +94,8 @@ def build_model(cfg, input_shape, t=T):
         the decoder widths (``4 filters``, ``2 filters``); ``dropout`` is one rate
         used inside every encoder block; ``batch_norm``, ``activation``,
         ``spatial_dropout`` and ``upsampling`` apply as in :mod:`lib.networks`.
-        ``pool_size`` must be unset: every axis is halved.
+        ``pool_size`` must be unset (every axis is halved) and
+        ``deep_supervision`` false.
     input_shape : sequence
         ``(H, W, C)`` or ``(Z, Y, X, C)``; spatial sizes may be None (any
         multiple of :func:`divisor` at run time), the channel count must be given.
@@ -116,13 +117,14 @@ def build_model(cfg, input_shape, t=T):
     if ndim not in _AXES:
         raise UserError(f"model: expected an input shape (y, x, channels) or (z, y, x, channels), got {input_shape}")
     _check_options(cfg, ndim, t)
-    _check_input_shape(input_shape, t)
+    _check_input_shape(input_shape, cfg.filters, t)
     ops = Ops(ndim, cfg, (2,) * ndim)
     step = cfg.filters // 2
 
     inputs = keras.Input(shape=input_shape, name="image")
+    # As in ENet: the convolution makes up the width that the pooled image channels leave.
     x = layers.Concatenate()([
-        ops.conv(inputs, cfg.filters, 3, strides=2, use_bias=not cfg.batch_norm),
+        ops.conv(inputs, cfg.filters - input_shape[-1], 3, strides=2, use_bias=not cfg.batch_norm),
         ops.pool_down(inputs),
     ])
     width = cfg.filters
@@ -194,6 +196,8 @@ def _check_options(cfg, ndim, t):
                         f"expected {HALVINGS}, got {cfg.depth}")
     if cfg.pool_size is not None:
         raise UserError(f"model.pool_size: the Cheng network halves every axis; expected null, got {cfg.pool_size}")
+    if cfg.deep_supervision:
+        raise UserError("model.deep_supervision: the Cheng network has a single output; expected false")
     if isinstance(cfg.dropout, list):
         raise UserError(f"model.dropout: the Cheng network uses one rate in every encoder block; "
                         f"expected a single number, got {cfg.dropout}")
@@ -202,11 +206,15 @@ def _check_options(cfg, ndim, t):
                         f"expected at least 2, got {cfg.filters}")
 
 
-def _check_input_shape(input_shape, t):
-    """Raise UserError unless the channel count is known and each known spatial size is a multiple of the divisor."""
+def _check_input_shape(input_shape, filters, t):
+    """Raise UserError unless the channel count is known and below ``filters``, and each known spatial size is a
+    multiple of the divisor."""
     *spatial, channels = input_shape
     if channels is None or channels < 1:
         raise UserError(f"model: expected a positive channel count, got {channels!r} in {input_shape}")
+    if channels >= filters:
+        raise UserError(f"model.filters: the Cheng input block concatenates the {channels} image channels with "
+                        f"filters - {channels} convolved ones; expected more than {channels}, got {filters}")
     div = divisor(t)
     for axis, size in zip(_AXES[len(spatial)], spatial):
         if size is not None and size % div:

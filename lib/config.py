@@ -156,14 +156,14 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
-    schedule: str = "none"
+    schedule: str = "plateau"
     warmup_epochs: int = 0
     min_learning_rate: float = 1e-6
     step_epochs: List[int] = field(default_factory=list)
     step_factor: float = 0.1
     plateau_patience: int = 10
     plateau_factor: float = 0.5
-    loss: str = "bce"
+    loss: str = "bce_dice"
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     weight_w0: float = 10.0

@@ -467,27 +467,37 @@ def reset_peak_rss():
     """Restart the count of this process's peak resident memory (Linux ``VmHWM``) from its current RSS.
 
     Lets ``peak_rss_mb`` report the peak of one phase (e.g. inference) rather
-    than of the whole run. Returns False where the kernel does not allow it.
+    than of the whole run. Returns the resident memory in MB at the reset, the
+    floor of the new peak (memory still held from earlier phases), or None where
+    the kernel does not allow a reset.
     """
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
-        return True
     except OSError:
-        return False
+        return None
+    return _status_mb("VmRSS")
 
 
 def peak_rss_mb():
     """Peak resident memory of this process in MB, since ``reset_peak_rss`` or else since it started."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
+    peak = _status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)
+
+
+def _status_mb(field):
+    """A memory field of ``/proc/self/status`` (Linux) in MB, or None elsewhere."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(f"{field}:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None

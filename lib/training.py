@@ -450,7 +450,6 @@ class TimeLimit(keras.callbacks.Callback):
         super().__init__()
         self.seconds = minutes * 60.0
         self.rows = rows
-        self.reached = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
@@ -458,15 +457,11 @@ class TimeLimit(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         if self._spent + time.perf_counter() - self._start >= self.seconds:
-            self._stop()
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         if sum(r.get("seconds", 0.0) for r in self.rows) >= self.seconds:
-            self._stop()
-
-    def _stop(self):
-        self.reached = True
-        self.model.stop_training = True
+            self.model.stop_training = True
 
 
 def finished_by(rows, cfg, monitor):

@@ -22,7 +22,7 @@ CONFIG = {
         "crop_shape": [16, 128, 128],  # training subvolume / inference tile (z, y, x); divisible by the network's downsampling
         "random_crops": True,          # True: new random subvolumes each epoch; False: fixed grid of subvolumes
         "min_fg_fraction": 0.0,        # fixed subvolumes only: discard those with less foreground (0-1)
-        "fg_sampling": 0.3,            # share of subvolumes centred on a foreground voxel (0 = uniform)
+        "fg_sampling": 0.1,            # share of subvolumes centred on a foreground voxel (0 = uniform)
         "replicate": 200,              # subvolumes drawn from each training volume per epoch
     },
     "augment": {
@@ -78,14 +78,14 @@ CONFIG = {
         "momentum": 0.9,               # sgd only
         "nesterov": False,             # sgd only: Nesterov momentum
         "weight_decay": 1e-4,          # adamw only
-        "schedule": "none",            # none | step | cosine | plateau | onecycle (resumed runs continue it)
+        "schedule": "plateau",         # none | step | cosine | plateau | onecycle (resumed runs continue it)
         "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
         "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor
         "step_epochs": [],             # step: epochs after which the rate drops, e.g. [100, 150]
         "step_factor": 0.1,            # step: factor of each drop
         "plateau_patience": 10,        # plateau: epochs without a better validation loss before a drop
         "plateau_factor": 0.5,         # plateau: factor of each drop
-        "loss": "bce",                 # bce | weighted_bce (U-Net weight maps) | dice | bce_dice | jaccard
+        "loss": "bce_dice",            # bce | weighted_bce (U-Net weight maps) | dice | bce_dice | jaccard
         "bce_weight": 1.0,             # bce_dice: weight of the bce term
         "dice_weight": 1.0,            # bce_dice: weight of the dice term
         "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
@@ -154,11 +154,12 @@ def main(argv=None):
     train_data.release()
     del train_set, train_data, val_data
     gc.collect()
-    experiment.reset_peak_rss()
+    info["inference_start_rss_mb"] = experiment.reset_peak_rss()
     results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
                                                    os.path.join(run_dir, "predictions"))
     info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
-    print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB")
+    print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB "
+          f"(of which {info['inference_start_rss_mb'] or 0:.0f} MB were held before inference began)")
     experiment.finish(args, run_dir, results, sweeps, info)
 
 

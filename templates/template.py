@@ -74,14 +74,14 @@ CONFIG = {
         "momentum": 0.9,               # sgd only
         "nesterov": False,             # sgd only: Nesterov momentum
         "weight_decay": 1e-4,          # adamw only
-        "schedule": "none",            # none | step | cosine | plateau | onecycle (resumed runs continue it)
+        "schedule": "plateau",         # none | step | cosine | plateau | onecycle (resumed runs continue it)
         "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
         "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor
         "step_epochs": [],             # step: epochs after which the rate drops, e.g. [100, 150]
         "step_factor": 0.1,            # step: factor of each drop
         "plateau_patience": 10,        # plateau: epochs without a better validation loss before a drop
         "plateau_factor": 0.5,         # plateau: factor of each drop
-        "loss": "bce",                 # bce | weighted_bce (U-Net weight maps) | dice | bce_dice | jaccard
+        "loss": "bce_dice",            # bce | weighted_bce (U-Net weight maps) | dice | bce_dice | jaccard
         "bce_weight": 1.0,             # bce_dice: weight of the bce term
         "dice_weight": 1.0,            # bce_dice: weight of the dice term
         "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects

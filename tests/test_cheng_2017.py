@@ -193,28 +193,29 @@ def test_network_has_the_paper_blocks(ndim):
 def test_2d_network_learns():
     model = build_model(tiny(2), (None, None, 1))
     x, y = boxes((32, 32))
-    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", jit_compile=False)
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", run_eagerly=True)
     losses = model.fit(x, y, batch_size=4, epochs=8, verbose=0).history["loss"]
     assert losses[-1] < 0.8 * losses[0], losses
-    prob = model.predict(x, verbose=0)
+    prob = np.asarray(model(x))
     assert prob.shape == y.shape and prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1
 
 
 def test_3d_network_trains_a_few_steps():
     model = build_model(tiny(3), (None, None, None, 1))
     x, y = boxes((16, 16, 16), n=2)
-    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", jit_compile=False)
+    model.compile(keras.optimizers.Adam(1e-2), "binary_crossentropy", run_eagerly=True)
     before = [w.copy() for w in model.get_weights()]
     losses = model.fit(x, y, batch_size=2, epochs=2, verbose=0).history["loss"]
     assert np.isfinite(losses).all()
     assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()) if a.ndim > 1)
-    assert model.predict(x, verbose=0).shape == y.shape
+    assert tuple(model(x).shape) == y.shape
 
 
 def test_paper_width_schedule():
     model = build_model(tiny(2, filters=16), (64, 64, 1))
+    assert next(la for la in model.layers if isinstance(la, keras.layers.Concatenate)).output.shape[-1] == 16
     sd_inputs = [la.input.shape[-1] for la in model.layers if isinstance(la, StochasticDownsampling)]
-    assert sd_inputs == [32, 64]  # widths 16 + 8k: 16+1 after the input block, then 24, 32 | 40..64 | 72..120
+    assert sd_inputs == [32, 64]  # widths 16 + 8k: 16 after the input block, then 24, 32 | 40..64 | 72..120
     adds = [la.output.shape[-1] for la in model.layers if isinstance(la, keras.layers.Add)]
     assert adds == list(range(24, 121, 8)) + [64] * 4 + [32] * 2
 
@@ -224,8 +225,10 @@ def test_paper_width_schedule():
     ({"depth": 4}, (32, 32, 1), "model.depth: the Cheng network halves its input 3 times; expected 3, got 4"),
     ({"dropout": [0.1, 0.2, 0.3, 0.4]}, (32, 32, 1), "model.dropout: the Cheng network uses one rate"),
     ({"pool_size": [1, 2, 2]}, (32, 32, 1), "model.pool_size: the Cheng network halves every axis"),
+    ({"deep_supervision": True}, (32, 32, 1), "model.deep_supervision: the Cheng network has a single output"),
     ({"filters": 1}, (32, 32, 1), "model.filters: the Cheng network widens by filters // 2"),
     ({}, (40, 32, 1), "input size 40 on axis y is not a multiple of 16"),
+    ({}, (32, 32, 4), "model.filters: the Cheng input block concatenates the 4 image channels"),
 ])
 def test_bad_network_options_raise_one_clear_error(overrides, shape, message):
     with pytest.raises(UserError) as err:

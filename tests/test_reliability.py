@@ -115,11 +115,19 @@ def reference(data, tmp_path_factory):
 
 
 def test_kill_during_an_epoch_then_diverge_then_resume(data, reference, tmp_path):
+    from lib import training
+
     run_dir = str(tmp_path / "r_0")
-    assert run_and_kill(command(data, tmp_path, "r"), lambda: len(history(run_dir)) >= 2)
+    checkpoints = os.path.join(run_dir, "checkpoints")
+
+    def training_epoch_3():  # epoch 2 committed, its checkpoints in place
+        return len(history(run_dir)) >= 2 and not any(n.startswith(".") for n in os.listdir(checkpoints))
+
+    assert run_and_kill(command(data, tmp_path, "r"), training_epoch_3)
     rows = history(run_dir)
     assert 2 <= len(rows) < EPOCHS
-    last = os.path.join(run_dir, "checkpoints", "last.keras")
+    training.recover_checkpoints(run_dir, len(rows))  # what a rerun does first, in case the kill fell later
+    last = os.path.join(checkpoints, "last.keras")
     saved = open(last, "rb").read()
 
     # Resumed with a learning rate that makes it diverge: exit 2, one line, the last good checkpoint kept.
@@ -222,6 +230,30 @@ def test_finished_by_repeats_the_callbacks(values, patience, minutes, expected):
     assert training.finished_by(rows, cfg, "val_loss") == expected
 
 
+def test_resumed_run_counts_the_time_already_trained(tmp_path, capsys):
+    from lib import io, training
+    from lib.config import ModelConfig, TrainConfig
+    from lib.generators import CropDataset
+    from lib.networks import build_model
+
+    def tiny():
+        return build_model(ModelConfig(depth=2, filters=4, dropout=0.0), (None, None, 1))
+
+    model = training.compile_model(tiny(), TrainConfig())
+    model.optimizer.build(model.trainable_variables)
+    (tmp_path / "checkpoints").mkdir()
+    for name in (training.BEST, training.LAST):
+        training.save_model_atomic(model, str(tmp_path / "checkpoints" / name))
+    rows = [{"epoch": 1, "seconds": 20.0, "loss": 0.5}, {"epoch": 2, "seconds": 20.0, "loss": 0.4}]
+    io.write_text(str(tmp_path / "history.csv"), io.rows_to_csv(rows))
+    images = [np.zeros((32, 32, 1), np.float32)] * 2
+    data = CropDataset(images, [np.zeros((32, 32), np.uint8)] * 2, (32, 32), 2)
+    _, info = training.train(tiny(), data, None, TrainConfig(epochs=10, time_limit_minutes=0.5), str(tmp_path))
+    assert (info["epochs"], info["stopped_by"], info["best_epoch"]) == (2, "time_limit", 2)
+    assert info["seconds"] >= 40
+    assert "Training was over after epoch 2 (time limit)" in capsys.readouterr().out
+
+
 def test_divergence_in_the_first_epoch_saves_nothing(tmp_path):
     from lib import training
     from lib.config import ModelConfig, TrainConfig
@@ -250,6 +282,19 @@ def test_sigterm_ends_with_how_to_resume(capsys):
     assert stop.value.code == 143
     assert capsys.readouterr().err == "terminated (SIGTERM): run the same command again to resume\n"
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_full_disk_ends_with_one_line(capsys):
+    import errno
+
+    from lib import cli
+
+    with pytest.raises(SystemExit) as stop:
+        with cli.user_errors():
+            raise OSError(errno.ENOSPC, "No space left on device", "JOB/a_0/history.csv")
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == ("error: JOB/a_0/history.csv: No space left on device; make room and run the "
+                                       "same command again to resume\n")
 
 
 def test_a_run_folder_serves_one_process_at_a_time(tmp_path):

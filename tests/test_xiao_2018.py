@@ -21,7 +21,16 @@ from xiao_2018.network import LOSS_WEIGHTS, OUTPUT_NAMES, build_model, check_con
 
 SCRIPT = os.path.join(REPO, "xiao_2018", "xiao_template.py")
 
-xiao_2018.register_model_name()
+
+@pytest.fixture(autouse=True, scope="module")
+def registered():
+    """``model.name=xiao2018`` accepted by lib.config in these tests only."""
+    from lib import networks
+
+    saved = networks.MODEL_NAMES
+    xiao_2018.register_model_name()
+    yield
+    networks.MODEL_NAMES = saved
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +42,20 @@ def model_config(**options):
     values = dict(name="xiao2018", depth=3, filters=4, dropout=0.0, pool_size=[1, 2, 2], deep_supervision=True)
     values.update(options)
     return ModelConfig(**values)
+
+
+def xiao_template_config():
+    """The CONFIG block of the entry script, read without running it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("xiao_template", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)  # the script puts its CODE_DIR argument first on sys.path
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    return module.CONFIG
 
 
 def bce(y, p):
@@ -87,7 +110,10 @@ def test_auxiliary_heads_come_from_the_quarter_and_half_resolution_decoder_stage
 
 
 def test_without_deep_supervision_one_output():
-    model = build_model(model_config(deep_supervision=False), (None, None, None, 1))
+    args = cli.parse_args([".", "d", "j", "--set", "model.deep_supervision=false",
+                           "--set", "train.deep_supervision_weights=[]"])
+    cfg, _ = pipeline.load_config(xiao_template_config(), args)
+    model = build_model(cfg.model, (None, None, None, 1))
     assert len(model.outputs) == 1 and model.output_names == ["output"]
 
 
@@ -120,11 +146,24 @@ def test_input_not_divisible_by_the_pooling_is_refused():
         build_model(model_config(), (4, 20, 32, 1))
 
 
+def test_entry_script_defaults_are_the_papers_settings():
+    args = cli.parse_args([".", "d", "j"])
+    cfg, xcfg = pipeline.load_config(xiao_template_config(), args)
+    check_config(cfg)
+    assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.schedule) == ("adam", 1e-4, "none")
+    assert (cfg.train.batch_size, cfg.train.loss) == (2, "bce")
+    assert cfg.data.crop_shape == [20, 256, 256] and cfg.augment.flip_p > 0 and cfg.augment.rot90_p > 0
+    assert (cfg.model.filters, cfg.model.pool_size, cfg.model.deep_supervision) == (32, [1, 2, 2], True)
+    assert cfg.train.deep_supervision_weights == list(LOSS_WEIGHTS) == [1.0, 0.15, 0.3]
+    assert (xcfg.equalize, xcfg.connect_3d) == ("hist", True)
+
+
 # --- the loss ----------------------------------------------------------------------------------------------
 
 
 def test_combined_loss_is_main_plus_015_aux1_plus_03_aux2_against_the_ground_truth():
     cfg = Config()
+    cfg.train.loss = "bce"
     cfg.train.deep_supervision_weights = list(LOSS_WEIGHTS)
     cfg.train.check_model(model_config())
     model = training.compile_model(build_model(model_config(), (None, None, None, 1)), cfg.train)

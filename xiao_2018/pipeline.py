@@ -116,12 +116,12 @@ def _split(values, source):
 
 
 def _set(xcfg, key, value, source):
-    names = [f.name for f in dataclasses.fields(xcfg)]
-    if key not in names:
-        raise UserError(f"{source}: unknown option '{SECTION}.{key}'{config_lib._suggest(key, names)}; "
-                        f"the {SECTION} options are {', '.join(names)}")
-    hint = {f.name: f.type for f in dataclasses.fields(xcfg)}[key]
-    setattr(xcfg, key, config_lib._coerce(f"{SECTION}.{key}", value, hint))
+    """Set option ``key`` of ``xcfg`` after checking its name and type (lib.config's checks and messages)."""
+    types = {f.name: f.type for f in dataclasses.fields(xcfg)}
+    if key not in types:
+        raise UserError(f"{source}: unknown option '{SECTION}.{key}'{config_lib._suggest(key, types)}; "
+                        f"the {SECTION} options are {', '.join(types)}")
+    setattr(xcfg, key, config_lib._coerce(f"{SECTION}.{key}", value, types[key]))
 
 
 def write_config(run_dir, cfg, xcfg):

@@ -46,6 +46,7 @@ CONFIG = {
         "batch_size": 2,               # the paper's: subvolumes per batch
         "optimizer": "adam",           # the paper's optimiser
         "learning_rate": 1e-4,         # the paper's learning rate
+        "schedule": "none",            # the paper's constant rate | step | cosine | plateau | onecycle
         "loss": "bce",                 # bce | dice | bce_dice | jaccard, on every output
         "deep_supervision_weights": [1.0, 0.15, 0.3],  # output, aux_1, aux_2: each against the ground truth
         "pretrained": None,            # fine-tune: a .keras file, a run folder, or a run name "ID_RID" in JOB_DIR
