@@ -15,6 +15,6 @@ def register_model_names():
     which lists lib's own networks only; without this, the configuration of an
     entry script would have to name a network it does not build. Idempotent.
     """
-    from lib import networks
+    from lib.networks import register_model_names
 
-    networks.MODEL_NAMES = networks.MODEL_NAMES + tuple(n for n in MODEL_NAMES if n not in networks.MODEL_NAMES)
+    register_model_names(*MODEL_NAMES)

@@ -14,7 +14,6 @@ def register_model_name():
     ``lib.config`` checks ``model.name`` against ``lib.networks.MODEL_NAMES``,
     which lists lib's own networks only. Idempotent.
     """
-    from lib import networks
+    from lib.networks import register_model_names
 
-    if MODEL_NAME not in networks.MODEL_NAMES:
-        networks.MODEL_NAMES = networks.MODEL_NAMES + (MODEL_NAME,)
+    register_model_names(MODEL_NAME)

@@ -18,6 +18,17 @@ from ..errors import UserError
 
 MODEL_NAMES = ("unet", "resunet", "attention_unet", "seunet", "multiresunet")
 
+
+def register_model_names(*names):
+    """Let ``model.name`` also take networks built outside lib (the paper folders); idempotent.
+
+    ``lib.config`` validates ``model.name`` against :data:`MODEL_NAMES`; an entry
+    script whose network lives in its own folder registers that name here before
+    loading its configuration.
+    """
+    global MODEL_NAMES
+    MODEL_NAMES = MODEL_NAMES + tuple(n for n in names if n not in MODEL_NAMES)
+
 _AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 
 
