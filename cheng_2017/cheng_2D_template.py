@@ -84,12 +84,16 @@ def main(argv=None):
     cfg = cli.load_config(CONFIG, args)
     cli.check_run_dir(args)
 
+    from cheng_2017 import options
+    from lib import experiment
+
+    options.check_config(cfg, ndim=2)
+    train_set, test_set = experiment.load_2d(args.data_dir, cfg)
+    # Keras is imported once the options and data are checked, so that bad input is refused at once.
     from cheng_2017 import networks
-    from lib import evaluation, experiment, training
+    from lib import evaluation, training
     from lib.inference import make_predictor
 
-    networks.check_config(cfg, ndim=2)
-    train_set, test_set = experiment.load_2d(args.data_dir, cfg)
     run_dir = cli.create_run_dir(args, cfg)
     cli.seed_everything(cfg.train.seed)
     train_data, val_data = experiment.training_data_2d(train_set, cfg, run_dir)

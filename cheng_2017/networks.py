@@ -26,60 +26,17 @@ Keras is imported here, so import this module only after the command line has
 chosen the device (:func:`lib.cli.select_device`).
 """
 
-import math
-
 import keras
 from keras import layers
 
 from lib.errors import UserError
 from lib.networks.blocks import Ops
 
-from . import MODEL_NAMES
 from .layers import PadChannels, StochasticDownsampling
+from .options import AXES, T, check_options, divisor
 
-T = 4
-HALVINGS = 3
 ENCODER_BLOCKS = (2, 3, 6)
 DECODER_BLOCKS = (4, 2)
-_AXES = {2: "yx", 3: "zyx"}
-
-
-def divisor(t=T):
-    """Spatial input sizes must be multiples of this: ``lcm(2**3, 4 t)``.
-
-    The input is halved three times, and the two stochastic downsamplings see
-    the input at 1/2 and 1/4 scale, where each axis must split into groups of ``t``.
-    """
-    return math.lcm(2**HALVINGS, 4 * t)
-
-
-def check_config(cfg, ndim, t=T):
-    """Raise UserError unless the ``ndim``-D network can be built from ``cfg`` and take its crops.
-
-    Called by the entry scripts before anything is written; checks the
-    ``model`` options (see :func:`build_model`) and that ``data.crop_shape``
-    has ``ndim`` sizes, each a multiple of :func:`divisor`.
-
-    Parameters
-    ----------
-    cfg : lib.config.Config
-    ndim : int
-        2 or 3 spatial dimensions.
-    t : int
-        Group size of the stochastic downsampling.
-    """
-    crop = list(cfg.data.crop_shape)
-    if len(crop) != ndim:
-        raise UserError(f"data.crop_shape={crop}: the {ndim}D network needs {ndim} sizes ({', '.join(_AXES[ndim])})")
-    _check_options(cfg.model, ndim, t)
-    div = divisor(t)
-    for axis, size in zip(_AXES[ndim], crop):
-        if size % div:
-            raise UserError(
-                f"data.crop_shape={crop}: size {size} on axis {axis} is not a multiple of {div}, which the "
-                f"Cheng network needs (3 halvings; groups of t={t} at 1/2 and 1/4 scale); "
-                f"use e.g. {max(div, size // div * div)}"
-            )
 
 
 def build_model(cfg, input_shape, t=T):
@@ -114,9 +71,9 @@ def build_model(cfg, input_shape, t=T):
     """
     input_shape = tuple(input_shape)
     ndim = len(input_shape) - 1
-    if ndim not in _AXES:
+    if ndim not in AXES:
         raise UserError(f"model: expected an input shape (y, x, channels) or (z, y, x, channels), got {input_shape}")
-    _check_options(cfg, ndim, t)
+    check_options(cfg, ndim, t)
     _check_input_shape(input_shape, cfg.filters, t)
     ops = Ops(ndim, cfg, (2,) * ndim)
     step = cfg.filters // 2
@@ -184,28 +141,6 @@ def bottleneck_block(ops, x, width):
     return layers.Add()([x, y])
 
 
-def _check_options(cfg, ndim, t):
-    """Raise UserError for a ``model`` option (lib.config.ModelConfig) the network cannot take."""
-    if isinstance(t, bool) or not isinstance(t, int) or t < 2 or t % 2:
-        raise ValueError(f"t must be an even integer >= 2, got {t!r}")
-    expected = MODEL_NAMES[ndim - 2]
-    if cfg.name != expected:
-        raise UserError(f"model.name: the Cheng network for {ndim}D input is '{expected}', got '{cfg.name}'")
-    if cfg.depth != HALVINGS:
-        raise UserError(f"model.depth: the Cheng network halves its input {HALVINGS} times; "
-                        f"expected {HALVINGS}, got {cfg.depth}")
-    if cfg.pool_size is not None:
-        raise UserError(f"model.pool_size: the Cheng network halves every axis; expected null, got {cfg.pool_size}")
-    if cfg.deep_supervision:
-        raise UserError("model.deep_supervision: the Cheng network has a single output; expected false")
-    if isinstance(cfg.dropout, list):
-        raise UserError(f"model.dropout: the Cheng network uses one rate in every encoder block; "
-                        f"expected a single number, got {cfg.dropout}")
-    if cfg.filters < 2:
-        raise UserError(f"model.filters: the Cheng network widens by filters // 2 per block; "
-                        f"expected at least 2, got {cfg.filters}")
-
-
 def _check_input_shape(input_shape, filters, t):
     """Raise UserError unless the channel count is known and below ``filters``, and each known spatial size is a
     multiple of the divisor."""
@@ -216,7 +151,7 @@ def _check_input_shape(input_shape, filters, t):
         raise UserError(f"model.filters: the Cheng input block concatenates the {channels} image channels with "
                         f"filters - {channels} convolved ones; expected more than {channels}, got {filters}")
     div = divisor(t)
-    for axis, size in zip(_AXES[len(spatial)], spatial):
+    for axis, size in zip(AXES[len(spatial)], spatial):
         if size is not None and size % div:
             raise UserError(f"model: input size {size} on axis {axis} is not a multiple of {div}, "
                             f"which the Cheng network needs (3 halvings; groups of t={t} at 1/2 and 1/4 scale)")

@@ -28,6 +28,11 @@ ACTIVATIONS = ("relu", "elu", "leaky_relu", "gelu", "swish")
 WINDOWS = ("gaussian", "spline")
 
 
+def uses_weight_maps(loss):
+    """True when the loss named ``loss`` (one of :data:`LOSS_NAMES`) needs targets with weight-map channels."""
+    return loss == "weighted_bce"
+
+
 @dataclass
 class DataConfig:
     normalization: str = "per_image"

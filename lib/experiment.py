@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from . import config as config_lib
 from . import data, io, reports
 from .errors import UserError
 
@@ -171,9 +172,7 @@ def _weight_maps(masks, val_masks, cfg):
     Computed once per image, after the split and before cropping, with the
     class balance of the training masks for every image.
     """
-    from .losses import uses_weight_maps
-
-    if not uses_weight_maps(cfg.train.loss):
+    if not config_lib.uses_weight_maps(cfg.train.loss):
         return None, [None] * len(val_masks)
     fg = sum(int(np.count_nonzero(m)) for m in masks) / sum(m.size for m in masks)
     maps = [[data.weight_map(m, cfg.train.weight_w0, cfg.train.weight_sigma, fg_fraction=fg) for m in group]
@@ -239,10 +238,10 @@ class DiskImageSet:
 
     Attributes
     ----------
-    images : list of generators.DiskImage
-    masks : list of generators.DiskMask
+    images : list of io.DiskImage
+    masks : list of io.DiskMask
     names : list of str
-    foreground : list of generators.ForegroundIndex, or None
+    foreground : list of io.ForegroundIndex, or None
         Per-block foreground index of each mask (training set with ``data.fg_sampling > 0``).
     """
 
@@ -283,9 +282,6 @@ def open_2d_streamed(data_dir, cfg):
         On any problem with the data or an option the streamed path does not
         support, before anything is written.
     """
-    from .generators import DiskImage, DiskMask, ForegroundIndex
-    from .losses import uses_weight_maps
-
     if len(cfg.data.crop_shape) != 2:
         raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the 2D template needs 2 sizes (y, x)")
     data.per_axis(cfg.inference.overlap, 2, "inference.overlap")
@@ -294,7 +290,7 @@ def open_2d_streamed(data_dir, cfg):
                   else f"data.min_fg_fraction={cfg.data.min_fg_fraction}")
         raise UserError(f"{option}: streamed training always takes random crops, not a fixed grid; set "
                         "data.random_crops=true and data.min_fg_fraction=0 (data.fg_sampling favours foreground)")
-    if uses_weight_maps(cfg.train.loss):
+    if config_lib.uses_weight_maps(cfg.train.loss):
         raise UserError(f"train.loss={cfg.train.loss}: weight maps are not computed for data streamed from disk; "
                         "choose a loss without weight maps")
     sources = {}
@@ -319,10 +315,10 @@ def open_2d_streamed(data_dir, cfg):
     sets = []
     for split in ("train", "test"):
         images, masks, names = sources[split]
-        disk_masks = [DiskMask(m) for m in masks]
-        disk_images = [DiskImage(x, *_affine(x, image_stats, method, stats))
+        disk_masks = [io.DiskMask(m) for m in masks]
+        disk_images = [io.DiskImage(x, *_affine(x, image_stats, method, stats))
                        for x, (image_stats, _) in zip(images, scans[split])]
-        foreground = ([ForegroundIndex(m, counts, FG_BLOCK) for m, (_, counts) in zip(disk_masks, scans[split])]
+        foreground = ([io.ForegroundIndex(m, counts, FG_BLOCK) for m, (_, counts) in zip(disk_masks, scans[split])]
                       if fg and split == "train" else None)
         sets.append(DiskImageSet(disk_images, disk_masks, names, foreground))
     return tuple(sets)
@@ -339,7 +335,6 @@ def _scan(images, masks, workers, moments, block_counts, split):
 
     from tqdm import tqdm
 
-    from .generators import ForegroundIndex
 
     def one(pair):
         x_source, y_source = pair
@@ -354,7 +349,7 @@ def _scan(images, masks, workers, moments, block_counts, split):
                      for rows in np.array_split(x, -(-len(x) // 256)))
             stats += (x.size, mean, m2)
         y = io.read_mask(y_source)
-        return stats, ForegroundIndex.block_counts(y, FG_BLOCK) if block_counts else None
+        return stats, io.ForegroundIndex.block_counts(y, FG_BLOCK) if block_counts else None
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return list(tqdm(pool.map(one, zip(images, masks)), total=len(images),

@@ -12,7 +12,6 @@ import keras
 
 from .augment import Augmenter
 from .errors import UserError
-from .io import read_mask
 
 # The Augmenter transforms that move pixels, which a weight map must follow.
 _GEOMETRIC = ("flip_p", "rot90_p", "rotation_p", "zoom_p", "shift_p", "shear_p", "elastic_p")
@@ -166,126 +165,6 @@ def _geometry_only(augmenter):
 
 # --------------------------------------------------------------------------- streamed from disk
 
-def _bounds(key, shape):
-    """``((y0, y1), (x0, x1))`` of a 2D index ``key`` (a tuple of two unit-step slices), clipped like NumPy."""
-    if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
-        raise TypeError(f"expected a window of two slices (y, x), got {key!r}")
-    bounds = tuple(k.indices(n) for k, n in zip(key, shape))
-    if any(step != 1 for _, _, step in bounds):
-        raise TypeError(f"expected unit-step slices, got {key!r}")
-    return tuple((start, max(start, stop)) for start, stop, _ in bounds)
-
-
-class DiskImage:
-    """A normalised 2D image on disk that reads only the windows asked for.
-
-    Array-like enough for :class:`CropDataset`: ``shape`` is ``(H, W, C)``,
-    ``image[y0:y1, x0:x1]`` reads that window as float32 ``(h, w, C)`` and
-    ``np.asarray(image)`` reads it all. Nothing is cached between reads.
-
-    Parameters
-    ----------
-    source : lib.io.FileSlice
-    offset, scale : float
-        Normalisation ``(x - offset) / scale``: the image's minimum and range for
-        per-image min-max, 0 and the type's maximum for ``dtype_max``, the training
-        mean and standard deviation for ``zscore``.
-    """
-
-    def __init__(self, source, offset, scale):
-        self.source, self.offset, self.scale = source, float(offset), float(scale)
-
-    @property
-    def shape(self):
-        return tuple(self.source.shape)
-
-    def read(self, window=None):
-        x = self.source.read(window).astype(np.float32)
-        return (x - np.float32(self.offset)) / np.float32(self.scale)
-
-    def __getitem__(self, key):
-        return self.read(_bounds(key, self.shape[:2]))
-
-    def __array__(self, dtype=None, copy=None):
-        x = self.read()
-        return x if dtype is None else x.astype(dtype)
-
-
-class DiskMask:
-    """A binary 2D mask on disk that reads only the windows asked for.
-
-    ``shape`` is ``(H, W)``; ``mask[y0:y1, x0:x1]`` and ``np.asarray(mask)`` read
-    uint8 {0, 1}. Values are checked as they are read: a non-binary window raises
-    :class:`lib.errors.UserError` naming the file.
-
-    Parameters
-    ----------
-    source : lib.io.FileSlice
-    """
-
-    def __init__(self, source):
-        self.source = source
-
-    @property
-    def shape(self):
-        return tuple(self.source.shape[:2])
-
-    def read(self, window=None):
-        return read_mask(self.source, window)
-
-    def __getitem__(self, key):
-        return self.read(_bounds(key, self.shape))
-
-    def __array__(self, dtype=None, copy=None):
-        y = self.read()
-        return y if dtype is None else y.astype(dtype)
-
-
-class ForegroundIndex:
-    """The flat indices of a disk mask's foreground pixels, found on demand.
-
-    Stands in for ``np.flatnonzero(mask)`` in :class:`CropDataset`'s foreground
-    sampling (``len`` and integer indexing), while keeping only the foreground
-    count of each ``cell x cell`` block: item ``k`` is found by locating its
-    block and reading that block of the mask. Items are ordered by block, then
-    raster order inside the block, so a uniform index is a uniform foreground pixel.
-
-    Parameters
-    ----------
-    mask : DiskMask
-    counts : int ndarray ``(ceil(H / cell), ceil(W / cell))``
-        Foreground pixels per block, from :meth:`block_counts`.
-    cell : int
-    """
-
-    def __init__(self, mask, counts, cell):
-        self.mask, self.cell = mask, cell
-        self.grid_width = counts.shape[1]
-        self.blocks = np.flatnonzero(counts).astype(np.int32)
-        self.ends = np.cumsum(counts.ravel()[self.blocks], dtype=np.int64)
-
-    @staticmethod
-    def block_counts(mask, cell):
-        """Foreground pixels of a binary mask ``(H, W)`` in each ``cell x cell`` block, int64."""
-        height, width = mask.shape
-        grid = (-(-height // cell), -(-width // cell))
-        padded = np.zeros((grid[0] * cell, grid[1] * cell), np.int64)
-        padded[:height, :width] = mask
-        return padded.reshape(grid[0], cell, grid[1], cell).sum(axis=(1, 3))
-
-    def __len__(self):
-        return int(self.ends[-1]) if len(self.ends) else 0
-
-    def __getitem__(self, k):
-        block = int(np.searchsorted(self.ends, k, side="right"))
-        rank = int(k) - (int(self.ends[block - 1]) if block else 0)
-        by, bx = divmod(int(self.blocks[block]), self.grid_width)
-        y0, x0 = by * self.cell, bx * self.cell
-        window = self.mask[y0:y0 + self.cell, x0:x0 + self.cell]
-        y, x = np.unravel_index(np.flatnonzero(window)[rank], window.shape)
-        return (y0 + int(y)) * self.mask.shape[1] + x0 + int(x)
-
-
 class DiskCropDataset(CropDataset):
     """Batches of random, augmented crops read from image files as they are needed.
 
@@ -296,13 +175,13 @@ class DiskCropDataset(CropDataset):
 
     Parameters
     ----------
-    images : list of DiskImage
-    masks : list of DiskMask
+    images : list of lib.io.DiskImage
+    masks : list of lib.io.DiskMask
     crop_shape, batch_size, augmenter, replicate, seed, shuffle, workers
         As for :class:`CropDataset` (crops are always random).
     fg_sampling : float in [0, 1]
         Share of crops centred on a foreground pixel.
-    foreground : list of ForegroundIndex, aligned with ``masks``
+    foreground : list of lib.io.ForegroundIndex, aligned with ``masks``
         Needed when ``fg_sampling > 0``.
     """
 

@@ -14,7 +14,7 @@ float32 whatever the dtype policy.
 import keras
 from keras import ops
 
-from .config import LOSS_NAMES  # noqa: F401  (listed there so that config checks need no Keras)
+from .config import LOSS_NAMES, uses_weight_maps  # noqa: F401  (defined there so that data checks need no Keras)
 
 _EPS = 1e-7
 
@@ -132,8 +132,3 @@ def get_loss(name, bce_weight=1.0, dice_weight=1.0):
     if name == "bce_dice":
         return BceDice(bce_weight, dice_weight)
     return {"bce": bce, "weighted_bce": weighted_bce, "dice": dice, "jaccard": jaccard}[name]
-
-
-def uses_weight_maps(name):
-    """True when the loss ``name`` needs targets with weight-map channels."""
-    return name == "weighted_bce"

@@ -135,10 +135,13 @@ def main(argv=None):
     cfg = cli.load_config(CONFIG, args)
     cli.check_run_dir(args)
 
-    from lib import evaluation, experiment, networks, training
-    from lib.inference import make_predictor
+    from lib import experiment
 
     train_set, test_set = experiment.open_2d_streamed(args.data_dir, cfg)
+    # Keras is imported once the data are checked, so that bad data are refused at once.
+    from lib import evaluation, networks, training
+    from lib.inference import make_predictor
+
     pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
     run_dir = cli.create_run_dir(args, cfg)
     cli.seed_everything(cfg.train.seed)

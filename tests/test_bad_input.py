@@ -238,3 +238,16 @@ def test_16_bit_and_float_images_are_accepted(tmp_path):
     for image in train.images + test.images:
         assert image.dtype == np.float32 and image.min() == 0 and image.max() == 1
     np.testing.assert_allclose(train.images[0], test.images[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("script", ["templates/template.py", "templates/big_data_template.py",
+                                    "templates/3D_template.py", "cheng_2017/cheng_2D_template.py",
+                                    "cheng_2017/cheng_3D_template.py", "xiao_2018/xiao_template.py"])
+def test_bad_data_is_refused_before_keras_starts(tmp_path, script):
+    """The error line is all a user sees: no TensorFlow start-up lines before it (Keras is not imported yet)."""
+    job = tmp_path / "jobs"
+    data = good_dataset(str(tmp_path / "data"))  # 64 x 64 images: smaller than every script's default crop
+    result = subprocess.run([sys.executable, os.path.join(REPO, script), REPO, data, str(job), "--id", "bad",
+                             "--gpu", "cpu"], capture_output=True, text=True, timeout=120)
+    assert_refused(result, job, "is larger than the smallest image")
+    assert result.stderr.strip().splitlines() == [line for line in result.stderr.splitlines() if line.startswith("error:")]

@@ -13,7 +13,8 @@ import tifffile
 from keras import ops
 
 from cheng_2017.layers import PadChannels, StochasticDownsampling
-from cheng_2017.networks import build_model, check_config, divisor
+from cheng_2017.networks import build_model
+from cheng_2017.options import check_config, divisor
 from conftest import REPO
 from lib.config import Config, ModelConfig
 from lib.errors import UserError

@@ -8,7 +8,8 @@ from lib import data, io
 from lib.augment import Augmenter
 from lib.config import AugmentConfig
 from lib.errors import UserError
-from lib.generators import CropDataset, DiskCropDataset, DiskImage, DiskMask, ForegroundIndex
+from lib.generators import CropDataset, DiskCropDataset
+from lib.io import DiskImage, DiskMask, ForegroundIndex
 
 
 def _images(n=5, shape=(48, 64), seed=0):

@@ -17,7 +17,8 @@ from lib import cli, training
 from lib.config import Config, ModelConfig
 from lib.errors import UserError
 from xiao_2018 import pipeline
-from xiao_2018.network import LOSS_WEIGHTS, OUTPUT_NAMES, build_model, check_config, level_widths
+from xiao_2018.network import LOSS_WEIGHTS, OUTPUT_NAMES, build_model, level_widths
+from xiao_2018.options import check_config
 
 SCRIPT = os.path.join(REPO, "xiao_2018", "xiao_template.py")
 

@@ -42,8 +42,8 @@ from lib.networks.architectures import BOTTLENECK
 from lib.networks.blocks import Ops, first_residual_block, residual_block, sigmoid_head
 
 from . import MODEL_NAME
+from .options import DEPTH, check_model
 
-DEPTH = 3
 # Loss weights of (output, aux_1, aux_2): main + 0.15 aux_1 + 0.3 aux_2.
 LOSS_WEIGHTS = (1.0, 0.15, 0.3)
 OUTPUT_NAMES = ("output", "aux_1", "aux_2")
@@ -54,34 +54,6 @@ AUX_LEVELS = {"aux_1": 2, "aux_2": 1}
 def level_widths(filters):
     """Filters of the residual blocks, first level to bottom: ``f + k f // 2`` (32, 48, 64, 80 for 32)."""
     return [filters + k * (filters // 2) for k in range(DEPTH + 1)]
-
-
-def check_config(cfg):
-    """Raise UserError unless the network can be built from ``cfg.model`` and train on ``cfg.data.crop_shape``.
-
-    Called by the entry script before anything is written.
-
-    Parameters
-    ----------
-    cfg : lib.config.Config
-    """
-    _check_model(cfg.model)
-    if len(cfg.data.crop_shape) != 3:
-        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the Xiao et al. network is 3D; "
-                        "expected 3 sizes (z, y, x)")
-    pool_size(cfg.model, 3)
-
-
-def _check_model(model):
-    """Raise UserError for a ``model`` option (lib.config.ModelConfig) the network cannot take."""
-    if model.name != MODEL_NAME:
-        raise UserError(f"model.name: this network is the Xiao et al. network '{MODEL_NAME}', got '{model.name}'")
-    if model.depth != DEPTH:
-        raise UserError(f"model.depth: the Xiao et al. network pools {DEPTH} times; expected {DEPTH}, "
-                        f"got {model.depth}")
-    if model.filters < 2:
-        raise UserError(f"model.filters: the widths grow by filters // 2 per level; expected at least 2, "
-                        f"got {model.filters}")
 
 
 def build_model(cfg, input_shape):
@@ -110,7 +82,7 @@ def build_model(cfg, input_shape):
         For an option or input shape the network cannot take.
     """
     cfg.validate()
-    _check_model(cfg)
+    check_model(cfg)
     input_shape = tuple(input_shape)
     if len(input_shape) != 4:
         raise UserError(f"model: the Xiao et al. network is 3D; expected an input shape (z, y, x, channels), "

@@ -99,13 +99,17 @@ def main(argv=None):
     cfg, xcfg = pipeline.load_config(CONFIG, args)
     cli.check_run_dir(args)
 
-    from lib import evaluation, experiment, training
+    from lib import experiment
+    from xiao_2018 import options
+
+    options.check_config(cfg)
+    pipeline.check_options(cfg, xcfg)
+    train_set, test_set = experiment.load_3d(args.data_dir, cfg)
+    # Keras is imported once the options and data are checked, so that bad input is refused at once.
+    from lib import evaluation, training
     from lib.inference import make_predictor
     from xiao_2018 import network
 
-    network.check_config(cfg)
-    pipeline.check_options(cfg, xcfg)
-    train_set, test_set = experiment.load_3d(args.data_dir, cfg)
     pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
     pipeline.equalize_sets(xcfg, train_set, test_set)
     run_dir = cli.create_run_dir(args, cfg)
