@@ -47,6 +47,7 @@ CONFIG = {
         "step_epochs": [2000, 3000],   # step: the rate drops after 50 % and 75 % of the epochs
         "step_factor": 0.1,            # step: factor of each drop
         "loss": "jaccard",             # the paper's loss: 1 - (sum(y p) + 1) / (sum(y) + sum(p) - sum(y p) + 1)
+        "batch_overlap": True,         # Jaccard sums over the whole batch (per crop, empty crops reward empty output)
         "patience": 200,               # early stopping: epochs without a better validation loss
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
         "seed": 42,                    # random seed (weights, split, crops, augmentation, stochastic downsampling)

@@ -171,6 +171,8 @@ class TrainConfig:
     loss: str = "bce_dice"
     bce_weight: float = 1.0
     dice_weight: float = 1.0
+    # Dice/Jaccard sums over the whole batch instead of per crop (nnU-Net's "batch dice"; the Cheng paper's loss).
+    batch_overlap: bool = False
     weight_w0: float = 10.0
     weight_sigma: float = 5.0
     deep_supervision_weights: List[float] = field(default_factory=list)

@@ -79,25 +79,62 @@ def weighted_bce(y_true, y_pred):
     return ops.mean(w * _pixel_bce(t, p), axis=1)
 
 
+def _overlap_sums(y_true, y_pred, batch):
+    """``(sum(t p), sum(t), sum(p))`` per sample, shape ``(N,)``; with ``batch`` over the whole batch, a scalar."""
+    t, p = _flatten(y_true, y_pred)
+    axis = None if batch else 1
+    return ops.sum(t * p, axis=axis), ops.sum(t, axis=axis), ops.sum(p, axis=axis)
+
+
+def _per_sample(loss, y_pred, batch):
+    """``loss`` as one value per sample: a batch-wide scalar is repeated ``N`` times, so Keras' mean keeps it."""
+    return loss * ops.ones((ops.shape(y_pred)[0],), "float32") if batch else loss
+
+
 @keras.saving.register_keras_serializable(package="emseg")
-def dice(y_true, y_pred, smooth=1.0):
+def dice(y_true, y_pred, smooth=1.0, batch=False):
     """Soft Dice loss ``1 - (2 sum(t p) + s) / (sum(t) + sum(p) + s)`` per sample.
 
     ``smooth`` (in pixels) makes an empty mask predicted empty score a loss of 0
-    rather than 0/0.
+    rather than 0/0. With ``batch`` the sums run over the whole batch (one
+    value, repeated per sample): crops without foreground then no longer reward
+    an empty prediction on their own, which per-sample sums do.
     """
-    t, p = _flatten(y_true, y_pred)
-    inter = ops.sum(t * p, axis=1)
-    return 1.0 - (2.0 * inter + smooth) / (ops.sum(t, axis=1) + ops.sum(p, axis=1) + smooth)
+    inter, st, sp = _overlap_sums(y_true, y_pred, batch)
+    return _per_sample(1.0 - (2.0 * inter + smooth) / (st + sp + smooth), y_pred, batch)
 
 
 @keras.saving.register_keras_serializable(package="emseg")
-def jaccard(y_true, y_pred, smooth=1.0):
-    """Soft Jaccard (IoU) loss ``1 - (sum(t p) + s) / (sum(t) + sum(p) - sum(t p) + s)`` per sample."""
-    t, p = _flatten(y_true, y_pred)
-    inter = ops.sum(t * p, axis=1)
-    union = ops.sum(t, axis=1) + ops.sum(p, axis=1) - inter
-    return 1.0 - (inter + smooth) / (union + smooth)
+def jaccard(y_true, y_pred, smooth=1.0, batch=False):
+    """Soft Jaccard (IoU) loss ``1 - (sum(t p) + s) / (sum(t) + sum(p) - sum(t p) + s)`` per sample.
+
+    ``batch``: sums over the whole batch, as :func:`dice`.
+    """
+    inter, st, sp = _overlap_sums(y_true, y_pred, batch)
+    return _per_sample(1.0 - (inter + smooth) / (st + sp - inter + smooth), y_pred, batch)
+
+
+@keras.saving.register_keras_serializable(package="emseg")
+class BatchOverlap(keras.losses.Loss):
+    """:func:`dice` or :func:`jaccard` with their sums over the whole batch, savable in ``.keras`` files.
+
+    Parameters
+    ----------
+    kind : {"dice", "jaccard"}
+    name : str
+    """
+
+    def __init__(self, kind="jaccard", name=None, **kwargs):
+        if kind not in ("dice", "jaccard"):
+            raise ValueError(f"BatchOverlap: kind must be dice or jaccard, got {kind!r}")
+        super().__init__(name=name or f"batch_{kind}", **kwargs)
+        self.kind = kind
+
+    def call(self, y_true, y_pred):
+        return (dice if self.kind == "dice" else jaccard)(y_true, y_pred, batch=True)
+
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind}
 
 
 @keras.saving.register_keras_serializable(package="emseg")
@@ -108,27 +145,35 @@ class BceDice(keras.losses.Loss):
     ----------
     bce_weight, dice_weight : float
         Non-negative weights of the two terms.
+    batch : bool
+        Dice sums over the whole batch (see :func:`dice`).
     name : str
     """
 
-    def __init__(self, bce_weight=1.0, dice_weight=1.0, name="bce_dice", **kwargs):
+    def __init__(self, bce_weight=1.0, dice_weight=1.0, batch=False, name="bce_dice", **kwargs):
         super().__init__(name=name, **kwargs)
         self.bce_weight = float(bce_weight)
         self.dice_weight = float(dice_weight)
+        self.batch = bool(batch)
 
     def call(self, y_true, y_pred):
-        return self.bce_weight * bce(y_true, y_pred) + self.dice_weight * dice(y_true, y_pred)
+        return self.bce_weight * bce(y_true, y_pred) + self.dice_weight * dice(y_true, y_pred, batch=self.batch)
 
     def get_config(self):
-        return {**super().get_config(), "bce_weight": self.bce_weight, "dice_weight": self.dice_weight}
+        return {**super().get_config(), "bce_weight": self.bce_weight, "dice_weight": self.dice_weight,
+                "batch": self.batch}
 
 
-def get_loss(name, bce_weight=1.0, dice_weight=1.0):
+def get_loss(name, bce_weight=1.0, dice_weight=1.0, batch_overlap=False):
     """Return the loss registered under ``name`` (one of :data:`LOSS_NAMES`).
 
     ``bce_weight`` and ``dice_weight`` weight the terms of ``bce_dice`` and are
-    ignored by the other losses.
+    ignored by the other losses; ``batch_overlap`` takes the sums of ``dice``,
+    ``jaccard`` and the Dice term of ``bce_dice`` over the whole batch instead
+    of per sample, and is ignored by ``bce`` and ``weighted_bce``.
     """
     if name == "bce_dice":
-        return BceDice(bce_weight, dice_weight)
+        return BceDice(bce_weight, dice_weight, batch=batch_overlap)
+    if batch_overlap and name in ("dice", "jaccard"):
+        return BatchOverlap(name)
     return {"bce": bce, "weighted_bce": weighted_bce, "dice": dice, "jaccard": jaccard}[name]

@@ -154,7 +154,7 @@ def compile_model(model, cfg):
     output, weighted by :func:`deep_supervision_weights`, and the metric on the
     main output only; its targets must be repeated per output (:func:`per_output`).
     """
-    loss = get_loss(cfg.loss, cfg.bce_weight, cfg.dice_weight)
+    loss = get_loss(cfg.loss, cfg.bce_weight, cfg.dice_weight, cfg.batch_overlap)
     n = len(model.outputs)
     if n == 1:
         model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=[ForegroundIoU(name="iou")])

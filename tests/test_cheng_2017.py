@@ -18,7 +18,7 @@ from cheng_2017.options import check_config, divisor
 from conftest import REPO
 from lib.config import Config, ModelConfig
 from lib.errors import UserError
-from lib.losses import jaccard
+from lib.losses import BatchOverlap
 from lib.metrics import ForegroundIoU  # noqa: F401  registered for loading the checkpoints
 
 SCRIPT_2D = os.path.join(REPO, "cheng_2017", "cheng_2D_template.py")
@@ -274,7 +274,7 @@ def check_run_folder(run, name, variants, n_test):
         if variant != "per_crop":
             assert len(list((run / "predictions" / variant / "binary").iterdir())) == n_test
     model = keras.models.load_model(run / "checkpoints" / "best.keras")
-    assert model.loss is jaccard
+    assert isinstance(model.loss, BatchOverlap) and model.loss.kind == "jaccard"  # the paper: sums over the batch
     assert sum(isinstance(la, StochasticDownsampling) for la in model.layers) == 2
 
 

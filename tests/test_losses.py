@@ -95,6 +95,38 @@ def test_bce_dice_weights_and_serialisation():
     assert float(restored(T, P)) == pytest.approx(float(loss(T, P)))
 
 
+# Two crops: the first with two foreground pixels, the second without foreground.
+T2 = np.concatenate([T, np.zeros_like(T)])
+P2 = np.concatenate([P, np.full_like(P, 0.1)])
+
+
+@pytest.mark.parametrize("name", ["dice", "jaccard"])
+def test_batch_overlap_sums_over_the_whole_batch(name):
+    """One value for the batch, repeated per crop, equal to the loss of the crops laid side by side."""
+    loss = losses.get_loss(name, batch_overlap=True)
+    side_by_side = value(getattr(losses, name), T2.reshape(1, 4, 2, 1), P2.reshape(1, 4, 2, 1))
+    np.testing.assert_allclose(value(loss, T2, P2), np.repeat(side_by_side, 2), rtol=1e-6)
+    restored = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert restored.kind == name
+    assert float(restored(T2, P2)) == pytest.approx(float(side_by_side[0]))
+
+
+def test_batch_jaccard_does_not_reward_predicting_nothing():
+    """Per crop, an empty prediction scores a perfect 0 on the crop without foreground, halving the mean loss;
+    over the batch every crop scores 1 - 1 / (sum(t) + 1), as the crop with foreground does."""
+    empty = np.zeros_like(P2)
+    np.testing.assert_allclose(value(losses.jaccard, T2, empty), [1.0 - 1.0 / 3.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(value(losses.get_loss("jaccard", batch_overlap=True), T2, empty),
+                               [1.0 - 1.0 / 3.0] * 2, rtol=1e-6)
+
+
+def test_bce_dice_batch_overlap_survives_serialisation():
+    loss = losses.get_loss("bce_dice", batch_overlap=True)
+    expected = value(losses.bce, T2, P2) + value(losses.get_loss("dice", batch_overlap=True), T2, P2)
+    np.testing.assert_allclose(value(loss, T2, P2), expected, rtol=1e-6)
+    assert keras.losses.deserialize(keras.losses.serialize(loss)).batch is True
+
+
 def test_every_name_has_a_loss():
     assert set(losses.LOSS_NAMES) == {"bce", "weighted_bce", "dice", "bce_dice", "jaccard"}
     for name in losses.LOSS_NAMES:
