@@ -211,6 +211,9 @@ class TrainConfig:
         _range("train.dice_weight", self.dice_weight, 0.0, None)
         if self.loss == "bce_dice" and self.bce_weight + self.dice_weight == 0:
             raise UserError("train.bce_weight, train.dice_weight: both are 0; expected at least one positive weight")
+        if self.batch_overlap and self.loss not in ("dice", "jaccard", "bce_dice"):
+            raise UserError(f"train.batch_overlap=true: train.loss={self.loss} has no Dice or Jaccard sums to take "
+                            "over the batch; expected train.loss dice, jaccard or bce_dice, or batch_overlap=false")
         _range("train.weight_w0", self.weight_w0, 0.0, None)
         _range("train.weight_sigma", self.weight_sigma, 0.0, None, low_open=True)
         for w in self.deep_supervision_weights:

@@ -59,6 +59,13 @@ def test_bad_overrides_name_the_option(override, message):
     assert message in str(err.value)
 
 
+def test_batch_overlap_needs_an_overlap_loss():
+    with pytest.raises(UserError, match="train.batch_overlap=true: train.loss=bce has no Dice or Jaccard sums"):
+        config.apply_overrides(config.Config(), ["train.loss=bce", "train.batch_overlap=true"]).validate()
+    for loss in ("dice", "jaccard", "bce_dice"):
+        config.apply_overrides(config.Config(), [f"train.loss={loss}", "train.batch_overlap=true"]).validate()
+
+
 def test_unknown_section_in_file_is_named():
     with pytest.raises(UserError, match="unknown section 'trainn'.*did you mean 'train'"):
         config.from_dict({"trainn": {"epochs": 1}}, source="x.json")
