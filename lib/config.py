@@ -11,6 +11,7 @@ import ast
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional, Union
@@ -347,13 +348,27 @@ def set_option(cfg, dotted, value, source="--set"):
 
 
 def apply_overrides(cfg, overrides):
-    """Apply ``--set section.key=value`` strings; values are parsed as JSON or Python literals."""
+    """Apply ``--set section.key=value`` strings: JSON or Python literals; string options keep the text."""
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"--set {item}: expected section.key=value, e.g. train.epochs=50")
         dotted, _, text = item.partition("=")
-        set_option(cfg, dotted.strip(), parse_value(text.strip()), f"--set {item}")
+        dotted = dotted.strip()
+        set_option(cfg, dotted, _parse_for(dotted, text.strip()), f"--set {item}")
     return cfg
+
+
+def _parse_for(dotted, text):
+    """Parse a ``--set`` value; a string option keeps the text as typed (``none``, ``400_0``), unless quoted."""
+    section, _, key = dotted.partition(".")
+    sections = typing.get_type_hints(Config)
+    hint = typing.get_type_hints(sections[section]).get(key) if section in sections else None
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    if hint == str and not quoted:
+        return text
+    if hint == Optional[str] and not quoted:
+        return None if text.lower() in ("none", "null") else text
+    return parse_value(text)
 
 
 def parse_value(text):
@@ -402,6 +417,7 @@ def _type_name(hint):
 
 def _coerce(name, value, hint):
     """Return ``value`` converted to the annotated type, or raise UserError."""
+    _check_finite(name, value)
     origin = typing.get_origin(hint)
     if origin is Union:
         args = typing.get_args(hint)
@@ -442,6 +458,15 @@ def _coerce(name, value, hint):
             return value
         raise UserError(f"{name}: expected a string, got {value!r}")
     raise TypeError(f"unsupported option type {hint} for {name}")
+
+
+def _check_finite(name, value):
+    """NaN passes every range check (all its comparisons are false): refuse it, and infinities, here."""
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check_finite(name, v)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{name}: expected a finite number, got {value}")
 
 
 def _choice(name, value, choices):

@@ -170,6 +170,11 @@ OPTION_CASES = [
     (["--gpu", "first"], "--gpu first: expected 'cpu', an index such as 0, or a list such as 0,1"),
     (["--threads", "-2"], "--threads -2: expected 0 (all cores) or a positive number"),
     (["--epochs", "3"], "command line: unrecognized arguments: --epochs 3"),
+    (["--set", "inference.threshold=NaN"], "inference.threshold: expected a finite number, got nan"),
+    (["--set", "inference.overlap=NaN"], "inference.overlap: expected a finite number, got nan"),
+    (["--set", "data.val_fraction=NaN"], "data.val_fraction: expected a finite number, got nan"),
+    (["--set", "model.dropout=NaN"], "model.dropout: expected a finite number, got nan"),
+    (["--set", "train.learning_rate=Infinity"], "train.learning_rate: expected a finite number, got inf"),
 ]
 
 

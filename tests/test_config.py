@@ -76,3 +76,16 @@ def test_bad_json_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):
         config.load_json(str(path))
+
+
+def test_string_options_keep_the_text_typed():
+    cfg = config.apply_overrides(config.Config(), ["train.schedule=none", "train.pretrained=400_0"])
+    assert cfg.train.schedule == "none" and cfg.train.pretrained == "400_0"
+    cfg.validate()
+    assert config.apply_overrides(config.Config(), ["train.pretrained=null"]).train.pretrained is None
+    assert config.apply_overrides(config.Config(), ['train.pretrained="null"']).train.pretrained == "null"
+
+
+def test_non_finite_numbers_are_refused_in_config_files_too():
+    with pytest.raises(UserError, match=r"model.dropout: expected a finite number, got nan"):
+        config.from_dict({"model": {"dropout": [0.1, float("nan"), 0.1, 0.1, 0.1]}})
