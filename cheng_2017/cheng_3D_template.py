@@ -87,7 +87,7 @@ def main(argv=None):
     cli.select_device(args.gpu, args.threads)
     cheng_2017.register_model_names()
     cfg = cli.load_config(CONFIG, args)
-    cli.check_run_dir(args)
+    cli.check_run_dir(args, cfg)
 
     from cheng_2017 import options
     from lib import experiment

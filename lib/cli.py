@@ -134,10 +134,12 @@ def next_free_rid(job_dir, run_id):
     return rid
 
 
-def check_run_dir(args):
+def check_run_dir(args, cfg=None):
     """Refuse to overwrite a finished run unless ``--overwrite``; check JOB_DIR is writable.
 
-    Returns True when an unfinished run folder exists (the run resumes).
+    Given ``cfg``, also refuse to resume an unfinished run with options that the
+    checkpoint fixes (:data:`lib.config.FIXED_ON_RESUME`). Returns True when an
+    unfinished run folder exists (the run resumes).
     """
     run_dir = run_dir_for(args)
     parent = os.path.abspath(args.job_dir)
@@ -147,51 +149,117 @@ def check_run_dir(args):
         raise UserError(f"{args.job_dir}: JOB_DIR is not writable ({parent} is a file, not a folder)")
     if not os.access(parent, os.W_OK):
         raise UserError(f"{args.job_dir}: JOB_DIR is not writable (no write permission on {parent})")
-    if os.path.exists(os.path.join(run_dir, DONE_FILE)):
-        if args.overwrite:
-            return False
+    _check_name_length(args, parent)
+    if os.path.exists(os.path.join(run_dir, DONE_FILE)) and not args.overwrite:
         raise UserError(
             f"{run_dir} holds a finished run; use --rid {next_free_rid(args.job_dir, args.id)} "
             "for a new run or --overwrite to replace it"
         )
-    return os.path.isdir(run_dir)
+    work_dir = _work_dir(args)
+    if cfg is not None:
+        _resume_changes(args, work_dir, cfg)
+    return os.path.isdir(work_dir)
+
+
+def _check_name_length(args, parent):
+    """The run folder's name, and the hidden names made from it (staging, removal), must fit the file system."""
+    try:
+        name_max = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    room = name_max - len(".removing.") - len(".") - 10  # 10: a process id
+    length = len(os.fsencode(f"{args.id}_{args.rid}"))
+    if length > room:
+        raise UserError(f"--id {args.id[:20]}...: too long for the file system (run folder name of {length} "
+                        f"bytes; at most {room} with this --rid)")
+
+
+def _work_dir(args):
+    """The folder this run works in: its own, or beside it while it replaces a finished run (``--overwrite``)."""
+    run_dir = run_dir_for(args)
+    if args.overwrite and os.path.exists(os.path.join(run_dir, DONE_FILE)):
+        return os.path.join(os.path.dirname(run_dir), f".{os.path.basename(run_dir)}.overwrite")
+    return run_dir
 
 
 def create_run_dir(args, cfg):
-    """Create ``JOB_DIR/<id>_<rid>/`` with ``config.json`` and ``environment.json``, or reopen it to resume.
+    """Create the run folder with ``config.json`` and ``environment.json``, or reopen it to resume.
 
-    The folder is locked for the life of this process, so a second process
-    started on the same run (e.g. a job submitted twice) is refused. A folder
-    that ``--overwrite`` replaces is first renamed away, so a kill while it is
-    deleted never leaves a half-deleted run under the run's name. An unfinished
-    run is reopened: the temporary files of writes its kill interrupted are
-    removed, and options that differ from its ``config.json`` are listed.
+    The folder is ``JOB_DIR/<id>_<rid>/``, except for a run that replaces a
+    finished one (``--overwrite``): that one works in the hidden folder
+    ``JOB_DIR/.<id>_<rid>.overwrite/`` beside it, and :func:`commit_run` swaps
+    the two once it has finished, so a refusal, a crash or a kill in between
+    loses nothing of the finished run. The folder is locked for the life of
+    this process, so a second process started on the same run (e.g. a job
+    submitted twice) is refused. An unfinished run is reopened: the temporary
+    files of writes its kill interrupted are removed, and options that differ
+    from its ``config.json`` are listed (those that the checkpoint fixes are refused).
+    Returns the folder.
     """
     from . import io
 
-    run_dir = run_dir_for(args)
-    if args.overwrite and os.path.exists(os.path.join(run_dir, DONE_FILE)):
-        _remove_run(run_dir)
+    run_dir = _work_dir(args)
+    changed = _resume_changes(args, run_dir, cfg)
+    if run_dir != run_dir_for(args):
+        print(f"{run_dir_for(args)} holds a finished run: it is replaced when this run finishes, which runs in "
+              f"{run_dir} until then")
     os.makedirs(run_dir, exist_ok=True)
     _lock_run(run_dir)
     config_path = os.path.join(run_dir, "config.json")
-    values = json.loads(json.dumps(cfg.to_dict()))
-    if os.path.exists(config_path):
+    if changed is not None:
         io.remove_partial_files(run_dir)
-        changed = _changed_options(config_lib.load_json(config_path), values)
         print(f"Resuming the unfinished run in {run_dir}" + (
             f"; changed options: {', '.join(changed)}" if changed else ""))
-    io.write_text(config_path, json.dumps(values, indent=2) + "\n")
+    io.write_text(config_path, json.dumps(_values(cfg), indent=2) + "\n")
     io.write_text(os.path.join(run_dir, "environment.json"), json.dumps(environment(args), indent=2) + "\n")
     return run_dir
 
 
-def _remove_run(run_dir):
+def commit_run(args, run_dir):
+    """Put a finished run in its place and return that folder, ``JOB_DIR/<id>_<rid>``.
+
+    A run that replaced a finished one (``--overwrite``, see :func:`create_run_dir`)
+    is swapped with it now: the old run is renamed away, the new one renamed to
+    the run's name, then the old one deleted. Other runs are already in place.
+    """
     import shutil
 
-    trash = os.path.join(os.path.dirname(run_dir), f".{os.path.basename(run_dir)}.removing.{os.getpid()}")
-    os.rename(run_dir, trash)
-    shutil.rmtree(trash)
+    final = run_dir_for(args)
+    if os.path.abspath(run_dir) == os.path.abspath(final):
+        return final
+    trash = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.removing.{os.getpid()}")
+    if os.path.exists(final):
+        os.rename(final, trash)
+    os.rename(run_dir, final)
+    shutil.rmtree(trash, ignore_errors=True)
+    return final
+
+
+def _values(cfg):
+    """``cfg`` as the plain values written to ``config.json``."""
+    return json.loads(json.dumps(cfg.to_dict()))
+
+
+def _resume_changes(args, run_dir, cfg):
+    """Options changed since the unfinished run in ``run_dir`` began, or None when there is none to resume.
+
+    Raises UserError naming the changed options that the checkpoint fixes
+    (:func:`lib.config.fixed_on_resume`): resuming would train the old network
+    while ``config.json`` describes the new one.
+    """
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(config_path):
+        return None
+    old = config_lib.load_json(config_path)
+    changed = _changed_options(old, _values(cfg))
+    fixed = [c for c in changed if config_lib.fixed_on_resume(c.partition(":")[0])]
+    if fixed:
+        raise UserError(
+            f"{run_dir}: cannot resume with changed {', '.join(fixed)}: its checkpoint holds the network, loss "
+            f"and optimiser trained so far; undo the change to resume, or use --rid "
+            f"{next_free_rid(args.job_dir, args.id)} for a new run"
+        )
+    return changed
 
 
 _RUN_LOCKS = []  # open lock files: closing one (or the process ending, however) releases its run

@@ -34,6 +34,17 @@ def uses_weight_maps(loss):
     return loss == "weighted_bce"
 
 
+# What a resumed run's checkpoint fixes: the network, and the loss and optimiser compiled with it.
+FIXED_ON_RESUME = ("model.", "train.loss", "train.bce_weight", "train.dice_weight", "train.batch_overlap",
+                   "train.deep_supervision_weights", "train.optimizer",
+                   "train.momentum", "train.nesterov", "train.weight_decay")
+
+
+def fixed_on_resume(dotted):
+    """True when option ``dotted`` cannot change when an unfinished run resumes from its checkpoint."""
+    return any(dotted == f or (f.endswith(".") and dotted.startswith(f)) for f in FIXED_ON_RESUME)
+
+
 @dataclass
 class DataConfig:
     normalization: str = "per_image"
@@ -393,6 +404,12 @@ def load_json(path):
             return json.load(fh)
     except FileNotFoundError:
         raise UserError(f"--config {path}: file not found") from None
+    except IsADirectoryError:
+        raise UserError(f"--config {path}: is a folder; expected a JSON file") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--config {path}: not a text file; expected a JSON file") from None
+    except OSError as exc:
+        raise UserError(f"--config {path}: cannot read it ({exc.strerror})") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"--config {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 

@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from . import cli
 from . import config as config_lib
 from . import data, io, reports
 from .errors import UserError
@@ -93,11 +94,23 @@ def _load(data_dir, cfg, ndim):
             f"{data_dir}: training images have {sets['train'][0][0].shape[-1]} channels but test images "
             f"{sets['test'][0][0].shape[-1]}; expected the same"
         )
+    _check_split(sets["train"][1], cfg, ndim)
     stats = data.fit_normalization(sets["train"][0], cfg.data.normalization)
     return tuple(
         ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names)
         for images, masks, names in (sets["train"], sets["test"])
     )
+
+
+def _check_split(masks, cfg, ndim):
+    """Refuse a training/validation split that leaves nothing to train on now, before the run folder exists.
+
+    The same split as ``training_data_2d``, ``training_data_3d`` and ``training_data_streamed`` make.
+    """
+    if ndim == 3 and len(masks) == 1:
+        data.split_depth(len(masks[0]), cfg.data.val_fraction, cfg.data.crop_shape[0])
+    else:
+        data.split_indices(len(masks), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
 
 
 def training_data_2d(train_set, cfg, run_dir):
@@ -299,6 +312,7 @@ def open_2d_streamed(data_dir, cfg):
         check_crop_shape(cfg, [x.shape[:2] for x in images], os.path.join(data_dir, split))
         sources[split] = images, masks, names
     (train_x, _, _), (test_x, _, _) = sources["train"], sources["test"]
+    _check_split(train_x, cfg, 2)
     if train_x[0].shape[-1] != test_x[0].shape[-1]:
         raise UserError(f"{data_dir}: training images have {train_x[0].shape[-1]} channels but test images "
                         f"{test_x[0].shape[-1]}; expected the same")
@@ -433,7 +447,7 @@ def record_model(model, run_dir):
 
 
 def finish(args, run_dir, results, sweeps, info):
-    """Charts, ``metrics.json`` (written last: it marks the run finished), table and summary row."""
+    """Charts, summary row, ``metrics.json`` (it marks the run finished), the run put in place, table."""
     from .training import read_history
 
     charts = os.path.join(run_dir, "charts")
@@ -443,6 +457,8 @@ def finish(args, run_dir, results, sweeps, info):
     reports.append_summary(args.job_dir, summary)
     reports.write_json(os.path.join(run_dir, "metrics.json"),
                        {"results": results, "threshold_sweeps": sweeps, "training": info})
+    run_dir = cli.commit_run(args, run_dir)
+    charts = os.path.join(run_dir, "charts")
     print()
     print(reports.metrics_table(results))
     if sweeps:

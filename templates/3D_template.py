@@ -133,7 +133,7 @@ def main(argv=None):
     args = cli.parse_args(argv, description=__doc__.splitlines()[0])
     cli.select_device(args.gpu, args.threads)
     cfg = cli.load_config(CONFIG, args)
-    cli.check_run_dir(args)
+    cli.check_run_dir(args, cfg)
 
     from lib import experiment
 

@@ -192,6 +192,26 @@ def test_config_file_that_is_not_json(tmp_path):
     assert_refused(result, job, f"--config {path}: not valid JSON")
 
 
+@pytest.mark.parametrize("kind, message", [("folder", "is a folder; expected a JSON file"),
+                                           ("binary", "not a text file; expected a JSON file")])
+def test_config_that_is_a_folder_or_binary(tmp_path, kind, message):
+    path = tmp_path / "c.json"
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(bytes(range(128, 256)) * 4)
+    job = tmp_path / "jobs"
+    result = run_template(good_dataset(str(tmp_path / "data")), job, "--gpu", "cpu", "--config", str(path))
+    assert_refused(result, job, f"--config {path}: {message}")
+
+
+def test_id_too_long_for_the_file_system(tmp_path):
+    job = tmp_path / "jobs"
+    result = run_template(good_dataset(str(tmp_path / "data")), job, "--gpu", "cpu", *CROP, "--id", "a" * 300)
+    assert_refused(result, job, "--id aaaaaaaaaaaaaaaaaaaa...: too long for the file system (run folder name of "
+                                "302 bytes; at most")
+
+
 def test_gpu_index_that_does_not_exist(tmp_path):
     fake = tmp_path / "bin"
     fake.mkdir()

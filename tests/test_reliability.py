@@ -196,7 +196,47 @@ def test_finished_run_is_refused_with_the_next_free_rid(data, reference):
     assert open(os.path.join(run_dir, "metrics.json")).read() == before
 
 
+def test_overwrite_replaces_a_finished_run_only_once_the_new_one_finishes(data, reference, tmp_path):
+    import shutil
+
+    shutil.copytree(reference[1], tmp_path / "r_0")
+    with open(tmp_path / "summary.csv", "w") as fh:
+        fh.write("id,rid,tiled_fg_iou\nr,0,0.5\n")
+    before = open(tmp_path / "r_0" / "metrics.json").read()
+
+    # The new run diverges: the finished run and its summary row stay as they were.
+    result = run(command(data, tmp_path, "r", "--overwrite", "--set", "train.learning_rate=1e30"))
+    assert result.returncode == 2 and "training diverged in epoch 1" in result.stderr, result.stderr[-3000:]
+    assert open(tmp_path / "r_0" / "metrics.json").read() == before
+    assert open(tmp_path / "summary.csv").read() == "id,rid,tiled_fg_iou\nr,0,0.5\n"
+
+    result = run(command(data, tmp_path, "r", "--overwrite"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Run folder: {tmp_path / 'r_0'}" in result.stdout
+    assert sorted(n for n in os.listdir(tmp_path) if not n.startswith(".summary")) == ["r_0", "summary.csv"]
+    assert_whole_run(str(tmp_path / "r_0"), reference[1])
+    with open(tmp_path / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and rows[0]["tiled_fg_iou"] != "0.5"
+
+
 # --------------------------------------------------------------------------- the same, in process
+
+def test_resume_refuses_a_changed_network(tmp_path):
+    from lib import cli, config
+    from lib.errors import UserError
+
+    args = cli.parse_args([REPO, "data", str(tmp_path), "--id", "net", "--gpu", "cpu"])
+    cfg = config.from_dict({"model": {"filters": 4}})
+    cli.create_run_dir(args, cfg)  # then killed
+    cli._RUN_LOCKS.pop().close()
+    cfg.model.filters, cfg.train.epochs = 8, 300
+    with pytest.raises(UserError, match=r"net_0: cannot resume with changed model.filters: 4 -> 8: its checkpoint "
+                                        r"holds the network, loss and optimiser trained so far; undo the change to "
+                                        r"resume, or use --rid 1 for a new run"):
+        cli.check_run_dir(args, cfg)
+    cfg.model.filters = 4
+    assert cli.check_run_dir(args, cfg)  # train.epochs may change: the run resumes
 
 def test_pending_checkpoints_follow_the_history(tmp_path):
     from lib import training

@@ -97,7 +97,7 @@ def main(argv=None):
     cli.select_device(args.gpu, args.threads)
     xiao_2018.register_model_name()
     cfg, xcfg = pipeline.load_config(CONFIG, args)
-    cli.check_run_dir(args)
+    cli.check_run_dir(args, cfg)
 
     from lib import experiment
     from xiao_2018 import options
