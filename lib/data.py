@@ -39,20 +39,48 @@ def normalize(image, method, stats=None):
         largest value of the integer dtype (255 for uint8); ``zscore``: subtract
         the training mean and divide by the training std (from ``fit_normalization``).
     """
-    x = image.astype(np.float32)
     if method == "per_image":
-        lo, hi = float(x.min()), float(x.max())
-        return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+        lo, hi = float(image.min()), float(image.max())
+        return affine_float32(image, lo, hi - lo) if hi > lo else np.zeros(image.shape, np.float32)
     if method == "dtype_max":
         if image.dtype.kind not in "ui":
             raise UserError(
                 f"data.normalization=dtype_max needs integer images, got {image.dtype}; "
                 "use per_image or zscore for float images"
             )
-        return x / np.float32(np.iinfo(image.dtype).max)
+        return affine_float32(image, 0.0, float(np.iinfo(image.dtype).max))
     if method == "zscore":
-        return (x - np.float32(stats["mean"])) / np.float32(stats["std"])
+        return affine_float32(image, stats["mean"], stats["std"])
     raise UserError(f"data.normalization: unknown method '{method}'")
+
+
+_AFFINE_BLOCK = 1 << 20  # elements converted at a time: float64 temporaries of a few MB
+
+
+def affine_float32(array, offset, scale):
+    """``(array - offset) / scale`` as float32, the subtraction made in float64.
+
+    Casting to float32 first would merge the levels of large integers (32-bit
+    images of values near 2**26 keep 2 of 9 levels); float64 holds every
+    integer up to 2**53. Converted block by block, so memory is the float32
+    result plus a few MB.
+
+    Parameters
+    ----------
+    array : ndarray, any shape, integer or float
+    offset, scale : float, ``scale`` nonzero
+
+    Returns
+    -------
+    float32 ndarray, shape of ``array``
+    """
+    array = np.asarray(array)
+    out = np.empty(array.shape, np.float32)
+    flat, flat_out = array.reshape(-1), out.reshape(-1)
+    for start in range(0, flat.size, _AFFINE_BLOCK):
+        block = slice(start, start + _AFFINE_BLOCK)
+        flat_out[block] = (flat[block].astype(np.float64) - offset) / scale
+    return out
 
 
 # --------------------------------------------------------------------------- split

@@ -532,8 +532,9 @@ class DiskImage:
         return tuple(self.source.shape)
 
     def read(self, window=None):
-        x = self.source.read(window).astype(np.float32)
-        return (x - np.float32(self.offset)) / np.float32(self.scale)
+        from .data import affine_float32
+
+        return affine_float32(self.source.read(window), self.offset, self.scale)
 
     def __getitem__(self, key):
         return self.read(_bounds(key, self.shape[:2]))

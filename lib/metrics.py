@@ -25,6 +25,8 @@ import numpy as np
 from keras import ops
 from skimage.measure import label as _label
 
+from .postprocess import threshold_as
+
 PIXEL_METRICS = ("fg_iou", "mean_iou", "dice", "precision", "recall")
 DEFAULT_THRESHOLDS = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
@@ -339,8 +341,10 @@ def _check_labels(a, what):
     if a.size and a.min() < 0:
         raise ValueError(f"{what}: labels must be >= 0, got {a.min()}")
     if a.size and a.max() > a.size:
-        # Sparse huge ids would make the bincounts larger than the image.
-        a = np.unique(a, return_inverse=True)[1].reshape(a.shape)
+        # Sparse huge ids would make the bincounts larger than the image: number them 1, 2, ...
+        # keeping 0 for the background (the smallest id, if there is no 0, is an object too).
+        values, inverse = np.unique(a, return_inverse=True)
+        a = (inverse + (values[0] != 0)).reshape(a.shape)
     return a.astype(np.int64, copy=False)
 
 
@@ -455,9 +459,12 @@ class SweepHistogram:
         if p.size and not (p.min() >= 0 and p.max() <= 1):  # also rejects NaN
             raise ValueError(f"{where}: probabilities must lie in [0, 1], got [{p.min()}, {p.max()}]")
         n_bins = self.fg_hist.size
+        # Compared in the probabilities' own type, as binarize compares: a pixel at exactly a
+        # threshold counts the same here as in a rerun with that threshold.
+        thresholds = threshold_as(self.thresholds, p.dtype)
         for start in range(0, p.size, _SWEEP_BLOCK):
             block = slice(start, start + _SWEEP_BLOCK)
-            reached = np.searchsorted(self.thresholds, p[block], side="right")
+            reached = np.searchsorted(thresholds, p[block], side="right")
             fg = g[block]
             self.fg_hist += np.bincount(reached[fg], minlength=n_bins)
             self.bg_hist += np.bincount(reached[~fg], minlength=n_bins)

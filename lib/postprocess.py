@@ -42,6 +42,17 @@ def _check_radius(value):
         raise ValueError(f"marker_radius: expected a positive number, got {value!r}")
 
 
+def threshold_as(threshold, dtype):
+    """``threshold`` (a number or an array of them) rounded to the float type ``dtype`` of the probabilities.
+
+    Every comparison ``p >= t`` of the project (:func:`binarize`, the threshold
+    sweep of :mod:`lib.metrics`) is made in the probabilities' own type, so a
+    probability equal to ``float32(t)`` is foreground in all of them alike.
+    """
+    dtype = np.dtype(dtype)
+    return np.asarray(threshold, dtype if dtype.kind == "f" else np.float64)
+
+
 def binarize(probs, threshold=0.5):
     """Foreground mask of a probability map.
 
@@ -58,7 +69,8 @@ def binarize(probs, threshold=0.5):
         1 for foreground, 0 for background.
     """
     _check_fraction("threshold", threshold)
-    return (_check_probs(probs) >= threshold).astype(np.uint8)
+    probs = _check_probs(probs)
+    return (probs >= threshold_as(threshold, probs.dtype)).astype(np.uint8)
 
 
 def z_filter(stack, size):
@@ -183,7 +195,7 @@ def remove_low_confidence(probs, threshold=0.5, min_mean_prob=DEFAULT_MIN_MEAN_P
     _check_fraction("threshold", threshold, low_open=True)
     _check_fraction("min_mean_prob", min_mean_prob)
     probs = _check_probs(probs)
-    labels = label(probs >= threshold)
+    labels = label(probs >= threshold_as(threshold, probs.dtype))
     size = np.bincount(labels.ravel())
     mass = np.bincount(labels.ravel(), weights=probs.ravel())
     keep = mass >= min_mean_prob * size

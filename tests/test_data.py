@@ -81,3 +81,11 @@ def test_discard_low_foreground_uses_fraction():
 def test_crop_larger_than_data_is_refused():
     with pytest.raises(UserError, match=r"data.crop_shape=\[256, 256\] is larger than"):
         data.check_crop_fits((128, 300), (256, 256), "the smallest image")
+
+
+def test_normalization_keeps_the_levels_of_large_integers():
+    image = (2**26 + np.arange(9, dtype=np.uint32)).reshape(3, 3)
+    np.testing.assert_allclose(data.normalize(image, "per_image"), np.arange(9).reshape(3, 3) / 8, atol=1e-7)
+    stats = data.fit_normalization([image], "zscore")
+    assert len(np.unique(data.normalize(image, "zscore", stats))) == 9
+    assert stats["mean"] == 2**26 + 4

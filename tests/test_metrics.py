@@ -199,7 +199,9 @@ def test_object_metrics_set_sums_costs_and_pools_references():
 
 
 def _brute_force_sweep(probs, gts, thresholds):
-    per_t = [pixel_metrics([p >= t for p in probs], gts) for t in thresholds]
+    from lib.postprocess import binarize  # the sweep scores what binarize gives at each threshold
+
+    per_t = [pixel_metrics([binarize(p, float(t)) for p in probs], gts) for t in thresholds]
     return [m["fg_iou"] for m in per_t], [m["dice"] for m in per_t]
 
 
@@ -317,3 +319,26 @@ def test_object_counts_reuse_ground_truth_labels():
     counts = ObjectCounts.from_masks(pred, gt, gt_labels=label(gt))
     assert counts == ObjectCounts.from_masks(pred, gt)
     assert counts.metrics() == object_metrics(pred, gt)
+
+
+def test_sparse_ids_without_background_keep_every_object():
+    gt = np.ones((8, 8), np.int64)
+    pred = np.full((8, 8), 1_000_000, np.int64)  # one object, ids sparse enough to be renumbered
+    assert metrics.object_metrics_labels(pred, gt)["det"] == 1.0
+    pred[:, :4] = 2_000_000
+    gt[:, :4] = 2
+    assert metrics.object_metrics_labels(pred, gt)["det"] == 1.0
+
+
+def test_best_threshold_scores_what_a_rerun_with_it_scores():
+    from lib.postprocess import binarize
+
+    t = 0.35  # float32(0.35) < 0.35: a pixel at float32(t) was foreground for binarize, not for the sweep
+    prob = np.full((4, 4), np.float32(t), np.float32)
+    prob[:2] = 0.9
+    gt = np.ones((4, 4), np.uint8)
+    sweep = SweepHistogram()
+    sweep.update(prob, gt)
+    k = list(sweep.thresholds).index(t)
+    assert sweep.counts()[k] == PixelCounts.from_arrays(binarize(prob, t), gt)
+    assert sweep.result()["fg_iou"][k] == 1.0
