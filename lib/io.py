@@ -3,7 +3,7 @@
 Dataset layout (Keras ImageDataGenerator style)::
 
     DATA_DIR/train/x/*.tif   images
-    DATA_DIR/train/y/*.tif   masks, paired with the images by sorted name
+    DATA_DIR/train/y/*.tif   masks, paired with the images in name order (numbers by value)
     DATA_DIR/test/x, DATA_DIR/test/y
 
 A file may hold one 2D image or a multi-page TIFF stack; stacks are split into
@@ -15,6 +15,7 @@ import contextlib
 import csv
 import io as _io
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 
 
 def list_images(folder):
-    """Return the sorted image files of ``folder``.
+    """Return the image files of ``folder``, sorted by :func:`natural_key` (``img2`` before ``img10``).
 
     Raises
     ------
@@ -37,13 +38,32 @@ def list_images(folder):
     """
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: folder not found")
-    files = sorted(
-        os.path.join(folder, f) for f in os.listdir(folder)
-        if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-    )
+    files = sorted((os.path.join(folder, f) for f in os.listdir(folder)
+                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")), key=natural_key)
     if not files:
         raise UserError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
     return files
+
+
+def natural_key(path):
+    """Sort key of a file name with its runs of digits compared by value: ``img2`` < ``img10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def check_numbers_agree(pairs):
+    """Raise UserError when the last number in an image's file name differs from its mask's.
+
+    Names without numbers are not checked. Catches pairs shifted by sorting or
+    by a missing file (``img3`` paired with ``mask_0004``).
+    """
+    for x_path, y_path in pairs:
+        numbers = [re.findall(r"\d+", os.path.splitext(os.path.basename(p))[0]) for p in (x_path, y_path)]
+        if all(numbers) and int(numbers[0][-1]) != int(numbers[1][-1]):
+            raise UserError(
+                f"{x_path} is paired with the mask {y_path}, whose number differs ({int(numbers[0][-1])} vs "
+                f"{int(numbers[1][-1])}); images and masks are paired in name order (numbers by value): "
+                "give each image and its mask the same number"
+            )
 
 
 def find_subfolder(data_dir, split, kind):
@@ -72,9 +92,11 @@ def dataset_pairs(data_dir, split):
     if len(xs) != len(ys):
         raise UserError(
             f"{x_dir} has {len(xs)} images but {y_dir} has {len(ys)} masks; "
-            "every image needs one mask (paired by sorted file name)"
+            "every image needs one mask (paired in name order)"
         )
-    return list(zip(xs, ys))
+    pairs = list(zip(xs, ys))
+    check_numbers_agree(pairs)
+    return pairs
 
 
 def read_image(path):

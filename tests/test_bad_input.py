@@ -100,6 +100,12 @@ def _rgb_mask(root):
     _write(root, "train/y/001.tif", mask)
 
 
+def _rename(root, rel, pattern, first=0):
+    folder = _path(root, rel)
+    for i, name in enumerate(sorted(os.listdir(folder))):
+        os.rename(os.path.join(folder, name), os.path.join(folder, pattern.format(first + i)))
+
+
 def _rgb(image):
     return np.stack([image] * 3, axis=-1)
 
@@ -133,6 +139,8 @@ DATA_CASES = [
                  "002.tif: image size 64x64 differs from its mask", id="mask_size"),
     pytest.param(lambda r: _write(r, "train/x/007.tif", np.stack([blob_pair()[0]] * 2)), [],
                  "007.tif has 2 slices but its mask", id="stack_without_mask_slices"),
+    pytest.param(lambda r: (_rename(r, "train/x", "img{}.tif", 1), _rename(r, "train/y", "mask_{:04d}.tif")), [],
+                 "img1.tif is paired with the mask", id="pairs_by_number"),
     pytest.param(None, ["--set", "data.crop_shape=[128,128]"], "data.crop_shape=[128, 128] is larger than",
                  id="crop_larger_than_images"),
     pytest.param(None, ["--set", "data.crop_shape=[40,40]"], "size 40 on axis y is not divisible by 16",

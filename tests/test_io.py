@@ -107,3 +107,21 @@ def test_atomic_write_leaves_no_file_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         io.write_atomic(str(target), fail)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pairs_follow_the_numbers_in_the_names(tmp_path):
+    pairs = [blob_pair(seed=i) for i in range(12)]
+    write_pairs(str(tmp_path), "train", [p[0] for p in pairs], [p[1] for p in pairs])
+    for kind, pattern in (("x", "img{}.tif"), ("y", "mask_{:04d}.tif")):
+        folder = tmp_path / "train" / kind
+        for i in range(12):
+            os.rename(folder / f"{i:03d}.tif", folder / pattern.format(i + 1))
+    found = io.dataset_pairs(str(tmp_path), "train")
+    assert [(os.path.basename(x), os.path.basename(y)) for x, y in found][8:] == [
+        ("img9.tif", "mask_0009.tif"), ("img10.tif", "mask_0010.tif"), ("img11.tif", "mask_0011.tif"),
+        ("img12.tif", "mask_0012.tif")]
+    os.remove(tmp_path / "train" / "y" / "mask_0003.tif")
+    tifffile.imwrite(tmp_path / "train" / "y" / "mask_0013.tif", pairs[0][1])
+    with pytest.raises(UserError, match=r"img3.tif is paired with the mask .*mask_0004.tif, whose number differs "
+                                        r"\(3 vs 4\)"):
+        io.dataset_pairs(str(tmp_path), "train")
