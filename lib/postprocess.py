@@ -239,8 +239,17 @@ def refine_boundaries(mask, image, marker_radius=3):
     # refinement never deletes an object that the confidence filter kept.
     fg_seed = (depth > marker_radius) | (mask & (depth == deepest[labels]))
     bg_seed = ndi.distance_transform_edt(~mask) > marker_radius
-    markers = np.where(fg_seed, 2, np.where(bg_seed, 1, 0)).astype(np.int32)
-    return watershed(sobel(image.astype(np.float32)), markers) == 2
+    # Each object floods from its own marker: objects nearer each other than twice the radius
+    # have no background seed between them, and one shared label would flood them into one.
+    markers = np.where(fg_seed, labels + 1, np.where(bg_seed, 1, 0)).astype(np.int32)
+    flooded = watershed(sobel(image.astype(np.float32)), markers)
+    objects = flooded > 1
+    # Binarised, objects that meet would merge: the pixels where one meets another go back to
+    # the background, where they were background in the mask (at least one side always was).
+    high = ndi.maximum_filter(np.where(objects, flooded, 0), size=3)
+    low = ndi.minimum_filter(np.where(objects, flooded, np.iinfo(np.int32).max), size=3)
+    meeting = objects & ((high != flooded) | (low != flooded))
+    return objects & ~(meeting & ~mask)
 
 
 def _oztel_2d(probs, image, threshold, min_mean_prob, marker_radius):

@@ -152,3 +152,17 @@ def test_z_filter_removes_flicker_of_a_tube():
     np.testing.assert_array_equal(z_filter(pred, 3), truth)
     out, _ = _stream(pred, 3)
     np.testing.assert_array_equal(np.stack([s for s, _ in out]), truth)
+
+
+def test_refine_boundaries_keeps_close_neighbours_apart():
+    from lib.metrics import object_metrics
+
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:30, 5:18] = 1
+    truth[10:30, 20:33] = 1  # 2 pixels apart, less than 2 x marker_radius
+    image = truth.astype(np.float32)  # edges exactly at the true boundaries
+    out = refine_boundaries(truth, image, marker_radius=3)
+    assert not out[:, 18:20].any()  # the gap stays background
+    assert np.count_nonzero(out != truth) <= 8  # at most the corners, which the Sobel gradient rounds
+    probs = np.where(truth, 0.95, 0.05).astype(np.float32)
+    assert object_metrics(oztel(probs, image), truth)["det"] == 1.0
