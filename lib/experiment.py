@@ -95,11 +95,33 @@ def _load(data_dir, cfg, ndim):
             f"{sets['test'][0][0].shape[-1]}; expected the same"
         )
     _check_split(sets["train"][1], cfg, ndim)
+    check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
+                      for split, (_, masks, _) in sets.items()}, data_dir)
     stats = data.fit_normalization(sets["train"][0], cfg.data.normalization)
     return tuple(
         ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names)
         for images, masks, names in (sets["train"], sets["test"])
     )
+
+
+def check_foreground(counts, data_dir):
+    """Refuse training masks without foreground or without background; warn of test masks without either.
+
+    ``counts`` maps ``'train'`` and ``'test'`` to ``(foreground pixels, pixels)`` over all their masks.
+    """
+    import sys
+
+    for split, (fg, total) in counts.items():
+        problem = ("hold no foreground (every pixel is 0)" if fg == 0 else
+                   "hold no background (every pixel is foreground)" if fg == total else None)
+        if problem is None:
+            continue
+        folder = os.path.join(data_dir, split, "y")
+        if split == "train":
+            raise UserError(f"{folder}: the training masks {problem}; expected masks with both objects and "
+                            "background, as there is nothing to learn otherwise")
+        print(f"warning: {folder}: the test masks {problem}; foreground metrics (fg_iou, dice, det...) "
+              "compare against an empty class", file=sys.stderr)
 
 
 def _check_split(masks, cfg, ndim):
@@ -325,21 +347,22 @@ def open_2d_streamed(data_dir, cfg):
     scans = {split: _scan(sources[split][0], sources[split][1], cfg.train.workers, method == "zscore",
                           fg and split == "train", split)
              for split in ("train", "test")}
-    stats = _zscore_stats([m for m, _ in scans["train"]]) if method == "zscore" else None
+    check_foreground({split: tuple(map(sum, zip(*(fg for _, _, fg in scans[split])))) for split in scans}, data_dir)
+    stats = _zscore_stats([m for m, _, _ in scans["train"]]) if method == "zscore" else None
     sets = []
     for split in ("train", "test"):
         images, masks, names = sources[split]
         disk_masks = [io.DiskMask(m) for m in masks]
         disk_images = [io.DiskImage(x, *_affine(x, image_stats, method, stats))
-                       for x, (image_stats, _) in zip(images, scans[split])]
-        foreground = ([io.ForegroundIndex(m, counts, FG_BLOCK) for m, (_, counts) in zip(disk_masks, scans[split])]
+                       for x, (image_stats, _, _) in zip(images, scans[split])]
+        foreground = ([io.ForegroundIndex(m, counts, FG_BLOCK) for m, (_, counts, _) in zip(disk_masks, scans[split])]
                       if fg and split == "train" else None)
         sets.append(DiskImageSet(disk_images, disk_masks, names, foreground))
     return tuple(sets)
 
 
 def _scan(images, masks, workers, moments, block_counts, split):
-    """Read each image/mask pair once: ``[(image statistics, mask block counts or None)]``.
+    """Read each image/mask pair once: ``[(image statistics, mask block counts or None, (fg pixels, pixels))]``.
 
     Statistics are ``(min, max)``, with ``moments`` followed by ``(count, mean, m2)``
     (``m2``: sum of squared deviations from the mean, in float64 blocks of rows,
@@ -363,7 +386,8 @@ def _scan(images, masks, workers, moments, block_counts, split):
                      for rows in np.array_split(x, -(-len(x) // 256)))
             stats += (x.size, mean, m2)
         y = io.read_mask(y_source)
-        return stats, io.ForegroundIndex.block_counts(y, FG_BLOCK) if block_counts else None
+        return (stats, io.ForegroundIndex.block_counts(y, FG_BLOCK) if block_counts else None,
+                (int(np.count_nonzero(y)), y.size))
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return list(tqdm(pool.map(one, zip(images, masks)), total=len(images),

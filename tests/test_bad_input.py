@@ -106,6 +106,11 @@ def _rename(root, rel, pattern, first=0):
         os.rename(os.path.join(folder, name), os.path.join(folder, pattern.format(first + i)))
 
 
+def _fill_masks(root, split, value):
+    for i in range(len(os.listdir(_path(root, f"{split}/y")))):
+        _write(root, f"{split}/y/{i:03d}.tif", np.full((64, 64), value, np.uint8))
+
+
 def _rgb(image):
     return np.stack([image] * 3, axis=-1)
 
@@ -141,6 +146,10 @@ DATA_CASES = [
                  "007.tif has 2 slices but its mask", id="stack_without_mask_slices"),
     pytest.param(lambda r: (_rename(r, "train/x", "img{}.tif", 1), _rename(r, "train/y", "mask_{:04d}.tif")), [],
                  "img1.tif is paired with the mask", id="pairs_by_number"),
+    pytest.param(lambda r: _fill_masks(r, "train", 0), [], "train/y: the training masks hold no foreground",
+                 id="no_foreground"),
+    pytest.param(lambda r: _fill_masks(r, "train", 255), [], "train/y: the training masks hold no background",
+                 id="no_background"),
     pytest.param(None, ["--set", "data.crop_shape=[128,128]"], "data.crop_shape=[128, 128] is larger than",
                  id="crop_larger_than_images"),
     pytest.param(None, ["--set", "data.crop_shape=[40,40]"], "size 40 on axis y is not divisible by 16",
@@ -256,6 +265,23 @@ def test_streamed_template_names_a_truncated_file(tmp_path):
     job = tmp_path / "jobs"
     result = run_template(data, job, "--gpu", "cpu", *CROP, template="big_data_template.py")
     assert_refused(result, job, "001.tif: cannot read image")
+
+
+def test_streamed_template_refuses_masks_without_foreground(tmp_path):
+    data = good_dataset(str(tmp_path / "data"))
+    _fill_masks(data, "train", 0)
+    job = tmp_path / "jobs"
+    result = run_template(data, job, "--gpu", "cpu", *CROP, template="big_data_template.py")
+    assert_refused(result, job, "train/y: the training masks hold no foreground")
+
+
+def test_empty_test_masks_are_a_warning(tmp_path, capsys):
+    from lib import config, experiment
+
+    data = good_dataset(str(tmp_path / "data"))
+    _fill_masks(data, "test", 0)
+    experiment.load_2d(data, config.from_dict({"data": {"crop_shape": [32, 32]}}).validate())
+    assert "test/y: the test masks hold no foreground (every pixel is 0)" in capsys.readouterr().err
 
 
 def test_16_bit_and_float_images_are_accepted(tmp_path):
