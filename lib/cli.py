@@ -52,6 +52,11 @@ def parse_args(argv=None, description="EM segmentation experiment"):
         raise UserError(f"--rid {args.rid}: expected a non-negative integer run number")
     if not args.id or any(c in args.id for c in "/\\") or args.id.startswith("."):
         raise UserError(f"--id {args.id!r}: expected a plain name without slashes")
+    return _check_device_args(args)
+
+
+def _check_device_args(args):
+    """Check and normalise ``--gpu`` and ``--threads`` of any of our command lines."""
     gpu = args.gpu.replace(" ", "").lower()
     if gpu != "cpu" and not all(p.strip().isdigit() for p in gpu.split(",")):
         raise UserError(f"--gpu {args.gpu}: expected 'cpu', an index such as 0, or a list such as 0,1")
@@ -59,6 +64,23 @@ def parse_args(argv=None, description="EM segmentation experiment"):
         raise UserError(f"--threads {args.threads}: expected 0 (all cores) or a positive number")
     args.gpu = gpu
     return args
+
+
+def parse_predict_args(argv=None, description="Segment new images or volumes with a trained model"):
+    """The command line of ``templates/predict.py``: CODE_DIR INPUT OUTPUT --model MODEL ...; UserError if bad."""
+    p = _Parser(description=description)
+    p.add_argument("code_dir", help="folder holding this project's lib/ (e.g. '.')")
+    p.add_argument("input", help="image, TIFF stack, folder of slices, vol.zarr[/array] or vol.h5:dataset")
+    p.add_argument("output", help="OUT.zarr (OME-Zarr), OUT.tif (BigTIFF) or a folder of TIFF slices")
+    p.add_argument("--model", required=True, help="a run folder (JOB_DIR/ID_RID) or a .keras file")
+    p.add_argument("--gpu", default="0", help="GPU index or 'cpu' (default: 0)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for Keras/NumPy (default: all)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override an option of the run, e.g. --set inference.block_shape=[16,2048,2048]")
+    p.add_argument("--scheduler", help="local:N (a Dask LocalCluster of N workers) or tcp://HOST:PORT; "
+                   "default: in this process, without Dask")
+    p.add_argument("--overwrite", action="store_true", help="replace an OUTPUT that holds another job")
+    return _check_device_args(p.parse_args(argv))
 
 
 def count_gpus():

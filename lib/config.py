@@ -27,6 +27,7 @@ LOSS_NAMES = ("bce", "weighted_bce", "dice", "bce_dice", "jaccard")
 UPSAMPLINGS = ("transpose", "resize")
 ACTIVATIONS = ("relu", "elu", "leaky_relu", "gelu", "swish")
 WINDOWS = ("gaussian", "spline")
+PROB_DTYPES = ("uint8", "float16")
 
 
 def uses_weight_maps(loss):
@@ -268,6 +269,10 @@ class InferenceConfig:
     threshold: float = 0.5
     batch_size: int = 8
     overlays: int = 3
+    # templates/predict.py: blocks (z, y, x) read, predicted and written one at a time; memory follows them.
+    block_shape: List[int] = field(default_factory=lambda: [32, 1024, 1024])
+    # templates/predict.py: probabilities stored as uint8 (0-255) or float16.
+    prob_dtype: str = "uint8"
 
     def validate(self):
         for value in self.overlap if isinstance(self.overlap, list) else [self.overlap]:
@@ -281,6 +286,11 @@ class InferenceConfig:
                 "inference: every prediction variant is switched off; set at least one of "
                 "inference.per_crop, inference.merged, inference.tiled, inference.tta to true"
             )
+        if len(self.block_shape) != 3:
+            raise UserError(f"inference.block_shape: expected 3 sizes (z, y, x), got {self.block_shape}")
+        for value in self.block_shape:
+            _range("inference.block_shape", value, 1, None)
+        _choice("inference.prob_dtype", self.prob_dtype, PROB_DTYPES)
 
 
 @dataclass

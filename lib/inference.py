@@ -9,7 +9,7 @@ import itertools
 
 import numpy as np
 
-from .data import pad_to_tile, per_axis, tile_grid
+from .data import pad_to_tile, per_axis, tile_grid, tile_starts
 
 _IDENTITY = (0, ())  # a transform of tta_transforms: no rotation, no flip
 
@@ -120,7 +120,7 @@ def blend_window(tile, kind="gaussian"):
     return window
 
 
-def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_size=8, tta=False):
+def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_size=8, tta=False, core=None):
     """Predict ``image`` with overlapping tiles blended by a smooth window.
 
     The image is first padded by reflection by a quarter tile on each side so
@@ -132,7 +132,9 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
     ----------
     predict : callable from ``make_predictor``
         Maps a batch ``(N, *tile, C)`` to probabilities ``(N, *tile)`` in [0, 1].
-    image : float32 ndarray ``(*spatial, C)``
+    image : float32 ndarray ``(*spatial, C)``, or any array-like with ``shape``
+        whose basic slicing ``image[box]`` returns such an ndarray (a lazily read
+        volume: only the parts the tiles need are read)
     tile : sequence of int, spatial tile shape (divisible by the network's downsampling)
     overlap : float in [0, 1), or a sequence of one per spatial axis
     window : {'gaussian', 'spline'}
@@ -144,23 +146,39 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
         mean of the blended predictions of all transformed copies of the image,
         each cut along the transformed tile grid. Batches mix the transforms of
         neighbouring tiles, so they stay full.
+    core : tuple of slices, one per spatial axis, optional
+        Predict only this box of the image: only the tiles of the whole image's
+        grid that overlap it are read and predicted, so the result equals
+        ``predict_tiled(...)[core]`` while memory and work scale with the box
+        plus a halo of about the tile overlap (block-wise prediction of large volumes).
 
     Returns
     -------
-    float32 ndarray ``spatial``
+    float32 ndarray ``spatial`` (the shape of ``core`` when given)
     """
     tile = tuple(int(t) for t in tile)
-    spatial = image.shape[:len(tile)]
-    margin = [t // 4 if o > 0 else 0 for t, o in zip(tile, per_axis(overlap, len(tile), "inference.overlap"))]
-    pad = [(m, m) for m in margin] + [(0, 0)]
-    mode = "reflect" if all(m < s for m, s in zip(margin, spatial)) else "symmetric"
-    padded, _ = pad_to_tile(np.pad(image, pad, mode=mode), tile)
+    spatial = tuple(image.shape[:len(tile)])
+    overlaps = per_axis(overlap, len(tile), "inference.overlap")
+    sources, margin = _padded_indices(spatial, tile, overlaps)
+    core = tuple(slice(0, s) for s in spatial) if core is None else tuple(
+        slice(*c.indices(s)[:2]) for c, s in zip(core, spatial))
+    if any(c.stop <= c.start for c in core):
+        raise ValueError(f"core: expected a non-empty box inside the image {spatial}, got {core}")
+    # Tile starts in padded coordinates, per axis, kept where the tile overlaps the core.
+    starts = [[p for p in tile_starts(len(src), t, o) if p < c.stop + m and p + t > c.start + m]
+              for src, t, o, c, m in zip(sources, tile, overlaps, core, margin)]
+    lows = [s[0] for s in starts]
+    region = tuple(s[-1] + t - lo for s, t, lo in zip(starts, tile, lows))
+    # Read the bounding box of the source pixels once, then gather its reflected padding.
+    picks = [src[lo:lo + n] for src, lo, n in zip(sources, lows, region)]
+    box = tuple(slice(int(p.min()), int(p.max()) + 1) for p in picks)
+    padded = np.asarray(image[box])[np.ix_(*(p - b.start for p, b in zip(picks, box)))]
     transforms = tta_transforms(tile) if tta else [_IDENTITY]
     weights = blend_window(tile, window)
     share = weights / np.float32(len(transforms))
-    acc = np.zeros(padded.shape[:len(tile)], np.float32)
+    acc = np.zeros(region, np.float32)
     wsum = np.zeros_like(acc)
-    positions = tile_grid(acc.shape, tile, overlap)
+    positions = [tuple(p - lo for p, lo in zip(pos, lows)) for pos in itertools.product(*starts)]
     for w, prob in _predict_tiles(predict, padded, tile, positions, batch_size, transforms):
         acc[w] += prob * share
     for pos in positions:
@@ -168,7 +186,33 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
     acc /= wsum
     # A weighted mean of probabilities, but float32 rounding can step just outside [0, 1].
     np.clip(acc, 0.0, 1.0, out=acc)
-    return acc[tuple(slice(m, m + s) for m, s in zip(margin, spatial))]
+    return acc[tuple(slice(c.start + m - lo, c.stop + m - lo) for c, m, lo in zip(core, margin, lows))]
+
+
+def _padded_indices(spatial, tile, overlaps):
+    """Per axis, the source index of every position of the padded image that :func:`predict_tiled` tiles.
+
+    The image is padded by a margin of a quarter tile on each side (axes with
+    overlap), by reflection (or symmetrically when an axis is not longer than
+    the margin), then at the end up to the tile size as ``pad_to_tile`` pads.
+    Padding by these modes is separable, so index maps per axis describe it.
+
+    Returns
+    -------
+    sources : list of int ndarray, one per axis, the padded length
+    margin : list of int, the padding before the image per axis
+    """
+    margin = [t // 4 if o > 0 else 0 for t, o in zip(tile, overlaps)]
+    mode = "reflect" if all(m < s for m, s in zip(margin, spatial)) else "symmetric"
+    sources = [np.pad(np.arange(s), (m, m), mode=mode) for s, m in zip(spatial, margin)]
+    end = [max(t - len(src), 0) for src, t in zip(sources, tile)]
+    # The mode of pad_to_tile, which it chooses for all axes together.
+    end_mode = "reflect"
+    if any(e >= len(src) for e, src in zip(end, sources)):
+        end_mode = "edge" if any(e > len(src) for e, src in zip(end, sources)) else "symmetric"
+    if any(end):
+        sources = [np.pad(src, (0, e), mode=end_mode) for src, e in zip(sources, end)]
+    return sources, margin
 
 
 def predict_tta(predict, image, tile, overlap=0.5, window="gaussian", batch_size=8):
@@ -183,3 +227,40 @@ def crop_windows(shape, tile):
     """Windows of the non-overlapping crop grid of ``shape``, clipped to the data (no padding)."""
     return [tuple(slice(p, min(p + t, s)) for p, t, s in zip(pos, tile, shape))
             for pos in tile_grid(tuple(-(-s // t) * t for s, t in zip(shape, tile)), tile)]
+
+
+def fit_tile(spatial, tile, divisor, overlap=0.5):
+    """The tile and per-axis overlap to predict an image of shape ``spatial`` with tiles of at most ``tile``.
+
+    Along an axis where the image is no larger than ``tile``, one tile holds the
+    whole extent (rounded up to a multiple of the network's downsampling), with
+    no overlap: the image is predicted in one pass along that axis, as a fully
+    convolutional network allows, without seams or repeated work. Other axes keep
+    ``tile`` and ``overlap``.
+
+    Parameters
+    ----------
+    spatial : sequence of int, the image's spatial shape
+    tile : sequence of int, the largest tile (each a multiple of ``divisor``)
+    divisor : sequence of int, the network's downsampling per axis
+    overlap : float in [0, 1), or a sequence of one per spatial axis
+
+    Returns
+    -------
+    tile : tuple of int
+    overlap : list of float, one per axis
+    """
+    overlaps = per_axis(overlap, len(tile), "overlap")
+    fitted, kept = [], []
+    for s, t, d, o in zip(spatial, tile, divisor, overlaps):
+        if t % d:
+            raise ValueError(f"tile: size {t} is not a multiple of the downsampling {d}")
+        whole = -(-int(s) // d) * d
+        fitted.append(min(int(t), whole))
+        kept.append(o if whole > t else 0.0)
+    return tuple(fitted), kept
+
+
+def tile_batch(batch_size, crop, tile):
+    """Tiles per prediction batch: ``batch_size`` crops' worth of pixels, at least one tile."""
+    return max(1, int(batch_size * np.prod(crop) // np.prod(tile)))

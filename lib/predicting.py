@@ -1,0 +1,223 @@
+"""The steps of ``templates/predict.py``: check model, input, options and output, then predict block-wise.
+
+The top layer: it knows option names, run folders and :class:`UserError`;
+:mod:`lib.volumes` and :mod:`lib.blockwise` do the work. :func:`plan` makes
+every check before anything is written; :func:`run` writes.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+from . import blockwise, volumes
+from . import config as config_lib
+from .errors import UserError
+
+NORMALIZATION_FILE = "normalization.json"  # a run's training mean and std (zscore)
+
+
+@dataclass
+class Plan:
+    args: object
+    job: blockwise.BlockJob
+    description: dict
+    kind: str         # output kind: zarr, tiff, folder
+    store: str        # the zarr store written (OUTPUT itself, or the staging store of TIFF outputs)
+    state: str        # new, resume, done, replace
+    client: object = None
+    cluster: object = None
+
+
+def resolve_model(model):
+    """``(.keras path, config dict or None, run folder or None)`` for ``--model``; UserError otherwise."""
+    if os.path.isdir(model):
+        config_path = os.path.join(model, "config.json")
+        for name in ("best.keras", "last.keras"):
+            weights = os.path.join(model, "checkpoints", name)
+            if os.path.isfile(weights) and os.path.isfile(config_path):
+                return weights, config_lib.load_json(config_path), model
+        raise UserError(f"--model {model}: a folder but not a run folder (expected config.json and "
+                        "checkpoints/best.keras in it)")
+    if os.path.isfile(model) and model.endswith(".keras"):
+        return model, None, None
+    raise UserError(f"--model {model}: " + ("not found" if not os.path.exists(model) else "neither a run folder nor "
+                                            "a .keras file") + "; expected a run folder JOB_DIR/ID_RID or a .keras file")
+
+
+def plan(args):
+    """Check everything (model, options, input, output, scheduler) and decide what to do; write nothing."""
+    weights, run_config, run_dir = resolve_model(args.model)
+    cfg = config_lib.from_dict(run_config or {}, source=f"--model {args.model} config.json")
+    config_lib.apply_overrides(cfg, args.overrides)
+    cfg.validate()
+    if any(o.replace(" ", "").lower() == "post.oztel=true" for o in args.overrides):
+        raise UserError("--set post.oztel=true: Oztel post-processing works on whole objects and cannot be done "
+                        "block by block; predict.py writes probabilities and masks (thresholded, z-filtered)")
+    volume = volumes.open_volume(args.input)
+    normalization = _normalization(cfg, run_dir, args.model, volume)
+    try:
+        model, predict = blockwise.load_predictor(os.path.abspath(weights))
+    except Exception as exc:
+        raise UserError(f"--model {args.model}: cannot read {weights} as a Keras model ({exc})") from None
+    model_ndim, channels = len(model.input_shape) - 2, model.input_shape[-1]
+    tile = tuple(cfg.data.crop_shape)
+    if len(tile) != model_ndim:
+        raise UserError(f"data.crop_shape={list(tile)}: the model is {model_ndim}D; expected {model_ndim} tile sizes")
+    _check_tile(predict, tile, channels)
+    if channels > 1:  # an array (A, B, C) is a 2D image with channels when C is the model's channel count
+        volume = volumes.open_volume(args.input, channels)
+    if volume.ndim < model_ndim:
+        raise UserError(f"INPUT {args.input}: a 2D image ({'x'.join(map(str, volume.shape[:-1]))}) but the model is "
+                        "3D; expected a volume")
+    if volume.shape[-1] != channels:
+        raise UserError(f"INPUT {args.input}: {volume.shape[-1]} channels, but the model takes {channels}")
+    block = tuple(cfg.inference.block_shape[3 - volume.ndim:])
+    z_size = cfg.post.z_filter_size if cfg.post.z_filter and volume.ndim == 3 else 0
+    kind = volumes.output_kind(args.output)
+    store = args.output if kind == "zarr" else volumes.staging_store(args.output)
+    job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, os.path.abspath(store),
+                             cfg.inference.overlap, cfg.inference.window, cfg.inference.batch_size,
+                             cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype)
+    description = describe(job, args.input)
+    state = _output_state(args, kind, store, description)
+    result = Plan(args, job, description, kind, store, state)
+    if args.scheduler and state != "done":
+        try:
+            result.client, result.cluster = blockwise.connect(args.scheduler, args.threads)
+        except ValueError as exc:
+            raise UserError(f"--scheduler {args.scheduler}: {str(exc).split(': ', 1)[-1]}") from None
+        except (OSError, TimeoutError) as exc:
+            raise UserError(f"--scheduler {args.scheduler}: cannot reach the Dask scheduler ({exc})") from None
+    if cfg.post.oztel:
+        print("note: post.oztel is not applied (object-level post-processing needs whole objects, not blocks)")
+    return result
+
+
+def _check_tile(predict, tile, channels):
+    import numpy as np
+
+    try:
+        predict(np.zeros((1,) + tile + (channels,), np.float32))
+    except Exception as exc:
+        raise UserError(f"data.crop_shape={list(tile)}: the model cannot predict tiles of this shape "
+                        f"({type(exc).__name__}); use the run's tile shape or multiples of its downsampling") from None
+
+
+def _normalization(cfg, run_dir, model, volume):
+    method = cfg.data.normalization
+    if method == "dtype_max":
+        if volume.dtype.kind not in "ui":
+            raise UserError(f"data.normalization=dtype_max needs integer pixels, but INPUT is {volume.dtype}")
+        return blockwise.Normalization("dtype_max")
+    if method == "zscore":
+        path = os.path.join(run_dir, NORMALIZATION_FILE) if run_dir else None
+        if path is None or not os.path.isfile(path):
+            raise UserError(f"--model {model}: data.normalization=zscore needs the training mean and std, which "
+                            f"{'a .keras file does not hold' if path is None else f'this run lacks ({path})'}; "
+                            "give a run folder that records them")
+        with open(path) as fh:
+            stats = json.load(fh)
+        return blockwise.Normalization("zscore", float(stats["mean"]), float(stats["std"]))
+    return blockwise.Normalization("per_image")  # statistics filled in by the scan of run()
+
+
+def describe(job, input_spec):
+    """The job as JSON-able values: what makes two runs write the same output."""
+    stat = os.stat(job.model_path)
+    return {
+        "input": os.path.abspath(input_spec) if "://" not in input_spec else input_spec,
+        "input_shape": list(job.volume.shape), "input_dtype": str(job.volume.dtype),
+        "model": job.model_path, "model_bytes": stat.st_size, "model_mtime": int(stat.st_mtime),
+        "normalization": job.normalization.method if job.normalization.method != "zscore" else
+        [job.normalization.method, job.normalization.offset, job.normalization.scale],
+        "tile": list(job.tile), "block": list(job.block), "overlap": job.overlap, "window": job.window,
+        "tta": job.tta, "z_filter_size": job.z_filter_size, "threshold": job.threshold,
+        "prob_dtype": job.prob_dtype,
+    }
+
+
+def _output_state(args, kind, store, description):
+    """``new``, ``resume`` (the same job, unfinished), ``done`` (the same job, finished) or ``replace``."""
+    existing = args.output.rstrip("/")
+    if os.path.lexists(existing) and not (kind == "folder" and os.path.isdir(existing) and not os.listdir(existing)):
+        previous = volumes.read_job(existing)
+        if previous == description:
+            return "done" if kind != "zarr" or volumes.store_complete(store) else "resume"
+        return _refuse_or_replace(args, previous, description, existing)
+    if kind != "zarr" and os.path.lexists(store):
+        previous = volumes.read_job(store)
+        if previous == description:
+            return "resume"
+        return _refuse_or_replace(args, previous, description, f"{store} (an unfinished prediction into {existing})")
+    parent = os.path.dirname(os.path.abspath(existing))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UserError(f"OUTPUT {args.output}: cannot write in {parent} (" +
+                        ("no such folder)" if not os.path.isdir(parent) else "no write permission)"))
+    return "new"
+
+
+def _refuse_or_replace(args, previous, description, what):
+    if args.overwrite:
+        return "replace"
+    if previous is None:
+        raise UserError(f"OUTPUT {args.output}: already exists and is not an output of predict.py; "
+                        "use --overwrite to replace it or choose another OUTPUT")
+    changed = [k for k in description if previous.get(k) != description[k]]
+    raise UserError(f"OUTPUT {what}: holds another job (differs in {', '.join(changed)}); use --overwrite to "
+                    "replace it, or choose another OUTPUT")
+
+
+def run(plan):
+    """Create or reopen the output, scan intensities if needed, predict the pending blocks, export TIFFs."""
+    args, job = plan.args, plan.job
+    if plan.state == "done":
+        print(f"{args.output} is complete (the same job ran before); nothing to do")
+        return
+    run_tasks = blockwise.run_tasks_on(plan.client) if plan.client else blockwise.run_tasks_in_process
+    try:
+        if plan.state == "replace":
+            volumes.remove_output(args.output)
+        spatial = job.volume.shape[:-1]
+        grid, blocks = blockwise.block_grid(spatial, job.block)
+        if plan.state in ("new", "replace"):
+            volumes.create_store(job.store, spatial, blockwise.output_chunks(job.block), grid, job.prob_dtype,
+                                 plan.description, job.volume.voxel_size, job.volume.unit)
+        else:
+            print(f"Resuming the unfinished prediction in {job.store}")
+        job = _with_statistics(job, blocks, run_tasks)
+        total, skipped, seconds = blockwise.run_job(job, run_tasks)
+    finally:
+        if plan.client is not None:
+            plan.client.close()
+            plan.cluster is not None and plan.cluster.close()
+    if plan.kind == "tiff":
+        volumes.export_tiff(job.store, args.output, plan.description, job.prob_dtype)
+    elif plan.kind == "folder":
+        volumes.export_slices(job.store, args.output, plan.description, job.prob_dtype)
+    if plan.kind != "zarr":
+        volumes.remove_output(job.store)
+    print(f"Predicted {total - skipped} blocks ({skipped} already done) in {seconds:.1f} s")
+    outputs = {"zarr": [f"{args.output}/prob/0", f"{args.output}/mask/0"],
+               "tiff": [args.output, volumes.prob_tiff_path(args.output)],
+               "folder": [os.path.join(args.output, "prob"), os.path.join(args.output, "mask")]}[plan.kind]
+    print("Outputs: " + ", ".join(outputs))
+
+
+def _with_statistics(job, blocks, run_tasks):
+    """``job`` with its per_image minima and maxima: from the store when a previous run scanned, else scanned now."""
+    import dataclasses
+
+    import zarr
+
+    if job.normalization.method != "per_image":
+        return job
+    root = zarr.open_group(job.store, mode="r+")
+    record = dict(root.attrs)[volumes.JOB_KEY]
+    if "ranges" not in record:
+        lows, highs = blockwise.intensity_ranges(job.volume, blocks, run_tasks)
+        record = {**record, "ranges": {"lows": lows, "highs": highs}}
+        root.attrs[volumes.JOB_KEY] = record
+    ranges = record["ranges"]
+    per_slice = len(job.tile) == 2  # a 2D model was trained on 2D images, each normalised by itself
+    return dataclasses.replace(job, normalization=blockwise.Normalization.from_ranges(
+        ranges["lows"], ranges["highs"], per_slice))

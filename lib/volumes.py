@@ -1,0 +1,406 @@
+"""Images and volumes of any size, read lazily, and the outputs of block-wise prediction.
+
+Inputs (:func:`open_volume`): a 2D image or multi-page TIFF, a folder of 2D
+slices (sorted, one volume, as the 3D template reads them), a zarr array
+(``vol.zarr`` or ``vol.zarr/raw``, zarr v2 or v3; an OME-Zarr image gives its
+level 0), or an HDF5 dataset (``vol.h5:raw``). Each becomes a :class:`Volume`:
+shape ``(*spatial, C)`` channels-last, read box by box, picklable (Dask workers
+reopen the file).
+
+Outputs: a zarr v3 store holding two OME-Zarr 0.5 images, ``prob`` (uint8
+0-255 or float16) and ``mask`` (uint8 0/1), plus the array ``blocks_done`` (one
+flag per block, written after the block) and the job description in the root
+attributes; TIFF outputs are exported from such a store slice by slice
+(:func:`export_tiff`, :func:`export_slices`).
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import tifffile
+
+from . import io
+from .errors import UserError
+
+ZARR_SUFFIX = ".zarr"
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+OME_VERSION = "0.5"
+JOB_KEY = "em_segmentation"  # root attribute of an output store: the job and its normalisation statistics
+
+
+class Volume:
+    """A 2D image ``(Y, X, C)`` or a volume ``(Z, Y, X, C)`` read on demand.
+
+    Attributes
+    ----------
+    spec : str, the INPUT as given
+    shape : tuple of int, ``(*spatial, C)``
+    dtype : numpy.dtype, pixel type of what ``volume[box]`` returns
+    voxel_size : tuple of float per spatial axis, or None when the file records none
+    unit : str or None, the unit of ``voxel_size`` (e.g. ``micrometer``)
+    """
+
+    def __init__(self, spec, kind, shape, dtype, roles=None, key=None, slices=None, voxel_size=None, unit=None):
+        self.spec, self.kind, self.key = spec, kind, key
+        self.shape, self.dtype = tuple(int(s) for s in shape), np.dtype(dtype)
+        self.roles, self.slices = roles, slices
+        self.voxel_size, self.unit = voxel_size, unit
+        self._handle = None
+
+    @property
+    def ndim(self):
+        """Number of spatial axes, 2 or 3."""
+        return len(self.shape) - 1
+
+    def __getstate__(self):
+        return {**self.__dict__, "_handle": None}  # file handles do not travel; workers reopen the file
+
+    def __getitem__(self, box):
+        """Pixels of ``box`` (a tuple of slices, one per spatial axis) as ``(*sub, C)`` of ``self.dtype``."""
+        box = tuple(slice(*b.indices(s)[:2]) for b, s in zip(box, self.shape))
+        if self.slices is not None:
+            window = tuple((b.start, b.stop) for b in box[-2:])
+            if self.ndim == 2:
+                return self.slices[0].read(window)
+            return np.stack([self.slices[z].read(window) for z in range(box[0].start, box[0].stop)])
+        spatial = iter(box)
+        index = tuple(0 if r == "t" else slice(None) if r == "c" else next(spatial) for r in self.roles)
+        array = np.asarray(self._array()[index])
+        kept = [r for r in self.roles if r != "t"]
+        if "c" in kept:
+            array = np.moveaxis(array, kept.index("c"), -1)
+        else:
+            array = array[..., None]
+        return array.astype(self.dtype, copy=False)
+
+    def _array(self):
+        if self._handle is None:
+            if self.kind == "hdf5":
+                import h5py
+
+                path, key = self.key
+                self._handle = h5py.File(path, "r")[key]
+            else:
+                import zarr
+
+                self._handle = zarr.open_array(self.key, mode="r")
+        return self._handle
+
+
+def open_volume(spec, channels=1):
+    """Open INPUT ``spec`` as a lazily read :class:`Volume`; nothing but headers is read.
+
+    Parameters
+    ----------
+    spec : str
+        A TIFF or other image file, a folder of slices, ``path.zarr[/inner/path]``
+        or ``path.h5:dataset``.
+    channels : int
+        The model's input channels: a zarr/HDF5 array ``(A, B, C)`` whose last
+        size equals ``channels > 1`` is read as a 2D image with channels, else as
+        a single-channel volume ``(Z, Y, X)``; ``(Z, Y, X, C)`` arrays are volumes.
+
+    Raises
+    ------
+    UserError
+        Naming INPUT when it is missing, unreadable, or not an image or volume.
+    """
+    hdf5 = _hdf5_parts(spec)
+    if hdf5 is not None:
+        return _open_hdf5(spec, *hdf5, channels)
+    if ZARR_SUFFIX in spec:
+        return _open_zarr(spec, channels)
+    if not os.path.exists(spec):
+        raise UserError(f"INPUT {spec}: not found; expected an image or TIFF stack, a folder of slices, "
+                        "a zarr array (vol.zarr or vol.zarr/raw) or an HDF5 dataset (vol.h5:raw)")
+    if os.path.isdir(spec):
+        paths = io.list_images(spec)
+        slices = []
+        for path in paths:
+            found = io.file_slices(path)
+            if len(found) != 1:
+                raise UserError(f"INPUT {spec}: {path} holds {len(found)} slices; a folder of slices needs one 2D "
+                                "image per file (give a multi-page TIFF as INPUT itself)")
+            slices += found
+        io.check_same_kind(slices)
+        for s, path in zip(slices, paths):
+            if s.shape != slices[0].shape:
+                raise UserError(f"INPUT {spec}: {path} is {'x'.join(map(str, s.shape[:2]))}, but {paths[0]} "
+                                f"{'x'.join(map(str, slices[0].shape[:2]))}; the slices of a volume must have one size")
+        return Volume(spec, "slices", (len(slices),) + slices[0].shape, slices[0].dtype, slices=slices)
+    slices = io.file_slices(spec)
+    io.check_same_kind(slices)
+    shape = slices[0].shape if len(slices) == 1 else (len(slices),) + slices[0].shape
+    size, unit = _tiff_voxel_size(spec, len(shape) - 1)
+    return Volume(spec, "slices", shape, slices[0].dtype, slices=slices, voxel_size=size, unit=unit)
+
+
+def _hdf5_parts(spec):
+    """``(file, key)`` when ``spec`` names an HDF5 file (``vol.h5`` or ``vol.h5:key``), else None."""
+    path, _, key = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    if path.lower().endswith(HDF5_SUFFIXES):
+        return path, key
+    if spec.lower().endswith(HDF5_SUFFIXES):
+        return spec, ""
+    return None
+
+
+def _open_hdf5(spec, path, key, channels):
+    import h5py
+
+    if not os.path.isfile(path):
+        raise UserError(f"INPUT {spec}: HDF5 file {path} not found")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"INPUT {spec}: cannot read {path} as HDF5 ({exc})") from None
+    with handle:
+        datasets = []
+        handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+        listing = ", ".join(f"{path}:{d}" for d in datasets) or "none"
+        if not key or key not in handle or not isinstance(handle[key], h5py.Dataset):
+            what = "no dataset key given" if not key else f"no dataset '{key}'"
+            raise UserError(f"INPUT {spec}: {what}; name one as FILE.h5:KEY, e.g. {listing.split(', ')[0]} "
+                            f"(datasets: {listing})")
+        data = handle[key]
+        roles = _roles(spec, data.shape, channels)
+        size = data.attrs.get("element_size_um")
+        size = tuple(float(v) for v in size) if size is not None and len(size) == roles.count("s") else None
+        dtype = io.pixel_type(data.dtype, spec)
+    return _volume(spec, "hdf5", (path, key), (int(s) for s in data.shape), roles, dtype, size, "micrometer" if size else None)
+
+
+def _open_zarr(spec, channels):
+    import zarr
+
+    root = spec[:spec.index(ZARR_SUFFIX) + len(ZARR_SUFFIX)]
+    if not os.path.exists(spec):
+        raise UserError(f"INPUT {spec}: not found" + ("" if os.path.exists(root) else f" ({root} does not exist)"))
+    try:
+        node = zarr.open(spec, mode="r")
+    except Exception as exc:  # zarr raises several types for folders that are no zarr node
+        raise UserError(f"INPUT {spec}: cannot open it as a zarr array or group ({type(exc).__name__}: {exc})") from None
+    ome = None
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        ome = attrs.get("ome", attrs)  # OME-Zarr 0.5 keeps its metadata under "ome", 0.4 at the top
+        if "multiscales" not in ome:
+            arrays = [f"{spec.rstrip('/')}/{name}" for name, _ in node.arrays()]
+            raise UserError(f"INPUT {spec}: a zarr group without OME-Zarr multiscales; give one of its arrays "
+                            f"({', '.join(arrays) or 'it has none'})")
+        multiscale = ome["multiscales"][0]
+        dataset = multiscale["datasets"][0]
+        path = os.path.join(spec, dataset["path"])
+        node = zarr.open_array(path, mode="r")
+        axes = multiscale.get("axes")
+        ome = (axes, dataset.get("coordinateTransformations", []))
+    else:
+        path = spec
+    size = unit = None
+    if ome and ome[0]:
+        axes, transforms = ome
+        axes = [a if isinstance(a, dict) else {"name": a} for a in axes]
+        roles = [_ome_role(a) for a in axes]
+        if len(roles) != node.ndim:
+            raise UserError(f"INPUT {spec}: the OME-Zarr axes {[a.get('name') for a in axes]} do not match "
+                            f"the array's {node.ndim} dimensions")
+        for r, n in zip(roles, node.shape):
+            if r == "t" and n != 1:
+                raise UserError(f"INPUT {spec}: a time series of {n} time points; expected one (a single image "
+                                "or volume)")
+        scale = next((t["scale"] for t in transforms if t.get("type") == "scale"), None)
+        if scale is not None:
+            size = tuple(float(v) for v, r in zip(scale, roles) if r == "s")
+            unit = next((a.get("unit") for a, r in zip(axes, roles) if r == "s" and a.get("unit")), None)
+        if roles.count("s") not in (2, 3) or roles.count("c") > 1:
+            raise UserError(f"INPUT {spec}: OME-Zarr axes {[a.get('name') for a in axes]}; expected 2 or 3 "
+                            "space axes and at most one channel axis")
+    else:
+        roles = _roles(spec, node.shape, channels)
+    return _volume(spec, "zarr", path, node.shape, roles, io.pixel_type(node.dtype, spec), size, unit)
+
+
+def _volume(spec, kind, key, raw_shape, roles, dtype, size, unit):
+    raw_shape = tuple(raw_shape)
+    spatial = tuple(n for n, r in zip(raw_shape, roles) if r == "s")
+    c = next((n for n, r in zip(raw_shape, roles) if r == "c"), 1)
+    if 0 in spatial or c == 0:
+        raise UserError(f"INPUT {spec}: an empty array of shape {raw_shape}")
+    return Volume(spec, kind, spatial + (c,), dtype, roles=roles, key=key, voxel_size=size, unit=unit)
+
+
+def _ome_role(axis):
+    kind = axis.get("type") or {"c": "channel", "t": "time"}.get(axis.get("name"), "space")
+    return {"space": "s", "channel": "c", "time": "t"}.get(kind, "s")
+
+
+def _roles(spec, shape, channels):
+    """Axis roles of a plain array: ``s`` spatial, ``c`` channels (last)."""
+    if len(shape) == 2:
+        return ["s", "s"]
+    if len(shape) == 3:
+        return ["s", "s", "c"] if channels > 1 and shape[-1] == channels else ["s", "s", "s"]
+    if len(shape) == 4:
+        return ["s", "s", "s", "c"]
+    raise UserError(f"INPUT {spec}: an array of shape {tuple(shape)}; expected (Y, X), (Y, X, C), (Z, Y, X) "
+                    "or (Z, Y, X, C)")
+
+
+def _tiff_voxel_size(path, ndim):
+    """Pixel size (and slice spacing) of an ImageJ TIFF, or ``(None, None)``."""
+    if not path.lower().endswith(io.TIFF_EXTENSIONS):
+        return None, None
+    with io.decoding_errors(path), tifffile.TiffFile(path) as tif:
+        meta = tif.imagej_metadata or {}
+        tag = tif.pages[0].tags.get("XResolution")
+        if not meta or tag is None or not tag.value[0]:
+            return None, None
+        xy = tag.value[1] / tag.value[0]
+        unit = {"micron": "micrometer", "\\u00B5m": "micrometer", "µm": "micrometer", "nm": "nanometer"}.get(
+            meta.get("unit"), meta.get("unit"))
+        return ((float(meta.get("spacing", 1.0)),) if ndim == 3 else ()) + (xy, xy), unit
+
+
+# --------------------------------------------------------------------------- outputs
+
+def output_kind(path):
+    """``'zarr'``, ``'tiff'`` (one BigTIFF file) or ``'folder'`` (a folder of TIFF slices), from the path."""
+    if path.rstrip("/").endswith(ZARR_SUFFIX):
+        return "zarr"
+    if path.lower().endswith(io.TIFF_EXTENSIONS):
+        return "tiff"
+    return "folder"
+
+
+def prob_tiff_path(path):
+    """Where a TIFF output keeps the probabilities: ``seg.tif`` -> ``seg_prob.tif``."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}_prob{ext}"
+
+
+def staging_store(path):
+    """The zarr store that TIFF outputs are predicted into before their export: hidden, beside ``path``."""
+    path = path.rstrip("/")
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.partial.zarr")
+
+
+def read_job(path):
+    """The job description stored with an output (a store, a TIFF or a folder), or None when there is none."""
+    try:
+        kind = output_kind(path)
+        if kind == "zarr":
+            import zarr
+
+            return dict(zarr.open_group(path, mode="r").attrs).get(JOB_KEY, {}).get("job")
+        if kind == "tiff":
+            with tifffile.TiffFile(path) as tif:
+                return json.loads(tif.pages[0].description).get(JOB_KEY, {}).get("job")
+        with open(os.path.join(path, "job.json")) as fh:
+            return json.load(fh)["job"]
+    except Exception:  # anything unreadable is not one of our outputs
+        return None
+
+
+def store_complete(path):
+    """True when every block of the output store at ``path`` is flagged done."""
+    import zarr
+
+    return bool(np.all(zarr.open_group(path, mode="r")["blocks_done"][...]))
+
+
+def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, unit=None):
+    """Create the output store: OME-Zarr images ``prob`` and ``mask`` of spatial ``shape``, ``blocks_done``.
+
+    Parameters
+    ----------
+    path : str, a new folder ending in ``.zarr``
+    shape, chunks : tuple of int, spatial (2 or 3 values)
+    grid : tuple of int, the number of blocks per axis
+    prob_dtype : {'uint8', 'float16'}
+    job : dict, JSON-serialisable description of the job, kept in the root attributes
+    voxel_size : tuple of float per axis, optional; ``unit`` its unit
+    """
+    import zarr
+
+    if prob_dtype not in ("uint8", "float16"):
+        raise ValueError(f"prob_dtype: expected 'uint8' or 'float16', got {prob_dtype!r}")
+    names = "zyx"[3 - len(shape):]
+    root = zarr.open_group(path, mode="w", zarr_format=3)
+    for name, dtype in (("prob", prob_dtype), ("mask", "uint8")):
+        image = root.create_group(name)
+        image.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_names=tuple(names))
+        image.attrs["ome"] = ome_metadata(name, names, voxel_size, unit)
+    root.create_array("blocks_done", shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0)
+    root.attrs[JOB_KEY] = {"job": job}
+    return root
+
+
+def ome_metadata(name, axes, voxel_size=None, unit=None):
+    """OME-Zarr 0.5 ``multiscales`` of a one-level image with spatial ``axes`` (e.g. ``'zyx'``)."""
+    scale = [float(v) for v in voxel_size] if voxel_size else [1.0] * len(axes)
+    return {"version": OME_VERSION, "multiscales": [{
+        "name": name,
+        "axes": [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in axes],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+    }]}
+
+
+def export_tiff(store, path, job, prob_dtype):
+    """Write the store's mask (0/255) to ``path`` and probabilities to ``prob_tiff_path(path)``.
+
+    BigTIFF, written slice by slice (memory: one slice), atomically; probabilities
+    are uint8 (0-255) or float32 (float16 TIFFs open in few viewers). The job
+    description goes into the first page's description, so a rerun recognises it.
+    """
+    import zarr
+
+    root = zarr.open_group(store, mode="r")
+    description = json.dumps({JOB_KEY: {"job": job}})
+    for name, target in (("prob", prob_tiff_path(path)), ("mask", path)):
+        array = root[name]["0"]
+        slices = [array] if array.ndim == 2 else (array[z] for z in range(array.shape[0]))
+
+        def write(tmp, slices=slices, name=name):
+            with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+                for i, s in enumerate(slices):
+                    tif.write(_tiff_values(name, np.asarray(s), prob_dtype), compression="zlib",
+                              description=description if i == 0 else None, metadata=None)
+
+        io.write_atomic(target, write)
+
+
+def export_slices(store, folder, job, prob_dtype):
+    """Write the store as ``folder/prob/slice_00000.tif ...`` and ``folder/mask/...`` (0/255), one file per z."""
+    import zarr
+
+    root = zarr.open_group(store, mode="r")
+    os.makedirs(folder, exist_ok=True)
+    for name in ("prob", "mask"):
+        array = root[name]["0"]
+        os.makedirs(os.path.join(folder, name), exist_ok=True)
+        for z in range(1 if array.ndim == 2 else array.shape[0]):
+            values = np.asarray(array if array.ndim == 2 else array[z])
+            io.write_atomic(os.path.join(folder, name, f"slice_{z:05d}.tif"),
+                            lambda tmp, v=values, n=name: tifffile.imwrite(
+                                tmp, _tiff_values(n, v, prob_dtype), compression="zlib"))
+    io.write_text(os.path.join(folder, "job.json"), json.dumps({"job": job}, indent=2) + "\n")
+
+
+def _tiff_values(name, values, prob_dtype):
+    if name == "mask":
+        return values * np.uint8(255)
+    return values.astype(np.float32) if prob_dtype == "float16" else values
+
+
+def remove_output(path):
+    """Delete an output (a store, a TIFF pair or a folder) and its staging store, renaming it away first."""
+    for target in (path, prob_tiff_path(path) if output_kind(path) == "tiff" else None, staging_store(path)):
+        if target is None or not os.path.lexists(target):
+            continue
+        trash = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.removing")
+        if os.path.lexists(trash):
+            shutil.rmtree(trash) if os.path.isdir(trash) else os.remove(trash)
+        os.rename(target, trash)
+        shutil.rmtree(trash) if os.path.isdir(trash) else os.remove(trash)

@@ -1,0 +1,37 @@
+"""Segment new images or volumes of any size with a trained model, block by block.
+
+Usage::
+
+    python templates/predict.py CODE_DIR INPUT OUTPUT --model MODEL --gpu 0 \
+        [--set inference.KEY=V] [--set post.KEY=V] [--scheduler local:N | tcp://HOST:PORT] [--overwrite]
+
+MODEL is a run folder (its config.json gives normalisation, tile shape, overlap,
+window, threshold and z-filter; weights from checkpoints/best.keras) or a
+``.keras`` file (then give the options with ``--set``, e.g. ``data.crop_shape``).
+INPUT: a 2D image or TIFF stack, a folder of slices, ``vol.zarr[/array]``
+(zarr v2/v3, OME-Zarr) or ``vol.h5:dataset``. OUTPUT: ``OUT.zarr`` (OME-Zarr
+images ``prob`` and ``mask``), ``OUT.tif`` (BigTIFF mask, with ``OUT_prob.tif``)
+or a folder (``prob/`` and ``mask/`` TIFF slices). Killed and run again, it
+resumes; see README, "Segmenting new data".
+"""
+
+import os
+import sys
+
+sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
+
+from lib import cli  # noqa: E402
+
+
+def main(argv=None):
+    args = cli.parse_predict_args(argv, description=__doc__.splitlines()[0])
+    cli.select_device(args.gpu, args.threads)
+    from lib import predicting
+
+    plan = predicting.plan(args)  # every check; nothing is written before it returns
+    predicting.run(plan)
+
+
+if __name__ == "__main__":
+    with cli.user_errors():
+        main()

@@ -1,0 +1,296 @@
+"""templates/predict.py: block-wise prediction of new data (zarr, OME-Zarr, HDF5, TIFF, slices), resume, Dask, bad input."""
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import REPO
+
+PREDICT = os.path.join(REPO, "templates", "predict.py")
+TILE = 16
+# Small blocks, so that the test volumes have many blocks with halos across their borders.
+FAST = ["--set", "inference.block_shape=[4,24,32]", "--set", "inference.batch_size=16"]
+
+
+def fake_predict(batch):
+    """Not translation-invariant at tile edges (np.roll wraps), so a misplaced tile changes the result."""
+    x = batch[..., 0]
+    return 1 / (1 + np.exp(-(x - np.roll(x, 1, axis=-1) + 0.5 * np.roll(x, 2, axis=1))))
+
+
+@pytest.fixture(scope="module")
+def run_2d(tmp_path_factory):
+    """A run folder with an untrained tiny 2D U-Net (tile 16, per_image normalisation): config.json, best.keras."""
+    import keras
+
+    from lib import config as config_lib
+    from lib import networks
+
+    keras.utils.set_random_seed(0)
+    cfg = config_lib.from_dict({"data": {"crop_shape": [TILE, TILE]},
+                                "model": {"depth": 2, "filters": 4, "dropout": 0.0}}).validate()
+    run = tmp_path_factory.mktemp("job") / "tiny_0"
+    (run / "checkpoints").mkdir(parents=True)
+    networks.build_model(cfg.model, (None, None, 1)).save(run / "checkpoints" / "best.keras")
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    return run
+
+
+@pytest.fixture(scope="module")
+def volume():
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 200, (9, 40, 52)).astype(np.uint8)
+    return base + np.arange(9, dtype=np.uint8)[:, None, None] * 5  # slices of different ranges
+
+
+def predict_cli(*args, **kwargs):
+    return subprocess.run([sys.executable, PREDICT, REPO, "--gpu", "cpu", *FAST, *map(str, args)],
+                          capture_output=True, text=True, timeout=300, **kwargs)
+
+
+def reference_probabilities(run, vol, z_filter=5):
+    """Whole-slice tiled prediction of each slice, normalised per slice, z-filtered: what every block must equal."""
+    from lib import blockwise, data, inference, postprocess
+
+    model, predict = blockwise.load_predictor(str(run / "checkpoints" / "best.keras"))
+    probs = np.stack([inference.predict_tiled(predict, data.normalize(s[..., None], "per_image"), (TILE, TILE))
+                      for s in vol])
+    return postprocess.z_filter(probs, z_filter) if z_filter else probs
+
+
+def read_zarr_output(path):
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    return root, np.asarray(root["prob"]["0"][...]), np.asarray(root["mask"]["0"][...])
+
+
+# --------------------------------------------------------------------------- block-wise == whole volume
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_blocks_equal_whole_volume_tiled_prediction_2d_model(tta):
+    from lib import blockwise, inference, postprocess
+
+    rng = np.random.default_rng(0)
+    image = rng.random((7, 45, 38, 1), dtype=np.float32)
+    whole = postprocess.z_filter(np.stack([inference.predict_tiled(fake_predict, s, (TILE, TILE), tta=tta)
+                                           for s in image]), 3)
+    _, blocks = blockwise.block_grid(image.shape[:-1], (3, 16, 20))
+    out = np.full(whole.shape, np.nan, np.float32)
+    for _, core in blocks:
+        out[core] = blockwise.predict_block(fake_predict, image, core, (TILE, TILE), tta=tta, z_filter_size=3)
+    assert np.abs(out - whole).max() <= 1e-5
+
+
+@pytest.mark.parametrize("overlap", [0.5, [0.25, 0.5, 0.0]])
+def test_blocks_equal_whole_volume_tiled_prediction_3d_model(overlap):
+    from lib import blockwise, inference
+
+    rng = np.random.default_rng(1)
+    image = rng.random((13, 30, 27, 2), dtype=np.float32)
+    tile = (8, 12, 12)
+    whole = inference.predict_tiled(fake_predict, image, tile, overlap, window="spline")
+    _, blocks = blockwise.block_grid(image.shape[:-1], (5, 11, 16))
+    out = np.full(whole.shape, np.nan, np.float32)
+    for _, core in blocks:
+        out[core] = blockwise.predict_block(fake_predict, image, core, tile, overlap, "spline")
+    assert np.abs(out - whole).max() <= 1e-5
+
+
+def test_per_slice_normalisation_matches_training(volume):
+    from lib import blockwise, data
+
+    class Raw:
+        shape, ndim = volume.shape + (1,), 3
+
+        def __getitem__(self, box):
+            return volume[box][..., None]
+
+    lows, highs = blockwise.intensity_ranges(Raw(), blockwise.block_grid(volume.shape, (4, 16, 16))[1],
+                                             blockwise.run_tasks_in_process)
+    view = blockwise.NormalizedView(Raw(), blockwise.Normalization.from_ranges(lows, highs, per_slice=True))
+    for z in (0, 5, 8):
+        assert np.array_equal(view[(slice(z, z + 1), slice(None), slice(None))][0],
+                              data.normalize(volume[z][..., None], "per_image"))
+
+
+def test_chunks_divide_blocks():
+    from lib.blockwise import output_chunks
+
+    assert output_chunks((32, 1024, 1024)) == (32, 256, 256)
+    assert output_chunks((128, 1000, 512)) == (64, 1000, 256)
+    assert output_chunks((24, 32)) == (24, 32)
+
+
+# --------------------------------------------------------------------------- end to end, as a user runs it
+
+@pytest.fixture(scope="module")
+def zarr_run(run_2d, volume, tmp_path_factory):
+    """A zarr v2 input and its in-process prediction ``a.zarr``: ``(folder, completed process)``."""
+    import zarr
+
+    root = tmp_path_factory.mktemp("zarr_run")
+    source = zarr.open_array(str(root / "vol.zarr"), mode="w", shape=volume.shape, chunks=(3, 20, 20),
+                             dtype="uint8", zarr_format=2)
+    source[:] = volume
+    return root, predict_cli(root / "vol.zarr", root / "a.zarr", "--model", run_2d)
+
+
+def test_zarr_v2_in_ome_zarr_out(zarr_run, run_2d, volume):
+    root, result = zarr_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    store, prob, mask = read_zarr_output(root / "a.zarr")
+    assert prob.shape == mask.shape == volume.shape and prob.dtype == np.uint8 and mask.dtype == np.uint8
+    expected = reference_probabilities(run_2d, volume)
+    assert np.abs(prob / 255.0 - expected).max() <= 0.5 / 255 + 1e-5
+    assert np.array_equal(mask, (expected >= 0.5).astype(np.uint8))
+    ome = dict(store["prob"].attrs)["ome"]
+    assert ome["version"] == "0.5" and [a["name"] for a in ome["multiscales"][0]["axes"]] == ["z", "y", "x"]
+    assert store["prob"]["0"].chunks == (4, 24, 32)
+    assert "blocks" in result.stderr  # the progress bar
+
+
+def test_hdf5_in_float16_out_keeps_voxel_size(run_2d, volume, tmp_path):
+    import h5py
+
+    with h5py.File(tmp_path / "vol.h5", "w") as f:
+        f.create_dataset("raw", data=volume, chunks=(1, 40, 52)).attrs["element_size_um"] = [0.05, 0.005, 0.005]
+    out = tmp_path / "seg.zarr"
+    result = predict_cli(f"{tmp_path / 'vol.h5'}:raw", out, "--model", run_2d, "--set", "inference.prob_dtype=float16",
+                         "--set", "post.z_filter=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    root, prob, _ = read_zarr_output(out)
+    assert prob.dtype == np.float16
+    assert np.abs(prob.astype(np.float32) - reference_probabilities(run_2d, volume, z_filter=0)).max() <= 1e-3
+    multiscale = dict(root["mask"].attrs)["ome"]["multiscales"][0]
+    assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.05, 0.005, 0.005]
+    assert multiscale["axes"][0]["unit"] == "micrometer"
+
+
+def test_folder_of_slices_and_tiff_stack(run_2d, volume, tmp_path):
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z, s in enumerate(volume):
+        tifffile.imwrite(folder / f"s{z:03d}.tif", s)
+    tifffile.imwrite(tmp_path / "stack.tif", volume)
+    expected = reference_probabilities(run_2d, volume)
+    result = predict_cli(tmp_path / "stack.tif", tmp_path / "out_slices", "--model", run_2d)
+    assert result.returncode == 0, result.stderr[-3000:]
+    masks = sorted((tmp_path / "out_slices" / "mask").iterdir())
+    assert len(masks) == len(volume)
+    assert np.array_equal(tifffile.imread(masks[4]), (expected[4] >= 0.5).astype(np.uint8) * 255)
+    result = predict_cli(folder, tmp_path / "seg.tif", "--model", run_2d)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with tifffile.TiffFile(tmp_path / "seg.tif") as tif:
+        assert tif.is_bigtiff and len(tif.pages) == len(volume)
+        assert np.array_equal(tif.asarray(), (expected >= 0.5).astype(np.uint8) * 255)
+    prob = tifffile.imread(tmp_path / "seg_prob.tif")
+    assert prob.dtype == np.uint8 and np.abs(prob / 255.0 - expected).max() <= 0.5 / 255 + 1e-5
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # the staging store is gone
+
+
+def test_local_cluster_gives_the_in_process_result(zarr_run, run_2d, tmp_path):
+    root, _ = zarr_run
+    result = predict_cli(root / "vol.zarr", tmp_path / "b.zarr", "--model", run_2d, "--scheduler", "local:2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for a, b in zip(read_zarr_output(root / "a.zarr")[1:], read_zarr_output(tmp_path / "b.zarr")[1:]):
+        assert np.array_equal(a, b)
+
+
+def test_killed_then_rerun_skips_done_blocks_and_gives_the_same_output(zarr_run, run_2d, tmp_path):
+    root, _ = zarr_run
+    out = tmp_path / "seg.zarr"
+    proc = subprocess.Popen([sys.executable, PREDICT, REPO, "--gpu", "cpu", *FAST, str(root / "vol.zarr"), str(out),
+                             "--model", str(run_2d)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    flags = out / "blocks_done" / "c"
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        if flags.is_dir() and sum(len(files) for _, _, files in os.walk(flags)) >= 3:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    rerun = predict_cli(root / "vol.zarr", out, "--model", run_2d)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resuming" in rerun.stdout
+    skipped = int(rerun.stdout.split("blocks (")[1].split()[0])
+    assert 3 <= skipped < 12
+    for a, b in zip(read_zarr_output(root / "a.zarr")[1:], read_zarr_output(out)[1:]):
+        assert np.array_equal(a, b)
+    again = predict_cli(root / "vol.zarr", out, "--model", run_2d)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+# --------------------------------------------------------------------------- bad input: one line, exit 2, nothing written
+
+def _main():
+    spec = importlib.util.spec_from_file_location("predict_template", PREDICT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(run_2d, tmp_path_factory):
+    import h5py
+    import zarr
+
+    root = tmp_path_factory.mktemp("bad")
+    with h5py.File(root / "vol.h5", "w") as f:
+        f.create_dataset("raw", data=np.zeros((2, 32, 32), np.uint8))
+        f.create_dataset("labels/cells", data=np.zeros((2, 32, 32), np.uint8))
+    zarr.save_array(str(root / "five.zarr"), np.zeros((1, 1, 2, 32, 32), np.uint8))
+    zarr.save_array(str(root / "rgb.zarr"), np.zeros((2, 32, 32, 3), np.uint8))
+    zarr.save_array(str(root / "ok.zarr"), np.zeros((2, 32, 32), np.uint8))
+    (root / "junk.tif").write_bytes(b"not a tiff at all")
+    (root / "exists.zarr").mkdir()
+    (root / "exists.zarr" / "notes.txt").write_text("mine")
+    (root / "model.h5").write_bytes(b"")
+    return root
+
+
+BAD = [
+    (["missing.zarr", "o.zarr"], "INPUT"),
+    (["junk.tif", "o.zarr"], "junk.tif"),
+    (["vol.h5", "o.zarr"], "vol.h5:labels/cells"),
+    (["vol.h5:nope", "o.zarr"], "vol.h5:raw"),
+    (["five.zarr", "o.zarr"], "five.zarr"),
+    (["rgb.zarr", "o.zarr"], "3 channels"),
+    (["ok.zarr", "exists.zarr"], "--overwrite"),
+    (["ok.zarr", "o.zarr", "--model", "{root}/model.h5"], "--model"),
+    (["ok.zarr", "o.zarr", "--model", "{root}"], "not a run folder"),
+    (["ok.zarr", "o.zarr", "--set", "post.oztel=true"], "post.oztel"),
+    (["ok.zarr", "o.zarr", "--set", "inference.block_shape=[0,4,4]"], "inference.block_shape"),
+    (["ok.zarr", "o.zarr", "--set", "data.crop_shape=[16,16,16]"], "data.crop_shape"),
+    (["ok.zarr", "o.zarr", "--scheduler", "tcp://127.0.0.1:9"], "--scheduler"),
+    (["ok.zarr", "o.zarr", "--scheduler", "local:zero"], "--scheduler"),
+]
+
+
+@pytest.mark.parametrize("args, named", BAD, ids=[b[1] + str(i) for i, b in enumerate(BAD)])
+def test_bad_input_is_one_error_line_exit_2_nothing_written(args, named, bad_inputs, run_2d, capsys):
+    import dask
+
+    from lib import cli
+
+    before = sorted(os.listdir(bad_inputs))
+    argv = [REPO] + [a.format(root=bad_inputs) if "{" in a else str(bad_inputs / a) if i < 2 else a
+                     for i, a in enumerate(args)]
+    if "--model" not in argv:
+        argv += ["--model", str(run_2d)]
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(SystemExit) as stop, \
+            cli.user_errors(), contextlib.redirect_stdout(sys.stderr):
+        _main()(argv + ["--gpu", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2
+    assert err[-1].startswith("error: ") and named in err[-1], err
+    assert sorted(os.listdir(bad_inputs)) == before
