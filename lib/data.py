@@ -145,6 +145,20 @@ def tile_starts(size, tile, overlap):
     return starts
 
 
+def tile_count(shape, tile, overlap, margin=True):
+    """Number of tiles :func:`lib.inference.predict_tiled` predicts for a spatial ``shape``, without listing them.
+
+    With ``margin``, as there, axes with overlap are first padded by a quarter
+    tile on each side, and every axis up to at least the tile.
+    """
+    overlaps = per_axis(overlap, len(shape), "inference.overlap")
+    count = 1
+    for s, t, o in zip(shape, tile, overlaps):
+        padded = max(s + (2 * (t // 4) if margin and o > 0 else 0), t)
+        count *= len(tile_starts(padded, t, o))
+    return count
+
+
 def tile_grid(shape, tile, overlap=0.0):
     """All tile corner positions for a spatial ``shape`` (tuple per tile).
 

@@ -95,6 +95,7 @@ def _load(data_dir, cfg, ndim):
             f"{sets['test'][0][0].shape[-1]}; expected the same"
         )
     _check_split(sets["train"][1], cfg, ndim)
+    check_tile_count(cfg, [m.shape for m in sets["test"][1]])
     check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
                       for split, (_, masks, _) in sets.items()}, data_dir)
     stats = data.fit_normalization(sets["train"][0], cfg.data.normalization)
@@ -122,6 +123,29 @@ def check_foreground(counts, data_dir):
                             "background, as there is nothing to learn otherwise")
         print(f"warning: {folder}: the test masks {problem}; foreground metrics (fg_iou, dice, det...) "
               "compare against an empty class", file=sys.stderr)
+
+
+MAX_TILES_PER_AREA = 64  # tiles predicted per tile-sized area of an image: 4 at overlap 0.5, 100 at 0.9
+
+
+def check_tile_count(cfg, shapes):
+    """Refuse an ``inference.overlap`` that makes the tiled prediction of the test images absurdly long.
+
+    ``shapes`` are the spatial shapes of the test items. Counted as
+    :func:`lib.inference.predict_tiled` tiles them, before anything is predicted.
+    """
+    if not (cfg.inference.tiled or cfg.inference.tta or cfg.post.z_filter or cfg.post.oztel):
+        return
+    tile = tuple(cfg.data.crop_shape)
+    for shape in sorted(set(map(tuple, shapes))):
+        count = data.tile_count(shape, tile, cfg.inference.overlap)
+        per_area = count * np.prod(tile) / np.prod(shape)
+        if per_area > MAX_TILES_PER_AREA:
+            raise UserError(
+                f"inference.overlap={cfg.inference.overlap}: the tiled prediction of a {'x'.join(map(str, shape))} "
+                f"test image takes {count:,} tiles of {'x'.join(map(str, tile))} (each pixel predicted about "
+                f"{per_area:.0f} times; at most {MAX_TILES_PER_AREA} accepted); lower inference.overlap, e.g. 0.5"
+            )
 
 
 def _check_split(masks, cfg, ndim):
@@ -335,6 +359,7 @@ def open_2d_streamed(data_dir, cfg):
         sources[split] = images, masks, names
     (train_x, _, _), (test_x, _, _) = sources["train"], sources["test"]
     _check_split(train_x, cfg, 2)
+    check_tile_count(cfg, [x.shape[:2] for x in test_x])
     if train_x[0].shape[-1] != test_x[0].shape[-1]:
         raise UserError(f"{data_dir}: training images have {train_x[0].shape[-1]} channels but test images "
                         f"{test_x[0].shape[-1]}; expected the same")

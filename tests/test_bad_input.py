@@ -187,6 +187,8 @@ OPTION_CASES = [
     (["--gpu", "first"], "--gpu first: expected 'cpu', an index such as 0, or a list such as 0,1"),
     (["--threads", "-2"], "--threads -2: expected 0 (all cores) or a positive number"),
     (["--epochs", "3"], "command line: unrecognized arguments: --epochs 3"),
+    (["--set", "inference.overlap=0.99"], "inference.overlap=0.99: the tiled prediction of a 64x64 test image "
+                                          "takes 2,401 tiles of 32x32 (each pixel predicted about 600 times; at most 64"),
     (["--set", "inference.threshold=NaN"], "inference.threshold: expected a finite number, got nan"),
     (["--set", "inference.overlap=NaN"], "inference.overlap: expected a finite number, got nan"),
     (["--set", "data.val_fraction=NaN"], "data.val_fraction: expected a finite number, got nan"),

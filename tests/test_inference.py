@@ -112,3 +112,20 @@ def test_predict_crops_predicts_the_crop_grid_once():
     out = predict_crops(rec, image, (32, 32), batch_size=4)
     assert out.shape == (70, 90)
     assert sum(len(b) for b in rec.batches) == 3 * 3
+
+
+def test_tile_count_is_what_predict_tiled_predicts():
+    from lib.data import tile_count
+    from lib.inference import predict_tiled
+
+    calls = []
+
+    def predict(batch):
+        calls.append(len(batch))
+        return np.full(batch.shape[:-1], 0.5, np.float32)
+
+    image = np.zeros((70, 90, 1), np.float32)
+    for overlap in (0.0, 0.5, [0.25, 0.9]):
+        calls.clear()
+        predict_tiled(predict, image, (32, 32), overlap=overlap, batch_size=7)
+        assert sum(calls) == tile_count((70, 90), (32, 32), overlap)
