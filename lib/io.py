@@ -99,21 +99,34 @@ def dataset_pairs(data_dir, split):
     return pairs
 
 
-def read_image(path):
-    """Read one image file as a NumPy array (2D, 2D with channels, or a stack).
+def read_image(path, mask=False):
+    """Read one image file as a NumPy array (2D, 2D with channels last, or a stack).
+
+    Channel axes are recognised: a planar colour TIFF ``(3, H, W)`` (its sample
+    axis, from the TIFF tags) becomes ``(H, W, 3)``; the alpha channel of a grey
+    + alpha image (2 channels) is dropped. With ``mask``, a palette image
+    (PNG, GIF, BMP) is read as its palette indices, not its colours.
 
     Raises
     ------
     UserError
-        If the file cannot be decoded.
+        If the file is empty or cannot be decoded.
     """
     with decoding_errors(path):
         if path.lower().endswith(TIFF_EXTENSIONS):
-            array = tifffile.imread(path)
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                array, axes = series.asarray(), series.axes
+            if "S" in axes[:-1]:  # planar colour: samples last, as in every other layout
+                array = np.moveaxis(array, axes.index("S"), -1)
         else:
-            import skimage.io
+            array = _palette_indices(path) if mask else None
+            if array is None:
+                import skimage.io
 
-            array = skimage.io.imread(path)
+                array = skimage.io.imread(path)
+            if array.ndim == 3 and array.shape[-1] == 2:  # grey + alpha: the alpha is no pixel value
+                array = array[..., 0]
     array = array.astype(pixel_type(array.dtype, path), copy=False)
     if array.size == 0:
         raise UserError(f"{path}: cannot read image (no pixels in it; is the file corrupt or truncated?)")
@@ -123,9 +136,19 @@ def read_image(path):
     return array
 
 
+def _palette_indices(path):
+    """The palette indices ``(H, W)`` of a palette image, or None for other images."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image) if image.mode == "P" else None
+
+
 @contextlib.contextmanager
 def decoding_errors(path):
     """Turn the exceptions of image decoders into a UserError naming ``path``."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise UserError(f"{path}: cannot read image: the file is empty (0 bytes)")
     try:
         yield
     except UserError:
@@ -209,7 +232,7 @@ def load_pairs_2d(pairs):
     images, masks, names = [], [], []
     for x_path, y_path in pairs:
         xs = as_image_slices(read_image(x_path), x_path)
-        ys = as_mask_slices(read_image(y_path), y_path)
+        ys = as_mask_slices(read_image(y_path, mask=True), y_path)
         if len(xs) != len(ys):
             raise UserError(f"{x_path} has {len(xs)} slices but its mask {y_path} has {len(ys)}")
         for i, (x, y) in enumerate(zip(xs, ys)):
@@ -268,7 +291,7 @@ def load_pairs_3d(pairs, name):
             "image; expected a folder of 2D slices (one volume) or of multi-page stacks (one volume each)"
         )
     check_same_kind([s for x in xs for s in x])
-    ys = [as_mask_slices(read_image(y), y) for _, y in pairs]
+    ys = [as_mask_slices(read_image(y, mask=True), y) for _, y in pairs]
     for (x_path, y_path), x, y in zip(pairs, xs, ys):
         if len(x) != len(y):
             raise UserError(f"{x_path} has {len(x)} slices but its mask {y_path} has {len(y)}")
@@ -317,6 +340,8 @@ class FileSlice:
     by_page : bool
         The slice is TIFF page ``index``: a window is read by decoding only the
         strips or tiles it touches. Otherwise every read decodes the whole file.
+    mask : bool
+        A mask slice: palette images are read as their indices (see ``read_image``).
     """
 
     path: str
@@ -324,6 +349,7 @@ class FileSlice:
     shape: tuple
     dtype: np.dtype
     by_page: bool
+    mask: bool = False
 
     def read(self, window=None):
         """Return the pixels of the slice, or of ``window``, as ``(h, w, C)`` of ``self.dtype``.
@@ -336,15 +362,15 @@ class FileSlice:
             with decoding_errors(self.path), tifffile.TiffFile(self.path) as tif:
                 array = _read_page(tif, tif.pages[self.index], window)
         else:
-            array = as_image_slices(read_image(self.path), self.path)[self.index]
+            array = as_image_slices(read_image(self.path, self.mask), self.path)[self.index]
             if window is not None:
                 (y0, y1), (x0, x1) = window
                 array = array[y0:y1, x0:x1]
         return array.astype(self.dtype, copy=False)
 
 
-def file_slices(path):
-    """Describe the 2D slices of an image file, from TIFF headers where possible.
+def file_slices(path, mask=False):
+    """Describe the 2D slices of an image file (a mask with ``mask``), from TIFF headers where possible.
 
     A TIFF whose every page is one 2D image ``(H, W)`` or ``(H, W, C)`` gives one
     slice per page, described without decoding pixels. Other files (PNG, JPEG, ...,
@@ -366,8 +392,8 @@ def file_slices(path):
             if all(_is_2d_page(p) for p in pages):
                 return [FileSlice(path, i, _page_shape(p), pixel_type(p.dtype, path), True)
                         for i, p in enumerate(pages)]
-    slices = as_image_slices(read_image(path), path)
-    return [FileSlice(path, i, s.shape, s.dtype, False) for i, s in enumerate(slices)]
+    slices = as_image_slices(read_image(path, mask), path)
+    return [FileSlice(path, i, s.shape, s.dtype, False, mask) for i, s in enumerate(slices)]
 
 
 def index_pairs_2d(pairs):
@@ -384,7 +410,7 @@ def index_pairs_2d(pairs):
     """
     images, masks, names = [], [], []
     for x_path, y_path in pairs:
-        xs, ys = file_slices(x_path), file_slices(y_path)
+        xs, ys = file_slices(x_path), file_slices(y_path, mask=True)
         if len(xs) != len(ys):
             raise UserError(f"{x_path} has {len(xs)} slices but its mask {y_path} has {len(ys)}")
         for x, y in zip(xs, ys):

@@ -125,3 +125,43 @@ def test_pairs_follow_the_numbers_in_the_names(tmp_path):
     with pytest.raises(UserError, match=r"img3.tif is paired with the mask .*mask_0004.tif, whose number differs "
                                         r"\(3 vs 4\)"):
         io.dataset_pairs(str(tmp_path), "train")
+
+
+def _png_pair(tmp_path, image_mode, image, mask_mode, mask, palette=None):
+    from PIL import Image
+
+    for kind, mode, array in (("x", image_mode, image), ("y", mask_mode, mask)):
+        (tmp_path / "train" / kind).mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(array, mode=mode)
+        if mode == "P":
+            picture.putpalette(palette)
+        picture.save(tmp_path / "train" / kind / "000.png")
+    return io.dataset_pairs(str(tmp_path), "train")
+
+
+def test_grey_alpha_image_and_palette_mask_are_read_as_meant(tmp_path):
+    image, mask = blob_pair()
+    pairs = _png_pair(tmp_path, "LA", np.stack([image, np.full_like(image, 255)], -1),
+                      "P", (mask > 0).astype(np.uint8), palette=[0, 0, 0, 255, 0, 0] + [0] * 762)
+    images, masks, _ = io.load_pairs_2d(pairs)
+    np.testing.assert_array_equal(images[0], image[..., None])
+    np.testing.assert_array_equal(masks[0], mask > 0)
+    images, masks, _ = io.index_pairs_2d(pairs)  # streamed from disk
+    np.testing.assert_array_equal(images[0].read(), image[..., None])
+    np.testing.assert_array_equal(io.read_mask(masks[0]), mask > 0)
+
+
+def test_planar_rgb_tiff_is_one_colour_image(tmp_path):
+    path = tmp_path / "rgb.tif"
+    rgb = np.stack([blob_pair(seed=i)[0] for i in range(3)])
+    tifffile.imwrite(path, rgb, photometric="rgb", planarconfig="separate")
+    (image,) = io.as_image_slices(io.read_image(str(path)), str(path))
+    np.testing.assert_array_equal(image, np.moveaxis(rgb, 0, -1))
+    assert [s.shape for s in io.file_slices(str(path))] == [(64, 64, 3)]
+
+
+def test_empty_png_says_the_file_is_empty(tmp_path):
+    path = tmp_path / "000.png"
+    path.write_bytes(b"")
+    with pytest.raises(UserError, match=r"000.png: cannot read image: the file is empty \(0 bytes\)"):
+        io.read_image(str(path))
