@@ -499,9 +499,12 @@ def write_atomic(path, write):
         write(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's owner-only mode would hide results from the user's group
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+            # A full disk fails inside write(), often without a file name: name the file being written.
+            raise OSError(exc.errno, exc.strerror, path) from exc
         raise
 
 

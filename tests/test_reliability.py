@@ -366,3 +366,20 @@ def test_results_keep_the_users_file_mode(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_full_disk_names_the_file_being_written(tmp_path, capsys):
+    import errno
+
+    from lib import cli, io
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a failing write() raises it: no file name
+
+    path = str(tmp_path / "history.csv")
+    with pytest.raises(SystemExit) as stop:
+        with cli.user_errors():
+            io.write_atomic(path, full)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.startswith(f"error: {path}: No space left on device; make room")
+    assert os.listdir(tmp_path) == []
