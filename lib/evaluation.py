@@ -284,6 +284,9 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None):
         raise UserError("the test set is empty: nothing to evaluate")
     if charts_dir is None:
         charts_dir = os.path.join(os.path.dirname(os.path.normpath(pred_dir)), "charts")
+    for variant in set(VARIANTS) - set(enabled_variants(cfg)):
+        # Left by an earlier attempt of a resumed run with other variants on: metrics.json would not list them.
+        shutil.rmtree(os.path.join(pred_dir, variant), ignore_errors=True)
     evaluation = _Evaluation(cfg, tile, pred_dir, len(test_set))
     for i in tqdm(range(len(test_set)), desc="predicting", unit="item"):
         image, mask, name = test_set[i]

@@ -191,3 +191,16 @@ def test_bad_test_sets_are_refused(tmp_path):
     with pytest.raises(UserError, match="2 spatial axes"):
         evaluate_test_set(passthrough, [(image[..., 0], np.zeros((32, 32), np.uint8), "a")], (32, 32), cfg,
                           str(tmp_path))
+
+
+def test_predictions_of_variants_switched_off_are_removed(tmp_path):
+    probs, truth = flicker_stack(n=3)
+    stale = tmp_path / "predictions" / "merged" / "binary"
+    stale.mkdir(parents=True)
+    (stale / "0.tif").write_bytes(b"from a killed attempt")
+    cfg = config.from_dict({"inference": {"per_crop": False, "merged": False, "overlays": 0},
+                            "post": {"z_filter": False, "oztel": False}})
+    test_set = [(p[..., None], t, str(i)) for i, (p, t) in enumerate(zip(probs, truth))]
+    results, _ = evaluate_test_set(passthrough, test_set, (16, 16), cfg, str(tmp_path / "predictions"))
+    assert list(results) == ["tiled"]
+    assert sorted(os.listdir(tmp_path / "predictions")) == ["tiled"]
