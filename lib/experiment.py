@@ -18,11 +18,15 @@ from .errors import UserError
 
 @dataclass
 class ImageSet:
-    """Normalised images float32 ``(*spatial, C)`` (2D images or 3D volumes), binary masks ``spatial`` uint8, names."""
+    """Normalised images float32 ``(*spatial, C)`` (2D images or 3D volumes), binary masks ``spatial`` uint8, names.
+
+    ``normalization``: the training statistics the images were normalised with (``zscore``: mean and std), or None.
+    """
 
     images: List[np.ndarray]
     masks: List[np.ndarray]
     names: List[str]
+    normalization: Optional[dict] = None
 
     @property
     def channels(self):
@@ -100,7 +104,7 @@ def _load(data_dir, cfg, ndim):
                       for split, (_, masks, _) in sets.items()}, data_dir)
     stats = data.fit_normalization(sets["train"][0], cfg.data.normalization)
     return tuple(
-        ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names)
+        ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names, stats or None)
         for images, masks, names in (sets["train"], sets["test"])
     )
 
@@ -165,6 +169,7 @@ def training_data_2d(train_set, cfg, run_dir):
     Validation uses the fixed, non-overlapping crop grid of the validation images
     (no augmentation), so its loss is comparable from epoch to epoch.
     """
+    record_normalization(train_set, cfg, run_dir)
     dataset, val = _crop_data(*_split_items(train_set, cfg), cfg, ndim=2)
     if cfg.augment.samples:
         write_samples(dataset, train_set, cfg, run_dir)
@@ -179,12 +184,30 @@ def training_data_3d(train_set, cfg, run_dir):
     subvolume deep) validate, so no validation slice neighbours a training slice
     on both sides. Validation uses the fixed, non-overlapping subvolume grid.
     """
+    record_normalization(train_set, cfg, run_dir)
     if len(train_set) > 1:
         return _crop_data(*_split_items(train_set, cfg), cfg, ndim=3)
     volume, mask = train_set.images[0], train_set.masks[0]
     z = data.split_depth(len(mask), cfg.data.val_fraction, cfg.data.crop_shape[0])
     val = ([volume[z:]], [mask[z:]]) if z < len(mask) else ([], [])
     return _crop_data(([volume[:z]], [mask[:z]]), val, cfg, ndim=3)
+
+
+def record_normalization(train_set, cfg, run_dir):
+    """Write ``normalization.json`` (method, training mean and std) in the run folder for ``zscore`` runs.
+
+    ``templates/predict.py`` normalises new data with them, as the training and test data were. Called by
+    the ``training_data_*`` functions, which every entry script calls once the run folder exists.
+    """
+    if cfg.data.normalization != "zscore" or getattr(train_set, "normalization", None) is None:
+        return
+    import json
+
+    from .predicting import NORMALIZATION_FILE
+
+    stats = train_set.normalization
+    io.write_text(os.path.join(run_dir, NORMALIZATION_FILE), json.dumps(
+        {"method": "zscore", "mean": float(stats["mean"]), "std": float(stats["std"])}, indent=2) + "\n")
 
 
 def _split_items(train_set, cfg):
@@ -302,12 +325,15 @@ class DiskImageSet:
     names : list of str
     foreground : list of io.ForegroundIndex, or None
         Per-block foreground index of each mask (training set with ``data.fg_sampling > 0``).
+    normalization : dict or None
+        The training statistics of ``zscore`` normalisation (mean and std), as :class:`ImageSet`.
     """
 
     images: list
     masks: list
     names: List[str]
     foreground: Optional[list] = None
+    normalization: Optional[dict] = None
 
     @property
     def channels(self):
@@ -382,7 +408,7 @@ def open_2d_streamed(data_dir, cfg):
                        for x, (image_stats, _, _) in zip(images, scans[split])]
         foreground = ([io.ForegroundIndex(m, counts, FG_BLOCK) for m, (_, counts, _) in zip(disk_masks, scans[split])]
                       if fg and split == "train" else None)
-        sets.append(DiskImageSet(disk_images, disk_masks, names, foreground))
+        sets.append(DiskImageSet(disk_images, disk_masks, names, foreground, stats))
     return tuple(sets)
 
 
@@ -455,6 +481,7 @@ def training_data_streamed(train_set, cfg, run_dir):
     from .augment import Augmenter
     from .generators import DiskCropDataset
 
+    record_normalization(train_set, cfg, run_dir)
     crop = tuple(cfg.data.crop_shape)
     train_idx, val_idx = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split,
                                             cfg.train.seed)
