@@ -95,12 +95,14 @@ def main(argv=None):
     from lib import evaluation, training
     from lib.inference import make_predictor
 
+    pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
     run_dir = cli.create_run_dir(args, cfg)
     cli.seed_everything(cfg.train.seed)
     train_data, val_data = experiment.training_data_2d(train_set, cfg, run_dir)
 
     with cli.distribution_scope(args.gpu):
         model = networks.build_model(cfg.model, (None, None, train_set.channels))
+        training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
         experiment.record_model(model, run_dir)
         model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
 

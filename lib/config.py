@@ -199,14 +199,17 @@ class TrainConfig:
     deterministic: bool = False
 
     def validate(self):
-        _range("train.epochs", self.epochs, 1, None)
+        _range("train.epochs", self.epochs, 0, None)
+        if self.epochs == 0 and self.pretrained is None:
+            raise UserError("train.epochs=0 predicts with the weights of train.pretrained without training, but "
+                            "train.pretrained is not set; set it to a run or .keras file, or train.epochs >= 1")
         _range("train.batch_size", self.batch_size, 1, None)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _range("train.learning_rate", self.learning_rate, 0.0, None, low_open=True)
         _range("train.momentum", self.momentum, 0.0, 1.0, high_open=True)
         _range("train.weight_decay", self.weight_decay, 0.0, None)
         _choice("train.schedule", self.schedule, SCHEDULES)
-        _range("train.warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
+        _range("train.warmup_epochs", self.warmup_epochs, 0, max(self.epochs - 1, 0))
         if self.schedule in ("cosine", "plateau", "onecycle"):
             _range("train.min_learning_rate", self.min_learning_rate, 0.0, self.learning_rate)
         if self.schedule == "step" and not self.step_epochs:

@@ -574,7 +574,18 @@ def train(model, train_data, val_data, cfg, run_dir):
     random draws. When the history shows that training was over
     (:func:`finished_by`), e.g. for a run killed during prediction, the model
     gets the best weights without training further.
+
+    With ``train.epochs=0`` (which needs ``train.pretrained``), the model is not
+    trained: its weights, as loaded, are saved as ``checkpoints/best.keras`` (so
+    the run folder can be given to ``templates/predict.py``) and predict.
     """
+    if cfg.epochs == 0:
+        os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+        save_model_atomic(model, os.path.join(run_dir, "checkpoints", BEST))
+        print(f"train.epochs=0: no training; predicting with the weights of train.pretrained={cfg.pretrained}")
+        return model, {"epochs": 0, "best_epoch": 0, "stopped_by": "epochs", "seconds": 0.0,
+                       "seconds_per_epoch": 0.0, "pretrained_only": True,
+                       "val_crops": 0 if val_data is None else len(val_data[0])}
     if cfg.deterministic:
         enable_determinism()
     n_outputs = len(model.outputs)

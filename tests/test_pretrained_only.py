@@ -1,0 +1,66 @@
+"""train.epochs=0 with train.pretrained: predict and evaluate with those weights, without training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import REPO
+
+TEMPLATE = os.path.join(REPO, "templates", "template.py")
+TINY = ["data.crop_shape=[32,32]", "model.depth=2", "model.filters=4",
+        "model.dropout=0.0", "inference.overlays=0"]
+
+
+def run_template(data, job, rid, *options):
+    args = [a for kv in TINY + list(options) for a in ("--set", kv)]
+    return subprocess.run([sys.executable, TEMPLATE, REPO, data, str(job), "--id", "t", "--rid", str(rid),
+                           "--gpu", "cpu", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_epochs_0_without_pretrained_is_one_error_line_nothing_written(dataset_2d, tmp_path):
+    result = run_template(dataset_2d, tmp_path, 0, "train.epochs=0")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: train.epochs=0") and "train.pretrained" in lines[-1], lines
+    assert os.listdir(tmp_path) == []
+
+
+def test_epochs_0_predicts_with_the_pretrained_weights(dataset_2d, tmp_path):
+    first = run_template(dataset_2d, tmp_path, 0, "train.epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_template(dataset_2d, tmp_path, 1, "train.epochs=0", "train.pretrained=t_0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    run0, run1 = tmp_path / "t_0", tmp_path / "t_1"
+    metrics = json.loads((run1 / "metrics.json").read_text())
+    assert metrics["training"]["epochs"] == 0
+    assert not (run1 / "history.csv").exists() or len((run1 / "history.csv").read_text().splitlines()) <= 1
+    # The same weights predict the same test set: the same probabilities and metrics as the pretrained run.
+    for p0 in sorted((run0 / "predictions" / "tiled" / "prob").iterdir()):
+        p1 = run1 / "predictions" / "tiled" / "prob" / p0.name
+        assert np.abs(tifffile.imread(p0) - tifffile.imread(p1)).max() <= 1e-5
+    before = json.loads((run0 / "metrics.json").read_text())["results"]["tiled"]["fg_iou"]
+    assert metrics["results"]["tiled"]["fg_iou"] == pytest.approx(before, abs=1e-6)
+    assert (run1 / "checkpoints" / "best.keras").is_file()  # a run folder predict.py can use
+
+
+def test_cheng_2d_script_epochs_0_uses_the_pretrained_weights(dataset_2d, tmp_path):
+    script = os.path.join(REPO, "cheng_2017", "cheng_2D_template.py")
+    tiny = ["--set", "data.crop_shape=[64,64]", "--set", "model.filters=4", "--set", "train.batch_size=8",
+            "--set", "inference.overlays=0"]
+
+    def run(rid, *options):
+        return subprocess.run([sys.executable, script, REPO, dataset_2d, str(tmp_path), "--id", "c", "--rid",
+                               str(rid), "--gpu", "cpu", *tiny, *options], capture_output=True, text=True,
+                              timeout=300)
+
+    first = run(0, "--set", "train.epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run(1, "--set", "train.epochs=0", "--set", "train.pretrained=c_0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    results = [json.loads((tmp_path / f"c_{r}" / "metrics.json").read_text())["results"]["tiled"] for r in (0, 1)]
+    assert results[1]["fg_iou"] == pytest.approx(results[0]["fg_iou"], abs=1e-6)
