@@ -107,7 +107,7 @@ def main(argv=None):
         model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
 
     results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
-                                                   os.path.join(run_dir, "predictions"))
+                                                   os.path.join(run_dir, "predictions"), record=info)
     experiment.finish(args, run_dir, results, sweeps, info)
 
 

@@ -21,7 +21,7 @@ CONFIG = {
         "crop_shape": [96, 128, 128],  # training subvolume / inference tile (z, y, x); multiples of 16
         "random_crops": True,          # True: new random subvolumes each epoch; False: fixed grid of subvolumes
         "fg_sampling": 0.0,            # share of subvolumes centred on a foreground voxel (0 = uniform)
-        "replicate": 144,              # subvolumes drawn from each training volume per epoch (48 steps of 3)
+        "replicate": 1,                # passes over the training volume per epoch (train.steps_per_epoch sets the length here)
     },
     "augment": {
         "enabled": True,               # False: no augmentation at all
@@ -54,6 +54,7 @@ CONFIG = {
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
         "seed": 42,                    # random seed (weights, split, subvolumes, augmentation, stochastic downsampling)
         "workers": 1,                  # threads preparing batches beside training
+        "steps_per_epoch": 48,          # the paper's epoch, in steps
     },
     "inference": {                     # each variant is evaluated on whole volumes and reported side by side
         "per_crop": False,             # evaluate subvolume by subvolume (mean over subvolumes)
@@ -115,7 +116,7 @@ def main(argv=None):
     gc.collect()
     experiment.reset_peak_rss()
     results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
-                                                   os.path.join(run_dir, "predictions"))
+                                                   os.path.join(run_dir, "predictions"), record=info)
     info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
     print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB")
     experiment.finish(args, run_dir, results, sweeps, info)

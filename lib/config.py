@@ -22,6 +22,7 @@ NORMALIZATIONS = ("per_image", "dtype_max", "zscore")
 VAL_SPLITS = ("random", "last")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
+MONITORS = ("val_iou", "val_loss")
 # Defined here, not in lib.losses, so that checking a configuration does not import Keras.
 LOSS_NAMES = ("bce", "weighted_bce", "dice", "bce_dice", "jaccard")
 UPSAMPLINGS = ("transpose", "resize")
@@ -195,6 +196,10 @@ class TrainConfig:
     time_limit_minutes: float = 0.0
     seed: int = 42
     workers: int = 2
+    # 0: an epoch covers the training area once (crops = area / crop area, times data.replicate), 20-100 steps.
+    steps_per_epoch: int = 0
+    # What picks the best checkpoint: val_iou (foreground IoU of the validation crops) tracks the test metric.
+    monitor: str = "val_iou"
     # Deterministic kernels (TensorFlow op determinism): identical reruns, at a cost in speed; see README.
     deterministic: bool = False
 
@@ -241,6 +246,8 @@ class TrainConfig:
                             "random): set it to the run or .keras file whose weights to fine-tune")
         _range("train.patience", self.patience, 0, None)
         _range("train.time_limit_minutes", self.time_limit_minutes, 0.0, None)
+        _range("train.steps_per_epoch", self.steps_per_epoch, 0, None)
+        _choice("train.monitor", self.monitor, MONITORS)
         _range("train.seed", self.seed, 0, 2**32 - 1)
         _range("train.workers", self.workers, 1, None)
 
@@ -262,8 +269,9 @@ class TrainConfig:
 
 @dataclass
 class InferenceConfig:
-    per_crop: bool = True
-    merged: bool = True
+    # The paper protocols, one option away: each is a prediction pass of its own.
+    per_crop: bool = False
+    merged: bool = False
     tiled: bool = True
     # Off by default: 8 (2D) or 16 (3D) predictions per tile, too slow for a CPU run.
     tta: bool = False
@@ -272,6 +280,9 @@ class InferenceConfig:
     threshold: float = 0.5
     batch_size: int = 8
     overlays: int = 3
+    # Largest tile of the blended variants; null: 4 crops wide in y and x (2D), the crop (3D). An image no
+    # larger than the tile along an axis is predicted in one pass along it, without overlap.
+    tile_shape: Optional[List[int]] = None
     # templates/predict.py: blocks (z, y, x) read, predicted and written one at a time; memory follows them.
     block_shape: List[int] = field(default_factory=lambda: [32, 1024, 1024])
     # templates/predict.py: probabilities stored as uint8 (0-255) or float16.
@@ -284,6 +295,8 @@ class InferenceConfig:
         _range("inference.threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
         _range("inference.batch_size", self.batch_size, 1, None)
         _range("inference.overlays", self.overlays, 0, None)
+        if self.tile_shape is not None:
+            _shape("inference.tile_shape", self.tile_shape)
         if not (self.per_crop or self.merged or self.tiled or self.tta):
             raise UserError(
                 "inference: every prediction variant is switched off; set at least one of "
@@ -301,7 +314,8 @@ class PostConfig:
     z_filter: bool = True
     z_filter_size: int = 5
     tta_z_filter: bool = True
-    oztel: bool = True
+    # Off by default: an extra pass of watershed refinement that helps object scores more than pixel ones.
+    oztel: bool = False
     oztel_min_mean_prob: float = 0.6
     oztel_marker_radius: float = 3.0
 

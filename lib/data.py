@@ -210,6 +210,24 @@ def pad_to_tile(array, tile, mode="reflect", to_multiple=False):
     return np.pad(array, pad, mode=mode), tuple(spatial)
 
 
+def crops_to_cover(shape, crop):
+    """How many crops of ``crop`` it takes to cover an image or volume of ``shape``: ``ceil(size / crop size)``.
+
+    Parameters
+    ----------
+    shape : sequence of int, spatial shape (extra trailing axes, e.g. channels, are ignored)
+    crop : sequence of int, spatial crop shape
+
+    Returns
+    -------
+    int >= 1
+    """
+    if any(c <= 0 for c in crop):
+        raise ValueError(f"crop: expected positive sizes, got {tuple(crop)}")
+    size = int(np.prod([int(s) for s in shape[:len(crop)]]))
+    return max(1, -(-size // int(np.prod(crop))))
+
+
 def check_crop_fits(shape, crop, name):
     """Raise UserError when ``crop`` is larger than the data's spatial ``shape``."""
     if len(crop) != len(shape) or any(c > s for c, s in zip(crop, shape)):

@@ -39,8 +39,10 @@ Tracking Challenge, objects being the connected components of each 2D image or
 3D volume; for probability variants, a threshold sweep and its ``best_threshold``.
 """
 
+import math
 import os
 import shutil
+import time
 
 import numpy as np
 from skimage.measure import label
@@ -48,13 +50,33 @@ from tqdm import tqdm
 
 from . import io, reports
 from .errors import UserError
-from .inference import crop_windows, predict_crops, predict_tiled, predict_tta
+from .inference import crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch
 from .metrics import PIXEL_METRICS, ObjectCounts, PixelCounts, SweepHistogram
 from .postprocess import ZFilterStream, binarize, oztel, z_filter
 
 VARIANTS = ("per_crop", "merged", "tiled", "tta", "z_filter", "tta_z_filter", "oztel")
 PROBABILITY_VARIANTS = ("merged", "tiled", "tta", "z_filter", "tta_z_filter")
 OBJECT_METRICS = ("det", "seg")
+
+
+def inference_tile(cfg, crop):
+    """The largest tile of the blended variants: ``inference.tile_shape``, or by default 4 crops wide in y and x
+    (2D) and the crop itself (3D, whose activations are far larger per voxel)."""
+    if cfg.inference.tile_shape:
+        return tuple(cfg.inference.tile_shape)
+    crop = tuple(int(c) for c in crop)
+    return tuple(4 * c for c in crop) if len(crop) == 2 else crop
+
+
+def inference_divisor(cfg, crop):
+    """The downsampling that fitted tiles are multiples of: that of ``cfg.model``, per axis, gcd'd with the crop.
+
+    The crop is a multiple of the network's downsampling (checked with the options); the gcd keeps tiles
+    valid for a predictor whose network differs from cfg.model's.
+    """
+    from .networks import divisor
+
+    return tuple(math.gcd(d, int(t)) for d, t in zip(divisor(cfg.model, len(crop)), crop))
 
 
 def enabled_variants(cfg):
@@ -124,6 +146,8 @@ class _Evaluation:
     def __init__(self, cfg, tile, pred_dir, n_items):
         self.cfg, self.tile, self.pred_dir = cfg, tile, pred_dir
         self.ndim = len(tile)
+        self.max_tile = inference_tile(cfg, tile)
+        self.divisor = inference_divisor(cfg, tile)
         self.scores = {v: _PerCropScore(tile) if v == "per_crop" else _Score(v in PROBABILITY_VARIANTS)
                        for v in enabled_variants(cfg)}
         self.streams = {}
@@ -160,9 +184,16 @@ class _Evaluation:
         if "merged" in self.scores:
             self.record("merged", item, binary, prob)
 
+    def _blended(self, predict, image, tta=False):
+        """The tiled (blended) prediction of ``image``, its tiles fitted to its size (:func:`fit_tile`)."""
+        inf = self.cfg.inference
+        tile, overlap = fit_tile(image.shape[:self.ndim], self.max_tile, self.divisor, inf.overlap)
+        return predict_tiled(predict, image, tile, overlap, inf.window, tile_batch(inf.batch_size, self.tile, tile),
+                             tta=tta)
+
     def _tiled(self, predict, image, gray, item):
         inf, post = self.cfg.inference, self.cfg.post
-        prob = predict_tiled(predict, image, self.tile, inf.overlap, inf.window, inf.batch_size)
+        prob = self._blended(predict, image)
         if "tiled" in self.scores:
             self.record("tiled", item, binarize(prob, inf.threshold), prob)
         if "oztel" in self.scores:
@@ -172,7 +203,7 @@ class _Evaluation:
 
     def _tta(self, predict, image, item):
         inf = self.cfg.inference
-        prob = predict_tta(predict, image, self.tile, inf.overlap, inf.window, inf.batch_size)
+        prob = self._blended(predict, image, tta=True)
         self.record("tta", item, binarize(prob, inf.threshold), prob)
         self._z_filter("tta_z_filter", prob, item)
 
@@ -247,7 +278,7 @@ def _check_item(image, mask, name, tile):
         raise UserError(f"test item {name}: mask shape {mask.shape} differs from image shape {image.shape[:ndim]}")
 
 
-def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None):
+def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None, record=None):
     """Predict, write and evaluate a test set with every enabled variant, one item at a time.
 
     Parameters
@@ -269,6 +300,9 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None):
         Where ``overlays.png`` goes (image, ground-truth and prediction outlines of
         ``inference.overlays`` test slices); default the ``charts/`` folder beside
         ``pred_dir``.
+    record : dict, optional
+        Receives ``predict_seconds`` (the whole pass: reading, predicting, writing,
+        scoring), ``predict_megavoxels`` and ``predict_seconds_per_megavoxel``.
 
     Returns
     -------
@@ -288,7 +322,14 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None):
         # Left by an earlier attempt of a resumed run with other variants on: metrics.json would not list them.
         shutil.rmtree(os.path.join(pred_dir, variant), ignore_errors=True)
     evaluation = _Evaluation(cfg, tile, pred_dir, len(test_set))
+    start, voxels = time.perf_counter(), 0
     for i in tqdm(range(len(test_set)), desc="predicting", unit="item"):
         image, mask, name = test_set[i]
         evaluation.add_item(i, image, mask, name, predict)
-    return evaluation.finish(charts_dir)
+        voxels += mask.size
+    outcome = evaluation.finish(charts_dir)
+    seconds = time.perf_counter() - start
+    if record is not None:
+        record.update(predict_seconds=round(seconds, 1), predict_megavoxels=round(voxels / 1e6, 3),
+                      predict_seconds_per_megavoxel=round(seconds / (voxels / 1e6), 3))
+    return outcome

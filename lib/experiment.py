@@ -48,12 +48,19 @@ def check_crop_shape(cfg, shapes, where):
     smallest = tuple(min(s[i] for s in shapes) for i in range(ndim))
     data.check_crop_fits(smallest, crop, f"the smallest image of {where}")
     factors = divisor(cfg.model, ndim)
-    for axis, (c, f) in enumerate(zip(crop, factors)):
-        if c % f:
-            raise UserError(
-                f"data.crop_shape={list(crop)}: size {c} on axis {'zyx'[3 - ndim + axis]} is not divisible by "
-                f"{f}, the network's downsampling (model.depth={cfg.model.depth}); use a multiple of {f}"
-            )
+    shapes = [("data.crop_shape", crop)]
+    if cfg.inference.tile_shape:
+        shapes.append(("inference.tile_shape", tuple(cfg.inference.tile_shape)))
+        if len(cfg.inference.tile_shape) != ndim:
+            raise UserError(f"inference.tile_shape={cfg.inference.tile_shape}: expected {ndim} sizes like "
+                            f"data.crop_shape={list(crop)}")
+    for option, sizes in shapes:
+        for axis, (c, f) in enumerate(zip(sizes, factors)):
+            if c % f:
+                raise UserError(
+                    f"{option}={list(sizes)}: size {c} on axis {'zyx'[3 - ndim + axis]} is not divisible by "
+                    f"{f}, the network's downsampling (model.depth={cfg.model.depth}); use a multiple of {f}"
+                )
 
 
 def load_2d(data_dir, cfg):
@@ -224,11 +231,6 @@ def _crop_data(train, val, cfg, ndim):
     crop = tuple(cfg.data.crop_shape)
     (images, masks), (val_images, val_masks) = train, val
     weights, val_weights = _weight_maps(masks, val_masks, cfg)
-    val = None
-    if val_images:
-        xs, ys = zip(*((data.crop_grid(x, crop)[0], data.crop_grid(_targets(y, w), crop)[0])
-                       for x, y, w in zip(val_images, val_masks, val_weights)))
-        val = (np.concatenate(xs), np.concatenate(ys))
     if not cfg.data.random_crops:
         x = np.concatenate([data.crop_grid(im, crop)[0] for im in images])
         y = np.concatenate([data.crop_grid(m, crop)[0] for m in masks])
@@ -237,15 +239,67 @@ def _crop_data(train, val, cfg, ndim):
         if weights is not None:
             w = np.concatenate([data.crop_grid(m, crop)[0] for m in weights])
             weights = [w[i] for i in keep]
+    # Random crops: each image gets the crops that would cover it; fixed crops are seen once each.
+    draws = [data.crops_to_cover(m.shape, crop) for m in masks] if cfg.data.random_crops else None
+    samples = epoch_samples(draws or [1] * len(masks), cfg)
+    val = None
+    if val_images:
+        xs, ys = zip(*((data.crop_grid(x, crop)[0], data.crop_grid(_targets(y, w), crop)[0])
+                       for x, y, w in zip(val_images, val_masks, val_weights)))
+        val = (np.concatenate(xs), np.concatenate(ys))
+        keep = _choose(len(val[0]), val_limit(samples, cfg), cfg.train.seed)
+        val = (val[0][keep], val[1][keep])
     augmenter = Augmenter(cfg.augment, ndim=ndim) if cfg.augment.enabled else None
     dataset = CropDataset(images, masks, crop, cfg.train.batch_size, augmenter=augmenter,
                           random_crops=cfg.data.random_crops, fg_sampling=cfg.data.fg_sampling,
                           replicate=cfg.data.replicate, seed=cfg.train.seed, workers=cfg.train.workers,
-                          weights=weights)
+                          weights=weights, draws=draws, samples_per_epoch=samples)
     item, crops = ("images", "crops") if ndim == 2 else ("volumes", "subvolumes")
-    print(f"Training on {len(images)} {f'{item} (random {crops})' if cfg.data.random_crops else crops}, "
-          f"validating on {0 if val is None else len(val[0])} {crops}")
+    print(f"Training on {len(images)} {f'{item} (random {crops})' if cfg.data.random_crops else crops}: "
+          f"{len(dataset)} steps of {cfg.train.batch_size} per epoch; validating on "
+          f"{0 if val is None else len(val[0])} {crops}")
     return dataset, val
+
+
+# An automatic epoch (train.steps_per_epoch=0) covers the training area once, within these bounds: not so
+# short that validation and checkpoints outweigh training, not so long that a killed run loses much.
+MIN_AUTO_STEPS, MAX_AUTO_STEPS = 20, 100
+# Validation costs about a third of a training step per crop (forward pass only), so this share of an
+# epoch's training samples keeps validation under 10 % of the epoch.
+VAL_SHARE = 0.2
+
+
+def epoch_samples(draws, cfg):
+    """Training samples per epoch: ``train.steps_per_epoch`` batches, or the crops covering the training set.
+
+    Parameters
+    ----------
+    draws : sequence of int
+        Crops covering each training image or volume (``data.crops_to_cover``), 1 for fixed crops.
+    cfg : Config
+
+    Returns
+    -------
+    int: ``steps_per_epoch * batch_size`` when set; else ``sum(draws) * data.replicate``
+    rounded up to whole batches and kept within ``MIN_AUTO_STEPS`` and ``MAX_AUTO_STEPS`` batches.
+    """
+    batch = cfg.train.batch_size
+    if cfg.train.steps_per_epoch:
+        return cfg.train.steps_per_epoch * batch
+    steps = -(-int(sum(draws)) * cfg.data.replicate // batch)
+    return int(np.clip(steps, MIN_AUTO_STEPS, MAX_AUTO_STEPS)) * batch
+
+
+def val_limit(samples, cfg):
+    """Most validation crops for epochs of ``samples`` training samples: ``data.max_val_crops`` and ``VAL_SHARE``."""
+    return max(cfg.train.batch_size, min(cfg.data.max_val_crops, int(VAL_SHARE * samples)))
+
+
+def _choose(n, limit, seed):
+    """Sorted indices of a seeded choice of ``limit`` of ``n`` items, or all of them."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
 def _weight_maps(masks, val_masks, cfg):
@@ -475,7 +529,7 @@ def training_data_streamed(train_set, cfg, run_dir):
 
     Validation crops follow the non-overlapping crop grid of the validation
     images (the last row and column aligned with the image's end, so no padding
-    is read); when there are more than ``data.max_val_crops``, a seeded choice of
+    is read); when there are more than :func:`val_limit`, a seeded choice of
     that many. They are read once and kept in memory, like the in-memory template's.
     """
     from .augment import Augmenter
@@ -485,16 +539,18 @@ def training_data_streamed(train_set, cfg, run_dir):
     crop = tuple(cfg.data.crop_shape)
     train_idx, val_idx = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split,
                                             cfg.train.seed)
+    draws = [data.crops_to_cover(train_set.masks[i].shape, crop) for i in train_idx]
+    samples = epoch_samples(draws, cfg)
     val = _validation_crops([train_set.images[i] for i in val_idx], [train_set.masks[i] for i in val_idx],
-                            crop, cfg.data.max_val_crops, cfg.train.seed)
+                            crop, val_limit(samples, cfg), cfg.train.seed)
     augmenter = Augmenter(cfg.augment, ndim=2) if cfg.augment.enabled else None
     foreground = None if train_set.foreground is None else [train_set.foreground[i] for i in train_idx]
     dataset = DiskCropDataset([train_set.images[i] for i in train_idx], [train_set.masks[i] for i in train_idx],
                               crop, cfg.train.batch_size, augmenter=augmenter, fg_sampling=cfg.data.fg_sampling,
                               foreground=foreground, replicate=cfg.data.replicate, seed=cfg.train.seed,
-                              workers=cfg.train.workers)
-    print(f"Training on {len(train_idx)} images (random crops read from disk), "
-          f"validating on {0 if val is None else len(val[0])} crops")
+                              workers=cfg.train.workers, draws=draws, samples_per_epoch=samples)
+    print(f"Training on {len(train_idx)} images (random crops read from disk): {len(dataset)} steps of "
+          f"{cfg.train.batch_size} per epoch; validating on {0 if val is None else len(val[0])} crops")
     if cfg.augment.samples:
         write_samples(dataset, train_set, cfg, run_dir)
     return dataset, val
@@ -505,9 +561,7 @@ def _validation_crops(images, masks, crop, limit, seed):
     windows = [(i, corner) for i, m in enumerate(masks) for corner in data.tile_grid(m.shape, crop)]
     if not windows:
         return None
-    if len(windows) > limit:
-        chosen = np.sort(np.random.default_rng(seed).choice(len(windows), limit, replace=False))
-        windows = [windows[k] for k in chosen]
+    windows = [windows[k] for k in _choose(len(windows), limit, seed)]
     keys = [(i, tuple(slice(c, c + s) for c, s in zip(corner, crop))) for i, corner in windows]
     x = np.stack([images[i][key] for i, key in keys])
     y = np.stack([masks[i][key] for i, key in keys])
@@ -537,6 +591,8 @@ def finish(args, run_dir, results, sweeps, info):
     charts = os.path.join(run_dir, "charts")
     print()
     print(reports.metrics_table(results))
+    for line in reports.run_notes(info):
+        print(line)
     if sweeps:
         # Chosen on the test set itself, so optimistic: choose on validation data for inference.threshold.
         print("Best threshold of each sweep (fg_iou): " + ", ".join(

@@ -38,6 +38,12 @@ class CropDataset(keras.utils.PyDataset):
         i.e. a probability map with this much of its mass on foreground.
     replicate : int
         How many times the training set is seen per epoch.
+    draws : sequence of int, optional
+        Samples of each image in one pass over the training set (default 1
+        each); e.g. the number of crops that cover the image.
+    samples_per_epoch : int, optional
+        Samples per epoch; default ``sum(draws) * replicate``. Fewer than that
+        take a seeded random part of the passes each epoch, more cycle through them.
     seed : int
     shuffle : bool
     workers : int
@@ -52,7 +58,8 @@ class CropDataset(keras.utils.PyDataset):
     """
 
     def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, random_crops=True,
-                 fg_sampling=0.0, replicate=1, seed=0, shuffle=True, workers=1, weights=None):
+                 fg_sampling=0.0, replicate=1, seed=0, shuffle=True, workers=1, weights=None, draws=None,
+                 samples_per_epoch=None):
         super().__init__(workers=workers, use_multiprocessing=False)
         if len(images) != len(masks) or not images:
             raise UserError(f"training data: {len(images)} images and {len(masks)} masks; expected equal, non-zero counts")
@@ -66,6 +73,10 @@ class CropDataset(keras.utils.PyDataset):
         self.random_crops = random_crops
         self.fg_sampling = fg_sampling
         self.replicate = replicate
+        self.draws = np.ones(len(images), int) if draws is None else np.asarray(draws, int)
+        if len(self.draws) != len(images) or (self.draws < 1).any():
+            raise ValueError("CropDataset: expected one positive number of draws per image")
+        self.samples = int(samples_per_epoch or self.draws.sum() * replicate)
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
@@ -73,7 +84,7 @@ class CropDataset(keras.utils.PyDataset):
         self._order = self._epoch_order()
 
     def __len__(self):
-        return -(-len(self.images) * self.replicate // self.batch_size)
+        return -(-self.samples // self.batch_size)
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -97,10 +108,11 @@ class CropDataset(keras.utils.PyDataset):
         self.images = self.masks = self.weights = self._fg = None
 
     def _epoch_order(self):
-        order = np.tile(np.arange(len(self.images)), self.replicate)
+        passes = np.repeat(np.arange(len(self.draws)), self.draws)
+        order = np.tile(passes, -(-self.samples // len(passes)))
         if self.shuffle:
             np.random.default_rng([self.seed, self.epoch]).shuffle(order)
-        return order
+        return order[:self.samples]
 
     def __getitem__(self, index):
         items = self._order[index * self.batch_size:(index + 1) * self.batch_size]
@@ -177,7 +189,7 @@ class DiskCropDataset(CropDataset):
     ----------
     images : list of lib.io.DiskImage
     masks : list of lib.io.DiskMask
-    crop_shape, batch_size, augmenter, replicate, seed, shuffle, workers
+    crop_shape, batch_size, augmenter, replicate, seed, shuffle, workers, draws, samples_per_epoch
         As for :class:`CropDataset` (crops are always random).
     fg_sampling : float in [0, 1]
         Share of crops centred on a foreground pixel.
@@ -186,11 +198,13 @@ class DiskCropDataset(CropDataset):
     """
 
     def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, fg_sampling=0.0,
-                 foreground=None, replicate=1, seed=0, shuffle=True, workers=1):
+                 foreground=None, replicate=1, seed=0, shuffle=True, workers=1, draws=None,
+                 samples_per_epoch=None):
         # CropDataset would index the foreground by reading every mask whole;
         # the per-block ForegroundIndex takes the place of its pixel index.
         super().__init__(images, masks, crop_shape, batch_size, augmenter=augmenter, random_crops=True,
-                         fg_sampling=0.0, replicate=replicate, seed=seed, shuffle=shuffle, workers=workers)
+                         fg_sampling=0.0, replicate=replicate, seed=seed, shuffle=shuffle, workers=workers,
+                         draws=draws, samples_per_epoch=samples_per_epoch)
         if fg_sampling > 0 and (foreground is None or len(foreground) != len(masks)):
             raise ValueError("DiskCropDataset: fg_sampling needs one ForegroundIndex per mask")
         self.fg_sampling = fg_sampling

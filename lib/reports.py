@@ -56,6 +56,36 @@ def metrics_table(results):
     return "\n".join(lines)
 
 
+# Fewer validation crops than this make the choice of the best checkpoint a matter of chance.
+FEW_VAL_CROPS = 16
+
+
+def run_notes(info):
+    """Lines for the end-of-run table from a run's ``info``: training, the checkpoint used, prediction time.
+
+    Says so when the checkpoint used is the first epoch's (a network that barely
+    trained) or was chosen on few validation crops.
+    """
+    lines = []
+    if "epochs" in info:
+        best = info.get("best_value")
+        chosen = f" ({info['monitor']} {best:.4f})" if best is not None and "monitor" in info else ""
+        lines.append(f"Training: {info['epochs']} epochs, {info['seconds']:.0f} s, stopped by "
+                     f"{str(info.get('stopped_by')).replace('_', ' ')}; predicting with epoch "
+                     f"{info['best_epoch']}{chosen}")
+        if info["best_epoch"] == 1 and info["epochs"] > 1:
+            lines.append("note: the best checkpoint is the first epoch's: the network barely learnt after it; "
+                         "train longer, or check the data and the learning rate")
+        crops = info.get("val_crops", 0)
+        if 0 < crops < FEW_VAL_CROPS:
+            lines.append(f"note: the checkpoint was chosen on {crops} validation crops only, a noisy choice; "
+                         "more validation images (data.val_fraction) make it reliable")
+    if "predict_seconds" in info:
+        lines.append(f"Prediction: {info['predict_megavoxels']:.1f} megavoxels in {info['predict_seconds']:.1f} s "
+                     f"({info['predict_seconds_per_megavoxel']:.2f} s per megavoxel)")
+    return lines
+
+
 def write_json(path, payload):
     io.write_text(path, json.dumps(payload, indent=2, default=_jsonable) + "\n")
 

@@ -38,7 +38,7 @@ def make_optimizer(cfg):
     return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def learning_rate_at(epoch, cfg, history=(), monitor="val_loss"):
+def learning_rate_at(epoch, cfg, history=(), monitor="val_loss", elapsed=0.0):
     """The learning rate of epoch ``epoch`` (0-based) under ``cfg.schedule``.
 
     With ``L = learning_rate``, ``m = min_learning_rate``, ``W = warmup_epochs``
@@ -50,7 +50,8 @@ def learning_rate_at(epoch, cfg, history=(), monitor="val_loss"):
     - ``step``: ``L * step_factor ** k``, ``k`` the number of ``step_epochs``
       already completed (``[100, 150]``: epochs 1-100 at ``L``, 101-150 at
       ``L f``, then ``L f^2``; epochs numbered from 1 as in ``history.csv``);
-    - ``cosine``: from ``L`` after the warm-up down to ``m`` at the last epoch;
+    - ``cosine``: from ``L`` after the warm-up down to ``m`` at the last epoch, or at the end of
+      ``time_limit_minutes`` when that comes first (``elapsed``: the share of it used);
     - ``plateau``: ``L * plateau_factor ** k`` (at least ``m``), ``k`` the
       number of times ``monitor`` went ``plateau_patience`` epochs without a
       new minimum, counted over the history after the warm-up;
@@ -65,6 +66,8 @@ def learning_rate_at(epoch, cfg, history=(), monitor="val_loss"):
         Rows of ``history.csv`` of the epochs before ``epoch`` (only ``plateau`` reads them).
     monitor : str
         Key of the rows that ``plateau`` watches.
+    elapsed : float
+        Share of ``train.time_limit_minutes`` already trained (0 without a limit).
 
     Returns
     -------
@@ -81,9 +84,9 @@ def learning_rate_at(epoch, cfg, history=(), monitor="val_loss"):
     if cfg.schedule == "step":
         return base * cfg.step_factor ** sum(epoch >= e for e in cfg.step_epochs)
     if cfg.schedule == "cosine":
-        return _cosine(base, low, (epoch - warm) / max(1, cfg.epochs - 1 - warm))
+        return _cosine(base, low, max((epoch - warm) / max(1, cfg.epochs - 1 - warm), elapsed))
     if cfg.schedule == "plateau":
-        drops = _plateau_drops([row.get(monitor) for row in history[warm:epoch]], cfg.plateau_patience)
+        drops = _plateau_drops([to_minimise(row, monitor) for row in history[warm:epoch]], cfg.plateau_patience)
         return max(base * cfg.plateau_factor ** drops, low)
     return base
 
@@ -91,6 +94,14 @@ def learning_rate_at(epoch, cfg, history=(), monitor="val_loss"):
 def _cosine(start, end, t):
     """Half a cosine from ``start`` (t = 0) to ``end`` (t >= 1)."""
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
+
+def to_minimise(row, monitor):
+    """The monitored value of a history ``row`` as a quantity to minimise (IoU negated); None when absent."""
+    value = row.get(monitor)
+    if value is None:
+        return None
+    return -value if monitor.endswith("iou") else value
 
 
 def _plateau_drops(values, patience):
@@ -109,10 +120,13 @@ def _plateau_drops(values, patience):
 
 
 class LearningRateSchedule(keras.callbacks.Callback):
-    """Sets the optimiser's learning rate at the start of each epoch from :func:`learning_rate_at`.
+    """Sets the optimiser's learning rate from :func:`learning_rate_at` at the start of each epoch.
 
     ``history`` is the list of history rows that :class:`RunRecorder` appends
-    to, shared so that ``plateau`` sees every finished epoch.
+    to, shared so that ``plateau`` sees every finished epoch. A ``cosine``
+    schedule under ``train.time_limit_minutes`` is also updated before every
+    batch from the share of the time limit used (the seconds of the earlier
+    epochs in ``history`` plus the current one), so that it ends at the limit.
     """
 
     def __init__(self, cfg, monitor, history):
@@ -120,9 +134,22 @@ class LearningRateSchedule(keras.callbacks.Callback):
         self.cfg = cfg
         self.monitor = monitor
         self.history = history
+        self.by_time = cfg.schedule == "cosine" and cfg.time_limit_minutes > 0
 
     def on_epoch_begin(self, epoch, logs=None):
-        rate = learning_rate_at(epoch, self.cfg, self.history[:epoch], self.monitor)
+        self.epoch = epoch
+        self._start = time.perf_counter()
+        self._spent = sum(r.get("seconds", 0.0) for r in self.history[:epoch])
+        self._set()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.by_time:
+            self._set()
+
+    def _set(self):
+        elapsed = ((self._spent + time.perf_counter() - self._start) / (60.0 * self.cfg.time_limit_minutes)
+                   if self.by_time else 0.0)
+        rate = learning_rate_at(self.epoch, self.cfg, self.history[:self.epoch], self.monitor, elapsed)
         self.model.optimizer.learning_rate.assign(rate)
 
 
@@ -345,7 +372,11 @@ class RunRecorder(keras.callbacks.Callback):
     """Writes ``history.csv`` and the checkpoints after every epoch, atomically.
 
     Each history row holds the epoch number (1-based), the seconds the epoch
-    took, the learning rate and every logged loss and metric. With several
+    took, the learning rate and every logged loss and metric, then where the
+    epoch's time went: ``step_seconds`` (in optimiser steps), ``wait_seconds``
+    (between steps: waiting for a batch, callbacks), ``val_seconds``
+    (validation) and ``save_seconds`` (checkpoints and history, of the
+    previous epoch: an epoch's own saving ends after its row). With several
     outputs, the metrics of the main output (``output_iou``) are recorded
     under their plain names (``iou``), as for a single output.
 
@@ -360,13 +391,28 @@ class RunRecorder(keras.callbacks.Callback):
         self.run_dir = run_dir
         self.monitor = monitor
         self.rows = list(history)
-        self.best = min((r[monitor] for r in self.rows if monitor in r), default=math.inf)
+        self.best = min((v for v in (to_minimise(r, monitor) for r in self.rows) if v is not None),
+                        default=math.inf)
+        self._saving = 0.0
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
+        self._start = self._batch_end = time.perf_counter()
+        self._steps = self._wait = self._val = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batch_start = time.perf_counter()
+        self._wait += self._batch_start - self._batch_end
+
+    def on_test_begin(self, logs=None):
+        self._val_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self._val += time.perf_counter() - self._val_start
 
     def on_train_batch_end(self, batch, logs=None):
+        self._batch_end = time.perf_counter()
+        self._steps += self._batch_end - self._batch_start
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self._diverged(f"the training loss is {float(loss)} after batch {batch + 1}")
@@ -380,7 +426,10 @@ class RunRecorder(keras.callbacks.Callback):
         bad = [k for k, v in row.items() if k.endswith("loss") and not math.isfinite(v)]
         if bad:
             self._diverged(f"{bad[0]} is {row[bad[0]]}")
-        value = row.get(self.monitor)
+        row.update(step_seconds=round(self._steps, 3), wait_seconds=round(self._wait, 3),
+                   val_seconds=round(self._val, 3), save_seconds=round(self._saving, 3))
+        saving = time.perf_counter()
+        value = to_minimise(row, self.monitor)
         checkpoints = os.path.join(self.run_dir, "checkpoints")
         names = ([BEST] if value is not None and value < self.best else []) + [LAST]
         for name in names:
@@ -390,6 +439,7 @@ class RunRecorder(keras.callbacks.Callback):
         io.write_text(os.path.join(self.run_dir, "history.csv"), io.rows_to_csv(self.rows))
         for name in names:
             os.replace(_pending(checkpoints, epoch + 1, name), os.path.join(checkpoints, name))
+        self._saving = time.perf_counter() - saving
 
     def _diverged(self, detail):
         epoch = len(self.rows) + 1
@@ -410,30 +460,29 @@ def _main_metric_name(key, main):
 
 
 def _since_best(rows, monitor):
-    """``(best value of monitor, epochs since it)`` over history ``rows``; ``(inf, 0)`` without rows."""
-    values = [row.get(monitor, math.inf) for row in rows]
+    """``(best value of monitor, to minimise, and epochs since it)`` over history ``rows``; ``(inf, 0)`` without rows."""
+    values = [math.inf if v is None else v for v in (to_minimise(row, monitor) for row in rows)]
     if not values:
         return math.inf, 0
     best = min(range(len(values)), key=values.__getitem__)
     return values[best], len(values) - 1 - best
 
 
-class _EarlyStopping(keras.callbacks.EarlyStopping):
-    """Early stopping on a loss that, in a resumed run, starts from the recorded history.
+class _EarlyStopping(keras.callbacks.Callback):
+    """Stops training after ``patience`` epochs (at least one) without a better ``monitor`` in the history ``rows``.
 
-    The best value and the epochs waited since are taken from ``history`` at
-    the start of training (Keras resets them there), so a resumed run stops at
-    the same epoch as an uninterrupted one.
+    ``rows`` is :class:`RunRecorder`'s list, which holds the epochs of earlier
+    sessions too, so a resumed run stops at the same epoch as an uninterrupted
+    one; the test is :func:`finished_by`'s.
     """
 
-    def __init__(self, monitor, patience, history):
-        super().__init__(monitor=monitor, patience=patience, mode="min")
-        self.history = list(history)
+    def __init__(self, monitor, patience, rows):
+        super().__init__()
+        self.monitor, self.patience, self.rows = monitor, max(1, patience), rows
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self.history:
-            self.best, self.wait = _since_best(self.history, self.monitor)
+    def on_epoch_end(self, epoch, logs=None):
+        if self.rows and _since_best(self.rows, self.monitor)[1] >= self.patience:
+            self.model.stop_training = True
 
 
 class TimeLimit(keras.callbacks.Callback):
@@ -539,6 +588,19 @@ def enable_determinism():
         torch.use_deterministic_algorithms(True)
 
 
+def monitor_key(cfg, validation, main_output=None):
+    """The history column that picks the best checkpoint, stops early and drives ``plateau``.
+
+    ``train.monitor`` with validation data (``val_iou``: higher is better;
+    ``val_loss``: lower is better), else the training ``loss``. With deep
+    supervision (``main_output`` named) the loss is the main output's,
+    ``[val_]<main>_loss``; the IoU is the main output's already.
+    """
+    if validation and cfg.monitor == "val_iou":
+        return "val_iou"
+    return ("val_" if validation else "") + (f"{main_output}_loss" if main_output else "loss")
+
+
 def train(model, train_data, val_data, cfg, run_dir):
     """Fit ``model`` and return it with the best weights, plus a summary dict.
 
@@ -564,9 +626,9 @@ def train(model, train_data, val_data, cfg, run_dir):
 
     Notes
     -----
-    The monitored loss (``val_loss``, or ``loss`` without validation data) picks
-    the best checkpoint, stops early and drives the ``plateau`` schedule; with
-    deep supervision it is the main output's loss (``val_output_loss``).
+    The monitored value (:func:`monitor_key`: ``train.monitor``, or ``loss``
+    without validation data) picks the best checkpoint, stops early and drives
+    the ``plateau`` schedule.
 
     A run folder with a history is resumed from ``checkpoints/last.keras``
     (weights, optimiser state, epoch counter); the schedule, early stopping and
@@ -589,8 +651,7 @@ def train(model, train_data, val_data, cfg, run_dir):
     if cfg.deterministic:
         enable_determinism()
     n_outputs = len(model.outputs)
-    monitor = ("val_" if val_data is not None else "") + (
-        f"{model.output_names[0]}_loss" if n_outputs > 1 else "loss")
+    monitor = monitor_key(cfg, val_data is not None, model.output_names[0] if n_outputs > 1 else None)
     history = read_history(os.path.join(run_dir, "history.csv"))
     recover_checkpoints(run_dir, len(history))
     last = os.path.join(run_dir, "checkpoints", LAST)
@@ -611,7 +672,7 @@ def train(model, train_data, val_data, cfg, run_dir):
     start = time.perf_counter()
     if not done:
         callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows), recorder,
-                     _EarlyStopping(monitor, cfg.patience, history)]
+                     _EarlyStopping(monitor, cfg.patience, recorder.rows)]
         if cfg.time_limit_minutes > 0:
             callbacks.append(TimeLimit(cfg.time_limit_minutes, recorder.rows))
         # shuffle=False: the dataset shuffles itself from (seed, epoch); Keras would reorder its batches
@@ -633,4 +694,15 @@ def train(model, train_data, val_data, cfg, run_dir):
         "stopped_by": finished_by(rows, cfg, monitor) or "time_limit",
         "seconds": round(seconds, 1),
         "seconds_per_epoch": round(sum(times) / len(times), 2) if times else 0.0,
+        "monitor": monitor,
+        "best_value": _best_value(rows, monitor),
+        "val_crops": 0 if val_data is None else len(val_data[0]),
     }
+
+
+def _best_value(rows, monitor):
+    """The monitored value of the best epoch of ``rows``, as recorded (None without rows)."""
+    best, _ = _since_best(rows, monitor)
+    if not math.isfinite(best):
+        return None
+    return -best if monitor.endswith("iou") else best

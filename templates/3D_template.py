@@ -23,7 +23,7 @@ CONFIG = {
         "random_crops": True,          # True: new random subvolumes each epoch; False: fixed grid of subvolumes
         "min_fg_fraction": 0.0,        # fixed subvolumes only: discard those with less foreground (0-1)
         "fg_sampling": 0.1,            # share of subvolumes centred on a foreground voxel (0 = uniform)
-        "replicate": 200,              # subvolumes drawn from each training volume per epoch
+        "replicate": 1,                # passes over the training volumes per epoch (subvolumes covering them, times this)
     },
     "augment": {
         "enabled": True,               # False: no augmentation at all
@@ -78,7 +78,7 @@ CONFIG = {
         "momentum": 0.9,               # sgd only
         "nesterov": False,             # sgd only: Nesterov momentum
         "weight_decay": 1e-4,          # adamw only
-        "schedule": "plateau",         # none | step | cosine | plateau | onecycle (resumed runs continue it)
+        "schedule": "cosine",          # none | step | cosine (ends at train.epochs or at the time limit) | plateau | onecycle
         "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
         "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor
         "step_epochs": [],             # step: epochs after which the rate drops, e.g. [100, 150]
@@ -97,6 +97,8 @@ CONFIG = {
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
         "seed": 42,                    # random seed (weights, split, subvolumes, augmentation)
         "workers": 1,                  # threads preparing batches beside training
+        "steps_per_epoch": 0,          # 0: an epoch covers the training volumes once (volume / subvolume x data.replicate), 20-100 steps
+        "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
     },
     "inference": {                     # each variant is evaluated on whole volumes and reported side by side
         "per_crop": False,             # evaluate subvolume by subvolume (mean over subvolumes)
@@ -107,13 +109,14 @@ CONFIG = {
         "window": "gaussian",          # blending window: gaussian | spline
         "threshold": 0.5,              # probability threshold for binary masks (pick it on validation data)
         "batch_size": 8,               # windows per prediction batch (memory: the output volume plus one batch)
+        "tile_shape": None,            # largest prediction window (z, y, x); None: the subvolume
         "overlays": 3,                 # test slices drawn with outlines in charts/overlays.png (0 = none)
     },
     "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
         "z_filter": True,              # median filter along z
         "z_filter_size": 5,            # slices in the z median window (odd)
         "tta_z_filter": True,          # z filter of the tta prediction (needs inference.tta)
-        "oztel": True,                 # Oztel et al. 2017, slice by slice: drop unsure objects, snap boundaries to edges
+        "oztel": False,                # Oztel et al. 2017, slice by slice: drop unsure objects, snap boundaries to edges
         "oztel_min_mean_prob": 0.6,    # objects whose mean probability is below this are dropped
         "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
     },
@@ -159,7 +162,7 @@ def main(argv=None):
     gc.collect()
     info["inference_start_rss_mb"] = experiment.reset_peak_rss()
     results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
-                                                   os.path.join(run_dir, "predictions"))
+                                                   os.path.join(run_dir, "predictions"), record=info)
     info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
     print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB "
           f"(of which {info['inference_start_rss_mb'] or 0:.0f} MB were held before inference began)")

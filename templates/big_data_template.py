@@ -28,7 +28,7 @@ CONFIG = {
         "val_split": "random",         # random | last (the last images, e.g. the end of a stack)
         "crop_shape": [256, 256],      # training crop / inference tile (y, x); divisible by 2**model.depth
         "fg_sampling": 0.0,            # random crops: share of crops centred on foreground (0 = uniform)
-        "replicate": 1,                # times each training image is sampled per epoch
+        "replicate": 1,                # passes over the training images per epoch (crops covering them, times this)
         "max_val_crops": 256,          # validation crops read from the validation images once, kept in memory
     },
     "augment": {
@@ -80,7 +80,7 @@ CONFIG = {
         "momentum": 0.9,               # sgd only
         "nesterov": False,             # sgd only: Nesterov momentum
         "weight_decay": 1e-4,          # adamw only
-        "schedule": "plateau",         # none | step | cosine | plateau | onecycle (resumed runs continue it)
+        "schedule": "cosine",          # none | step | cosine (ends at train.epochs or at the time limit) | plateau | onecycle
         "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
         "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor
         "step_epochs": [],             # step: epochs after which the rate drops, e.g. [100, 150]
@@ -97,23 +97,26 @@ CONFIG = {
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
         "seed": 42,                    # random seed (weights, split, crops, augmentation)
         "workers": 2,                  # threads reading and augmenting crops beside training (1 = in the training loop)
+        "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps
+        "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
     },
     "inference": {                     # each variant is evaluated and reported side by side
-        "per_crop": True,              # evaluate crop by crop (mean over crops)
-        "merged": True,                # crops merged into full images
+        "per_crop": False,             # evaluate crop by crop (mean over crops): a pass of its own
+        "merged": False,               # crops merged into full images: a pass of its own
         "tiled": True,                 # overlapping tiles with smooth blending
         "tta": False,                  # tiled + test-time augmentation (8 flips/rotations: 8x the prediction time)
         "overlap": 0.5,                # tile overlap for the tiled variants, [0, 1)
         "window": "gaussian",          # blending window: gaussian | spline
         "threshold": 0.5,              # probability threshold for binary masks (pick it on validation data)
         "batch_size": 8,               # tiles per prediction batch
+        "tile_shape": None,            # largest prediction tile; None: 4 crops wide (2D), the crop (3D); smaller images in one pass
         "overlays": 3,                 # test images drawn with outlines in charts/overlays.png (0 = none)
     },
     "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
         "z_filter": True,              # median filter along z; consecutive test images of one size form the stack
         "z_filter_size": 5,            # slices in the z median window (odd)
         "tta_z_filter": True,          # z filter of the tta prediction (needs inference.tta)
-        "oztel": True,                 # Oztel et al. 2017: drop unsure objects, snap boundaries to image edges
+        "oztel": False,                # Oztel et al. 2017: drop unsure objects, snap boundaries to image edges
         "oztel_min_mean_prob": 0.6,    # objects whose mean probability is below this are dropped
         "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
     },
@@ -156,7 +159,7 @@ def main(argv=None):
     print(f"Training peak memory (RSS): {info['train_peak_rss_mb']:.0f} MB")
 
     results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
-                                                   os.path.join(run_dir, "predictions"))
+                                                   os.path.join(run_dir, "predictions"), record=info)
     experiment.finish(args, run_dir, results, sweeps, info)
 
 

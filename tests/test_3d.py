@@ -208,7 +208,10 @@ def test_training_subvolumes_and_validation_of_one_volume(dataset_3d):
     cfg.train.batch_size = 3
     train, _ = experiment.load_3d(dataset_3d, cfg)
     dataset, (x_val, y_val) = experiment.training_data_3d(train, cfg, run_dir=None)
-    assert len(dataset) == 2
+    # 4 subvolumes cover the 8 x 64 x 64 training part; 6 passes of them are 8 steps of 3, below the floor
+    assert len(dataset) == experiment.MIN_AUTO_STEPS
+    cfg.train.steps_per_epoch = 2
+    assert len(experiment.training_data_3d(train, cfg, run_dir=None)[0]) == 2
     x, y = dataset[0]
     assert x.shape == (3, 8, 32, 32, 1) and x.dtype == np.float32 and y.shape == (3, 8, 32, 32, 1)
     assert set(np.unique(y)) <= {0.0, 1.0}
@@ -232,7 +235,7 @@ def test_several_volumes_are_split_as_whole_volumes(dataset_3d):
 def test_3d_template_end_to_end(dataset_3d, tmp_path):
     job = tmp_path / "jobs"
     args = [sys.executable, TEMPLATE, REPO, dataset_3d, str(job), "--id", "e3d", "--rid", "0", "--gpu", "cpu",
-            "--set", "train.epochs=15", "--set", "data.crop_shape=[8,32,32]", "--set", "data.replicate=32",
+            "--set", "train.epochs=15", "--set", "data.crop_shape=[8,32,32]", "--set", "train.steps_per_epoch=8",
             "--set", "train.batch_size=4",
             "--set", "data.val_fraction=0.5", "--set", "model.depth=2", "--set", "model.filters=8",
             "--set", "model.dropout=0.0", "--set", "train.learning_rate=3e-3", "--set", "inference.overlays=1"]

@@ -20,7 +20,7 @@ from lib.errors import UserError
 TEMPLATE = os.path.join(REPO, "templates", "big_data_template.py")
 FAST = ["--set", "data.crop_shape=[64,64]", "--set", "data.replicate=4", "--set", "model.depth=2",
         "--set", "model.filters=8", "--set", "model.dropout=0.0", "--set", "train.batch_size=8",
-        "--set", "train.learning_rate=3e-3"]
+        "--set", "train.learning_rate=3e-3", "--set", "train.steps_per_epoch=4"]
 
 
 # --------------------------------------------------------------------------- reading windows
@@ -115,7 +115,8 @@ def test_streamed_training_data(dataset_2d, tmp_path):
     train, _ = experiment.open_2d_streamed(dataset_2d, cfg)
     assert len(train.foreground) == len(train) and len(train.foreground[0]) == np.asarray(train.masks[0]).sum()
     dataset, (x_val, y_val) = experiment.training_data_streamed(train, cfg, str(tmp_path))
-    assert len(dataset.images) == 6 and len(dataset) == 2  # 2 of 8 images validate
+    # 2 of 8 images validate; 16 crops of 32 x 32 cover each 128 x 128 image: 96 crops, 24 steps of 4
+    assert len(dataset.images) == 6 and len(dataset) == 24
     assert x_val.shape == (5, 32, 32, 1) and y_val.shape == (5, 32, 32, 1) and x_val.dtype == np.float32
     x, y = dataset[0]
     assert x.shape == (4, 32, 32, 1) and y.shape == (4, 32, 32, 1)

@@ -254,7 +254,8 @@ def test_crop_shape_must_be_a_multiple_of_4t():
 # --- the entry scripts -------------------------------------------------------------------------------------
 
 FAST_2D = ["--set", "train.epochs=2", "--set", "data.crop_shape=[64,64]", "--set", "data.replicate=2",
-           "--set", "model.filters=4", "--set", "train.batch_size=8", "--set", "inference.overlap=0.25"]
+           "--set", "model.filters=4", "--set", "train.batch_size=8", "--set", "inference.overlap=0.25",
+           "--set", "train.steps_per_epoch=2"]
 
 
 def run_script(script, *args):
@@ -311,7 +312,7 @@ def volume_dataset(tmp_path_factory):
 
 def test_3d_script_end_to_end(volume_dataset, tmp_path):
     result = run_script(SCRIPT_3D, volume_dataset, str(tmp_path), "--id", "c3", "--gpu", "cpu",
-                        "--set", "train.epochs=2", "--set", "data.crop_shape=[16,32,32]", "--set", "data.replicate=8",
+                        "--set", "train.epochs=2", "--set", "data.crop_shape=[16,32,32]", "--set", "train.steps_per_epoch=2",
                         "--set", "model.filters=4", "--set", "train.batch_size=4", "--set", "inference.overlays=1")
     assert result.returncode == 0, result.stderr[-3000:]
     check_run_folder(tmp_path / "c3_0", "cheng3d", ("tiled",), 1)

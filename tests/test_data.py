@@ -89,3 +89,10 @@ def test_normalization_keeps_the_levels_of_large_integers():
     stats = data.fit_normalization([image], "zscore")
     assert len(np.unique(data.normalize(image, "zscore", stats))) == 9
     assert stats["mean"] == 2**26 + 4
+
+
+@pytest.mark.parametrize("shape, crop, expected", [((1024, 1024), (256, 256), 16), ((768, 1024, 1), (256, 256), 12),
+                                                   ((100, 100), (256, 256), 1), ((110, 768, 1024), (16, 128, 128), 330),
+                                                   ((300, 300), (256, 256), 2)])
+def test_crops_to_cover(shape, crop, expected):
+    assert data.crops_to_cover(shape, crop) == expected

@@ -13,7 +13,7 @@ import tifffile
 
 from lib import config
 from lib.errors import UserError
-from lib.evaluation import VARIANTS, evaluate_test_set
+from lib.evaluation import VARIANTS, enabled_variants, evaluate_test_set
 from lib.metrics import mean_per_item_metrics, object_metrics, object_metrics_set, pixel_metrics, threshold_sweep
 from lib.inference import crop_windows
 from lib.postprocess import oztel, z_filter
@@ -64,9 +64,32 @@ class LazySet:
 
 
 def make_cfg(**sections):
-    """A Config with ``sections`` set; no overlay charts unless asked for (they take most of the time)."""
-    cfg = config.from_dict({"inference": {"overlays": 0}})
+    """A Config with every variant on and ``sections`` set; no overlay charts unless asked for (they take
+    most of the time)."""
+    cfg = config.from_dict({"inference": {"overlays": 0, "per_crop": True, "merged": True}, "post": {"oztel": True}})
     return config.from_dict(sections, base=cfg).validate()
+
+
+def test_default_variants_are_one_tiled_pass_and_its_z_filter():
+    assert enabled_variants(config.Config()) == ["tiled", "z_filter"]
+
+
+def test_an_image_smaller_than_the_tile_is_predicted_in_one_pass(tmp_path):
+    calls = []
+
+    def predict(batch):
+        calls.append(batch.shape)
+        return batch[..., 0]
+
+    image = np.random.default_rng(0).random((40, 72), dtype=np.float32)
+    cfg = make_cfg(inference={"per_crop": False, "merged": False}, post={"z_filter": False, "oztel": False})
+    results, _ = evaluate_test_set(predict, [(image[..., None], (image > 0.5).astype(np.uint8), "a")], (16, 16),
+                                   cfg, str(tmp_path / "predictions"))
+    # 4 crops wide by default (64 x 64): y fits in one tile of 48 (40 rounded up to the downsampling of 16);
+    # x (72) needs tiles of 64 with overlap.
+    assert all(shape[1:3] == (48, 64) for shape in calls)
+    np.testing.assert_allclose(read(tmp_path, "tiled", "prob", "a"), image, atol=1e-6)
+    assert results["tiled"]["fg_iou"] == 1.0
 
 
 def read(run, variant, kind, name):
@@ -204,3 +227,18 @@ def test_predictions_of_variants_switched_off_are_removed(tmp_path):
     results, _ = evaluate_test_set(passthrough, test_set, (16, 16), cfg, str(tmp_path / "predictions"))
     assert list(results) == ["tiled"]
     assert sorted(os.listdir(tmp_path / "predictions")) == ["tiled"]
+
+
+def test_run_notes_say_which_checkpoint_and_warn_when_it_means_little():
+    from lib.reports import run_notes
+
+    info = {"epochs": 9, "seconds": 300.0, "stopped_by": "time_limit", "best_epoch": 1, "monitor": "val_iou",
+            "best_value": 0.41, "val_crops": 4, "predict_seconds": 12.5, "predict_megavoxels": 31.46,
+            "predict_seconds_per_megavoxel": 0.397}
+    lines = run_notes(info)
+    assert lines[0] == "Training: 9 epochs, 300 s, stopped by time limit; predicting with epoch 1 (val_iou 0.4100)"
+    assert any("best checkpoint is the first epoch's" in line for line in lines)
+    assert any("chosen on 4 validation crops only" in line for line in lines)
+    assert lines[-1] == "Prediction: 31.5 megavoxels in 12.5 s (0.40 s per megavoxel)"
+    quiet = run_notes({**info, "best_epoch": 7, "val_crops": 64})
+    assert len(quiet) == 2

@@ -187,3 +187,26 @@ def test_disk_dataset_fg_sampling_share(tmp_path):
     assert abs(_centre_hits(dataset, masks, 2000) - (0.94 + 0.06 * fg)) < 0.03
     with pytest.raises(ValueError, match="one ForegroundIndex per mask"):
         DiskCropDataset(dataset.images, disk_masks, (16, 16), 4, fg_sampling=0.5)
+
+
+def test_draws_weight_images_and_samples_per_epoch_sets_the_length():
+    images, masks = _images(3)
+    dataset = CropDataset(images, masks, (16, 16), 4, draws=[1, 2, 3], replicate=2)
+    assert dataset.samples == 12 and len(dataset) == 3
+    seen = np.concatenate([np.floor(x[:, 0, 0, 0]) for x, _ in _batches(dataset)]).astype(int)
+    assert np.bincount(seen, minlength=3).tolist() == [2, 4, 6]
+    # Fewer samples than a pass: a seeded part of it, another part next epoch; more: passes repeat.
+    short = CropDataset(images, masks, (16, 16), 2, draws=[1, 2, 3], samples_per_epoch=4, seed=3)
+    assert len(short) == 2 and sum(len(x) for x, _ in _batches(short)) == 4
+    first = short._order.copy()
+    short.on_epoch_end()
+    assert len(short._order) == 4 and not np.array_equal(first, short._order)
+    long = CropDataset(images, masks, (16, 16), 5, draws=[1, 1, 1], samples_per_epoch=10)
+    counts = np.bincount(long._order, minlength=3)
+    assert len(long) == 2 and counts.sum() == 10 and set(counts.tolist()) <= {3, 4}
+
+
+def test_draws_must_match_the_images():
+    images, masks = _images(2)
+    with pytest.raises(ValueError, match="one positive number of draws per image"):
+        CropDataset(images, masks, (16, 16), 2, draws=[1])

@@ -129,3 +129,30 @@ def test_tile_count_is_what_predict_tiled_predicts():
         calls.clear()
         predict_tiled(predict, image, (32, 32), overlap=overlap, batch_size=7)
         assert sum(calls) == tile_count((70, 90), (32, 32), overlap)
+
+
+@pytest.mark.parametrize("spatial, tile, divisor, tiles, overlaps", [
+    ((768, 1024), (1024, 1024), (16, 16), (768, 1024), [0.0, 0.0]),    # one pass, no overlap
+    ((700, 1000), (1024, 1024), (16, 16), (704, 1008), [0.0, 0.0]),    # rounded up to the downsampling
+    ((768, 3000), (1024, 1024), (16, 16), (768, 1024), [0.0, 0.5]),    # tiled along x only
+    ((40, 768, 1024), (16, 128, 128), (8, 8, 8), (16, 128, 128), [0.5, 0.5, 0.5]),
+])
+def test_fit_tile(spatial, tile, divisor, tiles, overlaps):
+    from lib.inference import fit_tile
+
+    assert fit_tile(spatial, tile, divisor, 0.5) == (tiles, overlaps)
+
+
+def test_fit_tile_refuses_a_tile_the_network_cannot_take():
+    from lib.inference import fit_tile
+
+    with pytest.raises(ValueError, match="not a multiple of the downsampling 16"):
+        fit_tile((100, 100), (100, 128), (16, 16))
+
+
+def test_tile_batch_keeps_the_pixels_of_a_batch_of_crops():
+    from lib.inference import tile_batch
+
+    assert tile_batch(8, (256, 256), (256, 256)) == 8
+    assert tile_batch(8, (256, 256), (768, 1024)) == 1
+    assert tile_batch(8, (256, 256), (512, 512)) == 2

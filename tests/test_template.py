@@ -15,7 +15,7 @@ from conftest import REPO
 TEMPLATE = os.path.join(REPO, "templates", "template.py")
 FAST = ["--set", "train.epochs=8", "--set", "data.crop_shape=[64,64]", "--set", "data.replicate=4",
         "--set", "model.depth=2", "--set", "model.filters=8", "--set", "model.dropout=0.0",
-        "--set", "train.batch_size=8", "--set", "train.learning_rate=3e-3"]
+        "--set", "train.batch_size=8", "--set", "train.learning_rate=3e-3", "--set", "train.steps_per_epoch=4"]
 
 
 def run_template(*args, cwd=None):
@@ -27,7 +27,9 @@ def run_template(*args, cwd=None):
 def finished_run(dataset_2d, tmp_path_factory):
     job = tmp_path_factory.mktemp("jobs")
     # run from an unrelated working directory: the template must not depend on it
+    # the paper protocols, off by default, switched on to check them end to end
     result = run_template(dataset_2d, str(job), "--id", "e2e", "--rid", "0", "--gpu", "cpu", *FAST,
+                          "--set", "inference.per_crop=true", "--set", "inference.merged=true",
                           cwd=str(tmp_path_factory.mktemp("elsewhere")))
     assert result.returncode == 0, result.stderr[-3000:]
     return job, result
@@ -45,6 +47,10 @@ def test_run_folder_has_every_output(finished_run):
     with open(run / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 8 and {"seconds", "loss", "val_loss", "iou", "val_iou"} <= set(rows[0])
+    # where each epoch's time went, for tests/benchmarks/bench_time_budget.py
+    for row in rows:
+        parts = [float(row[k]) for k in ("step_seconds", "wait_seconds", "val_seconds", "save_seconds")]
+        assert min(parts) >= 0 and sum(parts[:3]) <= float(row["seconds"]) + 1e-3
     for variant in ("merged", "tiled"):
         probs = sorted((run / "predictions" / variant / "prob").iterdir())
         binary = sorted((run / "predictions" / variant / "binary").iterdir())
@@ -68,6 +74,11 @@ def test_metrics_beat_all_background(finished_run, dataset_2d):
         assert values["fg_iou"] > 0.2, (variant, values)
         assert values["mean_iou"] > background_mean_iou + 0.1, (variant, values)
     assert "fg_iou" in result.stdout and "tiled" in result.stdout  # the table is printed
+    info = metrics["training"]
+    assert info["monitor"] == "val_iou" and 1 <= info["best_epoch"] <= 8 and info["val_crops"] == 4
+    assert info["predict_megavoxels"] == pytest.approx(2 * 128 * 128 / 1e6, abs=1e-3)
+    assert f"predicting with epoch {info['best_epoch']} (val_iou" in result.stdout
+    assert "s per megavoxel)" in result.stdout
     with open(job / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and rows[0]["id"] == "e2e" and float(rows[0]["tiled_fg_iou"]) > 0.2

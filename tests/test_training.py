@@ -75,6 +75,31 @@ def test_cosine_from_peak_to_minimum():
     assert rates(cfg)[-1] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_cosine_under_a_time_limit_ends_at_the_limit():
+    cfg = TrainConfig(epochs=200, learning_rate=1e-3, min_learning_rate=1e-6, schedule="cosine", time_limit_minutes=10)
+    assert training.learning_rate_at(0, cfg, elapsed=0.0) == pytest.approx(1e-3)
+    assert training.learning_rate_at(0, cfg, elapsed=0.5) == pytest.approx((1e-3 + 1e-6) / 2)
+    assert training.learning_rate_at(1, cfg, elapsed=1.0) == pytest.approx(1e-6)
+    # the epochs still end it when they run out first
+    assert training.learning_rate_at(199, cfg, elapsed=0.1) == pytest.approx(1e-6)
+
+
+def test_epoch_covers_the_training_area_within_bounds():
+    cfg = Config()
+    cfg.train.batch_size = 4
+    assert experiment.epoch_samples([16] * 10, cfg) == 40 * 4      # 160 crops: 40 steps
+    assert experiment.epoch_samples([1] * 5, cfg) == experiment.MIN_AUTO_STEPS * 4
+    assert experiment.epoch_samples([16] * 100, cfg) == experiment.MAX_AUTO_STEPS * 4
+    cfg.data.replicate = 2
+    assert experiment.epoch_samples([16] * 10, cfg) == 80 * 4
+    cfg.train.steps_per_epoch = 7
+    assert experiment.epoch_samples([16] * 100, cfg) == 28
+    # validation: at most 20 % of an epoch's crops and data.max_val_crops, at least a batch
+    assert experiment.val_limit(400, cfg) == 80
+    assert experiment.val_limit(4000, cfg) == cfg.data.max_val_crops
+    assert experiment.val_limit(4, cfg) == 4
+
+
 def test_onecycle_rises_then_decays():
     cfg = TrainConfig(epochs=10, learning_rate=1.0, min_learning_rate=0.01, schedule="onecycle")
     r = rates(cfg)
@@ -186,11 +211,29 @@ def test_deep_supervision_weighted_bce_resumes_the_schedule(tmp_path, capsys):
         assert r["val_loss"] == pytest.approx(r["val_output_loss"] + 0.3 * r["val_aux_1_loss"], rel=1e-4)
 
 
-def test_early_stopping_resumes_its_count():
-    history = [{"val_loss": 1.0}, {"val_loss": 0.5}, {"val_loss": 0.6}, {"val_loss": 0.7}]
-    early = training._EarlyStopping("val_loss", 5, history)
-    early.on_train_begin()
-    assert (early.best, early.wait) == (0.5, 2)
+class _Stoppable:
+    stop_training = False
+
+
+@pytest.mark.parametrize("monitor, values", [("val_loss", [1.0, 0.5, 0.6, 0.7, 0.8]),
+                                             ("val_iou", [0.1, 0.5, 0.4, 0.3, 0.2])])
+def test_early_stopping_counts_from_the_history(monitor, values):
+    # The rows of earlier sessions count: epoch 2 was the best, so the third epoch after it stops.
+    rows = [{monitor: v} for v in values[:4]]
+    early = training._EarlyStopping(monitor, 3, rows)
+    early.set_model(_Stoppable())
+    early.on_epoch_end(3)
+    assert not early.model.stop_training
+    rows.append({monitor: values[4]})
+    early.on_epoch_end(4)
+    assert early.model.stop_training
+
+
+def test_monitor_picks_the_best_epoch_by_iou_or_loss():
+    rows = [{"val_iou": 0.2, "val_loss": 0.9}, {"val_iou": 0.6, "val_loss": 1.0}, {"val_iou": 0.4, "val_loss": 0.8}]
+    assert training._since_best(rows, "val_iou") == (-0.6, 1)
+    assert training._since_best(rows, "val_loss") == (0.8, 0)
+    assert training._best_value(rows, "val_iou") == 0.6
 
 
 def test_per_output_repeats_targets():

@@ -250,7 +250,7 @@ def dataset_3d(tmp_path_factory):
 def test_entry_script_end_to_end(dataset_3d, tmp_path):
     job = tmp_path / "jobs"
     args = [sys.executable, SCRIPT, REPO, dataset_3d, str(job), "--id", "xiao", "--rid", "0", "--gpu", "cpu",
-            "--set", "train.epochs=2", "--set", "data.crop_shape=[4,32,32]", "--set", "data.replicate=4",
+            "--set", "train.epochs=2", "--set", "data.crop_shape=[4,32,32]", "--set", "train.steps_per_epoch=2",
             "--set", "data.val_fraction=0.5", "--set", "model.filters=4", "--set", "inference.overlays=1",
             "--set", "xiao.equalize=adapthist", "--set", "xiao.min_object_voxels=3"]
     result = subprocess.run(args, capture_output=True, text=True, cwd=str(tmp_path), timeout=600)

@@ -37,7 +37,7 @@ def run(data, job, rid, deterministic):
                    check=True, capture_output=True, text=True)
     with open(os.path.join(job, f"det_{rid}", "history.csv")) as fh:
         rows = list(csv.DictReader(fh))
-    return [float(r["seconds"]) for r in rows[1:]], [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    return [float(r["seconds"]) for r in rows[1:]], [{k: v for k, v in r.items() if not k.endswith("seconds")} for r in rows]
 
 
 def measure():

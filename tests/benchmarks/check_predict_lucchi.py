@@ -6,7 +6,8 @@ Usage::
 
 Writes the test volume (DATA_DIR/test/x, default ../shared/data/lucchi_dev) as one
 zarr array and as an HDF5 dataset in WORK_DIR (default: a temporary folder),
-predicts both with ``predict.py --model RUN`` (z-filter off, as ``tiled``), and
+predicts them, the folder of slices itself, and the zarr array again with
+``--scheduler local:2``, with ``predict.py --model RUN`` (z-filter off, as ``tiled``), and
 compares fg_iou against DATA_DIR/test/y with the run's metrics.json ``tiled``
 fg_iou: the difference must be at most 0.005. Prints one JSON line; exit 1 if not.
 """
@@ -40,17 +41,21 @@ def main(run, data_dir=os.path.join(REPO, "..", "shared", "data", "lucchi_dev"),
         f.create_dataset("raw", data=volume, chunks=(1,) + volume.shape[1:])
     expected = json.load(open(os.path.join(run, "metrics.json")))["results"]["tiled"]["fg_iou"]
     report = {"check": "predict_lucchi", "run": run, "tiled_fg_iou": expected}
-    for name, source in (("zarr", os.path.join(work, "test_x.zarr")), ("hdf5", os.path.join(work, "test_x.h5:raw"))):
+    zarr_input = os.path.join(work, "test_x.zarr")
+    inputs = (("zarr", zarr_input, []), ("hdf5", os.path.join(work, "test_x.h5:raw"), []),
+              ("folder", os.path.join(data_dir, "test", "x"), []), ("zarr_local2", zarr_input, ["--scheduler", "local:2"]))
+    for name, source, extra in inputs:
         out = os.path.join(work, f"pred_{name}.zarr")
         start = time.perf_counter()
         subprocess.run([sys.executable, os.path.join(REPO, "templates", "predict.py"), REPO, source, out,
-                        "--model", run, "--gpu", "cpu", "--overwrite", "--set", "post.z_filter=false"], check=True)
+                        "--model", run, "--gpu", "cpu", "--overwrite", "--set", "post.z_filter=false", *extra],
+                       check=True)
         mask = zarr.open_group(out, mode="r")["mask"]["0"][...] > 0
         tp = np.count_nonzero(mask & truth)
         iou = tp / max(np.count_nonzero(mask | truth), 1)
         report[f"{name}_fg_iou"] = round(float(iou), 4)
         report[f"{name}_seconds"] = round(time.perf_counter() - start, 1)
-    report["pass"] = all(abs(report[f"{n}_fg_iou"] - expected) <= TOLERANCE for n in ("zarr", "hdf5"))
+    report["pass"] = all(abs(report[f"{n}_fg_iou"] - expected) <= TOLERANCE for n, _, _ in inputs)
     print(json.dumps(report))
     return 0 if report["pass"] else 1
 
