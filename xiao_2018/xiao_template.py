@@ -23,7 +23,7 @@ CONFIG = {
         "crop_shape": [20, 256, 256],  # the paper's training subvolume / inference tile (z, y, x)
         "random_crops": True,          # True: new random subvolumes each epoch; False: fixed grid of subvolumes
         "fg_sampling": 0.0,            # share of subvolumes centred on a foreground voxel (0 = uniform)
-        "replicate": 100,              # subvolumes drawn from each training volume per epoch
+        "replicate": 1,                # passes over the training volume per epoch (train.steps_per_epoch sets the length here)
     },
     "augment": {
         "enabled": True,               # False: no augmentation at all
@@ -55,6 +55,7 @@ CONFIG = {
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
         "seed": 42,                    # random seed (weights, split, subvolumes, augmentation)
         "workers": 1,                  # threads preparing batches beside training
+        "steps_per_epoch": 50,          # the paper's epoch, in steps
     },
     "inference": {                     # each variant is evaluated on whole volumes and reported side by side
         "per_crop": False,             # evaluate subvolume by subvolume (mean over subvolumes)
@@ -130,7 +131,7 @@ def main(argv=None):
     experiment.reset_peak_rss()
     pred_dir = os.path.join(run_dir, "predictions")
     results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
-                                                   pred_dir)
+                                                   pred_dir, record=info)
     if xcfg.connect_3d:
         results[pipeline.CONNECTED] = pipeline.evaluate_connected(test_set, cfg, xcfg, pred_dir)
     info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
