@@ -37,7 +37,9 @@ def test_later_sources_win():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.epochs=-1", "train.epochs: expected a value in [1, inf), got -1"),
+    ("train.epochs=-1", "train.epochs: expected a value in [0, inf), got -1"),
+    ("train.epochs=0", "train.epochs=0 predicts with the weights of train.pretrained without training, but "
+                       "train.pretrained is not set"),
     ("train.epoch=5", "unknown option 'train.epoch' (did you mean 'train.epochs'?)"),
     ("trian.epochs=5", "unknown option 'trian.epochs'"),
     ("train.epochs=five", "train.epochs: expected an integer, got 'five'"),
