@@ -71,12 +71,15 @@ def plan(args):
                         "3D; expected a volume")
     if volume.shape[-1] != channels:
         raise UserError(f"INPUT {args.input}: {volume.shape[-1]} channels, but the model takes {channels}")
+    tile, overlap, batch_size = fitted_tiles(cfg, volume.shape[:-1][-model_ndim:])
+    if tile != tuple(cfg.data.crop_shape):
+        _check_tile(predict, tile, channels, f"the tile {list(tile)} fitted to the input (inference.tile_shape)")
     block = tuple(cfg.inference.block_shape[3 - volume.ndim:])
     z_size = cfg.post.z_filter_size if cfg.post.z_filter and volume.ndim == 3 else 0
     kind = volumes.output_kind(args.output)
     store = args.output if kind == "zarr" else volumes.staging_store(args.output)
     job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, os.path.abspath(store),
-                             cfg.inference.overlap, cfg.inference.window, cfg.inference.batch_size,
+                             overlap, cfg.inference.window, batch_size,
                              cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype)
     description = describe(job, args.input)
     state = _output_state(args, kind, store, description)
@@ -93,13 +96,35 @@ def plan(args):
     return result
 
 
-def _check_tile(predict, tile, channels):
+def fitted_tiles(cfg, image_shape):
+    """``(tile, per-axis overlap, tiles per batch)`` for images (a 2D model: slices) of ``image_shape``.
+
+    Exactly those of the run's ``tiled`` variant (``lib.evaluation``): the largest tile
+    ``evaluation.inference_tile``, fitted to the whole image or slice (not to a block,
+    so that blocks are cut from the whole image's tile grid) by ``inference.fit_tile``.
+    """
+    from .evaluation import inference_divisor, inference_tile
+    from .inference import fit_tile, tile_batch
+
+    crop = tuple(cfg.data.crop_shape)
+    largest = inference_tile(cfg, crop)
+    if len(largest) != len(crop):
+        raise UserError(f"inference.tile_shape={list(largest)}: expected {len(crop)} sizes like "
+                        f"data.crop_shape={list(crop)}")
+    try:
+        tile, overlap = fit_tile(image_shape, largest, inference_divisor(cfg, crop), cfg.inference.overlap)
+    except ValueError as exc:
+        raise UserError(f"inference.tile_shape={list(largest)}: {str(exc).split(': ', 1)[-1]}") from None
+    return tile, overlap, tile_batch(cfg.inference.batch_size, crop, tile)
+
+
+def _check_tile(predict, tile, channels, what=None):
     import numpy as np
 
     try:
         predict(np.zeros((1,) + tile + (channels,), np.float32))
     except Exception as exc:
-        raise UserError(f"data.crop_shape={list(tile)}: the model cannot predict tiles of this shape "
+        raise UserError(f"{what or f'data.crop_shape={list(tile)}'}: the model cannot predict tiles of this shape "
                         f"({type(exc).__name__}); use the run's tile shape or multiples of its downsampling") from None
 
 

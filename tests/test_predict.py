@@ -17,6 +17,8 @@ from conftest import REPO
 
 PREDICT = os.path.join(REPO, "templates", "predict.py")
 TILE = 16
+# The run's largest tile: the test slices (40 x 52) fit in it along y (one tile, no overlap) but not along x.
+MAX_TILE = [48, 32]
 # Small blocks, so that the test volumes have many blocks with halos across their borders.
 FAST = ["--set", "inference.block_shape=[4,24,32]", "--set", "inference.batch_size=16"]
 
@@ -29,14 +31,14 @@ def fake_predict(batch):
 
 @pytest.fixture(scope="module")
 def run_2d(tmp_path_factory):
-    """A run folder with an untrained tiny 2D U-Net (tile 16, per_image normalisation): config.json, best.keras."""
+    """A run folder with an untrained tiny 2D U-Net (crop 16, tiles of at most MAX_TILE, per_image normalisation)."""
     import keras
 
     from lib import config as config_lib
     from lib import networks
 
     keras.utils.set_random_seed(0)
-    cfg = config_lib.from_dict({"data": {"crop_shape": [TILE, TILE]},
+    cfg = config_lib.from_dict({"data": {"crop_shape": [TILE, TILE]}, "inference": {"tile_shape": MAX_TILE},
                                 "model": {"depth": 2, "filters": 4, "dropout": 0.0}}).validate()
     run = tmp_path_factory.mktemp("job") / "tiny_0"
     (run / "checkpoints").mkdir(parents=True)
@@ -58,13 +60,28 @@ def predict_cli(*args, **kwargs):
 
 
 def reference_probabilities(run, vol, z_filter=5):
-    """Whole-slice tiled prediction of each slice, normalised per slice, z-filtered: what every block must equal."""
-    from lib import blockwise, data, inference, postprocess
+    """The run's ``tiled`` variant on each whole slice (normalised per slice; its tiles fitted to the slice by the
+    evaluation itself), z-filtered: what every block must equal."""
+    from lib import blockwise, data, evaluation, postprocess
+    from lib import config as config_lib
 
+    cfg = config_lib.load_json(str(run / "config.json"))
+    cfg = config_lib.from_dict(cfg).validate()
     model, predict = blockwise.load_predictor(str(run / "checkpoints" / "best.keras"))
-    probs = np.stack([inference.predict_tiled(predict, data.normalize(s[..., None], "per_image"), (TILE, TILE))
-                      for s in vol])
+    tiled = evaluation._Evaluation(cfg, tuple(cfg.data.crop_shape), None, len(vol))
+    probs = np.stack([tiled._blended(predict, data.normalize(s[..., None], "per_image")) for s in vol])
     return postprocess.z_filter(probs, z_filter) if z_filter else probs
+
+
+def test_fitted_tiles_are_those_of_the_tiled_variant(run_2d, volume):
+    from lib import config as config_lib
+    from lib import predicting
+
+    cfg = config_lib.from_dict(config_lib.load_json(str(run_2d / "config.json"))).validate()
+    # y (40) fits in the largest tile: one tile of the slice's height, no overlap; x (52) is tiled as configured.
+    assert predicting.fitted_tiles(cfg, volume.shape[1:]) == ((40, 32), [0.0, 0.5], 8 * 16 * 16 // (40 * 32))
+    cfg.inference.tile_shape = None  # the default, 4 crops wide: the whole slice, rounded up to the downsampling
+    assert predicting.fitted_tiles(cfg, (41, 52))[:2] == ((44, 52), [0.0, 0.0])
 
 
 def read_zarr_output(path):
@@ -76,18 +93,22 @@ def read_zarr_output(path):
 
 # --------------------------------------------------------------------------- block-wise == whole volume
 
-@pytest.mark.parametrize("tta", [False, True])
-def test_blocks_equal_whole_volume_tiled_prediction_2d_model(tta):
+@pytest.mark.parametrize("tta, fitted", [(False, False), (True, False), (False, True), (True, True)])
+def test_blocks_equal_whole_volume_tiled_prediction_2d_model(tta, fitted):
     from lib import blockwise, inference, postprocess
 
     rng = np.random.default_rng(0)
     image = rng.random((7, 45, 38, 1), dtype=np.float32)
-    whole = postprocess.z_filter(np.stack([inference.predict_tiled(fake_predict, s, (TILE, TILE), tta=tta)
+    tile, overlap = (TILE, TILE), 0.5
+    if fitted:  # tiles fitted to the whole slice: one 48-high tile along y (no overlap), tiled along x
+        tile, overlap = inference.fit_tile(image.shape[1:3], (48, 16), (4, 4), 0.5)
+        assert tile == (48, 16) and overlap == [0.0, 0.5]
+    whole = postprocess.z_filter(np.stack([inference.predict_tiled(fake_predict, s, tile, overlap, tta=tta)
                                            for s in image]), 3)
     _, blocks = blockwise.block_grid(image.shape[:-1], (3, 16, 20))
     out = np.full(whole.shape, np.nan, np.float32)
     for _, core in blocks:
-        out[core] = blockwise.predict_block(fake_predict, image, core, (TILE, TILE), tta=tta, z_filter_size=3)
+        out[core] = blockwise.predict_block(fake_predict, image, core, tile, overlap, tta=tta, z_filter_size=3)
     assert np.abs(out - whole).max() <= 1e-5
 
 
@@ -228,6 +249,34 @@ def test_killed_then_rerun_skips_done_blocks_and_gives_the_same_output(zarr_run,
         assert np.array_equal(a, b)
     again = predict_cli(root / "vol.zarr", out, "--model", run_2d)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+
+
+def test_zscore_run_records_its_statistics_and_predict_matches_its_tiled_variant(dataset_2d, tmp_path):
+    """A zscore template run writes normalization.json; predict.py then gives the run's tiled probabilities."""
+    from lib import data, io
+
+    template = os.path.join(REPO, "templates", "template.py")
+    run = subprocess.run([sys.executable, template, REPO, dataset_2d, str(tmp_path), "--id", "z", "--gpu", "cpu",
+                          *[a for kv in ("train.epochs=1", "train.steps_per_epoch=2", "data.crop_shape=[32,32]",
+                                         "model.depth=2", "model.filters=4", "model.dropout=0.0",
+                                         "data.normalization=zscore", "inference.tile_shape=[128,64]",
+                                         "inference.overlays=0")
+                            for a in ("--set", kv)]], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    run_dir = tmp_path / "z_0"
+    stats = json.loads((run_dir / "normalization.json").read_text())
+    train = [io.read_image(p) for p in io.list_images(os.path.join(dataset_2d, "train", "x"))]
+    expected = data.fit_normalization(train, "zscore")
+    assert stats["method"] == "zscore"
+    assert abs(stats["mean"] - expected["mean"]) < 1e-9 and abs(stats["std"] - expected["std"]) < 1e-9
+    names = io.list_images(os.path.join(dataset_2d, "test", "x"))
+    tifffile.imwrite(tmp_path / "test.tif", np.stack([io.read_image(p) for p in names]))
+    result = predict_cli(tmp_path / "test.tif", tmp_path / "seg.zarr", "--model", run_dir,
+                         "--set", "post.z_filter=false", "--set", "inference.prob_dtype=float16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, prob, _ = read_zarr_output(tmp_path / "seg.zarr")
+    tiled = np.stack([tifffile.imread(p) for p in sorted((run_dir / "predictions" / "tiled" / "prob").iterdir())])
+    assert prob.shape == tiled.shape and np.abs(prob.astype(np.float32) - tiled).max() <= 1e-3
 
 
 # --------------------------------------------------------------------------- bad input: one line, exit 2, nothing written

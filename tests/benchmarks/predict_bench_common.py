@@ -17,7 +17,11 @@ OPTIONS = ["--set", "post.z_filter=false", "--set", "post.oztel=false", "--set",
 
 
 def tiny_run(folder):
-    """A run folder with an untrained U-Net (depth 2, 4 filters), tile 256, per_image normalisation."""
+    """A run folder with an untrained U-Net (depth 2, 4 filters), tile 256, per_image normalisation.
+
+    ``inference.tile_shape`` is pinned to the crop, so that the 1024-wide slices are predicted in overlapping
+    256-pixel tiles (the default largest tile, 4 crops wide, would hold a whole slice in one tile).
+    """
     sys.path.insert(0, REPO)
     import keras
 
@@ -25,7 +29,7 @@ def tiny_run(folder):
     from lib import networks
 
     keras.utils.set_random_seed(0)
-    cfg = config_lib.from_dict({"data": {"crop_shape": [TILE, TILE]},
+    cfg = config_lib.from_dict({"data": {"crop_shape": [TILE, TILE]}, "inference": {"tile_shape": [TILE, TILE]},
                                 "model": {"depth": 2, "filters": 4, "dropout": 0.0}}).validate()
     os.makedirs(os.path.join(folder, "checkpoints"), exist_ok=True)
     networks.build_model(cfg.model, (None, None, 1)).save(os.path.join(folder, "checkpoints", "best.keras"))
