@@ -61,7 +61,7 @@ CONFIG = {
         "name": "unet",                # unet | resunet (pre-activation residual) | attention_unet | seunet | multiresunet
         "depth": 3,                    # number of downsampling levels
         "filters": 16,                 # filters of the first level, doubled at each level
-        "dropout": [0.1, 0.1, 0.2, 0.2],  # dropout per level (depth + 1 values) or one number
+        "dropout": 0.0,                # dropout per level (depth + 1 values) or one number; 0: none (learns faster)
         "spatial_dropout": False,      # drop whole feature maps instead of voxels
         "batch_norm": True,            # batch normalisation after each convolution
         "activation": "elu",           # relu | elu | leaky_relu | gelu | swish

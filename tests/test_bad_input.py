@@ -168,7 +168,7 @@ def test_bad_data(tmp_path, spoil, args, message):
 
 
 OPTION_CASES = [
-    (["--set", "train.epochs=-1"], "train.epochs: expected a value in [1, inf), got -1"),
+    (["--set", "train.epochs=-1"], "train.epochs: expected a value in [0, inf), got -1"),
     (["--set", "train.epochs=ten"], "train.epochs: expected an integer, got 'ten'"),
     (["--set", "data.crop_shape=32"], "data.crop_shape: expected a list of int, got 32"),
     (["--set", "train.epochz=3"], "unknown option 'train.epochz' (did you mean 'train.epochs'?)"),
