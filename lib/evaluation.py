@@ -158,15 +158,25 @@ class _Evaluation:
         count = min(cfg.inference.overlays, n_items)
         self.overlay_items = set(np.linspace(0, n_items - 1, count).round().astype(int).tolist()) if count else set()
         self.samples = {}  # item index -> [(z or None, sample dict)]
+        self.ground_truth = None  # whether the items have masks: all of them or none, set by the first
 
     def add_item(self, index, image, mask, name, predict):
-        """Predict one item with every enabled variant; write, score and sample each prediction."""
+        """Predict one item with every enabled variant; write, score and sample each prediction.
+
+        An item without a mask (None) is predicted and written, not scored nor drawn.
+        """
         _check_item(image, mask, name, self.tile)
+        if self.ground_truth is None:
+            self.ground_truth = mask is not None
+        elif self.ground_truth != (mask is not None):
+            raise UserError(f"test item {name}: {'no' if self.ground_truth else 'a'} mask, unlike the items before "
+                            "it; expected a mask for every test item or for none")
         if self.streams:
-            self._check_stack(mask.shape, name)
+            self._check_stack(image.shape[:self.ndim], name)
         gray = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1)
-        self._keep_samples(index, gray, mask, name)
-        item = (name, mask, label(mask), index)
+        if self.ground_truth:
+            self._keep_samples(index, gray, mask, name)
+        item = (name, mask, None if mask is None else label(mask), index)
         # One method per prediction: its arrays are freed before the next one is made.
         if "per_crop" in self.scores or "merged" in self.scores:
             self._crops(predict, image, item)
@@ -179,7 +189,7 @@ class _Evaluation:
         inf = self.cfg.inference
         prob = predict_crops(predict, image, self.tile, inf.batch_size)
         binary = binarize(prob, inf.threshold)
-        if "per_crop" in self.scores:
+        if "per_crop" in self.scores and self.ground_truth:
             self.scores["per_crop"].add(binary, item[1])
         if "merged" in self.scores:
             self.record("merged", item, binary, prob)
@@ -211,7 +221,8 @@ class _Evaluation:
         """Write one prediction of ``variant``, add it to the scores and to the overlay samples."""
         name, mask, gt_labels, index = item
         save_prediction(self.pred_dir, variant, name, binary, prob)
-        self.scores[variant].add(binary, mask, gt_labels, prob)
+        if mask is not None:
+            self.scores[variant].add(binary, mask, gt_labels, prob)
         for z, sample in self.samples.get(index, ()):
             sample["preds"][variant] = (binary if z is None else binary[z]).copy()
 
@@ -257,7 +268,7 @@ class _Evaluation:
             for filtered, item in stream.flush():
                 self.record(variant, item, binarize(filtered, self.cfg.inference.threshold), filtered)
         results, sweeps = {}, {}
-        for variant, score in self.scores.items():
+        for variant, score in self.scores.items() if self.ground_truth else ():
             results[variant] = score.results()
             if getattr(score, "sweep", None) is not None:
                 sweeps[variant] = score.sweep.result()
@@ -274,7 +285,7 @@ def _check_item(image, mask, name, tile):
     if image.ndim != ndim + 1:
         raise UserError(f"test item {name}: expected an image with {ndim} spatial axes and channels last "
                         f"(tile {list(tile)}), got shape {image.shape}")
-    if mask.shape != image.shape[:ndim]:
+    if mask is not None and mask.shape != image.shape[:ndim]:
         raise UserError(f"test item {name}: mask shape {mask.shape} differs from image shape {image.shape[:ndim]}")
 
 
@@ -285,10 +296,11 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None, r
     ----------
     predict : callable ``f(batch (N, *tile, C) float32) -> (N, *tile) float32``
         From :func:`lib.inference.make_predictor`.
-    test_set : sequence of ``(image (*spatial, C) float32, mask spatial uint8 {0, 1}, name str)``
+    test_set : sequence of ``(image (*spatial, C) float32, mask spatial uint8 {0, 1} or None, name str)``
         2D images or 3D volumes (``len(tile)`` spatial axes); ``len(test_set)``
         and ``test_set[i]`` are all that is used, and each item is read once, so
-        a set may load its items lazily from disk.
+        a set may load its items lazily from disk. Without ground truth (every
+        mask None) the predictions are written and nothing is scored.
     tile : sequence of int, crop/tile spatial shape
     cfg : lib.config.Config
         Its ``inference`` and ``post`` sections choose the variants and their options.
@@ -302,16 +314,17 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None, r
         ``pred_dir``.
     record : dict, optional
         Receives ``predict_seconds`` (the whole pass: reading, predicting, writing,
-        scoring), ``predict_megavoxels`` and ``predict_seconds_per_megavoxel``.
+        scoring), ``predict_megavoxels``, ``predict_seconds_per_megavoxel`` and
+        ``ground_truth`` (whether the test set had masks; :func:`lib.experiment.finish` reads it).
 
     Returns
     -------
     results : dict ``{variant: {metric: float}}``
         The metrics of :data:`PIXEL_METRICS` and ``det``, ``seg`` for each enabled
         variant, plus ``best_threshold`` (highest ``fg_iou`` of the sweep) for
-        probability variants.
+        probability variants; empty without ground truth.
     sweeps : dict ``{variant: threshold sweep}``
-        For probability variants, as :func:`lib.metrics.threshold_sweep` returns it.
+        For probability variants, as :func:`lib.metrics.threshold_sweep` returns it; empty without ground truth.
     """
     tile = tuple(int(t) for t in tile)
     if not len(test_set):
@@ -326,10 +339,11 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None, r
     for i in tqdm(range(len(test_set)), desc="predicting", unit="item"):
         image, mask, name = test_set[i]
         evaluation.add_item(i, image, mask, name, predict)
-        voxels += mask.size
+        voxels += int(np.prod(image.shape[:len(tile)]))
     outcome = evaluation.finish(charts_dir)
     seconds = time.perf_counter() - start
     if record is not None:
         record.update(predict_seconds=round(seconds, 1), predict_megavoxels=round(voxels / 1e6, 3),
-                      predict_seconds_per_megavoxel=round(seconds / (voxels / 1e6), 3))
+                      predict_seconds_per_megavoxel=round(seconds / (voxels / 1e6), 3),
+                      ground_truth=evaluation.ground_truth)
     return outcome

@@ -20,6 +20,8 @@ from .errors import UserError
 class ImageSet:
     """Normalised images float32 ``(*spatial, C)`` (2D images or 3D volumes), binary masks ``spatial`` uint8, names.
 
+    A test set without ground truth (no ``DATA_DIR/test/y``) has None masks.
+
     ``normalization``: the training statistics the images were normalised with (``zscore``: mean and std), or None.
     """
 
@@ -96,9 +98,9 @@ def _load(data_dir, cfg, ndim):
         )
     sets = {}
     for split in ("train", "test"):
-        pairs = io.dataset_pairs(data_dir, split)
+        pairs = io.dataset_pairs(data_dir, split, masks_optional=split == "test")
         images, masks, names = io.load_pairs_2d(pairs) if ndim == 2 else io.load_pairs_3d(pairs, split)
-        check_crop_shape(cfg, [m.shape for m in masks], os.path.join(data_dir, split))
+        check_crop_shape(cfg, [x.shape[:ndim] for x in images], os.path.join(data_dir, split))
         sets[split] = (images, masks, names)
     if sets["train"][0][0].shape[-1] != sets["test"][0][0].shape[-1]:
         raise UserError(
@@ -106,9 +108,9 @@ def _load(data_dir, cfg, ndim):
             f"{sets['test'][0][0].shape[-1]}; expected the same"
         )
     _check_split(sets["train"][1], cfg, ndim)
-    check_tile_count(cfg, [m.shape for m in sets["test"][1]])
+    check_tile_count(cfg, [x.shape[:ndim] for x in sets["test"][0]])
     check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
-                      for split, (_, masks, _) in sets.items()}, data_dir)
+                      for split, (_, masks, _) in sets.items() if masks[0] is not None}, data_dir)
     stats = data.fit_normalization(sets["train"][0], cfg.data.normalization)
     return tuple(
         ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names, stats or None)
@@ -368,7 +370,7 @@ class DiskImageSet:
     """2D images and masks on disk, read one item at a time, and their names.
 
     ``[i]`` reads item ``i`` whole: ``(image (H, W, C) float32`` normalised like
-    the training data, ``mask (H, W) uint8 {0, 1}, name)``; nothing is kept, so a
+    the training data, ``mask (H, W) uint8 {0, 1}`` or None without ground truth, ``name)``; nothing is kept, so a
     set of any size is used in bounded memory (``evaluation.evaluate_test_set``
     takes it as a test set).
 
@@ -397,7 +399,8 @@ class DiskImageSet:
         return len(self.images)
 
     def __getitem__(self, i):
-        return np.asarray(self.images[i]), np.asarray(self.masks[i]), self.names[i]
+        mask = self.masks[i]
+        return np.asarray(self.images[i]), None if mask is None else np.asarray(mask), self.names[i]
 
 
 def open_2d_streamed(data_dir, cfg):
@@ -434,7 +437,7 @@ def open_2d_streamed(data_dir, cfg):
                         "choose a loss without weight maps")
     sources = {}
     for split in ("train", "test"):
-        images, masks, names = io.index_pairs_2d(io.dataset_pairs(data_dir, split))
+        images, masks, names = io.index_pairs_2d(io.dataset_pairs(data_dir, split, masks_optional=split == "test"))
         check_crop_shape(cfg, [x.shape[:2] for x in images], os.path.join(data_dir, split))
         sources[split] = images, masks, names
     (train_x, _, _), (test_x, _, _) = sources["train"], sources["test"]
@@ -452,12 +455,13 @@ def open_2d_streamed(data_dir, cfg):
     scans = {split: _scan(sources[split][0], sources[split][1], cfg.train.workers, method == "zscore",
                           fg and split == "train", split)
              for split in ("train", "test")}
-    check_foreground({split: tuple(map(sum, zip(*(fg for _, _, fg in scans[split])))) for split in scans}, data_dir)
+    check_foreground({split: tuple(map(sum, zip(*(fg for _, _, fg in scans[split])))) for split in scans
+                      if sources[split][1][0] is not None}, data_dir)
     stats = _zscore_stats([m for m, _, _ in scans["train"]]) if method == "zscore" else None
     sets = []
     for split in ("train", "test"):
         images, masks, names = sources[split]
-        disk_masks = [io.DiskMask(m) for m in masks]
+        disk_masks = [None if m is None else io.DiskMask(m) for m in masks]
         disk_images = [io.DiskImage(x, *_affine(x, image_stats, method, stats))
                        for x, (image_stats, _, _) in zip(images, scans[split])]
         foreground = ([io.ForegroundIndex(m, counts, FG_BLOCK) for m, (_, counts, _) in zip(disk_masks, scans[split])]
@@ -468,6 +472,8 @@ def open_2d_streamed(data_dir, cfg):
 
 def _scan(images, masks, workers, moments, block_counts, split):
     """Read each image/mask pair once: ``[(image statistics, mask block counts or None, (fg pixels, pixels))]``.
+
+    An image without a mask (None) gives ``(image statistics, None, None)``.
 
     Statistics are ``(min, max)``, with ``moments`` followed by ``(count, mean, m2)``
     (``m2``: sum of squared deviations from the mean, in float64 blocks of rows,
@@ -490,6 +496,8 @@ def _scan(images, masks, workers, moments, block_counts, split):
             m2 = sum(float(np.square(rows.astype(np.float64) - mean).sum())
                      for rows in np.array_split(x, -(-len(x) // 256)))
             stats += (x.size, mean, m2)
+        if y_source is None:
+            return stats, None, None
         y = io.read_mask(y_source)
         return (stats, io.ForegroundIndex.block_counts(y, FG_BLOCK) if block_counts else None,
                 (int(np.count_nonzero(y)), y.size))
@@ -577,20 +585,27 @@ def record_model(model, run_dir):
 
 
 def finish(args, run_dir, results, sweeps, info):
-    """Charts, summary row, ``metrics.json`` (it marks the run finished), the run put in place, table."""
+    """Charts, summary row, ``metrics.json`` (it marks the run finished), the run put in place, table.
+
+    ``info["ground_truth"]`` (set by :func:`lib.evaluation.evaluate_test_set`) is taken out of ``info``:
+    ``metrics.json`` has it at the top, beside ``results`` (empty without ground truth), and the table
+    says when no ground truth was given.
+    """
     from .training import read_history
 
+    ground_truth = bool(info.pop("ground_truth", True))
     charts = os.path.join(run_dir, "charts")
     reports.plot_history(read_history(os.path.join(run_dir, "history.csv")), charts)
     reports.plot_threshold_sweeps(sweeps, charts)
     summary = reports.summary_row(args.id, args.rid, results, info)
     reports.append_summary(args.job_dir, summary)
     reports.write_json(os.path.join(run_dir, "metrics.json"),
-                       {"results": results, "threshold_sweeps": sweeps, "training": info})
+                       {"ground_truth": ground_truth, "results": results, "threshold_sweeps": sweeps,
+                        "training": info})
     run_dir = cli.commit_run(args, run_dir)
     charts = os.path.join(run_dir, "charts")
     print()
-    print(reports.metrics_table(results))
+    print(reports.metrics_table(results) if ground_truth else reports.NO_GROUND_TRUTH)
     for line in reports.run_notes(info):
         print(line)
     if sweeps:

@@ -82,11 +82,17 @@ def find_subfolder(data_dir, split, kind):
     return folder
 
 
-def dataset_pairs(data_dir, split):
-    """Return sorted ``(image_path, mask_path)`` pairs of ``DATA_DIR/split``."""
+def dataset_pairs(data_dir, split, masks_optional=False):
+    """Return sorted ``(image_path, mask_path)`` pairs of ``DATA_DIR/split``.
+
+    With ``masks_optional`` (the test split), a split without a ``y/`` folder
+    gives ``(image_path, None)`` pairs: images to predict without ground truth.
+    """
     if not os.path.isdir(data_dir):
         raise UserError(f"{data_dir}: DATA_DIR not found")
     x_dir = find_subfolder(data_dir, split, "x")
+    if masks_optional and not os.path.exists(os.path.join(data_dir, split, "y")):
+        return [(x, None) for x in list_images(x_dir)]
     y_dir = find_subfolder(data_dir, split, "y")
     xs, ys = list_images(x_dir), list_images(y_dir)
     if len(xs) != len(ys):
@@ -228,25 +234,31 @@ def load_pairs_2d(pairs):
     """Read image/mask pairs as lists of 2D images ``(H, W, C)`` and masks ``(H, W)``.
 
     Multi-page files are split into slices, which must match in number and size.
+    A pair without a mask (``y_path`` None) gives None masks.
     """
     images, masks, names = [], [], []
     for x_path, y_path in pairs:
         xs = as_image_slices(read_image(x_path), x_path)
-        ys = as_mask_slices(read_image(y_path, mask=True), y_path)
+        ys = [None] * len(xs) if y_path is None else as_mask_slices(read_image(y_path, mask=True), y_path)
         if len(xs) != len(ys):
             raise UserError(f"{x_path} has {len(xs)} slices but its mask {y_path} has {len(ys)}")
-        for i, (x, y) in enumerate(zip(xs, ys)):
-            if x.shape[:2] != y.shape:
+        for x, y in zip(xs, ys):
+            if y is not None and x.shape[:2] != y.shape:
                 raise UserError(
                     f"{x_path}: image size {x.shape[0]}x{x.shape[1]} differs from its mask "
                     f"{y_path} ({y.shape[0]}x{y.shape[1]})"
                 )
-            images.append(x)
-            masks.append(y)
-            stem = os.path.splitext(os.path.basename(x_path))[0]
-            names.append(stem if len(xs) == 1 else f"{stem}_{i:04d}")
+        images += xs
+        masks += ys
+        names += _slice_names(x_path, len(xs))
     check_same_kind(images)
     return images, masks, names
+
+
+def _slice_names(path, count):
+    """Names of the ``count`` 2D images of a file: its stem, or ``stem_0003`` for slice 3 of a stack."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return [stem] if count == 1 else [f"{stem}_{i:04d}" for i in range(count)]
 
 
 def check_same_kind(images):
@@ -274,7 +286,8 @@ def load_pairs_3d(pairs, name):
     Returns
     -------
     images : list of ndarray ``(Z, Y, X, C)``, the files' pixel type
-    masks : list of uint8 ndarray ``(Z, Y, X)``, values {0, 1}
+    masks : list of uint8 ndarray ``(Z, Y, X)``, values {0, 1}; None for pairs without a mask
+        (``mask_path`` None: every pair or none)
     names : list of str
 
     Raises
@@ -291,8 +304,9 @@ def load_pairs_3d(pairs, name):
             "image; expected a folder of 2D slices (one volume) or of multi-page stacks (one volume each)"
         )
     check_same_kind([s for x in xs for s in x])
-    ys = [as_mask_slices(read_image(y, mask=True), y) for _, y in pairs]
-    for (x_path, y_path), x, y in zip(pairs, xs, ys):
+    masked = pairs[0][1] is not None
+    ys = [as_mask_slices(read_image(y, mask=True), y) for _, y in pairs] if masked else [None] * len(pairs)
+    for (x_path, y_path), x, y in zip(pairs, xs, ys if masked else ()):
         if len(x) != len(y):
             raise UserError(f"{x_path} has {len(x)} slices but its mask {y_path} has {len(y)}")
         if x[0].shape[:2] != y[0].shape:
@@ -302,10 +316,11 @@ def load_pairs_3d(pairs, name):
             )
     if all(stacked):
         return ([_stack_slices(x, [p] * len(x)) for (p, _), x in zip(pairs, xs)],
-                [_stack_slices(y, [q] * len(y)) for (_, q), y in zip(pairs, ys)],
+                [_stack_slices(y, [q] * len(y)) if masked else None for (_, q), y in zip(pairs, ys)],
                 [os.path.splitext(os.path.basename(p))[0] for p, _ in pairs])
     x_paths, y_paths = zip(*pairs)
-    return [_stack_slices([x for x, in xs], x_paths)], [_stack_slices([y for y, in ys], y_paths)], [name]
+    return ([_stack_slices([x for x, in xs], x_paths)],
+            [_stack_slices([y for y, in ys], y_paths) if masked else None], [name])
 
 
 def _stack_slices(slices, paths):
@@ -405,24 +420,24 @@ def index_pairs_2d(pairs):
 
     Returns
     -------
-    images, masks : lists of FileSlice, aligned
+    images, masks : lists of FileSlice, aligned; masks are None for pairs without one (``mask_path`` None)
     names : list of str, file stems (``stem_0003`` for slice 3 of a stack)
     """
     images, masks, names = [], [], []
     for x_path, y_path in pairs:
-        xs, ys = file_slices(x_path), file_slices(y_path, mask=True)
+        xs = file_slices(x_path)
+        ys = [None] * len(xs) if y_path is None else file_slices(y_path, mask=True)
         if len(xs) != len(ys):
             raise UserError(f"{x_path} has {len(xs)} slices but its mask {y_path} has {len(ys)}")
         for x, y in zip(xs, ys):
-            if x.shape[:2] != y.shape[:2]:
+            if y is not None and x.shape[:2] != y.shape[:2]:
                 raise UserError(
                     f"{x_path}: image size {x.shape[0]}x{x.shape[1]} differs from its mask "
                     f"{y_path} ({y.shape[0]}x{y.shape[1]})"
                 )
-        stem = os.path.splitext(os.path.basename(x_path))[0]
         images += xs
         masks += ys
-        names += [stem] if len(xs) == 1 else [f"{stem}_{i:04d}" for i in range(len(xs))]
+        names += _slice_names(x_path, len(xs))
     check_same_kind(images)
     return images, masks, names
 

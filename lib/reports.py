@@ -45,6 +45,10 @@ def plot_history(rows, charts_dir):
     return paths
 
 
+NO_GROUND_TRUTH = ("No ground truth given (DATA_DIR/test has no y/ folder): the test set was predicted and "
+                   "written, no metrics computed")
+
+
 def metrics_table(results):
     """A plain-text table of ``{variant: {metric: value}}``, one row per variant."""
     metrics = [m for m in METRIC_ORDER if any(m in r for r in results.values())]

@@ -264,3 +264,24 @@ def test_3d_template_end_to_end(dataset_3d, tmp_path):
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and rows[0]["id"] == "e3d" and float(rows[0]["tiled_fg_iou"]) == pytest.approx(
         tiled["fg_iou"], abs=1e-6)
+
+
+def test_3d_template_without_test_masks_predicts_and_says_so(dataset_3d, tmp_path):
+    import shutil
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(dataset_3d, data_dir)
+    shutil.rmtree(data_dir / "test" / "y")
+    job = tmp_path / "jobs"
+    args = [sys.executable, TEMPLATE, REPO, str(data_dir), str(job), "--id", "nogt", "--gpu", "cpu",
+            "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2", "--set", "data.crop_shape=[8,32,32]",
+            "--set", "train.batch_size=2", "--set", "data.val_fraction=0.5", "--set", "model.depth=2",
+            "--set", "model.filters=4", "--set", "model.dropout=0.0"]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=str(tmp_path), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = job / "nogt_0"
+    for variant in ("tiled", "z_filter"):
+        assert tifffile.imread(run / "predictions" / variant / "prob" / "test.tif").shape == (16, 64, 64)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ground_truth"] is False and metrics["results"] == {}
+    assert "No ground truth given" in result.stdout

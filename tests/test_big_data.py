@@ -240,3 +240,20 @@ def test_template_reads_the_nested_layout(dataset_2d, tmp_path, template_main):
     template_main([REPO, data_dir, str(tmp_path / "jobs"), "--id", "big", "--gpu", "cpu", *FAST,
                    "--set", "train.epochs=1"])
     _check_run(tmp_path / "jobs", epochs=1)
+
+
+def test_test_split_without_masks_is_predicted_not_scored(dataset_2d, tmp_path, template_main, capsys):
+    data_dir = tmp_path / "data"
+    shutil.copytree(dataset_2d, data_dir)
+    shutil.rmtree(data_dir / "test" / "y")
+    train, test = experiment.open_2d_streamed(str(data_dir), _cfg())
+    assert test.masks == [None, None] and test[0][1] is None and test[0][0].shape == (128, 128, 1)
+    template_main([REPO, str(data_dir), str(tmp_path / "jobs"), "--id", "big", "--gpu", "cpu", *FAST,
+                   "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2"])
+    run = tmp_path / "jobs" / "big_0"
+    probs = sorted((run / "predictions" / "tiled" / "prob").iterdir())
+    assert [p.name for p in probs] == ["img_0000.tif", "img_0001.tif"]
+    assert tifffile.imread(probs[0]).shape == (128, 128)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ground_truth"] is False and metrics["results"] == {}
+    assert "No ground truth given" in capsys.readouterr().out

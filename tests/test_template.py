@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -101,3 +102,27 @@ def test_time_limit_stops_training_and_still_evaluates(dataset_2d, tmp_path):
     assert metrics["training"]["stopped_by"] == "time_limit"
     assert metrics["training"]["epochs"] < 1000
     assert "tiled" in metrics["results"]
+
+
+def test_test_split_without_masks_is_predicted_not_scored(dataset_2d, tmp_path):
+    """No DATA_DIR/test/y: the test images are predicted and written, and no metrics are made up."""
+    from lib.reports import NO_GROUND_TRUTH
+
+    data = tmp_path / "data"
+    shutil.copytree(dataset_2d, data)
+    shutil.rmtree(data / "test" / "y")
+    result = run_template(str(data), str(tmp_path / "jobs"), "--id", "nogt", "--gpu", "cpu", *FAST,
+                          "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2",
+                          "--set", "inference.merged=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "jobs" / "nogt_0"
+    for variant in ("merged", "tiled", "z_filter"):
+        for kind in ("prob", "binary"):
+            assert sorted(p.name for p in (run / "predictions" / variant / kind).iterdir()) == [
+                "img_0000.tif", "img_0001.tif"], (variant, kind)
+    assert tifffile.imread(run / "predictions" / "tiled" / "prob" / "img_0000.tif").shape == (128, 128)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["ground_truth"] is False and metrics["results"] == {} and metrics["threshold_sweeps"] == {}
+    assert metrics["training"]["predict_megavoxels"] == pytest.approx(2 * 128 * 128 / 1e6, abs=1e-3)
+    assert NO_GROUND_TRUTH in result.stdout and "fg_iou" not in result.stdout
+    assert not (run / "charts" / "overlays.png").exists()

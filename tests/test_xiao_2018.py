@@ -210,6 +210,17 @@ def test_3d_connection_joins_diagonal_neighbours_across_slices_and_drops_small_o
     assert kept[0, 7, 0] == 0 and np.count_nonzero(kept) == np.count_nonzero(binary) - 1
 
 
+def test_3d_connection_without_ground_truth_writes_labels_and_scores_nothing(tmp_path):
+    prob = np.zeros((3, 8, 8), np.float32)
+    prob[0, 1:3, 1:3] = prob[2, 6:8, 6:8] = 0.9
+    os.makedirs(tmp_path / "tiled" / "prob")
+    tifffile.imwrite(tmp_path / "tiled" / "prob" / "v.tif", prob)
+    cfg, xcfg = Config(), pipeline.XiaoConfig()
+    assert pipeline.evaluate_connected([(None, None, "v")], cfg, xcfg, str(tmp_path)) is None
+    labels = tifffile.imread(tmp_path / pipeline.CONNECTED / "labels" / "v.tif")
+    assert labels.max() == 2 and (tmp_path / pipeline.CONNECTED / "binary" / "v.tif").is_file()
+
+
 # --- options -------------------------------------------------------------------------------------------------
 
 

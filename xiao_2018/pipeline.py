@@ -220,7 +220,7 @@ def evaluate_connected(test_set, cfg, xcfg, pred_dir):
 
     Returns
     -------
-    dict
+    dict, or None for a test set without ground truth (masks None: predictions written, nothing scored)
         The pixel metrics, ``det``, ``seg`` and ``objects`` (the number of 3D
         objects) over the test set, as the other variants in ``metrics.json``.
     """
@@ -236,9 +236,13 @@ def evaluate_connected(test_set, cfg, xcfg, pred_dir):
         os.makedirs(folder, exist_ok=True)
         io.write_tiff(os.path.join(folder, f"{name}.tif"), labels)
         save_prediction(pred_dir, CONNECTED, name, labels > 0)
+        if mask is None:
+            continue
         pixels += PixelCounts.from_arrays(labels > 0, mask)
         objects += ObjectCounts.from_labels(labels, label(mask, connectivity=3))
         count += int(labels.max())
+    if mask is None:
+        return None
     scores = objects.metrics()
     return {**pixels.metrics(), **{k: scores[k] for k in OBJECT_METRICS}, "objects": count}
 

@@ -132,8 +132,9 @@ def main(argv=None):
     pred_dir = os.path.join(run_dir, "predictions")
     results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
                                                    pred_dir, record=info)
-    if xcfg.connect_3d:
-        results[pipeline.CONNECTED] = pipeline.evaluate_connected(test_set, cfg, xcfg, pred_dir)
+    connected = pipeline.evaluate_connected(test_set, cfg, xcfg, pred_dir) if xcfg.connect_3d else None
+    if connected is not None:  # None without ground truth
+        results[pipeline.CONNECTED] = connected
     info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
     print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB")
     experiment.finish(args, run_dir, results, sweeps, info)
