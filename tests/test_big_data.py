@@ -71,15 +71,17 @@ def test_index_pairs_checks_headers(tmp_path):
     rng = np.random.default_rng(0)
     os.makedirs(tmp_path / "x")
     os.makedirs(tmp_path / "y")
-    tifffile.imwrite(tmp_path / "x" / "s.tif", rng.integers(0, 255, (4, 40, 50), dtype=np.uint8))
-    tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((4, 40, 50), np.uint8))
+    # minisblack: 4 pages; tifffile would otherwise store (4, H, W) as one planar RGBA page
+    tifffile.imwrite(tmp_path / "x" / "s.tif", rng.integers(0, 255, (4, 40, 50), dtype=np.uint8),
+                     photometric="minisblack")
+    tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((4, 40, 50), np.uint8), photometric="minisblack")
     pairs = [(str(tmp_path / "x" / "s.tif"), str(tmp_path / "y" / "s.tif"))]
     images, masks, names = io.index_pairs_2d(pairs)
     assert names == ["s_0000", "s_0001", "s_0002", "s_0003"] and [m.index for m in masks] == [0, 1, 2, 3]
-    tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((3, 40, 50), np.uint8))
+    tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((3, 40, 50), np.uint8), photometric="minisblack")
     with pytest.raises(UserError, match="s.tif has 4 slices but its mask .* has 3"):
         io.index_pairs_2d(pairs)
-    tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((4, 40, 49), np.uint8))
+    tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((4, 40, 49), np.uint8), photometric="minisblack")
     with pytest.raises(UserError, match="image size 40x50 differs from its mask"):
         io.index_pairs_2d(pairs)
 
@@ -207,10 +209,9 @@ def _check_run(job, epochs):
     for name in ("config.json", "environment.json", "history.csv", "metrics.json", "model.txt",
                  "checkpoints/best.keras", "charts/loss.png"):
         assert (run / name).is_file(), name
-    for variant in ("merged", "tiled"):
-        probs = sorted((run / "predictions" / variant / "prob").iterdir())
-        assert [p.name for p in probs] == ["img_0000.tif", "img_0001.tif"]
-        assert tifffile.imread(probs[0]).shape == (128, 128)
+    probs = sorted((run / "predictions" / "tiled" / "prob").iterdir())
+    assert [p.name for p in probs] == ["img_0000.tif", "img_0001.tif"]
+    assert tifffile.imread(probs[0]).shape == (128, 128)
     metrics = json.loads((run / "metrics.json").read_text())
     assert {"fg_iou", "mean_iou", "dice"} <= set(metrics["results"]["tiled"])
     assert metrics["training"]["epochs"] == epochs and metrics["training"]["train_peak_rss_mb"] > 0
