@@ -13,7 +13,7 @@ from conftest import REPO
 
 TEMPLATE = os.path.join(REPO, "templates", "template.py")
 TINY = ["data.crop_shape=[32,32]", "model.depth=2", "model.filters=4",
-        "model.dropout=0.0", "inference.overlays=0"]
+        "model.dropout=0.0", "inference.overlays=0", "train.steps_per_epoch=2"]
 
 
 def run_template(data, job, rid, *options):
@@ -51,7 +51,7 @@ def test_epochs_0_predicts_with_the_pretrained_weights(dataset_2d, tmp_path):
 def test_cheng_2d_script_epochs_0_uses_the_pretrained_weights(dataset_2d, tmp_path):
     script = os.path.join(REPO, "cheng_2017", "cheng_2D_template.py")
     tiny = ["--set", "data.crop_shape=[64,64]", "--set", "model.filters=4", "--set", "train.batch_size=8",
-            "--set", "inference.overlays=0"]
+            "--set", "inference.overlays=0", "--set", "train.steps_per_epoch=2"]
 
     def run(rid, *options):
         return subprocess.run([sys.executable, script, REPO, dataset_2d, str(tmp_path), "--id", "c", "--rid",
