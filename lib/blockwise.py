@@ -32,14 +32,17 @@ from .postprocess import binarize, z_filter
 RETRIES = 2  # a block whose task fails (a lost worker, an I/O error) is tried this many more times
 
 
-def output_chunks(block):
+def output_chunks(block, shape=None):
     """Chunk shape of the outputs for a spatial ``block`` shape: blocks are whole numbers of chunks.
 
     At most 64 slices along z and 256 pixels along y and x per chunk (sizes that
-    viewers read quickly); an axis whose block size is no multiple of that is one chunk per block.
+    viewers read quickly); an axis whose block size is no multiple of that is one chunk per block,
+    unless the block spans the whole axis of the volume's spatial ``shape`` (then no two blocks
+    share the last, partial chunk).
     """
     limits = (64, 256, 256)[3 - len(block):]
-    return tuple(min(b, c) if b % min(b, c) == 0 else b for b, c in zip(block, limits))
+    whole = [False] * len(block) if shape is None else [b >= s for b, s in zip(block, shape)]
+    return tuple(min(b, c) if b % min(b, c) == 0 or w else b for b, c, w in zip(block, limits, whole))
 
 
 def block_grid(shape, block):

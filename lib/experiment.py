@@ -82,7 +82,13 @@ def load_3d(data_dir, cfg):
     per volume. Returns ``(train, test)`` ImageSets of volumes ``(Z, Y, X, C)``
     float32 and masks ``(Z, Y, X)`` uint8. Raises UserError on any problem with
     the data, before anything is written.
+
+    When ``DATA_DIR/train/x`` holds zarr / HDF5 volumes (``.zarr``, ``.h5``), nothing
+    is loaded: :func:`open_3d_stores` returns DiskImageSets whose subvolumes are read
+    from the stores as training needs them.
     """
+    if has_stores(data_dir):
+        return open_3d_stores(data_dir, cfg)
     return _load(data_dir, cfg, ndim=3)
 
 
@@ -107,7 +113,7 @@ def _load(data_dir, cfg, ndim):
             f"{data_dir}: training images have {sets['train'][0][0].shape[-1]} channels but test images "
             f"{sets['test'][0][0].shape[-1]}; expected the same"
         )
-    _check_split(sets["train"][1], cfg, ndim)
+    _check_split([x.shape for x in sets["train"][0]], cfg, ndim)
     check_tile_count(cfg, [x.shape[:ndim] for x in sets["test"][0]])
     check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
                       for split, (_, masks, _) in sets.items() if masks[0] is not None}, data_dir)
@@ -161,15 +167,16 @@ def check_tile_count(cfg, shapes):
             )
 
 
-def _check_split(masks, cfg, ndim):
+def _check_split(shapes, cfg, ndim):
     """Refuse a training/validation split that leaves nothing to train on now, before the run folder exists.
 
-    The same split as ``training_data_2d``, ``training_data_3d`` and ``training_data_streamed`` make.
+    ``shapes`` are those of the training items. The same split as ``training_data_2d``,
+    ``training_data_3d`` and ``training_data_streamed`` make.
     """
-    if ndim == 3 and len(masks) == 1:
-        data.split_depth(len(masks[0]), cfg.data.val_fraction, cfg.data.crop_shape[0])
+    if ndim == 3 and len(shapes) == 1:
+        data.split_depth(shapes[0][0], cfg.data.val_fraction, cfg.data.crop_shape[0])
     else:
-        data.split_indices(len(masks), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
+        data.split_indices(len(shapes), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
 
 
 def training_data_2d(train_set, cfg, run_dir):
@@ -192,7 +199,11 @@ def training_data_3d(train_set, cfg, run_dir):
     is split along z: its last ``data.val_fraction`` of slices (at least one
     subvolume deep) validate, so no validation slice neighbours a training slice
     on both sides. Validation uses the fixed, non-overlapping subvolume grid.
+    Volumes in stores (a DiskImageSet from :func:`open_3d_stores`) are split alike
+    by :func:`training_data_streamed`.
     """
+    if isinstance(train_set, DiskImageSet):
+        return training_data_streamed(train_set, cfg, run_dir)
     record_normalization(train_set, cfg, run_dir)
     if len(train_set) > 1:
         return _crop_data(*_split_items(train_set, cfg), cfg, ndim=3)
@@ -362,22 +373,25 @@ def write_samples(dataset, image_set, cfg, run_dir):
 
 # --------------------------------------------------------------------------- 2D data streamed from disk
 
-FG_BLOCK = 64  # side of the blocks whose foreground counts drive data.fg_sampling on streamed data
+# Side of the blocks whose foreground counts drive data.fg_sampling on streamed data, per number of axes:
+# a foreground sample reads one block of the mask (64 x 64 pixels, 32 x 32 x 32 voxels).
+FG_BLOCK = {2: 64, 3: 32}
+SLAB_VOXELS = 2 ** 24  # voxels read at once when an item is scanned (64 MB as float32): z slabs of a volume
 
 
 @dataclass
 class DiskImageSet:
-    """2D images and masks on disk, read one item at a time, and their names.
+    """2D images (or 3D volumes) and masks on disk, read one item at a time, and their names.
 
     ``[i]`` reads item ``i`` whole: ``(image (H, W, C) float32`` normalised like
     the training data, ``mask (H, W) uint8 {0, 1}`` or None without ground truth, ``name)``; nothing is kept, so a
     set of any size is used in bounded memory (``evaluation.evaluate_test_set``
-    takes it as a test set).
+    takes it as a test set). Volumes are ``(Z, Y, X, C)`` and ``(Z, Y, X)``.
 
     Attributes
     ----------
     images : list of io.DiskImage
-    masks : list of io.DiskMask
+    masks : list of io.DiskMask (None without ground truth)
     names : list of str
     foreground : list of io.ForegroundIndex, or None
         Per-block foreground index of each mask (training set with ``data.fg_sampling > 0``).
@@ -407,7 +421,8 @@ def open_2d_streamed(data_dir, cfg):
     """Index and check ``DATA_DIR/{train,test}`` for training streamed from disk; keep no pixels.
 
     Pairing, counts, sizes, channels and pixel types are checked from the file
-    headers (``io.index_pairs_2d``). Then every file is read once, one at a time
+    headers (``io.index_pairs_2d``; a zarr / HDF5 volume gives its z slices).
+    Then every file is read once, one at a time
     per thread (``train.workers`` threads): this checks every mask, and computes
     each image's normalisation (its minimum and maximum for ``per_image``, the
     training mean and standard deviation for ``zscore``, computed in one pass)
@@ -424,9 +439,54 @@ def open_2d_streamed(data_dir, cfg):
         On any problem with the data or an option the streamed path does not
         support, before anything is written.
     """
-    if len(cfg.data.crop_shape) != 2:
-        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the 2D template needs 2 sizes (y, x)")
-    data.per_axis(cfg.inference.overlap, 2, "inference.overlap")
+    return _open_streamed(data_dir, cfg, 2, lambda split: io.index_pairs_2d(
+        io.dataset_pairs(data_dir, split, masks_optional=split == "test")))
+
+
+def has_stores(data_dir):
+    """True when ``DATA_DIR/train/x`` holds zarr or HDF5 volumes (then read window by window, never whole)."""
+    folder = os.path.join(data_dir, "train", "x")
+    return os.path.isdir(folder) and any(io.is_store(f) for f in os.listdir(folder))
+
+
+def open_3d_stores(data_dir, cfg):
+    """Open and check ``DATA_DIR/{train,test}`` of zarr / HDF5 volumes for 3D training read from the stores.
+
+    Each store of ``x/`` is one volume, paired with the store of ``y/`` of the same
+    sorted rank (``test/y`` is optional). Nothing but headers is read here, then each volume
+    once, in z slabs of ``SLAB_VOXELS``: the checks and statistics of :func:`open_2d_streamed`,
+    with per-volume normalisation for ``per_image``. Returns ``(train, test)`` DiskImageSets
+    of volumes; training reads each subvolume from its store (:func:`training_data_streamed`).
+    """
+    from .volumes import store_volume
+
+    def sources(split):
+        pairs = io.dataset_pairs(data_dir, split, masks_optional=split == "test")
+        for x_path, y_path in pairs:
+            for path in (x_path, y_path):
+                if path is not None and not io.is_store(path):
+                    raise UserError(f"{path}: DATA_DIR/train/x holds zarr / HDF5 volumes, so every volume of "
+                                    "DATA_DIR/{train,test}/{x,y} must be one (.zarr, .h5); convert it or the others")
+        images = [store_volume(x) for x, _ in pairs]
+        masks = [None if y is None else store_volume(y) for _, y in pairs]
+        for (x_path, y_path), x, y in zip(pairs, images, masks):
+            if y is not None and x.shape[:-1] != y.shape[:-1]:
+                raise UserError(f"{x_path}: volume shape {'x'.join(map(str, x.shape[:-1]))} differs from its mask "
+                                f"{y_path} ({'x'.join(map(str, y.shape[:-1]))})")
+            if y is not None and y.shape[-1] != 1:
+                raise UserError(f"{y_path}: a mask with {y.shape[-1]} channels; expected one")
+        io.check_same_kind(images)
+        return images, masks, [os.path.splitext(os.path.basename(x.rstrip("/")))[0] for x, _ in pairs]
+
+    return _open_streamed(data_dir, cfg, 3, sources)
+
+
+def _open_streamed(data_dir, cfg, ndim, sources_of):
+    """Check the options and the data of ``sources_of(split) -> (image sources, mask sources, names)``; scan them."""
+    if len(cfg.data.crop_shape) != ndim:
+        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the {ndim}D template needs {ndim} sizes "
+                        f"({', '.join('zyx'[3 - ndim:])})")
+    data.per_axis(cfg.inference.overlap, ndim, "inference.overlap")
     if not cfg.data.random_crops or cfg.data.min_fg_fraction > 0:
         option = ("data.random_crops=false" if not cfg.data.random_crops
                   else f"data.min_fg_fraction={cfg.data.min_fg_fraction}")
@@ -437,12 +497,12 @@ def open_2d_streamed(data_dir, cfg):
                         "choose a loss without weight maps")
     sources = {}
     for split in ("train", "test"):
-        images, masks, names = io.index_pairs_2d(io.dataset_pairs(data_dir, split, masks_optional=split == "test"))
-        check_crop_shape(cfg, [x.shape[:2] for x in images], os.path.join(data_dir, split))
+        images, masks, names = sources_of(split)
+        check_crop_shape(cfg, [x.shape[:-1] for x in images], os.path.join(data_dir, split))
         sources[split] = images, masks, names
     (train_x, _, _), (test_x, _, _) = sources["train"], sources["test"]
-    _check_split(train_x, cfg, 2)
-    check_tile_count(cfg, [x.shape[:2] for x in test_x])
+    _check_split([x.shape for x in train_x], cfg, ndim)
+    check_tile_count(cfg, [x.shape[:-1] for x in test_x])
     if train_x[0].shape[-1] != test_x[0].shape[-1]:
         raise UserError(f"{data_dir}: training images have {train_x[0].shape[-1]} channels but test images "
                         f"{test_x[0].shape[-1]}; expected the same")
@@ -452,8 +512,9 @@ def open_2d_streamed(data_dir, cfg):
             raise UserError(f"data.normalization=dtype_max needs integer images, got {x.dtype} ({x.path}); "
                             "use per_image or zscore for float images")
     fg = cfg.data.fg_sampling > 0
+    cell = FG_BLOCK[ndim]
     scans = {split: _scan(sources[split][0], sources[split][1], cfg.train.workers, method == "zscore",
-                          fg and split == "train", split)
+                          cell if fg and split == "train" else None, split)
              for split in ("train", "test")}
     check_foreground({split: tuple(map(sum, zip(*(fg for _, _, fg in scans[split])))) for split in scans
                       if sources[split][1][0] is not None}, data_dir)
@@ -464,61 +525,85 @@ def open_2d_streamed(data_dir, cfg):
         disk_masks = [None if m is None else io.DiskMask(m) for m in masks]
         disk_images = [io.DiskImage(x, *_affine(x, image_stats, method, stats))
                        for x, (image_stats, _, _) in zip(images, scans[split])]
-        foreground = ([io.ForegroundIndex(m, counts, FG_BLOCK) for m, (_, counts, _) in zip(disk_masks, scans[split])]
+        foreground = ([io.ForegroundIndex(m, counts, cell) for m, (_, counts, _) in zip(disk_masks, scans[split])]
                       if fg and split == "train" else None)
         sets.append(DiskImageSet(disk_images, disk_masks, names, foreground, stats))
     return tuple(sets)
 
 
-def _scan(images, masks, workers, moments, block_counts, split):
+def _slabs(shape, cell):
+    """Windows ``((z0, z1), (0, Y), ...)`` along axis 0 of an item of spatial ``shape``, each of about
+    ``SLAB_VOXELS`` voxels and a multiple of ``cell`` deep; ``[None]`` (the whole item) when one covers it."""
+    depth = max(cell, SLAB_VOXELS // max(1, int(np.prod(shape[1:]))) // cell * cell)
+    if depth >= shape[0]:
+        return [None]
+    return [((z, min(z + depth, shape[0])),) + tuple((0, n) for n in shape[1:]) for z in range(0, shape[0], depth)]
+
+
+def _scan(images, masks, workers, moments, cell, split):
     """Read each image/mask pair once: ``[(image statistics, mask block counts or None, (fg pixels, pixels))]``.
 
     An image without a mask (None) gives ``(image statistics, None, None)``.
-
     Statistics are ``(min, max)``, with ``moments`` followed by ``(count, mean, m2)``
     (``m2``: sum of squared deviations from the mean, in float64 blocks of rows,
-    so the memory used stays a few rows per image).
+    so the memory used stays a few rows per image). Block counts (of blocks of side
+    ``cell``) are made when ``cell`` is given. A large item is read in slabs (:func:`_slabs`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm import tqdm
 
-
     def one(pair):
         x_source, y_source = pair
-        x = x_source.read()
-        stats = (float(x.min()), float(x.max()))
-        if not np.isfinite(stats).all():
-            raise UserError(f"{x_source.path}: some pixels are NaN or infinite; expected finite values "
-                            "(replace them, e.g. by the background level)")
+        parts, counts, fg = [], [], 0
+        for window in _slabs(x_source.shape[:-1], cell or max(FG_BLOCK.values())):
+            x = x_source.read(window)
+            part = (float(x.min()), float(x.max()))
+            if not np.isfinite(part).all():
+                raise UserError(f"{x_source.path}: some pixels are NaN or infinite; expected finite values "
+                                "(replace them, e.g. by the background level)")
+            if moments:
+                mean = float(x.sum(dtype=np.float64)) / x.size
+                m2 = sum(float(np.square(rows.astype(np.float64) - mean).sum())
+                         for rows in np.array_split(x, -(-len(x) // 256)))
+                part += (x.size, mean, m2)
+            parts.append(part)
+            del x
+            if y_source is not None:
+                y = io.read_mask(y_source, window)
+                fg += int(np.count_nonzero(y))
+                if cell:
+                    counts.append(io.ForegroundIndex.block_counts(y, cell))
+        stats = (min(p[0] for p in parts), max(p[1] for p in parts))
         if moments:
-            mean = float(x.sum(dtype=np.float64)) / x.size
-            m2 = sum(float(np.square(rows.astype(np.float64) - mean).sum())
-                     for rows in np.array_split(x, -(-len(x) // 256)))
-            stats += (x.size, mean, m2)
+            stats += _merge_moments([p[2:] for p in parts])
         if y_source is None:
             return stats, None, None
-        y = io.read_mask(y_source)
-        return (stats, io.ForegroundIndex.block_counts(y, FG_BLOCK) if block_counts else None,
-                (int(np.count_nonzero(y)), y.size))
+        return stats, np.concatenate(counts) if cell else None, (fg, int(np.prod(x_source.shape[:-1])))
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return list(tqdm(pool.map(one, zip(images, masks)), total=len(images),
                          desc=f"checking {split} files", unit="image"))
 
 
-def _zscore_stats(moments):
-    """Mean and standard deviation over all pixels from per-image ``(min, max, count, mean, m2)``.
+def _merge_moments(parts):
+    """``(count, mean, m2)`` of the union of parts given as ``(count, mean, m2)``.
 
-    Merged pairwise (Chan, Golub and LeVeque), which stays accurate over many images.
+    Merged pairwise (Chan, Golub and LeVeque), which stays accurate over many parts.
     """
     count, mean, m2 = 0, 0.0, 0.0
-    for _, _, n, m, s in moments:
+    for n, m, s in parts:
         delta = m - mean
         total = count + n
-        mean += delta * n / total
+        mean += delta * (n / total)  # exactly the part's mean when it is the first
         m2 += s + delta * delta * count * n / total
         count = total
+    return count, mean, m2
+
+
+def _zscore_stats(moments):
+    """Mean and standard deviation over all pixels from per-image ``(min, max, count, mean, m2)``."""
+    count, mean, m2 = _merge_moments([m[2:] for m in moments])
     return {"mean": mean, "std": max((m2 / count) ** 0.5, 1e-8)}
 
 
@@ -533,33 +618,44 @@ def _affine(source, image_stats, method, stats):
 
 
 def training_data_streamed(train_set, cfg, run_dir):
-    """Split the training images and return ``(DiskCropDataset, (x_val, y_val) or None)``.
+    """Split the training images (or volumes) and return ``(DiskCropDataset, (x_val, y_val) or None)``.
 
     Validation crops follow the non-overlapping crop grid of the validation
     images (the last row and column aligned with the image's end, so no padding
     is read); when there are more than :func:`val_limit`, a seeded choice of
     that many. They are read once and kept in memory, like the in-memory template's.
+    A single training volume is split along z, as :func:`training_data_3d` splits one.
     """
     from .augment import Augmenter
     from .generators import DiskCropDataset
 
     record_normalization(train_set, cfg, run_dir)
     crop = tuple(cfg.data.crop_shape)
-    train_idx, val_idx = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split,
-                                            cfg.train.seed)
-    draws = [data.crops_to_cover(train_set.masks[i].shape, crop) for i in train_idx]
+    ndim = len(crop)
+    fg = train_set.foreground
+    if ndim == 3 and len(train_set) == 1:
+        image, mask = train_set.images[0], train_set.masks[0]
+        z = data.split_depth(len(mask), cfg.data.val_fraction, crop[0])
+        images, masks = [image.part(0, z)], [mask.part(0, z)]
+        foreground = None if fg is None else [fg[0].head(masks[0], z)]
+        val_images, val_masks = ([image.part(z, len(mask))], [mask.part(z, len(mask))]) if z < len(mask) else ([], [])
+    else:
+        train_idx, val_idx = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split,
+                                                cfg.train.seed)
+        images, masks = [train_set.images[i] for i in train_idx], [train_set.masks[i] for i in train_idx]
+        foreground = None if fg is None else [fg[i] for i in train_idx]
+        val_images, val_masks = [train_set.images[i] for i in val_idx], [train_set.masks[i] for i in val_idx]
+    draws = [data.crops_to_cover(m.shape, crop) for m in masks]
     samples = epoch_samples(draws, cfg)
-    val = _validation_crops([train_set.images[i] for i in val_idx], [train_set.masks[i] for i in val_idx],
-                            crop, val_limit(samples, cfg), cfg.train.seed)
-    augmenter = Augmenter(cfg.augment, ndim=2) if cfg.augment.enabled else None
-    foreground = None if train_set.foreground is None else [train_set.foreground[i] for i in train_idx]
-    dataset = DiskCropDataset([train_set.images[i] for i in train_idx], [train_set.masks[i] for i in train_idx],
-                              crop, cfg.train.batch_size, augmenter=augmenter, fg_sampling=cfg.data.fg_sampling,
-                              foreground=foreground, replicate=cfg.data.replicate, seed=cfg.train.seed,
-                              workers=cfg.train.workers, draws=draws, samples_per_epoch=samples)
-    print(f"Training on {len(train_idx)} images (random crops read from disk): {len(dataset)} steps of "
-          f"{cfg.train.batch_size} per epoch; validating on {0 if val is None else len(val[0])} crops")
-    if cfg.augment.samples:
+    val = _validation_crops(val_images, val_masks, crop, val_limit(samples, cfg), cfg.train.seed)
+    augmenter = Augmenter(cfg.augment, ndim=ndim) if cfg.augment.enabled else None
+    dataset = DiskCropDataset(images, masks, crop, cfg.train.batch_size, augmenter=augmenter,
+                              fg_sampling=cfg.data.fg_sampling, foreground=foreground, replicate=cfg.data.replicate,
+                              seed=cfg.train.seed, workers=cfg.train.workers, draws=draws, samples_per_epoch=samples)
+    item, crops = ("images", "crops") if ndim == 2 else ("volumes", "subvolumes")
+    print(f"Training on {len(images)} {item} (random {crops} read from disk): {len(dataset)} steps of "
+          f"{cfg.train.batch_size} per epoch; validating on {0 if val is None else len(val[0])} {crops}")
+    if cfg.augment.samples and ndim == 2:
         write_samples(dataset, train_set, cfg, run_dir)
     return dataset, val
 

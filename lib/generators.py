@@ -178,16 +178,16 @@ def _geometry_only(augmenter):
 # --------------------------------------------------------------------------- streamed from disk
 
 class DiskCropDataset(CropDataset):
-    """Batches of random, augmented crops read from image files as they are needed.
+    """Batches of random, augmented crops (or subvolumes) read from image files or stores as they are needed.
 
     Each sample reads only its crop's window (for TIFF, only the strips or tiles
-    it touches) in the worker preparing the batch, and nothing is kept between
+    it touches; for zarr / HDF5, only the chunks) in the worker preparing the batch, and nothing is kept between
     batches, so memory does not grow with the dataset. Order, replication,
     seeding and augmentation are those of :class:`CropDataset`.
 
     Parameters
     ----------
-    images : list of lib.io.DiskImage
+    images : list of lib.io.DiskImage, 2D images or 3D volumes
     masks : list of lib.io.DiskMask
     crop_shape, batch_size, augmenter, replicate, seed, shuffle, workers, draws, samples_per_epoch
         As for :class:`CropDataset` (crops are always random).

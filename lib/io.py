@@ -26,10 +26,18 @@ from .errors import UserError
 
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 TIFF_EXTENSIONS = (".tif", ".tiff")
+# Chunked stores, read window by window (lib.volumes): a zarr array or OME-Zarr image, an HDF5 file of one dataset.
+STORE_EXTENSIONS = (".zarr", ".h5", ".hdf5", ".hdf")
+
+
+def is_store(path):
+    """True when ``path`` names a zarr or HDF5 store (by its suffix), which is read window by window."""
+    return path.rstrip("/").lower().endswith(STORE_EXTENSIONS)
 
 
 def list_images(folder):
-    """Return the image files of ``folder``, sorted by :func:`natural_key` (``img2`` before ``img10``).
+    """Return the image files (and zarr / HDF5 stores) of ``folder``, sorted by :func:`natural_key`
+    (``img2`` before ``img10``).
 
     Raises
     ------
@@ -39,9 +47,10 @@ def list_images(folder):
     if not os.path.isdir(folder):
         raise UserError(f"{folder}: folder not found")
     files = sorted((os.path.join(folder, f) for f in os.listdir(folder)
-                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")), key=natural_key)
+                    if f.lower().endswith(IMAGE_EXTENSIONS + STORE_EXTENSIONS) and not f.startswith(".")),
+                   key=natural_key)
     if not files:
-        raise UserError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found")
+        raise UserError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS + STORE_EXTENSIONS)}) found")
     return files
 
 
@@ -116,8 +125,12 @@ def read_image(path, mask=False):
     Raises
     ------
     UserError
-        If the file is empty or cannot be decoded.
+        If the file is empty or cannot be decoded, or is a zarr / HDF5 store (never read whole).
     """
+    if is_store(path):
+        raise UserError(f"{path}: a zarr / HDF5 volume, which is read window by window, never whole: train on "
+                        "it with templates/big_data_template.py (2D) or templates/3D_template.py (every volume of "
+                        "DATA_DIR/train/x a store)")
     with decoding_errors(path):
         if path.lower().endswith(TIFF_EXTENSIONS):
             with tifffile.TiffFile(path) as tif:
@@ -396,11 +409,19 @@ def file_slices(path, mask=False):
     -------
     list of FileSlice
 
+    A zarr or HDF5 store (:func:`is_store`) gives one slice per z of its volume
+    (one for a 2D array), each read window by window from the store
+    (:func:`lib.volumes.store_slices`).
+
     Raises
     ------
     UserError
         If the file is missing, cannot be decoded or has an unsupported pixel type.
     """
+    if is_store(path):
+        from .volumes import store_slices
+
+        return store_slices(path, mask)
     if path.lower().endswith(TIFF_EXTENSIONS):
         with decoding_errors(path), tifffile.TiffFile(path) as tif:
             pages = list(tif.pages)
@@ -443,7 +464,8 @@ def index_pairs_2d(pairs):
 
 
 def read_mask(source, window=None):
-    """Read a mask ``FileSlice`` (or its ``window``) as binary ``(h, w)`` uint8 {0, 1}.
+    """Read a mask ``FileSlice`` or store region (or its ``window``) as binary ``(h, w)`` (``(d, h, w)`` for a
+    volume) uint8 {0, 1}.
 
     Raises UserError naming the file if the pixels read are not binary.
     """
@@ -565,9 +587,10 @@ def rows_to_csv(rows):
 # --------------------------------------------------------------------------- images read window by window
 
 def _bounds(key, shape):
-    """``((y0, y1), (x0, x1))`` of a 2D index ``key`` (a tuple of two unit-step slices), clipped like NumPy."""
-    if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
-        raise TypeError(f"expected a window of two slices (y, x), got {key!r}")
+    """``((y0, y1), (x0, x1))`` of an index ``key`` (a tuple of unit-step slices, one per axis of ``shape``),
+    clipped like NumPy; ``((z0, z1), (y0, y1), (x0, x1))`` in 3D."""
+    if not (isinstance(key, tuple) and len(key) == len(shape) and all(isinstance(k, slice) for k in key)):
+        raise TypeError(f"expected a window of {len(shape)} slices, got {key!r}")
     bounds = tuple(k.indices(n) for k, n in zip(key, shape))
     if any(step != 1 for _, _, step in bounds):
         raise TypeError(f"expected unit-step slices, got {key!r}")
@@ -575,15 +598,16 @@ def _bounds(key, shape):
 
 
 class DiskImage:
-    """A normalised 2D image on disk that reads only the windows asked for.
+    """A normalised 2D image (or 3D volume) on disk that reads only the windows asked for.
 
     Array-like enough for :class:`CropDataset`: ``shape`` is ``(H, W, C)``,
     ``image[y0:y1, x0:x1]`` reads that window as float32 ``(h, w, C)`` and
-    ``np.asarray(image)`` reads it all. Nothing is cached between reads.
+    ``np.asarray(image)`` reads it all. Nothing is cached between reads. A
+    volume (from a zarr / HDF5 store) is ``(Z, Y, X, C)``, indexed by three slices.
 
     Parameters
     ----------
-    source : lib.io.FileSlice
+    source : lib.io.FileSlice or lib.volumes.StoreRegion
     offset, scale : float
         Normalisation ``(x - offset) / scale``: the image's minimum and range for
         per-image min-max, 0 and the type's maximum for ``dtype_max``, the training
@@ -597,13 +621,20 @@ class DiskImage:
     def shape(self):
         return tuple(self.source.shape)
 
+    def __len__(self):
+        return self.shape[0]
+
+    def part(self, start, stop):
+        """The image of the z range ``[start, stop)`` of a volume from a store, normalised alike."""
+        return DiskImage(self.source.part(start, stop), self.offset, self.scale)
+
     def read(self, window=None):
         from .data import affine_float32
 
         return affine_float32(self.source.read(window), self.offset, self.scale)
 
     def __getitem__(self, key):
-        return self.read(_bounds(key, self.shape[:2]))
+        return self.read(_bounds(key, self.shape[:-1]))
 
     def __array__(self, dtype=None, copy=None):
         x = self.read()
@@ -611,7 +642,7 @@ class DiskImage:
 
 
 class DiskMask:
-    """A binary 2D mask on disk that reads only the windows asked for.
+    """A binary 2D mask (or 3D, from a store) on disk that reads only the windows asked for.
 
     ``shape`` is ``(H, W)``; ``mask[y0:y1, x0:x1]`` and ``np.asarray(mask)`` read
     uint8 {0, 1}. Values are checked as they are read: a non-binary window raises
@@ -619,7 +650,7 @@ class DiskMask:
 
     Parameters
     ----------
-    source : lib.io.FileSlice
+    source : lib.io.FileSlice or lib.volumes.StoreRegion
     """
 
     def __init__(self, source):
@@ -627,7 +658,14 @@ class DiskMask:
 
     @property
     def shape(self):
-        return tuple(self.source.shape[:2])
+        return tuple(self.source.shape[:-1])
+
+    def __len__(self):
+        return self.shape[0]
+
+    def part(self, start, stop):
+        """The mask of the z range ``[start, stop)`` of a volume from a store."""
+        return DiskMask(self.source.part(start, stop))
 
     def read(self, window=None):
         return read_mask(self.source, window)
@@ -645,32 +683,44 @@ class ForegroundIndex:
 
     Stands in for ``np.flatnonzero(mask)`` in :class:`CropDataset`'s foreground
     sampling (``len`` and integer indexing), while keeping only the foreground
-    count of each ``cell x cell`` block: item ``k`` is found by locating its
-    block and reading that block of the mask. Items are ordered by block, then
-    raster order inside the block, so a uniform index is a uniform foreground pixel.
+    count of each ``cell x cell`` block (``cell`` cubed in 3D): item ``k`` is found
+    by locating its block and reading that block of the mask. Items are ordered by
+    block, then raster order inside the block, so a uniform index is a uniform
+    foreground pixel.
 
     Parameters
     ----------
-    mask : DiskMask
-    counts : int ndarray ``(ceil(H / cell), ceil(W / cell))``
+    mask : DiskMask, 2D or 3D
+    counts : int ndarray ``(ceil(H / cell), ceil(W / cell))`` (one axis more in 3D)
         Foreground pixels per block, from :meth:`block_counts`.
     cell : int
     """
 
     def __init__(self, mask, counts, cell):
-        self.mask, self.cell = mask, cell
-        self.grid_width = counts.shape[1]
-        self.blocks = np.flatnonzero(counts).astype(np.int32)
+        self.mask, self.cell, self.counts = mask, cell, counts
+        self.blocks = np.flatnonzero(counts).astype(np.int64)
         self.ends = np.cumsum(counts.ravel()[self.blocks], dtype=np.int64)
 
     @staticmethod
     def block_counts(mask, cell):
-        """Foreground pixels of a binary mask ``(H, W)`` in each ``cell x cell`` block, int64."""
-        height, width = mask.shape
-        grid = (-(-height // cell), -(-width // cell))
-        padded = np.zeros((grid[0] * cell, grid[1] * cell), np.int64)
-        padded[:height, :width] = mask
-        return padded.reshape(grid[0], cell, grid[1], cell).sum(axis=(1, 3))
+        """Foreground pixels of a binary mask ``(H, W)`` or ``(Z, Y, X)`` in each block of side ``cell``, int64."""
+        grid = tuple(-(-n // cell) for n in mask.shape)
+        padded = np.zeros(tuple(g * cell for g in grid), np.uint8)
+        padded[tuple(slice(0, n) for n in mask.shape)] = mask
+        blocked = padded.reshape(tuple(n for g in grid for n in (g, cell)))
+        return blocked.sum(axis=tuple(range(1, 2 * len(grid), 2)), dtype=np.int64)
+
+    def head(self, mask, depth):
+        """The index of ``mask``, the first ``depth`` slices (rows in 2D) of ``self.mask``, from these counts.
+
+        Only the blocks that ``depth`` cuts are counted again (reading at most ``cell`` slices).
+        """
+        full = depth // self.cell
+        counts = self.counts[:full]
+        if depth % self.cell:
+            rest = (slice(full * self.cell, depth),) + (slice(None),) * (len(mask.shape) - 1)
+            counts = np.concatenate([counts, self.block_counts(mask[rest], self.cell)])
+        return ForegroundIndex(mask, counts, self.cell)
 
     def __len__(self):
         return int(self.ends[-1]) if len(self.ends) else 0
@@ -678,8 +728,7 @@ class ForegroundIndex:
     def __getitem__(self, k):
         block = int(np.searchsorted(self.ends, k, side="right"))
         rank = int(k) - (int(self.ends[block - 1]) if block else 0)
-        by, bx = divmod(int(self.blocks[block]), self.grid_width)
-        y0, x0 = by * self.cell, bx * self.cell
-        window = self.mask[y0:y0 + self.cell, x0:x0 + self.cell]
-        y, x = np.unravel_index(np.flatnonzero(window)[rank], window.shape)
-        return (y0 + int(y)) * self.mask.shape[1] + x0 + int(x)
+        corner = [int(b) * self.cell for b in np.unravel_index(self.blocks[block], self.counts.shape)]
+        window = self.mask[tuple(slice(c, c + self.cell) for c in corner)]
+        inside = np.unravel_index(np.flatnonzero(window)[rank], window.shape)
+        return int(np.ravel_multi_index(tuple(c + int(i) for c, i in zip(corner, inside)), self.mask.shape))

@@ -74,7 +74,7 @@ def plan(args):
     tile, overlap, batch_size = fitted_tiles(cfg, volume.shape[:-1][-model_ndim:])
     if tile != tuple(cfg.data.crop_shape):
         _check_tile(predict, tile, channels, f"the tile {list(tile)} fitted to the input (inference.tile_shape)")
-    block = tuple(cfg.inference.block_shape[3 - volume.ndim:])
+    block = block_shape(cfg, volume.shape[:-1], model_ndim, _sets(args.overrides, "inference.block_shape"))
     z_size = cfg.post.z_filter_size if cfg.post.z_filter and volume.ndim == 3 else 0
     kind = volumes.output_kind(args.output)
     store = args.output if kind == "zarr" else volumes.staging_store(args.output)
@@ -94,6 +94,34 @@ def plan(args):
     if cfg.post.oztel:
         print("note: post.oztel is not applied (object-level post-processing needs whole objects, not blocks)")
     return result
+
+
+# A 2D model's default block: whole slices in y and x (no tile is then predicted for two blocks), as many as
+# fit in this many voxels, the size of the default inference.block_shape (32 x 1024 x 1024): memory as with it.
+SLICE_BLOCK_VOXELS = 32 * 1024 * 1024
+
+
+def block_shape(cfg, shape, model_ndim, overridden=False):
+    """The spatial block of an input of spatial ``shape`` (2 or 3 sizes) predicted by a ``model_ndim`` model.
+
+    ``inference.block_shape`` (its last 2 sizes for a 2D input), unless the model is 2D and the block shape
+    neither ``overridden`` (given with ``--set``) nor changed from its default: then whole slices in y and x,
+    at most ``inference.block_shape``'s z of them and at most :data:`SLICE_BLOCK_VOXELS` voxels, so that no tile
+    straddles two blocks. A slice larger than :data:`SLICE_BLOCK_VOXELS` keeps ``inference.block_shape``.
+    """
+    block = tuple(cfg.inference.block_shape[3 - len(shape):])
+    default = list(config_lib.InferenceConfig().block_shape)
+    plane = shape[-2] * shape[-1]
+    if model_ndim != 2 or overridden or list(cfg.inference.block_shape) != default or plane > SLICE_BLOCK_VOXELS:
+        return block
+    if len(shape) == 2:
+        return tuple(shape)
+    return (max(1, min(block[0], SLICE_BLOCK_VOXELS // plane)),) + tuple(shape[1:])
+
+
+def _sets(overrides, key):
+    """True when one of the ``--set`` ``overrides`` sets ``key``."""
+    return any(o.split("=", 1)[0].strip() == key for o in overrides)
 
 
 def fitted_tiles(cfg, image_shape):
@@ -205,8 +233,8 @@ def run(plan):
         spatial = job.volume.shape[:-1]
         grid, blocks = blockwise.block_grid(spatial, job.block)
         if plan.state in ("new", "replace"):
-            volumes.create_store(job.store, spatial, blockwise.output_chunks(job.block), grid, job.prob_dtype,
-                                 plan.description, job.volume.voxel_size, job.volume.unit)
+            volumes.create_store(job.store, spatial, blockwise.output_chunks(job.block, spatial), grid,
+                                 job.prob_dtype, plan.description, job.volume.voxel_size, job.volume.unit)
         else:
             print(f"Resuming the unfinished prediction in {job.store}")
         job = _with_statistics(job, blocks, run_tasks)

@@ -263,6 +263,103 @@ def _tiff_voxel_size(path, ndim):
         return ((float(meta.get("spacing", 1.0)),) if ndim == 3 else ()) + (xy, xy), unit
 
 
+# --------------------------------------------------------------------------- training data in stores
+
+class StoreRegion:
+    """A box of a store's :class:`Volume`, read window by window: a 2D slice, a volume or a z range of it.
+
+    The source of :class:`lib.io.DiskImage` and :class:`lib.io.DiskMask` for data
+    in zarr / HDF5 stores, as :class:`lib.io.FileSlice` is for image files: a read
+    asks the store for its window only, which reads the chunks it touches.
+
+    Parameters
+    ----------
+    volume : Volume
+    start, stop : tuple of int, the box in the volume's spatial axes
+    squeeze : bool
+        The box is one z slice of a volume, read as a 2D image (the z axis dropped).
+    index : int, the z of a slice (its number in the store), 0 otherwise
+    """
+
+    def __init__(self, volume, start, stop, squeeze=False, index=0):
+        self.volume, self.start, self.stop = volume, tuple(start), tuple(stop)
+        self.squeeze, self.index = squeeze, index
+
+    @property
+    def path(self):
+        return self.volume.spec
+
+    @property
+    def dtype(self):
+        return self.volume.dtype
+
+    @property
+    def shape(self):
+        """``(*spatial, C)``, without the z axis of a slice."""
+        spatial = tuple(b - a for a, b in zip(self.start, self.stop))[1 if self.squeeze else 0:]
+        return spatial + (self.volume.shape[-1],)
+
+    def part(self, start, stop):
+        """The z range ``[start, stop)`` of this box (a volume's, counted from the box's first slice)."""
+        if self.squeeze or len(self.start) != 3:
+            raise ValueError("StoreRegion.part: only a volume has z ranges")
+        z0 = self.start[0]
+        return StoreRegion(self.volume, (z0 + start,) + self.start[1:], (z0 + stop,) + self.stop[1:])
+
+    def read(self, window=None):
+        """Pixels ``(*window, C)`` of ``window`` (``((y0, y1), (x0, x1))``, one pair more in 3D; None: all)."""
+        if window is None:
+            window = tuple((0, n) for n in self.shape[:-1])
+        if self.squeeze:
+            window = ((0, 1),) + tuple(window)
+        box = tuple(slice(s + a, s + b) for s, (a, b) in zip(self.start, window))
+        array = self.volume[box]
+        return array[0] if self.squeeze else array
+
+
+def open_store(path):
+    """Open a zarr or HDF5 store of a dataset folder as a :class:`Volume` (one channel unless 4D).
+
+    A zarr path is an array or an OME-Zarr image (level 0); an HDF5 file must hold
+    exactly one dataset, as nothing in a folder listing can name one.
+    """
+    hdf5 = _hdf5_parts(path)
+    if hdf5 is not None and not hdf5[1]:
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                datasets = []
+                handle.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read it as HDF5 ({exc})") from None
+        if len(datasets) != 1:
+            raise UserError(f"{path}: holds {len(datasets)} datasets ({', '.join(datasets) or 'none'}); a dataset "
+                            "folder's HDF5 file must hold exactly one (the image, or the mask)")
+        path = f"{path}:{datasets[0]}"
+    return open_volume(path)
+
+
+def store_slices(path, mask=False):
+    """The 2D slices of a store, as :class:`StoreRegion` s: one per z of a volume, or the 2D image itself.
+
+    ``mask`` is accepted for :func:`lib.io.file_slices`' signature; store masks are read as they are stored.
+    """
+    volume = open_store(path)
+    if volume.ndim == 2:
+        return [StoreRegion(volume, (0, 0), volume.shape[:2])]
+    depth, height, width = volume.shape[:3]
+    return [StoreRegion(volume, (z, 0, 0), (z + 1, height, width), squeeze=True, index=z) for z in range(depth)]
+
+
+def store_volume(path):
+    """A store's whole volume as one :class:`StoreRegion` ``(Z, Y, X, C)``; UserError for a 2D store."""
+    volume = open_store(path)
+    if volume.ndim != 3:
+        raise UserError(f"{path}: a 2D array of shape {volume.shape[:2]}; the 3D template needs volumes (Z, Y, X)")
+    return StoreRegion(volume, (0, 0, 0), volume.shape[:3])
+
+
 # --------------------------------------------------------------------------- outputs
 
 def output_kind(path):

@@ -152,6 +152,37 @@ def test_chunks_divide_blocks():
     assert output_chunks((24, 32)) == (24, 32)
 
 
+def test_2d_model_blocks_are_whole_slices_and_predict_each_tile_once():
+    from lib import blockwise, data, predicting
+    from lib import config as config_lib
+
+    cfg = config_lib.Config()
+    cfg.data.crop_shape = [TILE, TILE]
+    cfg.validate()
+    assert predicting.block_shape(cfg, (9, 40, 100), 2) == (32, 40, 100)  # whole slices, up to 32 of them
+    assert predicting.block_shape(cfg, (100, 2048, 4096), 2) == (4, 2048, 4096)  # 2^25 voxels at most
+    assert predicting.block_shape(cfg, (40, 100), 2) == (40, 100)
+    for shape, ndim, overridden in (((3, 8192, 8192), 2, False), ((9, 40, 100), 2, True), ((9, 40, 100), 3, False)):
+        assert predicting.block_shape(cfg, shape, ndim, overridden) == (32, 1024, 1024)
+    cfg.inference.block_shape = [4, 24, 32]  # changed in the run's configuration
+    assert predicting.block_shape(cfg, (9, 40, 100), 2) == (4, 24, 32)
+    assert blockwise.output_chunks((32, 40, 1000), (9, 40, 1000)) == (32, 40, 256)
+
+    tiles = []
+
+    def counting(batch):
+        tiles.append(len(batch))
+        return fake_predict(batch)
+
+    image = np.random.default_rng(2).random((5, 40, 100, 1), dtype=np.float32)
+    per_slice = data.tile_count((40, 100), (TILE, TILE), 0.5)
+    for block, repeated in (((32, 40, 100), False), ((5, 24, 32), True)):
+        tiles.clear()
+        for _, core in blockwise.block_grid(image.shape[:-1], block)[1]:
+            blockwise.predict_block(counting, image, core, (TILE, TILE))
+        assert (sum(tiles) > 5 * per_slice) if repeated else (sum(tiles) == 5 * per_slice), (block, sum(tiles))
+
+
 # --------------------------------------------------------------------------- end to end, as a user runs it
 
 @pytest.fixture(scope="module")

@@ -169,9 +169,18 @@ def equalize(volume, method, clip_limit=0.01):
 
 
 def equalize_sets(xcfg, *image_sets):
-    """Apply :func:`equalize` (``xcfg.equalize``) to every volume of each ImageSet, in place."""
+    """Apply :func:`equalize` (``xcfg.equalize``) to every volume of each ImageSet, in place.
+
+    Volumes read from zarr / HDF5 stores (lib.experiment.DiskImageSet) are never loaded whole, so they
+    cannot be equalised: refused, naming the option.
+    """
     if xcfg.equalize == "none":
         return
+    from lib.experiment import DiskImageSet
+
+    if any(isinstance(image_set, DiskImageSet) for image_set in image_sets):
+        raise UserError(f"{SECTION}.equalize={xcfg.equalize}: volumes read from zarr / HDF5 stores are not "
+                        f"equalised (that needs them in memory); set {SECTION}.equalize=none, or use TIFF volumes")
     for image_set in image_sets:
         image_set.images = [equalize(v, xcfg.equalize, xcfg.clip_limit) for v in image_set.images]
     print(f"Histogram equalisation ({xcfg.equalize}) of every slice, training and test volumes alike")
