@@ -24,7 +24,7 @@ demo: $(STAMP)
 	@echo "Demo finished: results in demo_jobs/demo_0/ (metrics.json, charts/*.png, predictions/), summary in demo_jobs/summary.csv"
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests --ignore=tests/benchmarks
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/benchmarks  # two workers: most tests wait on a subprocess starting Keras
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -s -o python_files='bench_*.py' tests/benchmarks
