@@ -29,6 +29,19 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"command line: {message} (see --help)")
 
 
+class _HelpOptions(argparse.Action):
+    """``--help-options``: print every configuration option and exit 0, like ``--help`` (no other argument needed)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import options
+
+        options.show()
+        parser.exit()
+
+
 def build_parser(description):
     p = _Parser(description=description)
     p.add_argument("code_dir", help="folder holding this project's lib/ (e.g. '.')")
@@ -42,6 +55,8 @@ def build_parser(description):
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one option, e.g. --set train.epochs=50 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run with the same id and rid")
+    p.add_argument("--help-options", action=_HelpOptions,
+                   help="list every option for --set and CONFIG (default, allowed values, help) and exit")
     return p
 
 

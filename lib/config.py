@@ -47,18 +47,39 @@ def fixed_on_resume(dotted):
     return any(dotted == f or (f.endswith(".") and dotted.startswith(f)) for f in FIXED_ON_RESUME)
 
 
+def option(default, help, choices=None, range=None):
+    """A config field with its one-line ``help`` and allowed values: ``choices`` or a ``range`` text.
+
+    ``range`` is an interval as validation messages write it (``[0, 1)``, ``[1, inf)``),
+    or a short description for lists; ``python -m lib.config`` prints them all.
+    """
+    metadata = {"help": help, "choices": choices, "range": range}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class DataConfig:
-    normalization: str = "per_image"
-    val_fraction: float = 0.1
-    val_split: str = "random"
-    crop_shape: List[int] = field(default_factory=lambda: [256, 256])
-    random_crops: bool = True
-    min_fg_fraction: float = 0.0
-    fg_sampling: float = 0.0
-    replicate: int = 1
-    # Streamed data (big-data template): validation crops read once and kept in memory.
-    max_val_crops: int = 256
+    normalization: str = option("per_image", "intensity normalisation: per_image (min-max per image or volume), "
+                                "dtype_max (x / 255 for uint8), zscore (training mean and std)", NORMALIZATIONS)
+    val_fraction: float = option(0.1, "share of the training images kept for validation (3D: whole volumes, or the "
+                                 "last slices of a single volume); 0 disables validation", range="[0, 1)")
+    val_split: str = option("random", "which images (3D: volumes) validate: random, or the last ones (e.g. the end "
+                            "of a stack)", VAL_SPLITS)
+    crop_shape: List[int] = option([256, 256], "training crop / inference tile, (y, x) or (z, y, x); divisible by "
+                                   "the network's downsampling (2**model.depth)",
+                                   range="2 (y, x) or 3 (z, y, x) sizes, each >= 2")
+    random_crops: bool = option(True, "true: new random crops each epoch; false: a fixed grid of crops "
+                                "(in-memory 2D and 3D templates only)")
+    min_fg_fraction: float = option(0.0, "fixed crops only: discard training crops with a smaller foreground "
+                                    "fraction", range="[0, 1)")
+    fg_sampling: float = option(0.0, "random crops: share of crops centred on a foreground pixel (0 = uniform)",
+                                range="[0, 1]")
+    replicate: int = option(1, "passes over the training images per epoch (the crops covering them, times this)",
+                            range="[1, inf)")
+    max_val_crops: int = option(256, "most validation crops (also at most 20 % of an epoch's training crops); "
+                                "streamed data reads them once and keeps them in memory", range="[1, inf)")
 
     def validate(self):
         _choice("data.normalization", self.normalization, NORMALIZATIONS)
@@ -73,36 +94,38 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    enabled: bool = True
-    flip_p: float = 0.5
-    rot90_p: float = 0.5
-    rotation_p: float = 0.0
-    rotation_range: float = 180.0
-    elastic_p: float = 0.0
-    elastic_alpha: float = 30.0
-    elastic_sigma: float = 5.0
-    zoom_p: float = 0.0
-    zoom_range: List[float] = field(default_factory=lambda: [0.8, 1.2])
-    shift_p: float = 0.0
-    shift_range: float = 0.1
-    shear_p: float = 0.0
-    shear_range: float = 10.0
-    brightness_p: float = 0.0
-    brightness_range: float = 0.1
-    contrast_p: float = 0.0
-    contrast_range: List[float] = field(default_factory=lambda: [0.8, 1.2])
-    gamma_p: float = 0.0
-    gamma_range: List[float] = field(default_factory=lambda: [0.8, 1.25])
-    blur_p: float = 0.0
-    blur_sigma: List[float] = field(default_factory=lambda: [0.0, 1.5])
-    median_p: float = 0.0
-    median_size: int = 3
-    noise_p: float = 0.0
-    noise_std: float = 0.03
-    missing_section_p: float = 0.0
-    misalignment_p: float = 0.0
-    misalignment_max_shift: int = 10
-    samples: int = 0
+    enabled: bool = option(True, "false: no augmentation at all")
+    flip_p: float = option(0.5, "probability of a flip, per axis", range="[0, 1]")
+    rot90_p: float = option(0.5, "probability of an in-plane (y-x) 90/180/270-degree rotation", range="[0, 1]")
+    rotation_p: float = option(0.0, "probability of a free in-plane rotation (reflect padding)", range="[0, 1]")
+    rotation_range: float = option(180.0, "free rotation angle, degrees, uniform in [-r, r]", range="[0, 360]")
+    elastic_p: float = option(0.0, "probability of an in-plane elastic deformation", range="[0, 1]")
+    elastic_alpha: float = option(30.0, "elastic displacement strength, pixels", range="[0, inf)")
+    elastic_sigma: float = option(5.0, "elastic smoothness, pixels", range="(0, inf)")
+    zoom_p: float = option(0.0, "probability of an in-plane zoom", range="[0, 1]")
+    zoom_range: List[float] = option([0.8, 1.2], "zoom factor range", range="[min, max], each in (0, inf)")
+    shift_p: float = option(0.0, "probability of an in-plane shift", range="[0, 1]")
+    shift_range: float = option(0.1, "shift, fraction of the crop size", range="[0, 1]")
+    shear_p: float = option(0.0, "probability of an in-plane shear", range="[0, 1]")
+    shear_range: float = option(10.0, "shear angle, degrees", range="[0, 89]")
+    brightness_p: float = option(0.0, "probability of a brightness change", range="[0, 1]")
+    brightness_range: float = option(0.1, "additive brightness change", range="[0, 1]")
+    contrast_p: float = option(0.0, "probability of a contrast change", range="[0, 1]")
+    contrast_range: List[float] = option([0.8, 1.2], "contrast factor range", range="[min, max], each in (0, inf)")
+    gamma_p: float = option(0.0, "probability of a gamma change", range="[0, 1]")
+    gamma_range: List[float] = option([0.8, 1.25], "gamma range", range="[min, max], each in (0, inf)")
+    blur_p: float = option(0.0, "probability of an in-plane Gaussian blur", range="[0, 1]")
+    blur_sigma: List[float] = option([0.0, 1.5], "blur sigma range, pixels", range="[min, max], each in [0, inf)")
+    median_p: float = option(0.0, "probability of an in-plane median filter", range="[0, 1]")
+    median_size: int = option(3, "median filter size, pixels", range="[1, inf)")
+    noise_p: float = option(0.0, "probability of Gaussian noise", range="[0, 1]")
+    noise_std: float = option(0.03, "noise standard deviation", range="[0, inf)")
+    missing_section_p: float = option(0.0, "3D only: probability of a blank or duplicated section (serial-section EM)",
+                                      range="[0, 1]")
+    misalignment_p: float = option(0.0, "3D only: probability of a shifted part of the stack (serial-section EM)",
+                                   range="[0, 1]")
+    misalignment_max_shift: int = option(10, "3D only: largest misalignment, pixels", range="[0, inf)")
+    samples: int = option(0, "N > 0: write N augmented pairs to samples/ for a visual check", range="[0, inf)")
 
     def validate(self):
         for f in dataclasses.fields(self):
@@ -126,17 +149,23 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "unet"
-    depth: int = 4
-    filters: int = 16
+    name: str = option("unet", "network: unet, resunet (pre-activation residual), attention_unet, seunet, "
+                       "multiresunet, or a paper folder's network", range="a network name of lib.networks")
+    depth: int = option(4, "number of downsampling levels", range="[1, 8]")
+    filters: int = option(16, "filters of the first level, doubled at each level", range="[1, inf)")
     # No dropout by default: it slowed learning in the short CPU budgets measured (README, How the defaults were chosen).
-    dropout: Union[float, List[float]] = 0.0
-    spatial_dropout: bool = False
-    batch_norm: bool = True
-    activation: str = "elu"
-    upsampling: str = "transpose"
-    pool_size: Optional[List[int]] = None
-    deep_supervision: bool = False
+    dropout: Union[float, List[float]] = option(0.0, "dropout rate, one number or one per level (model.depth + 1 "
+                                                "values); 0: none", range="each in [0, 1)")
+    spatial_dropout: bool = option(False, "drop whole feature maps instead of pixels")
+    batch_norm: bool = option(True, "batch normalisation after each convolution")
+    activation: str = option("elu", "activation function", ACTIVATIONS)
+    upsampling: str = option("transpose", "decoder upsampling: transpose (learned) or resize (+ convolution)",
+                             UPSAMPLINGS)
+    pool_size: Optional[List[int]] = option(None, "3D: pooling per axis (z, y, x), e.g. [1, 2, 2] when sections are "
+                                            "much thicker than the pixel size; null: 2 on every axis",
+                                            range="null, or 2 or 3 sizes, each >= 1")
+    deep_supervision: bool = option(False, "also predict from each coarser decoder level (trained, not used to "
+                                    "predict); needs model.depth >= 2")
 
     def validate(self):
         # Imported here: the network registry imports Keras, which must not be
@@ -169,40 +198,51 @@ class ModelConfig:
 class TrainConfig:
     """Training options; the learning-rate schedules are defined in :func:`lib.training.learning_rate_at`."""
 
-    epochs: int = 200
-    batch_size: int = 4
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    schedule: str = "plateau"
-    warmup_epochs: int = 0
-    min_learning_rate: float = 1e-6
-    step_epochs: List[int] = field(default_factory=list)
-    step_factor: float = 0.1
-    plateau_patience: int = 10
-    plateau_factor: float = 0.5
-    loss: str = "bce_dice"
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
-    # Dice/Jaccard sums over the whole batch instead of per crop (nnU-Net's "batch dice"; the Cheng paper's loss).
-    batch_overlap: bool = False
-    weight_w0: float = 10.0
-    weight_sigma: float = 5.0
-    deep_supervision_weights: List[float] = field(default_factory=list)
-    pretrained: Optional[str] = None
-    freeze_encoder: bool = False
-    patience: int = 30
-    time_limit_minutes: float = 0.0
-    seed: int = 42
-    workers: int = 2
-    # 0: an epoch covers the training area once (crops = area / crop area, times data.replicate), 20-100 steps.
-    steps_per_epoch: int = 0
-    # What picks the best checkpoint: val_iou (foreground IoU of the validation crops) tracks the test metric.
-    monitor: str = "val_iou"
-    # Deterministic kernels (TensorFlow op determinism): identical reruns, at a cost in speed; see README.
-    deterministic: bool = False
+    epochs: int = option(200, "maximum number of epochs; 0: predict with train.pretrained, without training",
+                         range="[0, inf)")
+    batch_size: int = option(4, "crops (3D: subvolumes) per batch", range="[1, inf)")
+    optimizer: str = option("adam", "optimiser: sgd (with momentum), adam or adamw", OPTIMIZERS)
+    learning_rate: float = option(1e-3, "initial (peak) learning rate", range="(0, inf)")
+    momentum: float = option(0.9, "sgd only: momentum", range="[0, 1)")
+    nesterov: bool = option(False, "sgd only: Nesterov momentum")
+    weight_decay: float = option(1e-4, "adamw only: weight decay", range="[0, inf)")
+    schedule: str = option("plateau", "learning-rate schedule (cosine ends at train.epochs or at the time limit)",
+                           SCHEDULES)
+    warmup_epochs: int = option(0, "linear warm-up epochs before the schedule (onecycle: its rising phase)",
+                                range="[0, train.epochs - 1]")
+    min_learning_rate: float = option(1e-6, "cosine / onecycle end, plateau floor", range="[0, train.learning_rate]")
+    step_epochs: List[int] = option([], "step: epochs after which the rate drops, e.g. [100, 150]",
+                                    range="increasing epochs, each >= 1")
+    step_factor: float = option(0.1, "step: factor of each drop", range="(0, 1]")
+    plateau_patience: int = option(10, "plateau: epochs without a better monitored value before a drop",
+                                   range="[1, inf)")
+    plateau_factor: float = option(0.5, "plateau: factor of each drop", range="(0, 1)")
+    loss: str = option("bce_dice", "loss; weighted_bce (U-Net weight maps) needs the in-memory 2D or 3D template",
+                       LOSS_NAMES)
+    bce_weight: float = option(1.0, "bce_dice: weight of the bce term", range="[0, inf)")
+    dice_weight: float = option(1.0, "bce_dice: weight of the dice term", range="[0, inf)")
+    batch_overlap: bool = option(False, "dice, jaccard, bce_dice: sum the overlap over the whole batch instead of "
+                                 "per crop (nnU-Net's batch dice; the Cheng paper's loss)")
+    weight_w0: float = option(10.0, "weighted_bce: extra weight in narrow gaps between objects", range="[0, inf)")
+    weight_sigma: float = option(5.0, "weighted_bce: width of that extra weight, pixels", range="(0, inf)")
+    deep_supervision_weights: List[float] = option([], "loss weight per output, main first (model.depth values); "
+                                                   "[]: 1, 1/2, 1/4...", range="[], or model.depth weights >= 0, "
+                                                   "the first > 0")
+    pretrained: Optional[str] = option(None, "fine-tune: a .keras file, a run folder, or a run name ID_RID in JOB_DIR",
+                                       range="null or a path or run name")
+    freeze_encoder: bool = option(False, "fine-tune: keep the pretrained encoder fixed, train the decoder")
+    patience: int = option(30, "early stopping: epochs without a better monitored value", range="[0, inf)")
+    time_limit_minutes: float = option(0.0, "stop training after this many minutes (0 = no limit), then predict",
+                                       range="[0, inf)")
+    seed: int = option(42, "random seed (weights, split, crops, augmentation)", range="[0, 4294967295]")
+    workers: int = option(2, "threads preparing batches beside training (1 = in the training loop)",
+                          range="[1, inf)")
+    steps_per_epoch: int = option(0, "0: an epoch covers the training area once (area / crop area x "
+                                  "data.replicate), 20-100 steps", range="[0, inf)")
+    monitor: str = option("val_iou", "picks the best checkpoint, early stopping and plateau drops: val_iou "
+                          "(foreground IoU of the validation crops, tracks the test metric) or val_loss", MONITORS)
+    deterministic: bool = option(False, "deterministic kernels (TensorFlow op determinism): identical reruns, "
+                                 "slower (see README, Reliability)")
 
     def validate(self):
         _range("train.epochs", self.epochs, 0, None)
@@ -271,23 +311,26 @@ class TrainConfig:
 @dataclass
 class InferenceConfig:
     # The paper protocols, one option away: each is a prediction pass of its own.
-    per_crop: bool = False
-    merged: bool = False
-    tiled: bool = True
+    per_crop: bool = option(False, "variant: evaluate crop by crop (mean over crops)")
+    merged: bool = option(False, "variant: crops merged into full images (volumes)")
+    tiled: bool = option(True, "variant: overlapping tiles with smooth blending")
     # Off by default: 8 (2D) or 16 (3D) predictions per tile, too slow for a CPU run.
-    tta: bool = False
-    overlap: Union[float, List[float]] = 0.5
-    window: str = "gaussian"
-    threshold: float = 0.5
-    batch_size: int = 8
-    overlays: int = 3
-    # Largest tile of the blended variants; null: 4 crops wide in y and x (2D), the crop (3D). An image no
-    # larger than the tile along an axis is predicted in one pass along it, without overlap.
-    tile_shape: Optional[List[int]] = None
-    # templates/predict.py: blocks (z, y, x) read, predicted and written one at a time; memory follows them.
-    block_shape: List[int] = field(default_factory=lambda: [32, 1024, 1024])
-    # templates/predict.py: probabilities stored as uint8 (0-255) or float16.
-    prob_dtype: str = "uint8"
+    tta: bool = option(False, "variant: tiled + test-time augmentation (8 flips/rotations in 2D, 16 in 3D)")
+    overlap: Union[float, List[float]] = option(0.5, "tile overlap of the tiled variants, one value or one per axis",
+                                                range="each in [0, 1)")
+    window: str = option("gaussian", "blending window of the tiles", WINDOWS)
+    threshold: float = option(0.5, "probability threshold for binary masks (pick it on validation data)",
+                              range="(0, 1)")
+    batch_size: int = option(8, "tiles per prediction batch", range="[1, inf)")
+    overlays: int = option(3, "test images (3D: slices) drawn with outlines in charts/overlays.png (0 = none)",
+                           range="[0, inf)")
+    tile_shape: Optional[List[int]] = option(None, "largest tile of the blended variants; null: 4 crops wide (2D), "
+                                             "the crop (3D); an axis no longer than the tile is one tile",
+                                             range="null, or 2 or 3 sizes, each >= 2")
+    block_shape: List[int] = option([32, 1024, 1024], "templates/predict.py: blocks (z, y, x) read, predicted and "
+                                    "written one at a time; memory follows them", range="3 sizes, each >= 1")
+    prob_dtype: str = option("uint8", "templates/predict.py: probabilities stored as uint8 (0-255) or float16",
+                             PROB_DTYPES)
 
     def validate(self):
         for value in self.overlap if isinstance(self.overlap, list) else [self.overlap]:
@@ -312,13 +355,16 @@ class InferenceConfig:
 
 @dataclass
 class PostConfig:
-    z_filter: bool = True
-    z_filter_size: int = 5
-    tta_z_filter: bool = True
+    z_filter: bool = option(True, "median filter along z (2D: consecutive test images of one size form the stack)")
+    z_filter_size: int = option(5, "slices in the z median window", range="[1, inf), odd")
+    tta_z_filter: bool = option(True, "z filter of the tta prediction (needs inference.tta)")
     # Off by default: an extra pass of watershed refinement that helps object scores more than pixel ones.
-    oztel: bool = False
-    oztel_min_mean_prob: float = 0.6
-    oztel_marker_radius: float = 3.0
+    oztel: bool = option(False, "Oztel et al. 2017 (3D: slice by slice): drop unsure objects, snap boundaries to "
+                         "image edges")
+    oztel_min_mean_prob: float = option(0.6, "oztel: objects whose mean probability is below this are dropped",
+                                        range="[0, 1]")
+    oztel_marker_radius: float = option(3.0, "oztel: how far (pixels) the watershed may move a boundary",
+                                        range="(0, inf)")
 
     def validate(self):
         _range("post.z_filter_size", self.z_filter_size, 1, None)
@@ -542,3 +588,11 @@ def _shape(name, value, low=2):
         raise UserError(f"{name}: expected 2 (y, x) or 3 (z, y, x) sizes, got {value}")
     for v in value:
         _range(name, v, low, None)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .options import main
+
+    sys.exit(main())

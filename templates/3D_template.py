@@ -24,6 +24,7 @@ CONFIG = {
         "min_fg_fraction": 0.0,        # fixed subvolumes only: discard those with less foreground (0-1)
         "fg_sampling": 0.1,            # share of subvolumes centred on a foreground voxel (0 = uniform)
         "replicate": 1,                # passes over the training volumes per epoch (subvolumes covering them, times this)
+        "max_val_crops": 256,          # most validation subvolumes (also at most 20 % of an epoch's training subvolumes)
     },
     "augment": {
         "enabled": True,               # False: no augmentation at all
@@ -88,6 +89,7 @@ CONFIG = {
         "loss": "bce_dice",            # bce | weighted_bce (U-Net weight maps) | dice | bce_dice | jaccard
         "bce_weight": 1.0,             # bce_dice: weight of the bce term
         "dice_weight": 1.0,            # bce_dice: weight of the dice term
+        "batch_overlap": False,        # dice / jaccard / bce_dice: sum the overlap over the whole batch, not per subvolume
         "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
         "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, voxels
         "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
@@ -99,6 +101,7 @@ CONFIG = {
         "workers": 1,                  # threads preparing batches beside training
         "steps_per_epoch": 0,          # 0: an epoch covers the training volumes once (volume / subvolume x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
+        "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
     },
     "inference": {                     # each variant is evaluated on whole volumes and reported side by side
         "per_crop": False,             # evaluate subvolume by subvolume (mean over subvolumes)
@@ -111,6 +114,8 @@ CONFIG = {
         "batch_size": 8,               # windows per prediction batch (memory: the output volume plus one batch)
         "tile_shape": None,            # largest prediction window (z, y, x); None: the subvolume
         "overlays": 3,                 # test slices drawn with outlines in charts/overlays.png (0 = none)
+        "block_shape": [32, 1024, 1024],  # templates/predict.py with this run: blocks (z, y, x) predicted one at a time
+        "prob_dtype": "uint8",         # templates/predict.py with this run: probabilities stored as uint8 (0-255) | float16
     },
     "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
         "z_filter": True,              # median filter along z

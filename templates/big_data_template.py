@@ -27,6 +27,8 @@ CONFIG = {
         "val_fraction": 0.1,           # share of training images kept for validation (0 disables validation)
         "val_split": "random",         # random | last (the last images, e.g. the end of a stack)
         "crop_shape": [256, 256],      # training crop / inference tile (y, x); divisible by 2**model.depth
+        "random_crops": True,          # streamed data: random crops only (False is refused)
+        "min_fg_fraction": 0.0,        # streamed data: 0 only (it filters fixed crops; data.fg_sampling favours foreground)
         "fg_sampling": 0.0,            # random crops: share of crops centred on foreground (0 = uniform)
         "replicate": 1,                # passes over the training images per epoch (crops covering them, times this)
         "max_val_crops": 256,          # validation crops read from the validation images once, kept in memory
@@ -58,6 +60,9 @@ CONFIG = {
         "median_size": 3,              # median filter size, pixels
         "noise_p": 0.0,                # probability of Gaussian noise
         "noise_std": 0.03,             # noise standard deviation
+        "missing_section_p": 0.0,      # 3D only: probability of a blank or duplicated slice
+        "misalignment_p": 0.0,         # 3D only: probability of a shifted part of the stack
+        "misalignment_max_shift": 10,  # 3D only: largest misalignment, pixels
         "samples": 0,                  # N > 0: write N augmented crops to samples/augmentation/, crop checks to samples/crops/
     },
     "model": {
@@ -90,6 +95,9 @@ CONFIG = {
         "loss": "bce_dice",            # bce | dice | bce_dice | jaccard (weighted_bce needs weight maps: in-memory template only)
         "bce_weight": 1.0,             # bce_dice: weight of the bce term
         "dice_weight": 1.0,            # bce_dice: weight of the dice term
+        "batch_overlap": False,        # dice / jaccard / bce_dice: sum the overlap over the whole batch, not per crop
+        "weight_w0": 10.0,             # weighted_bce (in-memory templates only): extra weight in narrow gaps between objects
+        "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, pixels
         "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
         "pretrained": None,            # fine-tune: a .keras file, a run folder, or a run name "ID_RID" in JOB_DIR
         "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
@@ -99,6 +107,7 @@ CONFIG = {
         "workers": 2,                  # threads reading and augmenting crops beside training (1 = in the training loop)
         "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
+        "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
     },
     "inference": {                     # each variant is evaluated and reported side by side
         "per_crop": False,             # evaluate crop by crop (mean over crops): a pass of its own
@@ -111,6 +120,8 @@ CONFIG = {
         "batch_size": 8,               # tiles per prediction batch
         "tile_shape": None,            # largest prediction tile; None: 4 crops wide (2D), the crop (3D); smaller images in one pass
         "overlays": 3,                 # test images drawn with outlines in charts/overlays.png (0 = none)
+        "block_shape": [32, 1024, 1024],  # templates/predict.py with this run: blocks (z, y, x) predicted one at a time
+        "prob_dtype": "uint8",         # templates/predict.py with this run: probabilities stored as uint8 (0-255) | float16
     },
     "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
         "z_filter": True,              # median filter along z; consecutive test images of one size form the stack

@@ -85,6 +85,7 @@ CONFIG = {
         "loss": "bce_dice",            # bce | weighted_bce (U-Net weight maps) | dice | bce_dice | jaccard
         "bce_weight": 1.0,             # bce_dice: weight of the bce term
         "dice_weight": 1.0,            # bce_dice: weight of the dice term
+        "batch_overlap": False,        # dice / jaccard / bce_dice: sum the overlap over the whole batch, not per crop
         "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
         "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, pixels
         "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
@@ -109,6 +110,8 @@ CONFIG = {
         "batch_size": 8,               # tiles per prediction batch
         "tile_shape": None,            # largest prediction tile; None: 4 crops wide (2D), the crop (3D); smaller images in one pass
         "overlays": 3,                 # test images drawn with outlines in charts/overlays.png (0 = none)
+        "block_shape": [32, 1024, 1024],  # templates/predict.py with this run: blocks (z, y, x) predicted one at a time
+        "prob_dtype": "uint8",         # templates/predict.py with this run: probabilities stored as uint8 (0-255) | float16
     },
     "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
         "z_filter": True,              # median filter along z; consecutive test images of one size form the stack
