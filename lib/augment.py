@@ -1,17 +1,20 @@
-"""Paired image/mask augmentation for 2D images and 3D volumes.
+"""Paired image/mask (and weight map) augmentation for 2D images and 3D volumes.
 
 One :class:`Augmenter` draws a random augmentation per sample from an
-:class:`lib.config.AugmentConfig` and applies it to an image and its mask, in
-this order:
+:class:`lib.config.AugmentConfig` and applies it to an image, its mask and,
+optionally, a per-pixel weight map, in this order:
 
 1. flips and 90-degree rotations: exact array views, no interpolation;
 2. rotation, zoom, shift, shear and elastic deformation, combined into a
-   single coordinate map and resampled once (linear for the image, nearest for
-   the mask, ``'reflect'`` borders for both);
+   single coordinate map and resampled once (linear for the image and the
+   weight map, nearest for the mask, ``'reflect'`` borders for all);
 3. intensity changes (brightness, contrast, gamma, blur, median, noise), image
    only;
-4. 3D section defects: a missing section (image only) and misalignment (image
-   and mask together).
+4. 3D section defects: a missing section (image only) and misalignment (every
+   array together).
+
+Every transform is drawn once and applied to every array it concerns, so the
+mask and the weight map move exactly as the image does.
 
 Defects come last because in EM they are made after imaging, when sections are
 lost, duplicated or registered badly, so a duplicated or blank section carries
@@ -27,7 +30,7 @@ from scipy import ndimage as ndi
 
 
 class Augmenter:
-    """Random paired augmentation of an image and its binary mask.
+    """Random paired augmentation of an image, its binary mask and an optional weight map.
 
     Parameters
     ----------
@@ -54,7 +57,7 @@ class Augmenter:
         self.cfg = cfg
         self.ndim = ndim
 
-    def __call__(self, image, mask, rng):
+    def __call__(self, image, mask, rng, weight=None):
         """Augment one sample.
 
         Parameters
@@ -66,7 +69,12 @@ class Augmenter:
             Binary mask with values in {0, 1}, aligned with ``image``.
         rng : numpy.random.Generator
             Source of every random choice: the same generator state gives the
-            same output.
+            same output, with or without ``weight``.
+        weight : ndarray, shape spatial, optional
+            Per-pixel loss weights aligned with ``mask``
+            (:func:`lib.data.weight_map`); converted to float32. They follow
+            every geometric transform and section defect of the mask, resampled
+            linearly, and no intensity change.
 
         Returns
         -------
@@ -75,44 +83,51 @@ class Augmenter:
         mask : ndarray of uint8, shape spatial
             The augmented mask, a new array, still binary and aligned with the
             returned image.
+        weight : ndarray of float32, shape spatial
+            Only when ``weight`` is given: the augmented weight map, a new array.
 
         Raises
         ------
         ValueError
-            If the shapes of ``image`` and ``mask`` do not match ``ndim``.
+            If the shapes of ``image``, ``mask`` and ``weight`` do not match ``ndim``.
         """
         image = np.array(image, dtype=np.float32)
-        mask = np.array(mask, dtype=np.uint8)
-        if image.ndim != self.ndim + 1 or mask.shape != image.shape[:-1]:
+        labels = [np.array(mask, dtype=np.uint8)]
+        if weight is not None:
+            labels.append(np.array(weight, dtype=np.float32))
+        if image.ndim != self.ndim + 1 or any(a.shape != image.shape[:-1] for a in labels):
+            got = ", ".join(f"{name} {a.shape}" for name, a in zip(("image", "mask", "weight"), (image, *labels)))
             raise ValueError(
-                f"Augmenter({self.ndim}D): expected image (*spatial, C) with {self.ndim} spatial "
-                f"axes and mask of shape spatial, got image {image.shape} and mask {mask.shape}"
+                f"Augmenter({self.ndim}D): expected image (*spatial, C) with {self.ndim} spatial axes, and mask "
+                f"and weight of shape spatial; got {got}"
             )
-        if not self.cfg.enabled:
-            return image, mask
-        image, mask = self._flip_rot90(image, mask, rng)
-        coords = self._coordinate_map(mask.shape[-2:], rng)
-        if coords is not None:
-            image = np.moveaxis(_warp(np.moveaxis(image, -1, 0), coords, order=1), 0, -1)
-            mask = _warp(mask, coords, order=0)
-        image = self._intensity(image, rng)
-        if self.ndim == 3 and mask.shape[0] > 1:
-            image, mask = self._section_defects(image, mask, rng)
-        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+        if self.cfg.enabled:
+            # Channels first, so that the image shares its trailing spatial axes with the other arrays.
+            moved = self._geometry([np.moveaxis(image, -1, 0), *labels], rng)
+            image, labels = np.moveaxis(moved[0], 0, -1), moved[1:]
+            image = self._intensity(image, rng)
+            if self.ndim == 3 and image.shape[0] > 1:
+                image = self._section_defects(image, labels, rng)
+        return tuple(np.ascontiguousarray(a) for a in (image, *labels))
 
-    def _flip_rot90(self, image, mask, rng):
+    def _geometry(self, arrays, rng):
+        """Flip, turn and warp every array of ``arrays`` (shapes ``(..., *spatial)``) alike.
+
+        Float arrays are resampled linearly, integer ones (masks) by nearest neighbour.
+        """
         cfg = self.cfg
-        for axis in range(self.ndim):
+        for axis in range(-self.ndim, 0):
             if rng.random() < cfg.flip_p:
-                image = np.flip(image, axis)
-                mask = np.flip(mask, axis)
+                arrays = [np.flip(a, axis) for a in arrays]
         if rng.random() < cfg.rot90_p:
-            height, width = mask.shape[-2:]
+            height, width = arrays[0].shape[-2:]
             # A quarter turn of a non-square plane would change the sample shape.
             k = int(rng.integers(1, 4)) if height == width else 2
-            image = np.rot90(image, k, axes=(-3, -2))
-            mask = np.rot90(mask, k, axes=(-2, -1))
-        return image, mask
+            arrays = [np.rot90(a, k, axes=(-2, -1)) for a in arrays]
+        coords = self._coordinate_map(arrays[0].shape[-2:], rng)
+        if coords is not None:
+            arrays = [_warp(a, coords, order=0 if np.issubdtype(a.dtype, np.integer) else 1) for a in arrays]
+        return arrays
 
     def _coordinate_map(self, plane, rng):
         """Draw the in-plane geometric transforms as one sampling map.
@@ -187,14 +202,18 @@ class Augmenter:
             image = image + cfg.noise_std * rng.standard_normal(image.shape, dtype=np.float32)
         return image.astype(np.float32, copy=False)
 
-    def _section_defects(self, image, mask, rng):
+    def _section_defects(self, image, labels, rng):
+        """Misalign ``image`` ``(Z, Y, X, C)`` and every ``(Z, Y, X)`` array of ``labels`` together, in place.
+
+        A missing section blanks or duplicates a section of the image only. Returns the image.
+        """
         cfg = self.cfg
-        depth = mask.shape[0]
+        depth = image.shape[0]
         if rng.random() < cfg.misalignment_p and cfg.misalignment_max_shift > 0:
             start = int(rng.integers(1, depth))
             dy, dx = _nonzero_offset(cfg.misalignment_max_shift, rng)
-            image[start:] = _shift_plane(image[start:], dy, dx, axes=(1, 2))
-            mask[start:] = _shift_plane(mask[start:], dy, dx, axes=(1, 2))
+            for array in (image, *labels):
+                array[start:] = _shift_plane(array[start:], dy, dx, axes=(1, 2))
         if rng.random() < cfg.missing_section_p:
             z = int(rng.integers(depth))
             if rng.random() < 0.5:
@@ -203,7 +222,7 @@ class Augmenter:
             else:
                 neighbours = [n for n in (z - 1, z + 1) if 0 <= n < depth]
                 image[z] = image[neighbours[int(rng.integers(len(neighbours)))]]
-        return image, mask
+        return image
 
 
 def _warp(stack, coords, order):
@@ -216,7 +235,7 @@ def _warp(stack, coords, order):
     coords : ndarray of float64, shape (2, Y, X)
         Input (y, x) position sampled by each output pixel.
     order : int
-        Spline order: 1 (linear) for images, 0 (nearest) for masks.
+        Spline order: 1 (linear) for images and weight maps, 0 (nearest) for masks.
 
     Returns
     -------

@@ -19,6 +19,7 @@ was one slice) and of the whole volume for a 3D model, from a streaming pass
 import functools
 import itertools
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -214,21 +215,26 @@ class BlockJob:
     prob_dtype: str = "uint8"
 
 
-_MODELS = {}
+_MODELS = {}  # model path -> (the file's (mtime, size), (model, predictor))
 _MODELS_LOCK = threading.Lock()
 
 
 def load_predictor(model_path):
-    """``(keras model, predictor)`` of a ``.keras`` file, loaded once per process (each Dask worker loads it once)."""
+    """``(keras model, predictor)`` of a ``.keras`` file, loaded once per process (each Dask worker loads it once).
+
+    A file changed since it was loaded (a run trained again in the same session) is loaded again.
+    """
+    stat = os.stat(model_path)
+    version = (stat.st_mtime_ns, stat.st_size)
     with _MODELS_LOCK:
-        if model_path not in _MODELS:
+        if _MODELS.get(model_path, (None,))[0] != version:
             import keras
 
             from . import losses, metrics, networks  # noqa: F401  (register the project's Keras objects)
 
             model = keras.models.load_model(model_path, compile=False)
-            _MODELS[model_path] = (model, make_predictor(model))
-        return _MODELS[model_path]
+            _MODELS[model_path] = (version, (model, make_predictor(model)))
+        return _MODELS[model_path][1]
 
 
 def process_block(job, block):

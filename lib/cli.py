@@ -299,24 +299,26 @@ def _resume_changes(args, run_dir, cfg):
     return changed
 
 
-_RUN_LOCKS = []  # open lock files: closing one (or the process ending, however) releases its run
-
-
 def _lock_run(run_dir):
-    """Hold an exclusive lock on ``run_dir/.lock``; UserError if another process holds it."""
+    """Lock ``run_dir/.lock`` for the rest of this process; UserError if another process holds it.
+
+    A POSIX record lock belongs to the process, not to a file handle: this
+    process may lock its run again (a template's ``main()`` called twice in one
+    session), and the lock ends with the process, however it ends, so nothing
+    keeps or releases it. Its descriptor stays open on purpose: closing any
+    descriptor of the file would release the lock.
+    """
     import fcntl
 
-    handle = open(os.path.join(run_dir, ".lock"), "w")
+    fd = os.open(os.path.join(run_dir, ".lock"), os.O_WRONLY | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (BlockingIOError, PermissionError):  # EAGAIN or EACCES: held by another process
+        os.close(fd)
         raise UserError(f"{run_dir} is in use by another process running the same --id and --rid; "
                         "wait for it to end, or choose another --rid") from None
     except OSError:  # a file system without locks: run unprotected rather than not at all
-        handle.close()
-        return
-    _RUN_LOCKS.append(handle)
+        os.close(fd)
 
 
 def _changed_options(old, new):

@@ -4,17 +4,10 @@ Reproducible: sample ``i`` of epoch ``e`` is drawn with the random generator
 seeded by ``(seed, e, i)``, so results do not depend on worker scheduling.
 """
 
-import copy
-import dataclasses
-
 import numpy as np
 import keras
 
-from .augment import Augmenter
 from .errors import UserError
-
-# The Augmenter transforms that move pixels, which a weight map must follow.
-_GEOMETRIC = ("flip_p", "rot90_p", "rotation_p", "zoom_p", "shift_p", "shear_p", "elastic_p")
 
 
 class CropDataset(keras.utils.PyDataset):
@@ -29,7 +22,9 @@ class CropDataset(keras.utils.PyDataset):
     crop_shape : sequence of int
         Spatial size of a training sample.
     batch_size : int
-    augmenter : callable ``(image, mask, rng) -> (image, mask)`` or None
+    augmenter : lib.augment.Augmenter, or callable ``(image, mask, rng) -> (image, mask)``, or None
+        With ``weights``, it is called ``(image, mask, rng, weight=weight)`` and
+        returns ``(image, mask, weight)``, as :class:`lib.augment.Augmenter` does.
     random_crops : bool
         True: every sample is a new random crop of a random image each epoch;
         False: ``images`` are already crops of ``crop_shape`` and are used as they are.
@@ -50,8 +45,8 @@ class CropDataset(keras.utils.PyDataset):
         Threads preparing batches beside training.
     weights : list of float32 ndarray ``spatial``, optional
         Per-pixel loss weights aligned with ``masks`` (:func:`lib.data.weight_map`),
-        cropped with the same window and moved by the same geometric
-        augmentation as the mask. With them the targets ``y`` have two
+        cropped with the same window and moved by the same augmentation call
+        as the mask. With them the targets ``y`` have two
         channels, mask then weight, for :func:`lib.losses.weighted_bce`.
 
     Batches are ``(x (N, *crop, C) float32, y (N, *crop, 1 or 2) float32)``.
@@ -66,7 +61,6 @@ class CropDataset(keras.utils.PyDataset):
         if weights is not None and [w.shape for w in weights] != [m.shape for m in masks]:
             raise ValueError("CropDataset: expected one weight map of the shape of each mask")
         self.images, self.masks, self.weights = images, masks, weights
-        self._geometry = _geometry_only(augmenter) if weights is not None and augmenter is not None else None
         self.crop_shape = tuple(crop_shape)
         self.batch_size = batch_size
         self.augmenter = augmenter
@@ -136,12 +130,10 @@ class CropDataset(keras.utils.PyDataset):
             window = tuple(slice(c, c + s) for c, s in zip(corner, self.crop_shape))
             image, mask = image[window], mask[window]
             weight = None if weight is None else weight[window]
-        if self.augmenter is not None:
-            replay = copy.deepcopy(rng) if weight is not None else None
-            image, augmented = self.augmenter(image, mask, rng)
-            if weight is not None:
-                weight = self._geometry(weight[..., None], mask, replay)[0][..., 0]
-            mask = augmented
+        if self.augmenter is not None and weight is None:
+            image, mask = self.augmenter(image, mask, rng)
+        elif self.augmenter is not None:
+            image, mask, weight = self.augmenter(image, mask, rng, weight=weight)
         image = np.ascontiguousarray(image, dtype=np.float32)
         return (image, mask) if weight is None else (image, mask, weight)
 
@@ -152,27 +144,6 @@ class CropDataset(keras.utils.PyDataset):
             centre = np.unravel_index(fg[rng.integers(len(fg))], shape)
             return [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, self.crop_shape, shape)]
         return [int(rng.integers(0, n - s + 1)) for s, n in zip(self.crop_shape, shape)]
-
-
-def _geometry_only(augmenter):
-    """An Augmenter that, from the same random state, repeats only the geometry of ``augmenter``.
-
-    :class:`lib.augment.Augmenter` draws its flips, rotations and coordinate
-    map before anything else, so a copy with every other transform switched
-    off, given a copy of the random generator, moves a weight map exactly as
-    the mask was moved (interpolated linearly where the mask is resampled).
-    3D misalignment comes after the intensity draws, so it cannot be repeated.
-    """
-    if not isinstance(augmenter, Augmenter):
-        raise TypeError("CropDataset: weight maps need a lib.augment.Augmenter, whose geometry they follow")
-    cfg = augmenter.cfg
-    if augmenter.ndim == 3 and cfg.misalignment_p > 0:
-        raise UserError(
-            f"augment.misalignment_p={cfg.misalignment_p}: the weight maps of train.loss=weighted_bce cannot "
-            "follow misalignment; set augment.misalignment_p=0 or use another train.loss"
-        )
-    off = {f.name: 0.0 for f in dataclasses.fields(cfg) if f.name.endswith("_p") and f.name not in _GEOMETRIC}
-    return Augmenter(dataclasses.replace(cfg, **off), augmenter.ndim)
 
 
 # --------------------------------------------------------------------------- streamed from disk

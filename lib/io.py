@@ -514,8 +514,22 @@ def _read_page(tif, page, window):
     return out
 
 
-_UMASK = os.umask(0)  # read once: os.umask can only be read by setting it
-os.umask(_UMASK)
+def _umask():
+    """The process's file-mode creation mask, read without changing it for other threads where possible.
+
+    Linux reports it in ``/proc/self/status``; elsewhere ``os.umask``, which can
+    only be read by setting it, is set and restored at once.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
 
 
 def atomic_path(path):
@@ -534,7 +548,7 @@ def write_atomic(path, write):
     tmp = atomic_path(path)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's owner-only mode would hide results from the user's group
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's owner-only mode would hide results from the user's group
         os.replace(tmp, path)
     except BaseException as exc:
         if os.path.exists(tmp):

@@ -5,20 +5,24 @@ import json
 import os
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
 
 from . import io
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only: runs on clusters without a display
-import matplotlib.pyplot as plt  # noqa: E402
 
 METRIC_ORDER = ("fg_iou", "mean_iou", "dice", "precision", "recall", "det", "seg")
 
 
+def _figure(figsize):
+    """A figure drawn by Agg into files only: no pyplot, so no global backend or figure list changes."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _save_figure(fig, path):
     io.write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    plt.close(fig)
 
 
 def plot_history(rows, charts_dir):
@@ -30,7 +34,8 @@ def plot_history(rows, charts_dir):
     epochs = [int(r["epoch"]) for r in rows]
     paths = []
     for key, title in (("loss", "Loss"), ("iou", "Foreground IoU")):
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig = _figure((6, 4))
+        ax = fig.subplots()
         for name, style in ((key, "-"), (f"val_{key}", "--")):
             values = [r.get(name, np.nan) for r in rows]
             if not np.all(np.isnan(values)):
@@ -140,7 +145,8 @@ def plot_threshold_sweeps(sweeps, charts_dir):
     if not sweeps:
         return None
     os.makedirs(charts_dir, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure((10, 4))
+    axes = fig.subplots(1, 2)
     for variant, sweep in sweeps.items():
         for ax, key in zip(axes, ("fg_iou", "dice")):
             ax.plot(sweep["thresholds"], sweep[key], marker=".", label=variant)
@@ -175,8 +181,8 @@ def plot_overlays(samples, variants, charts_dir, filename="overlays.png"):
     variants = list(variants)
     height, width = samples[0]["image"].shape
     panel = 3.2
-    fig, axes = plt.subplots(len(samples), len(variants), squeeze=False,
-                             figsize=(panel * len(variants), panel * height / width * len(samples) + 0.6))
+    fig = _figure((panel * len(variants), panel * height / width * len(samples) + 0.6))
+    axes = fig.subplots(len(samples), len(variants), squeeze=False)
     for r, (row, sample) in enumerate(zip(axes, samples)):
         image = sample["image"]
         lo, hi = np.percentile(image, (0.5, 99.5))
@@ -232,7 +238,7 @@ def outline_rgb(image, mask, color=(0, 255, 0)):
 
 
 def _save_png(path, rgb):
-    io.write_atomic(path, lambda tmp: plt.imsave(tmp, rgb, format="png"))
+    io.write_atomic(path, lambda tmp: imsave(tmp, rgb, format="png"))
 
 
 def save_augmentation_samples(images, masks, folder):

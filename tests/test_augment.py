@@ -211,6 +211,66 @@ def test_misalignment_shifts_image_and_mask_from_one_section_on():
         np.testing.assert_array_equal(out_mask[start:], expected)
 
 
+# --------------------------------------------------------------------------- weight maps
+
+EXACT = ("flip_p", "rot90_p", "misalignment_p")  # transforms that move pixels without resampling them
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_weight_map_follows_the_image_through_every_geometric_transform_and_defect(ndim):
+    image, mask = blobs(SHAPES[ndim], channels=2)
+    weight = image[..., 1].copy()
+    cfg = only(*GEOMETRIC, *EXACT, zoom_range=[0.7, 1.3], shift_range=0.2, misalignment_max_shift=4,
+               **STRONG_ELASTIC)
+    for seed in range(3):
+        out_image, out_mask, out_weight = Augmenter(cfg, ndim)(image, mask, np.random.default_rng(seed), weight=weight)
+        assert out_weight.shape == mask.shape and out_weight.dtype == np.float32
+        assert not np.array_equal(out_weight, weight)
+        # resampled linearly, with the image's own coordinates
+        np.testing.assert_array_equal(out_weight, out_image[..., 1])
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_weight_map_equal_to_the_mask_stays_equal_to_it(ndim):
+    image, mask = blobs(SHAPES[ndim], channels=2)
+    probe = mask.astype(np.float32)
+    cfg = only(*EXACT, *INTENSITY, "missing_section_p", misalignment_max_shift=4)
+    for seed in range(6):
+        _, out_mask, out_weight = Augmenter(cfg, ndim)(image, mask, np.random.default_rng(seed), weight=probe)
+        np.testing.assert_array_equal(out_weight, out_mask)
+    # Elastic: the weights are interpolated linearly, the mask takes its nearest pixel, so they agree exactly
+    # wherever the four pixels around a sampled point agree, and elsewhere once the weight is rounded.
+    cfg = only("elastic_p", "misalignment_p", misalignment_max_shift=4, **STRONG_ELASTIC)
+    for seed in range(3):
+        _, out_mask, out_weight = Augmenter(cfg, ndim)(image, mask, np.random.default_rng(seed), weight=probe)
+        assert not np.array_equal(out_mask, mask)
+        np.testing.assert_array_equal(out_mask[out_weight < 1e-6], 0)
+        np.testing.assert_array_equal(out_mask[out_weight > 1 - 1e-6], 1)
+        assert np.mean((out_weight > 0.5) == out_mask.astype(bool)) > 0.99
+
+
+@pytest.mark.parametrize("name, ndim", [(n, d) for d in (2, 3) for n in INTENSITY] + [("missing_section_p", 3)])
+def test_image_only_transforms_leave_mask_and_weight_map_untouched(name, ndim):
+    image, mask = blobs(SHAPES[ndim])
+    weight = np.linspace(1.0, 2.0, mask.size, dtype=np.float32).reshape(mask.shape)
+    out_image, out_mask, out_weight = Augmenter(only(name, blur_sigma=[1.0, 2.0]), ndim)(
+        image, mask, np.random.default_rng(0), weight=weight)
+    assert not np.array_equal(out_image, image)
+    np.testing.assert_array_equal(out_mask, mask)
+    np.testing.assert_array_equal(out_weight, weight)
+    assert not np.shares_memory(out_weight, weight)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_a_weight_map_changes_no_random_draw(ndim):
+    image, mask = blobs(SHAPES[ndim])
+    cfg = only(*PROBABILITIES, **STRONG_ELASTIC)
+    without = run(cfg, ndim, image, mask, seed=3)
+    with_weight = Augmenter(cfg, ndim)(image, mask, np.random.default_rng(3), weight=np.ones(mask.shape))
+    np.testing.assert_array_equal(with_weight[0], without[0])
+    np.testing.assert_array_equal(with_weight[1], without[1])
+
+
 def test_section_defects_are_ignored_in_2d():
     image, mask = blobs((32, 32))
     out_image, out_mask = run(only("missing_section_p", "misalignment_p"), 2, image, mask)
@@ -236,3 +296,5 @@ def test_bad_inputs_raise_clear_errors():
         augmenter(image[..., 0], mask, np.random.default_rng(0))
     with pytest.raises(ValueError, match="expected image"):
         augmenter(image, mask[:8], np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"weight \(8, 16\)"):
+        augmenter(image, mask, np.random.default_rng(0), weight=np.ones((8, 16)))

@@ -230,7 +230,6 @@ def test_resume_refuses_a_changed_network(tmp_path):
     args = cli.parse_args([REPO, "data", str(tmp_path), "--id", "net", "--gpu", "cpu"])
     cfg = config.from_dict({"model": {"filters": 4}})
     cli.create_run_dir(args, cfg)  # then killed
-    cli._RUN_LOCKS.pop().close()
     cfg.model.filters, cfg.train.epochs = 8, 300
     with pytest.raises(UserError, match=r"net_0: cannot resume with changed model.filters: 4 -> 8: its checkpoint "
                                         r"holds the network, loss and optimiser trained so far; undo the change to "
@@ -344,9 +343,19 @@ def test_a_run_folder_serves_one_process_at_a_time(tmp_path):
 
     args = cli.parse_args([REPO, "data", str(tmp_path), "--id", "busy", "--gpu", "cpu"])
     cfg = config.Config()
-    cli.create_run_dir(args, cfg)
-    with pytest.raises(UserError, match="busy_0 is in use by another process running the same --id and --rid"):
-        cli.create_run_dir(args, cfg)
+    os.makedirs(tmp_path / "busy_0")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from lib import cli; cli._lock_run(sys.argv[1]); print('locked', "
+         "flush=True); sys.stdin.read()", str(tmp_path / "busy_0")],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(UserError, match="busy_0 is in use by another process running the same --id and --rid"):
+            cli.create_run_dir(args, cfg)
+    finally:
+        holder.communicate("")
+    cli.create_run_dir(args, cfg)  # the other process has ended
+    cli.create_run_dir(args, cfg)  # this process may reopen its own run
 
 
 def test_summary_keeps_one_row_per_run(tmp_path):

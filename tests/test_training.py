@@ -157,11 +157,15 @@ def test_weight_maps_follow_the_augmentation():
     assert np.mean(np.abs(y[..., 1] - y[..., 0]) < 0.5) > 0.98
 
 
-def test_weight_maps_refuse_3d_misalignment():
-    volume, mask = np.zeros((8, 16, 16, 1), np.float32), np.zeros((8, 16, 16), np.uint8)
-    augmenter = Augmenter(AugmentConfig(misalignment_p=0.5), ndim=3)
-    with pytest.raises(UserError, match="augment.misalignment_p=0.5: the weight maps of train.loss=weighted_bce"):
-        CropDataset([volume], [mask], (8, 16, 16), 1, augmenter=augmenter, weights=[np.ones((8, 16, 16), np.float32)])
+def test_weight_maps_follow_3d_misalignment():
+    rng = np.random.default_rng(0)
+    mask = (rng.random((8, 16, 16)) > 0.5).astype(np.uint8)
+    volume = mask[..., None].astype(np.float32)
+    augmenter = Augmenter(AugmentConfig(misalignment_p=1.0, misalignment_max_shift=3), ndim=3)
+    data = CropDataset([volume], [mask], (8, 16, 16), 2, augmenter=augmenter, weights=[mask.astype(np.float32)])
+    _, y = data[0]
+    assert not np.array_equal(y[0, ..., 0], mask)
+    np.testing.assert_array_equal(y[..., 1], y[..., 0])
 
 
 @pytest.mark.parametrize("random_crops", [True, False])
