@@ -16,6 +16,7 @@ was one slice) and of the whole volume for a 3D model, from a streaming pass
 (:func:`intensity_ranges`); ``zscore`` uses the training mean and std.
 """
 
+import contextlib
 import functools
 import itertools
 import math
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import normalize
-from .inference import make_predictor, predict_tiled
+from .inference import make_predictor, predict_tiled, tile_progress, tiled_inputs
 from .postprocess import binarize, z_filter
 
 RETRIES = 2  # a block whose task fails (a lost worker, an I/O error) is tried this many more times
@@ -142,7 +143,7 @@ def intensity_ranges(volume, blocks, run_tasks):
 
 
 def predict_block(predict, image, core, tile, overlap=0.5, window="gaussian", batch_size=8, tta=False,
-                  z_filter_size=0):
+                  z_filter_size=0, progress=None):
     """Probabilities of the box ``core`` of ``image``, equal to those of tiled prediction of the whole image.
 
     Parameters
@@ -155,6 +156,10 @@ def predict_block(predict, image, core, tile, overlap=0.5, window="gaussian", ba
     z_filter_size : int, odd, or 0 for none
         Median filter along z (:func:`lib.postprocess.z_filter`); the slices it
         needs beyond the core are predicted too.
+    progress : callable, optional
+        ``progress(total)`` opens a bar over the block's ``total`` network inputs
+        (every slice's, for a 2D model), a context manager with ``update(n)``
+        such as :func:`lib.inference.tile_progress`; it is updated after each batch.
 
     Returns
     -------
@@ -166,13 +171,19 @@ def predict_block(predict, image, core, tile, overlap=0.5, window="gaussian", ba
                          f"image of spatial shape {spatial}, got {len(core)} and {len(tile)}")
     radius = z_filter_size // 2 if z_filter_size and len(spatial) == 3 else 0
     z0, z1 = (max(core[0].start - radius, 0), min(core[0].stop + radius, spatial[0])) if len(spatial) == 3 else (0, 0)
-    options = dict(overlap=overlap, window=window, batch_size=batch_size, tta=tta)
     if len(tile) == len(spatial):
         box = ((slice(z0, z1),) + tuple(core[1:])) if len(spatial) == 3 else tuple(core)
-        prob = predict_tiled(predict, image, tile, core=box, **options)
+        total = tiled_inputs(spatial, tile, overlap, tta, box)
     else:
-        views = (_SliceOf(image, z) for z in range(z0, z1))
-        prob = np.stack([predict_tiled(predict, view, tile, core=tuple(core[1:]), **options) for view in views])
+        total = (z1 - z0) * tiled_inputs(spatial[1:], tile, overlap, tta, tuple(core[1:]))
+    with progress(total) if progress else contextlib.nullcontext() as bar:
+        options = dict(overlap=overlap, window=window, batch_size=batch_size, tta=tta,
+                       progress=None if bar is None else bar.update)
+        if len(tile) == len(spatial):
+            prob = predict_tiled(predict, image, tile, core=box, **options)
+        else:
+            views = (_SliceOf(image, z) for z in range(z0, z1))
+            prob = np.stack([predict_tiled(predict, view, tile, core=tuple(core[1:]), **options) for view in views])
     if radius:
         prob = z_filter(prob, z_filter_size)[core[0].start - z0:core[0].stop - z0]
     return prob
@@ -237,9 +248,10 @@ def load_predictor(model_path):
         return _MODELS[model_path][1]
 
 
-def process_block(job, block):
+def process_block(job, block, tile_bar=False):
     """Predict block ``(index, core)`` of ``job``, write its core to the store, then flag it done.
 
+    With ``tile_bar``, a block of many tiles shows a bar of its tiles (:func:`lib.inference.tile_progress`).
     Returns the number of voxels written.
     """
     import zarr
@@ -247,8 +259,9 @@ def process_block(job, block):
     index, core = block
     _, predict = load_predictor(job.model_path)
     view = NormalizedView(job.volume, job.normalization)
+    progress = functools.partial(tile_progress, desc=f"block {','.join(map(str, index))}") if tile_bar else None
     prob = predict_block(predict, view, core, job.tile, job.overlap, job.window, job.batch_size, job.tta,
-                         job.z_filter_size)
+                         job.z_filter_size, progress)
     root = zarr.open_group(job.store, mode="r+")
     stored = np.rint(prob * 255).astype(np.uint8) if job.prob_dtype == "uint8" else prob.astype(np.float16)
     root["prob"]["0"][core] = stored
@@ -299,12 +312,17 @@ def _progress(desc, sizes, initial, total):
 
 
 def run_job(job, run_tasks=run_tasks_in_process):
-    """Predict every block of ``job`` not yet done; returns ``(blocks, blocks skipped, seconds)``."""
+    """Predict every block of ``job`` not yet done; returns ``(blocks, blocks skipped, seconds)``.
+
+    In process, a block of many tiles also shows a bar of its tiles below the bar of voxels (on Dask, workers
+    show none: their output is not this terminal).
+    """
     blocks, pending = pending_blocks(job)
     start = time.perf_counter()
     voxels = [math.prod(c.stop - c.start for c in core) for _, core in pending]
     total = math.prod(job.volume.shape[:-1])
-    for _ in run_tasks(functools.partial(process_block, job), pending, voxels,
+    tile_bar = run_tasks is run_tasks_in_process
+    for _ in run_tasks(functools.partial(process_block, job, tile_bar=tile_bar), pending, voxels,
                        f"predicting {len(pending)} of {len(blocks)} blocks", initial=total - sum(voxels), total=total):
         pass
     return len(blocks), len(blocks) - len(pending), time.perf_counter() - start

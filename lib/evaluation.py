@@ -50,7 +50,7 @@ from tqdm import tqdm
 
 from . import io, reports
 from .errors import UserError
-from .inference import crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch
+from .inference import crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch, tile_progress, tiled_inputs
 from .metrics import PIXEL_METRICS, ObjectCounts, PixelCounts, SweepHistogram
 from .postprocess import ZFilterStream, binarize, oztel, z_filter
 
@@ -187,7 +187,8 @@ class _Evaluation:
 
     def _crops(self, predict, image, item):
         inf = self.cfg.inference
-        prob = predict_crops(predict, image, self.tile, inf.batch_size)
+        with tile_progress(len(crop_windows(image.shape[:self.ndim], self.tile)), "crops") as bar:
+            prob = predict_crops(predict, image, self.tile, inf.batch_size, bar.update)
         binary = binarize(prob, inf.threshold)
         if "per_crop" in self.scores and self.ground_truth:
             self.scores["per_crop"].add(binary, item[1])
@@ -195,11 +196,16 @@ class _Evaluation:
             self.record("merged", item, binary, prob)
 
     def _blended(self, predict, image, tta=False):
-        """The tiled (blended) prediction of ``image``, its tiles fitted to its size (:func:`fit_tile`)."""
+        """The tiled (blended) prediction of ``image``, its tiles fitted to its size (:func:`fit_tile`).
+
+        An image of many tiles shows a bar of its tiles below the bar of items (:func:`tile_progress`).
+        """
         inf = self.cfg.inference
-        tile, overlap = fit_tile(image.shape[:self.ndim], self.max_tile, self.divisor, inf.overlap)
-        return predict_tiled(predict, image, tile, overlap, inf.window, tile_batch(inf.batch_size, self.tile, tile),
-                             tta=tta)
+        spatial = image.shape[:self.ndim]
+        tile, overlap = fit_tile(spatial, self.max_tile, self.divisor, inf.overlap)
+        with tile_progress(tiled_inputs(spatial, tile, overlap, tta), "tta" if tta else "tiled") as bar:
+            return predict_tiled(predict, image, tile, overlap, inf.window,
+                                 tile_batch(inf.batch_size, self.tile, tile), tta=tta, progress=bar.update)
 
     def _tiled(self, predict, image, gray, item):
         inf, post = self.cfg.inference, self.cfg.post

@@ -6,12 +6,15 @@ axes, a prediction is a float32 probability map of the spatial shape.
 
 import functools
 import itertools
+import math
+import sys
 
 import numpy as np
 
 from .data import pad_to_tile, per_axis, tile_grid, tile_starts
 
 _IDENTITY = (0, ())  # a transform of tta_transforms: no rotation, no flip
+PROGRESS_DELAY = 2.0  # seconds a prediction runs before tile_progress shows its bar
 
 
 def make_predictor(model):
@@ -29,13 +32,15 @@ def make_predictor(model):
 
 
 def tta_transforms(tile):
-    """The test-time augmentations that keep the shape of ``tile``.
+    """The test-time augmentations of ``tile``: the 8 elements of the dihedral group D4 in 2D, 16 in 3D.
 
-    Rotations by 90 degrees in the y-x plane (all four when the tile is square
-    in y-x, else 0 and 180 degrees), each with and without a flip of x and, in
-    3D, of z: the 8 elements of the dihedral group D4 for a square 2D tile, 16
-    for a 3D tile square in y-x (4 and 8 otherwise). Flips of y are included as
-    a 180-degree rotation composed with a flip of x.
+    The four rotations by 90 degrees in the y-x plane, each with and without a
+    flip of x and, in 3D, of z. Flips of y are included as a 180-degree rotation
+    composed with a flip of x. A quarter turn of a tile that is not square in
+    y-x transposes its y-x shape, and the turned tile is predicted with that
+    shape, so every tile gets all transforms: the networks are fully
+    convolutional, and the transposed tile is a multiple of their downsampling
+    too when that is the same along y and x (``model.pool_size``).
 
     Parameters
     ----------
@@ -47,32 +52,56 @@ def tta_transforms(tile):
     spatial axes ``flip_axes`` (indices into ``tile``); the first is the identity.
     """
     ndim = len(tile)
-    turns = range(4) if tile[-1] == tile[-2] else (0, 2)
     flippable = tuple(range(ndim - 2)) + (ndim - 1,)  # z (3D) and x
     flip_sets = [tuple(a for a, bit in zip(flippable, bits) if bit)
                  for bits in itertools.product((0, 1), repeat=len(flippable))]
-    return [(k, flips) for flips in flip_sets for k in turns]
+    return [(k, flips) for flips in flip_sets for k in range(4)]
 
 
-def _predict_tiles(predict, padded, tile, positions, batch_size, transforms):
+def _predict_tiles(predict, padded, tile, positions, batch_size, transforms, progress=None):
     """Predict each tile of ``padded`` under each transform, in batches of ``batch_size``.
 
     Yields ``(window, probabilities)`` per tile and transform, the probabilities
     mapped back to the tile's orientation. Batches mix the transforms of
-    neighbouring tiles, so every batch is full whatever the number of transforms.
+    neighbouring tiles, so every batch is full whatever the number of transforms,
+    but for the last of each input shape: a batch holds one shape, and quarter
+    turns of a tile not square in y-x have its transposed shape. ``progress``,
+    if given, is called with the number of inputs of each batch once it is predicted.
     """
     ndim = len(tile)
     plane = (ndim - 2, ndim - 1)
     jobs = [(tuple(slice(p, p + t) for p, t in zip(pos, tile)), transform)
             for pos in positions for transform in transforms]
-    for i in range(0, len(jobs), batch_size):
-        chunk = jobs[i:i + batch_size]
-        batch = np.stack([np.rot90(np.flip(padded[w], flips), k, axes=plane) for w, (k, flips) in chunk])
-        for (w, (k, flips)), prob in zip(chunk, predict(batch)):
-            yield w, np.flip(np.rot90(prob, -k, axes=plane), flips)
+    groups = [jobs] if tile[-1] == tile[-2] else [[j for j in jobs if j[1][0] % 2 == odd] for odd in (0, 1)]
+    for group in groups:
+        for i in range(0, len(group), batch_size):
+            chunk = group[i:i + batch_size]
+            batch = np.stack([np.rot90(np.flip(padded[w], flips), k, axes=plane) for w, (k, flips) in chunk])
+            probs = predict(batch)
+            if progress is not None:
+                progress(len(chunk))
+            for (w, (k, flips)), prob in zip(chunk, probs):
+                yield w, np.flip(np.rot90(prob, -k, axes=plane), flips)
 
 
-def predict_crops(predict, image, tile, batch_size=8):
+def tile_progress(total, desc="tiles"):
+    """A tqdm bar over the ``total`` network inputs of one prediction; pass its ``update`` as ``progress``.
+
+    It appears only once the prediction has run :data:`PROGRESS_DELAY` seconds
+    (an image of a few tiles shows none), below the bars already open (the
+    per-image bar of a test set, the block bar of ``predict.py``), and is
+    cleared when closed. It is redrawn at most every second on a terminal and
+    every 30 seconds otherwise, so that log files are not flooded. Use it as a
+    context manager.
+    """
+    from tqdm import tqdm
+
+    terminal = getattr(sys.stderr, "isatty", lambda: False)()
+    return tqdm(total=total, desc=desc, unit="tile", leave=False, delay=PROGRESS_DELAY,
+                mininterval=1.0 if terminal else 30.0, smoothing=0.1)
+
+
+def predict_crops(predict, image, tile, batch_size=8, progress=None):
     """Predict non-overlapping crops of ``image`` and merge them back.
 
     Parameters
@@ -81,6 +110,9 @@ def predict_crops(predict, image, tile, batch_size=8):
     image : float32 ndarray ``(*spatial, C)``
     tile : sequence of int, spatial crop shape
     batch_size : int, crops per call of ``predict``
+    progress : callable, optional
+        Called with the number of crops of each batch once it is predicted (for
+        example the ``update`` of :func:`tile_progress` of ``len(crop_windows(spatial, tile))``).
 
     Returns
     -------
@@ -91,7 +123,7 @@ def predict_crops(predict, image, tile, batch_size=8):
     padded, spatial = pad_to_tile(image, tile, to_multiple=True)
     out = np.empty(padded.shape[:len(tile)], np.float32)
     for w, prob in _predict_tiles(predict, padded, tile, tile_grid(out.shape, tile), batch_size,
-                                  [_IDENTITY]):
+                                  [_IDENTITY], progress):
         out[w] = prob
     return out[tuple(slice(0, s) for s in spatial)]
 
@@ -120,7 +152,8 @@ def blend_window(tile, kind="gaussian"):
     return window
 
 
-def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_size=8, tta=False, core=None):
+def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_size=8, tta=False, core=None,
+                  progress=None):
     """Predict ``image`` with overlapping tiles blended by a smooth window.
 
     The image is first padded by reflection by a quarter tile on each side so
@@ -145,12 +178,17 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
         Because blending is linear and the window symmetric, this equals the
         mean of the blended predictions of all transformed copies of the image,
         each cut along the transformed tile grid. Batches mix the transforms of
-        neighbouring tiles, so they stay full.
+        neighbouring tiles, so they stay full. Quarter turns of a tile not
+        square in y-x are predicted with the transposed tile shape.
     core : tuple of slices, one per spatial axis, optional
         Predict only this box of the image: only the tiles of the whole image's
         grid that overlap it are read and predicted, so the result equals
         ``predict_tiled(...)[core]`` while memory and work scale with the box
         plus a halo of about the tile overlap (block-wise prediction of large volumes).
+    progress : callable, optional
+        Called with the number of network inputs of each batch once it is
+        predicted; they add up to :func:`tiled_inputs` (for example the
+        ``update`` of a :func:`tile_progress` bar of that total).
 
     Returns
     -------
@@ -158,15 +196,7 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
     """
     tile = tuple(int(t) for t in tile)
     spatial = tuple(image.shape[:len(tile)])
-    overlaps = per_axis(overlap, len(tile), "inference.overlap")
-    sources, margin = _padded_indices(spatial, tile, overlaps)
-    core = tuple(slice(0, s) for s in spatial) if core is None else tuple(
-        slice(*c.indices(s)[:2]) for c, s in zip(core, spatial))
-    if any(c.stop <= c.start for c in core):
-        raise ValueError(f"core: expected a non-empty box inside the image {spatial}, got {core}")
-    # Tile starts in padded coordinates, per axis, kept where the tile overlaps the core.
-    starts = [[p for p in tile_starts(len(src), t, o) if p < c.stop + m and p + t > c.start + m]
-              for src, t, o, c, m in zip(sources, tile, overlaps, core, margin)]
+    sources, margin, core, starts = _tile_plan(spatial, tile, overlap, core)
     lows = [s[0] for s in starts]
     region = tuple(s[-1] + t - lo for s, t, lo in zip(starts, tile, lows))
     # Read the bounding box of the source pixels once, then gather its reflected padding.
@@ -179,7 +209,7 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
     acc = np.zeros(region, np.float32)
     wsum = np.zeros_like(acc)
     positions = [tuple(p - lo for p, lo in zip(pos, lows)) for pos in itertools.product(*starts)]
-    for w, prob in _predict_tiles(predict, padded, tile, positions, batch_size, transforms):
+    for w, prob in _predict_tiles(predict, padded, tile, positions, batch_size, transforms, progress):
         acc[w] += prob * share
     for pos in positions:
         wsum[tuple(slice(p, p + t) for p, t in zip(pos, tile))] += weights
@@ -187,6 +217,31 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
     # A weighted mean of probabilities, but float32 rounding can step just outside [0, 1].
     np.clip(acc, 0.0, 1.0, out=acc)
     return acc[tuple(slice(c.start + m - lo, c.stop + m - lo) for c, m, lo in zip(core, margin, lows))]
+
+
+def _tile_plan(spatial, tile, overlap, core):
+    """``(sources, margin, core, starts)`` of :func:`predict_tiled`: the padding (see :func:`_padded_indices`),
+    ``core`` as slices with bounds, and per axis the tile starts in padded coordinates where a tile overlaps it."""
+    overlaps = per_axis(overlap, len(tile), "inference.overlap")
+    sources, margin = _padded_indices(spatial, tile, overlaps)
+    core = tuple(slice(0, s) for s in spatial) if core is None else tuple(
+        slice(*c.indices(s)[:2]) for c, s in zip(core, spatial))
+    if any(c.stop <= c.start for c in core):
+        raise ValueError(f"core: expected a non-empty box inside the image {spatial}, got {core}")
+    starts = [[p for p in tile_starts(len(src), t, o) if p < c.stop + m and p + t > c.start + m]
+              for src, t, o, c, m in zip(sources, tile, overlaps, core, margin)]
+    return sources, margin, core, starts
+
+
+def tiled_inputs(spatial, tile, overlap=0.5, tta=False, core=None):
+    """The number of network inputs :func:`predict_tiled` predicts for an image of spatial shape ``spatial``.
+
+    Tiles (of the ``core`` box when given) times the transforms of ``tta``;
+    computed without predicting or listing the tiles.
+    """
+    tile = tuple(int(t) for t in tile)
+    starts = _tile_plan(tuple(spatial), tile, overlap, core)[3]
+    return math.prod(len(s) for s in starts) * (len(tta_transforms(tile)) if tta else 1)
 
 
 def _padded_indices(spatial, tile, overlaps):

@@ -74,6 +74,10 @@ def plan(args):
     tile, overlap, batch_size = fitted_tiles(cfg, volume.shape[:-1][-model_ndim:])
     if tile != tuple(cfg.data.crop_shape):
         _check_tile(predict, tile, channels, f"the tile {list(tile)} fitted to the input (inference.tile_shape)")
+    if cfg.inference.tta and tile[-1] != tile[-2]:  # a quarter turn transposes a tile not square in y-x
+        turned = tile[:-2] + (tile[-1], tile[-2])
+        _check_tile(predict, turned, channels, f"inference.tta=true: the tile {list(tile)} turned by 90 degrees "
+                                               f"({list(turned)})")
     block = block_shape(cfg, volume.shape[:-1], model_ndim, _sets(args.overrides, "inference.block_shape"))
     z_size = cfg.post.z_filter_size if cfg.post.z_filter and volume.ndim == 3 else 0
     kind = volumes.output_kind(args.output)

@@ -242,3 +242,27 @@ def test_run_notes_say_which_checkpoint_and_warn_when_it_means_little():
     assert lines[-1] == "Prediction: 31.5 megavoxels in 12.5 s (0.40 s per megavoxel)"
     quiet = run_notes({**info, "best_epoch": 7, "val_crops": 64})
     assert len(quiet) == 2
+
+
+def test_an_image_of_many_tiles_shows_the_progress_of_its_tiles(tmp_path, monkeypatch, capsys):
+    import lib.evaluation as evaluation
+    import lib.inference as inference
+
+    bars, real = [], evaluation.tile_progress
+
+    def recording(total, desc):
+        bars.append(real(total, desc))
+        return bars[-1]
+
+    monkeypatch.setattr(evaluation, "tile_progress", recording)
+    monkeypatch.setattr(inference, "PROGRESS_DELAY", 0)  # shown at once, not only after 2 s
+    image = np.random.default_rng(0).random((300, 400, 1), dtype=np.float32)
+    cfg = make_cfg(inference={"tta": True}, post={"z_filter": False, "oztel": False})
+    evaluate_test_set(passthrough, [(image, (image[..., 0] > 0.5).astype(np.uint8), "big")], (16, 16), cfg,
+                      str(tmp_path / "predictions"))
+    # Tiles of 64 x 64 (4 crops wide), one per batch: 130 tiles, 8 transforms each with TTA.
+    assert [(b.desc, b.total) for b in bars] == [("crops", 19 * 25), ("tiled", 130), ("tta", 8 * 130)]
+    assert all(b.n == b.total for b in bars)  # each advanced batch by batch to its end
+    err = capsys.readouterr().err
+    assert "predicting:   0%|          | 0/1" in err
+    assert "tiled:   0%|          | 0/130" in err and "tta:   0%|          | 0/1040" in err

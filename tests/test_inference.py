@@ -70,17 +70,54 @@ def test_tta_of_an_equivariant_predictor_is_its_output(shape, tile):
     np.testing.assert_allclose(predict_crops(sigmoid, image, tile, 3), sigmoid(image[None])[0], atol=0)
 
 
-@pytest.mark.parametrize("tile, count", [((32, 32), 8), ((16, 24), 4), ((8, 16, 16), 16), ((8, 16, 24), 8)])
-def test_tta_transforms_are_distinct_and_keep_the_tile_shape(tile, count):
+@pytest.mark.parametrize("tile, count", [((32, 32), 8), ((16, 24), 8), ((8, 16, 16), 16), ((8, 16, 24), 16)])
+def test_tta_transforms_are_distinct_and_square_or_not_every_tile_gets_all(tile, count):
     transforms = tta_transforms(tile)
     assert len(transforms) == count and transforms[0] == (0, ())
     rec = Recorder(sigmoid)
     image = _image(tile)  # one tile exactly: every input is a transform of the same tile
     predict_tiled(rec, image, tile, overlap=0.0, batch_size=count, tta=True)
-    inputs = rec.inputs
-    assert inputs.shape == (count,) + tile + (1,)
-    assert len({x.tobytes() for x in inputs}) == count
+    inputs = [x for b in rec.batches for x in b]
+    turned = tile[:-2] + (tile[-1], tile[-2])
+    assert len(inputs) == count and len({x.tobytes() for x in inputs}) == count
+    # Quarter turns of a tile not square in y-x have its transposed shape, half of the inputs.
+    assert sorted(x.shape[:-1] for x in inputs) == sorted([tile] * (count // 2) + [turned] * (count // 2))
     assert all(np.array_equal(np.sort(x, axis=None), np.sort(image, axis=None)) for x in inputs)
+
+
+def _d4_mean_by_hand(predict, image):
+    """The mean over the 8 (2D) or 16 (3D) flips and quarter turns of ``image`` of ``predict``, mapped back."""
+    plane = (image.ndim - 3, image.ndim - 2)
+    z_flips = (False, True) if image.ndim == 4 else (False,)
+    outs = []
+    for flip_z in z_flips:
+        for flip_x in (False, True):
+            for k in range(4):
+                x = np.flip(image, 0) if flip_z else image
+                x = np.rot90(np.flip(x, plane[1]) if flip_x else x, k, axes=plane)
+                p = np.rot90(predict(x[None])[0], -k, axes=plane)
+                p = np.flip(p, plane[1]) if flip_x else p
+                outs.append(np.flip(p, 0) if flip_z else p)
+    assert len(outs) == 4 * 2 * len(z_flips)
+    return np.mean(outs, axis=0)
+
+
+def tilted(batch):
+    """Neither rotation- nor flip-invariant, and image-dependent: a ramp along the tile's x times the image."""
+    return sigmoid(batch) * x_ramp(batch) + 0.1 * np.roll(sigmoid(batch), 1, axis=-2)
+
+
+@pytest.mark.parametrize("tile", [(16, 24), (24, 16), (4, 8, 16)])
+def test_tta_of_a_non_square_tile_is_the_mean_of_all_transforms_by_hand(tile):
+    image = _image(tile, seed=3)
+    out = predict_tta(tilted, image, tile, overlap=0.0, batch_size=5)  # one tile: the blend window cancels
+    expected = _d4_mean_by_hand(tilted, image)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert not np.allclose(out, predict_tiled(tilted, image, tile, overlap=0.0), atol=1e-2)
+    # And with overlapping tiles, an equivariant predictor gives the plain prediction.
+    big = _image((50, 70) if len(tile) == 2 else (9, 30, 40), seed=4)
+    np.testing.assert_allclose(predict_tta(sigmoid, big, tile, 0.5, batch_size=7),
+                               predict_tiled(sigmoid, big, tile, 0.5), atol=1e-5)
 
 
 def test_tta_averages_the_transforms_mapped_back():
@@ -156,3 +193,31 @@ def test_tile_batch_keeps_the_pixels_of_a_batch_of_crops():
     assert tile_batch(8, (256, 256), (256, 256)) == 8
     assert tile_batch(8, (256, 256), (768, 1024)) == 1
     assert tile_batch(8, (256, 256), (512, 512)) == 2
+
+
+@pytest.mark.parametrize("tile, tta, core", [((32, 32), False, None), ((16, 24), True, None),
+                                             ((16, 24), False, (slice(10, 40), slice(50, 90))),
+                                             ((8, 16, 24), True, None)])
+def test_progress_advances_batch_by_batch_to_the_number_of_inputs(tile, tta, core):
+    from lib.inference import tiled_inputs
+
+    image = _image((100, 130) if len(tile) == 2 else (12, 40, 50))
+    rec = Recorder(sigmoid)
+    steps = []
+    predict_tiled(rec, image, tile, 0.5, batch_size=6, tta=tta, core=core, progress=steps.append)
+    total = tiled_inputs(image.shape[:-1], tile, 0.5, tta, core)
+    assert steps == [len(b) for b in rec.batches] and sum(steps) == total > 20
+
+
+def test_tile_progress_shows_a_bar_of_tiles_only_for_long_predictions(monkeypatch, capsys):
+    import lib.inference as inference
+
+    image = _image((200, 260))
+    with inference.tile_progress(inference.tiled_inputs(image.shape[:-1], (32, 32)), "tiled") as bar:
+        predict_tiled(sigmoid, image, (32, 32), progress=bar.update)
+        assert bar.n == bar.total == 221
+    assert capsys.readouterr().err == ""  # done before the delay: no bar at all
+    monkeypatch.setattr(inference, "PROGRESS_DELAY", 0)
+    with inference.tile_progress(221, "tiled") as bar:
+        predict_tiled(sigmoid, image, (32, 32), progress=bar.update)
+    assert "tiled:   0%|          | 0/221" in capsys.readouterr().err

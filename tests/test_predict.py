@@ -183,6 +183,30 @@ def test_2d_model_blocks_are_whole_slices_and_predict_each_tile_once():
         assert (sum(tiles) > 5 * per_slice) if repeated else (sum(tiles) == 5 * per_slice), (block, sum(tiles))
 
 
+def test_a_block_shows_one_bar_over_the_tiles_of_all_its_slices():
+    from lib import blockwise, inference
+
+    bars, tiles = [], []
+
+    def recording(total):
+        bars.append(inference.tile_progress(total, "block"))
+        return bars[-1]
+
+    def counting(batch):
+        tiles.append(len(batch))
+        return fake_predict(batch)
+
+    image = np.random.default_rng(2).random((6, 40, 100, 1), dtype=np.float32)
+    core = (slice(2, 4), slice(0, 24), slice(30, 100))
+    for tile, tta in (((TILE, TILE), True), ((4, TILE, TILE), False)):
+        bars.clear(), tiles.clear()
+        plain = blockwise.predict_block(fake_predict, image, core, tile, tta=tta, z_filter_size=3)
+        shown = blockwise.predict_block(counting, image, core, tile, tta=tta, z_filter_size=3, progress=recording)
+        np.testing.assert_array_equal(shown, plain)
+        # One bar for the block, its z-filter halo slices included, advanced batch by batch to its end.
+        assert len(bars) == 1 and bars[0].n == bars[0].total == sum(tiles) and len(tiles) > 1
+
+
 # --------------------------------------------------------------------------- end to end, as a user runs it
 
 @pytest.fixture(scope="module")
@@ -308,6 +332,27 @@ def test_zscore_run_records_its_statistics_and_predict_matches_its_tiled_variant
     _, prob, _ = read_zarr_output(tmp_path / "seg.zarr")
     tiled = np.stack([tifffile.imread(p) for p in sorted((run_dir / "predictions" / "tiled" / "prob").iterdir())])
     assert prob.shape == tiled.shape and np.abs(prob.astype(np.float32) - tiled).max() <= 1e-3
+
+
+def test_in_process_each_block_shows_the_progress_of_its_tiles(zarr_run, run_2d, tmp_path, monkeypatch, capsys):
+    from lib import blockwise, inference
+
+    bars, real = [], blockwise.tile_progress
+
+    def recording(total, desc):
+        bars.append(real(total, desc))
+        return bars[-1]
+
+    monkeypatch.setattr(blockwise, "tile_progress", recording)
+    monkeypatch.setattr(inference, "PROGRESS_DELAY", 0)  # shown at once, not only after 2 s
+    root, _ = zarr_run
+    _main()([REPO, str(root / "vol.zarr"), str(tmp_path / "c.zarr"), "--model", str(run_2d), "--gpu", "cpu", *FAST])
+    assert [b.desc for b in bars[:2]] == ["block 0,0,0", "block 0,0,1"] and len(bars) == 12
+    assert all(b.n == b.total > 0 for b in bars)
+    err = capsys.readouterr().err
+    assert f"block 0,0,0:   0%|          | 0/{bars[0].total}" in err and "predicting 12 of 12 blocks" in err
+    for a, b in zip(read_zarr_output(root / "a.zarr")[1:], read_zarr_output(tmp_path / "c.zarr")[1:]):
+        assert np.array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- bad input: one line, exit 2, nothing written
