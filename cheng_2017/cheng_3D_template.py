@@ -72,54 +72,24 @@ CONFIG = {
     },
 }
 
-import gc  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
 # CODE_DIR (first argument) holds lib/; fall back to this file's project so the script runs from anywhere.
 sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
 
-import cheng_2017  # noqa: E402
-from lib import cli  # noqa: E402
+from cheng_2017 import options  # noqa: E402
+from lib import cli, runner  # noqa: E402
 
 
 def main(argv=None):
-    args = cli.parse_args(argv, description=__doc__.splitlines()[0])
-    cli.select_device(args.gpu, args.threads)
-    cheng_2017.register_model_names()
-    cfg = cli.load_config(CONFIG, args)
-    cli.check_run_dir(args, cfg)
+    """Check the options and data (nothing is written until all pass), train, evaluate on the test set, report.
 
-    from cheng_2017 import options
-    from lib import experiment
-
-    options.check_config(cfg, ndim=3)
-    train_set, test_set = experiment.load_3d(args.data_dir, cfg)
-    # Keras is imported once the options and data are checked, so that bad input is refused at once.
-    from cheng_2017 import networks
-    from lib import evaluation, training
-    from lib.inference import make_predictor
-
-    pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
-    run_dir = cli.create_run_dir(args, cfg)
-    cli.seed_everything(cfg.train.seed)
-    train_data, val_data = experiment.training_data_3d(train_set, cfg, run_dir)
-
-    with cli.distribution_scope(args.gpu):
-        model = networks.build_model(cfg.model, (None, None, None, train_set.channels))
-        training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
-        experiment.record_model(model, run_dir)
-        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
-
-    # Free the training volumes so that the recorded peak memory is that of inference alone.
-    del train_set, train_data, val_data
-    gc.collect()
-    experiment.reset_peak_rss()
-    results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
-                                                   os.path.join(run_dir, "predictions"), record=info)
-    info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
-    print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB")
-    experiment.finish(args, run_dir, results, sweeps, info)
+    The steps of :func:`lib.runner.run`, with the Cheng options checked first (``cheng_2017.options``);
+    ``model.name=cheng3d`` builds the network of :mod:`cheng_2017.networks`.
+    """
+    runner.run(CONFIG, argv, data="3d", description=__doc__.splitlines()[0],
+               check=lambda cfg: options.check_config(cfg, ndim=3))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,9 @@ def check_options(cfg, ndim, t):
         raise UserError(f"model.pool_size: the Cheng network halves every axis; expected null, got {cfg.pool_size}")
     if cfg.deep_supervision:
         raise UserError("model.deep_supervision: the Cheng network has a single output; expected false")
+    if cfg.stem_stride != 1:
+        raise UserError(f"model.stem_stride: the Cheng network has its own input block; expected 1, "
+                        f"got {cfg.stem_stride}")
     if isinstance(cfg.dropout, list):
         raise UserError(f"model.dropout: the Cheng network uses one rate in every encoder block; "
                         f"expected a single number, got {cfg.dropout}")

@@ -151,9 +151,13 @@ def distribution_scope(gpu):
     return tf.distribute.MirroredStrategy().scope()
 
 
-def load_config(template_config, args):
-    """Defaults <- template block <- --config file <- --set overrides, validated."""
-    cfg = config_lib.from_dict(template_config or {}, source="template CONFIG")
+def load_config(template_config, args, sections=None):
+    """Defaults <- template block <- --config file <- --set overrides, validated.
+
+    ``sections``: the entry script's own sections, ``{name: dataclass}`` (:func:`lib.config.config_class`).
+    """
+    cls = config_lib.config_class(sections)
+    cfg = config_lib.from_dict(template_config or {}, source="template CONFIG", cls=cls)
     if args.config:
         cfg = config_lib.from_dict(config_lib.load_json(args.config), base=cfg, source=f"--config {args.config}")
     config_lib.apply_overrides(cfg, args.overrides)

@@ -31,6 +31,18 @@ WINDOWS = ("gaussian", "spline")
 PROB_DTYPES = ("uint8", "float16")
 
 
+# model.name -> the module whose ``build_model(cfg, input_shape)`` builds that network. Names are checked
+# here, without importing anything; the module is imported only when the network is built
+# (:func:`lib.networks.build_network`). So a configuration may name any of these networks in any entry
+# script, and nothing has to be registered before it is read. A network of your own: add a line.
+MODELS = {
+    "unet": "lib.networks", "resunet": "lib.networks", "attention_unet": "lib.networks",
+    "seunet": "lib.networks", "multiresunet": "lib.networks",
+    "cheng2d": "cheng_2017.networks", "cheng3d": "cheng_2017.networks",  # Cheng & Varshney 2017
+    "xiao2018": "xiao_2018.network",                                     # Xiao et al. 2018
+}
+
+
 def uses_weight_maps(loss):
     """True when the loss named ``loss`` (one of :data:`LOSS_NAMES`) needs targets with weight-map channels."""
     return loss == "weighted_bce"
@@ -150,7 +162,7 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     name: str = option("unet", "network: unet, resunet (pre-activation residual), attention_unet, seunet, "
-                       "multiresunet, or a paper folder's network", range="a network name of lib.networks")
+                       "multiresunet, or a paper folder's (cheng2d, cheng3d, xiao2018)", MODELS)
     depth: int = option(4, "number of downsampling levels", range="[1, 8]")
     filters: int = option(16, "filters of the first level, doubled at each level", range="[1, inf)")
     # No dropout by default: it slowed learning in the short CPU budgets measured (README, How the defaults were chosen).
@@ -166,13 +178,13 @@ class ModelConfig:
                                             range="null, or 2 or 3 sizes, each >= 1")
     deep_supervision: bool = option(False, "also predict from each coarser decoder level (trained, not used to "
                                     "predict); needs model.depth >= 2")
+    stem_stride: Union[int, List[int]] = option(1, "first downsample the input by this factor (one number, or one "
+                                                "per axis) with a strided convolution and learn the upsampling "
+                                                "back: 2 makes the network about 4x (2D) / 8x (3D) cheaper; "
+                                                "1: none", range="each >= 1")
 
     def validate(self):
-        # Imported here: the network registry imports Keras, which must not be
-        # loaded before the command line has chosen the device.
-        from .networks import MODEL_NAMES
-
-        _choice("model.name", self.name, MODEL_NAMES)
+        _choice("model.name", self.name, tuple(MODELS))
         _range("model.depth", self.depth, 1, 8)
         _range("model.filters", self.filters, 1, None)
         _choice("model.activation", self.activation, ACTIVATIONS)
@@ -187,6 +199,10 @@ class ModelConfig:
             _range("model.dropout", r, 0.0, 1.0, high_open=True)
         if self.pool_size is not None:
             _shape("model.pool_size", self.pool_size, low=1)
+        if isinstance(self.stem_stride, list):
+            _shape("model.stem_stride", self.stem_stride, low=1)
+        else:
+            _range("model.stem_stride", self.stem_stride, 1, None)
         if self.deep_supervision and self.depth < 2:
             raise UserError(
                 f"model.deep_supervision: needs intermediate decoder levels, i.e. model.depth >= 2, "
@@ -376,6 +392,8 @@ class PostConfig:
 
 @dataclass
 class Config:
+    """The six sections of lib's options; :func:`config_class` adds an entry script's own sections."""
+
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -397,19 +415,53 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
-def from_dict(values, base=None, source="configuration"):
-    """Build a Config from nested ``{section: {key: value}}``, on top of ``base``.
+def config_class(sections=None):
+    """:class:`Config`, or a subclass with more sections: how an entry script adds options of its own.
+
+    Parameters
+    ----------
+    sections : dict, optional
+        ``{name: dataclass}``: each dataclass has defaults for every field and a
+        ``validate()`` that raises UserError naming the option (:func:`check_choice`,
+        :func:`check_range` give lib's messages). The section is then read from the
+        template ``CONFIG`` block, ``--config`` and ``--set name.key=value`` like lib's
+        own, checked with them and written to the run's ``config.json``.
+
+    Returns
+    -------
+    type: a dataclass whose instances have ``cfg.<name>`` beside lib's six sections.
+    """
+    if not sections:
+        return Config
+    clash = sorted(set(sections) & set(SECTIONS))
+    if clash:
+        raise ValueError(f"sections: {', '.join(clash)} are lib's own")
+    return dataclasses.make_dataclass(
+        "Config", [(name, cls, field(default_factory=cls)) for name, cls in sections.items()], bases=(Config,))
+
+
+def section_names(cfg):
+    """The sections of ``cfg`` (lib's six, then those of :func:`config_class`)."""
+    return tuple(f.name for f in dataclasses.fields(cfg))
+
+
+def from_dict(values, base=None, source="configuration", cls=Config, ignore_unknown_sections=False):
+    """Build a configuration from nested ``{section: {key: value}}``, on top of ``base`` (else ``cls()``).
 
     Unknown sections or keys and values of the wrong type raise UserError that
-    names ``source`` and the option.
+    names ``source`` and the option. ``ignore_unknown_sections``: skip sections
+    ``cls`` lacks (a run's ``config.json`` read by a tool that needs lib's only).
     """
-    cfg = _copy(base) if base is not None else Config()
+    cfg = _copy(base) if base is not None else cls()
+    sections = section_names(cfg)
     if not isinstance(values, dict):
-        raise UserError(f"{source}: expected a mapping of sections {SECTIONS}, got {type(values).__name__}")
+        raise UserError(f"{source}: expected a mapping of sections {sections}, got {type(values).__name__}")
     for section, entries in values.items():
-        if section not in SECTIONS:
-            raise UserError(f"{source}: unknown section '{section}'{_suggest(section, SECTIONS)}; "
-                            f"sections are {', '.join(SECTIONS)}")
+        if section not in sections:
+            if ignore_unknown_sections:
+                continue
+            raise UserError(f"{source}: unknown section '{section}'{_suggest(section, sections)}; "
+                            f"sections are {', '.join(sections)}")
         if not isinstance(entries, dict):
             raise UserError(f"{source}: section '{section}' must be a mapping of options")
         for key, value in entries.items():
@@ -420,14 +472,14 @@ def from_dict(values, base=None, source="configuration"):
 def set_option(cfg, dotted, value, source="--set"):
     """Set ``section.key`` on ``cfg`` to ``value`` after checking its type."""
     section, _, key = dotted.partition(".")
-    if section not in SECTIONS or not key:
-        raise UserError(f"{source}: unknown option '{dotted}'{_suggest(dotted, all_keys())}; "
+    if section not in section_names(cfg) or not key:
+        raise UserError(f"{source}: unknown option '{dotted}'{_suggest(dotted, all_keys(cfg))}; "
                         "expected section.key, e.g. train.epochs")
     sub = getattr(cfg, section)
     names = [f.name for f in dataclasses.fields(sub)]
     if key not in names:
         raise UserError(f"{source}: unknown option '{dotted}'"
-                        f"{_suggest(dotted, all_keys())}")
+                        f"{_suggest(dotted, all_keys(cfg))}")
     hint = typing.get_type_hints(type(sub))[key]
     setattr(sub, key, _coerce(dotted, value, hint))
 
@@ -439,15 +491,15 @@ def apply_overrides(cfg, overrides):
             raise UserError(f"--set {item}: expected section.key=value, e.g. train.epochs=50")
         dotted, _, text = item.partition("=")
         dotted = dotted.strip()
-        set_option(cfg, dotted, _parse_for(dotted, text.strip()), f"--set {item}")
+        set_option(cfg, dotted, _parse_for(cfg, dotted, text.strip()), f"--set {item}")
     return cfg
 
 
-def _parse_for(dotted, text):
+def _parse_for(cfg, dotted, text):
     """Parse a ``--set`` value; a string option keeps the text as typed (``none``, ``400_0``), unless quoted."""
     section, _, key = dotted.partition(".")
-    sections = typing.get_type_hints(Config)
-    hint = typing.get_type_hints(sections[section]).get(key) if section in sections else None
+    sub = getattr(cfg, section, None) if section in section_names(cfg) else None
+    hint = typing.get_type_hints(type(sub)).get(key) if sub is not None else None
     quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
     if hint == str and not quoted:
         return text
@@ -488,13 +540,24 @@ def load_json(path):
         raise UserError(f"--config {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
-def all_keys():
-    cfg = Config()
-    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(cfg, s))]
+def all_keys(cfg=None):
+    """Every ``section.key`` of ``cfg`` (default: lib's options)."""
+    cfg = Config() if cfg is None else cfg
+    return [f"{s}.{f.name}" for s in section_names(cfg) for f in dataclasses.fields(getattr(cfg, s))]
 
 
 def _copy(cfg):
-    return Config(**{s: dataclasses.replace(getattr(cfg, s)) for s in SECTIONS})
+    return type(cfg)(**{s: dataclasses.replace(getattr(cfg, s)) for s in section_names(cfg)})
+
+
+def check_choice(name, value, choices):
+    """Raise UserError ``name: expected one of ...`` unless ``value`` is in ``choices`` (for sections' validate)."""
+    _choice(name, value, choices)
+
+
+def check_range(name, value, low=None, high=None, low_open=False, high_open=False):
+    """Raise UserError naming option ``name`` unless ``low <= value <= high`` (``<`` where open; None: unbounded)."""
+    _range(name, value, low, high, low_open=low_open, high_open=high_open)
 
 
 def _suggest(word, options):

@@ -9,7 +9,6 @@ import itertools
 import numpy as np
 from scipy import ndimage as ndi
 
-from .errors import UserError
 
 
 # --------------------------------------------------------------------------- normalisation
@@ -44,14 +43,12 @@ def normalize(image, method, stats=None):
         return affine_float32(image, lo, hi - lo) if hi > lo else np.zeros(image.shape, np.float32)
     if method == "dtype_max":
         if image.dtype.kind not in "ui":
-            raise UserError(
-                f"data.normalization=dtype_max needs integer images, got {image.dtype}; "
-                "use per_image or zscore for float images"
-            )
+            raise ValueError(f"method=dtype_max needs integer images, got {image.dtype}; "
+                             "use per_image or zscore for float images")
         return affine_float32(image, 0.0, float(np.iinfo(image.dtype).max))
     if method == "zscore":
         return affine_float32(image, stats["mean"], stats["std"])
-    raise UserError(f"data.normalization: unknown method '{method}'")
+    raise ValueError(f"method: unknown normalisation '{method}'")
 
 
 _AFFINE_BLOCK = 1 << 20  # elements converted at a time: float64 temporaries of a few MB
@@ -97,9 +94,7 @@ def split_indices(n, fraction, mode, seed):
     if fraction > 0:
         n_val = max(n_val, 1)
     if n_val >= n:
-        raise UserError(
-            f"data.val_fraction={fraction} leaves no training image out of {n}; lower it"
-        )
+        raise ValueError(f"fraction={fraction} leaves no training image out of {n}; lower it")
     if mode == "last":
         order = np.arange(n)
     else:
@@ -121,10 +116,10 @@ def split_depth(depth, fraction, min_depth):
         return depth
     n_val = max(int(round(depth * fraction)), min_depth)
     if depth - n_val < min_depth:
-        raise UserError(
-            f"data.val_fraction={fraction}: the training volume has {depth} slices; validating on the last "
-            f"{n_val} leaves fewer than {min_depth} (the crop depth) for training; lower data.val_fraction "
-            "or the crop depth in data.crop_shape, or set data.val_fraction=0"
+        raise ValueError(
+            f"fraction={fraction}: the training volume has {depth} slices; validating on the last "
+            f"{n_val} leaves fewer than {min_depth} (the crop depth) for training; lower the fraction "
+            "or the crop depth, or validate on nothing (fraction 0)"
         )
     return depth - n_val
 
@@ -151,7 +146,7 @@ def tile_count(shape, tile, overlap, margin=True):
     With ``margin``, as there, axes with overlap are first padded by a quarter
     tile on each side, and every axis up to at least the tile.
     """
-    overlaps = per_axis(overlap, len(shape), "inference.overlap")
+    overlaps = per_axis(overlap, len(shape), "overlap")
     count = 1
     for s, t, o in zip(shape, tile, overlaps):
         padded = max(s + (2 * (t // 4) if margin and o > 0 else 0), t)
@@ -164,7 +159,7 @@ def tile_grid(shape, tile, overlap=0.0):
 
     ``overlap`` is one fraction in [0, 1) for every axis or a sequence of one per axis.
     """
-    overlaps = per_axis(overlap, len(shape), "inference.overlap")
+    overlaps = per_axis(overlap, len(shape), "overlap")
     return list(itertools.product(*(tile_starts(s, t, o) for s, t, o in zip(shape, tile, overlaps))))
 
 
@@ -173,13 +168,13 @@ def per_axis(value, ndim, name):
 
     Raises
     ------
-    UserError
-        If a sequence does not have ``ndim`` items; ``name`` is the option named in the message.
+    ValueError
+        If a sequence does not have ``ndim`` items; the message begins with ``name``.
     """
     if np.ndim(value) == 0:
         return (value,) * ndim
     if len(value) != ndim:
-        raise UserError(
+        raise ValueError(
             f"{name}={list(value)}: expected one value or {ndim} values (one per axis "
             f"{', '.join('zyx'[3 - ndim:]) if ndim <= 3 else ndim}), got {len(value)}"
         )
@@ -229,10 +224,10 @@ def crops_to_cover(shape, crop):
 
 
 def check_crop_fits(shape, crop, name):
-    """Raise UserError when ``crop`` is larger than the data's spatial ``shape``."""
+    """Raise ValueError (``crop=...``) when ``crop`` is larger than the data's spatial ``shape``."""
     if len(crop) != len(shape) or any(c > s for c, s in zip(crop, shape)):
-        raise UserError(
-            f"data.crop_shape={list(crop)} is larger than {name} "
+        raise ValueError(
+            f"crop={list(crop)} is larger than {name} "
             f"({'x'.join(map(str, shape))}); choose a crop no larger than the smallest image"
         )
 
@@ -328,14 +323,14 @@ def foreground_fraction(masks):
 def discard_low_foreground(images, masks, min_fraction):
     """Keep the crops whose mask foreground fraction is >= ``min_fraction`` (0-1).
 
-    Raises UserError when no crop is left.
+    Raises ValueError (``min_fraction=...``) when no crop is left.
     """
     if min_fraction <= 0:
         return images, masks
     keep = foreground_fraction(masks) >= min_fraction
     if not keep.any():
-        raise UserError(
-            f"data.min_fg_fraction={min_fraction} discards every training crop "
+        raise ValueError(
+            f"min_fraction={min_fraction} discards every training crop "
             f"(largest foreground fraction {foreground_fraction(masks).max():.3f}); lower it"
         )
     return images[keep], masks[keep]

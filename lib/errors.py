@@ -4,6 +4,8 @@ Anything raised as :class:`UserError` is printed by the command line as a single
 ``error: ...`` line and the process exits with status 2, without a traceback.
 """
 
+import contextlib
+
 
 class UserError(ValueError):
     """Bad input from the user: a file, a folder, an option or a value.
@@ -11,3 +13,24 @@ class UserError(ValueError):
     The message must name the culprit (file path or option) and say what was
     expected, in one line.
     """
+
+
+@contextlib.contextmanager
+def options(**names):
+    """Within this block, a lower layer's ValueError about one of its parameters becomes a UserError naming the option.
+
+    The bottom of the library (:mod:`lib.data` and the like) knows nothing of the configuration: its
+    messages begin with its parameter, e.g. ``fraction=0.9 leaves no training item out of 1``. Inside
+    ``with options(fraction="data.val_fraction"):`` that is raised as
+    ``UserError("data.val_fraction=0.9 leaves no training item out of 1")``. Other errors pass unchanged.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except ValueError as exc:
+        text = str(exc)
+        for parameter, option in names.items():
+            if text.startswith(parameter) and text[len(parameter):len(parameter) + 1] in ("=", ":", " "):
+                raise UserError(option + text[len(parameter):]) from None
+        raise

@@ -13,7 +13,7 @@ import numpy as np
 from . import cli
 from . import config as config_lib
 from . import data, io, reports
-from .errors import UserError
+from .errors import UserError, options
 
 
 @dataclass
@@ -48,7 +48,8 @@ def check_crop_shape(cfg, shapes, where):
     crop = tuple(cfg.data.crop_shape)
     ndim = len(crop)
     smallest = tuple(min(s[i] for s in shapes) for i in range(ndim))
-    data.check_crop_fits(smallest, crop, f"the smallest image of {where}")
+    with options(crop="data.crop_shape"):
+        data.check_crop_fits(smallest, crop, f"the smallest image of {where}")
     factors = divisor(cfg.model, ndim)
     shapes = [("data.crop_shape", crop)]
     if cfg.inference.tile_shape:
@@ -96,7 +97,8 @@ def _load(data_dir, cfg, ndim):
     if len(cfg.data.crop_shape) != ndim:
         raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the {ndim}D template needs {ndim} sizes "
                         f"({', '.join('zyx'[3 - ndim:])})")
-    data.per_axis(cfg.inference.overlap, ndim, "inference.overlap")
+    with options(overlap="inference.overlap"):
+        data.per_axis(cfg.inference.overlap, ndim, "overlap")
     if cfg.data.random_crops and cfg.data.min_fg_fraction > 0:
         raise UserError(
             "data.min_fg_fraction discards fixed crops (data.random_crops=false); "
@@ -118,10 +120,11 @@ def _load(data_dir, cfg, ndim):
     check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
                       for split, (_, masks, _) in sets.items() if masks[0] is not None}, data_dir)
     stats = data.fit_normalization(sets["train"][0], cfg.data.normalization)
-    return tuple(
-        ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names, stats or None)
-        for images, masks, names in (sets["train"], sets["test"])
-    )
+    with options(method="data.normalization"):
+        return tuple(
+            ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names, stats or None)
+            for images, masks, names in (sets["train"], sets["test"])
+        )
 
 
 def check_foreground(counts, data_dir):
@@ -173,26 +176,25 @@ def _check_split(shapes, cfg, ndim):
     ``shapes`` are those of the training items. The same split as ``training_data_2d``,
     ``training_data_3d`` and ``training_data_streamed`` make.
     """
-    if ndim == 3 and len(shapes) == 1:
-        data.split_depth(shapes[0][0], cfg.data.val_fraction, cfg.data.crop_shape[0])
-    else:
-        data.split_indices(len(shapes), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
+    with options(fraction="data.val_fraction"):
+        if ndim == 3 and len(shapes) == 1:
+            data.split_depth(shapes[0][0], cfg.data.val_fraction, cfg.data.crop_shape[0])
+        else:
+            data.split_indices(len(shapes), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
 
 
-def training_data_2d(train_set, cfg, run_dir):
-    """Split training/validation and return ``(CropDataset, (x_val, y_val) or None)``.
+def training_data_2d(train_set, cfg):
+    """Split training/validation and return ``(CropDataset, (x_val, y_val) or None)``; writes nothing.
 
     Validation uses the fixed, non-overlapping crop grid of the validation images
-    (no augmentation), so its loss is comparable from epoch to epoch.
+    (no augmentation), so its loss is comparable from epoch to epoch. Every refusal
+    of the split and the crops is raised here, before the run folder exists; the
+    run folder's records of the training data are :func:`record_training_data`'s.
     """
-    record_normalization(train_set, cfg, run_dir)
-    dataset, val = _crop_data(*_split_items(train_set, cfg), cfg, ndim=2)
-    if cfg.augment.samples:
-        write_samples(dataset, train_set, cfg, run_dir)
-    return dataset, val
+    return _crop_data(*_split_items(train_set, cfg), cfg, ndim=2)
 
 
-def training_data_3d(train_set, cfg, run_dir):
+def training_data_3d(train_set, cfg):
     """Split training/validation and return ``(CropDataset of subvolumes, (x_val, y_val) or None)``.
 
     Several volumes are split as whole volumes, as 2D images are. A single volume
@@ -200,24 +202,33 @@ def training_data_3d(train_set, cfg, run_dir):
     subvolume deep) validate, so no validation slice neighbours a training slice
     on both sides. Validation uses the fixed, non-overlapping subvolume grid.
     Volumes in stores (a DiskImageSet from :func:`open_3d_stores`) are split alike
-    by :func:`training_data_streamed`.
+    by :func:`training_data_streamed`. Writes nothing.
     """
     if isinstance(train_set, DiskImageSet):
-        return training_data_streamed(train_set, cfg, run_dir)
-    record_normalization(train_set, cfg, run_dir)
+        return training_data_streamed(train_set, cfg)
     if len(train_set) > 1:
         return _crop_data(*_split_items(train_set, cfg), cfg, ndim=3)
     volume, mask = train_set.images[0], train_set.masks[0]
-    z = data.split_depth(len(mask), cfg.data.val_fraction, cfg.data.crop_shape[0])
+    with options(fraction="data.val_fraction"):
+        z = data.split_depth(len(mask), cfg.data.val_fraction, cfg.data.crop_shape[0])
     val = ([volume[z:]], [mask[z:]]) if z < len(mask) else ([], [])
     return _crop_data(([volume[:z]], [mask[:z]]), val, cfg, ndim=3)
+
+
+def record_training_data(train_set, dataset, cfg, run_dir):
+    """What the run folder records of the training data: ``normalization.json`` and, if asked, ``samples/``.
+
+    Called once the run folder exists, with the set and the dataset of a ``training_data_*`` function.
+    """
+    record_normalization(train_set, cfg, run_dir)
+    if cfg.augment.samples:
+        write_samples(dataset, train_set, cfg, run_dir)
 
 
 def record_normalization(train_set, cfg, run_dir):
     """Write ``normalization.json`` (method, training mean and std) in the run folder for ``zscore`` runs.
 
-    ``templates/predict.py`` normalises new data with them, as the training and test data were. Called by
-    the ``training_data_*`` functions, which every entry script calls once the run folder exists.
+    ``templates/predict.py`` normalises new data with them, as the training and test data were.
     """
     if cfg.data.normalization != "zscore" or getattr(train_set, "normalization", None) is None:
         return
@@ -232,7 +243,8 @@ def record_normalization(train_set, cfg, run_dir):
 
 def _split_items(train_set, cfg):
     """``((images, masks), (val_images, val_masks))`` of a split by item (image or volume)."""
-    split = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
+    with options(fraction="data.val_fraction"):
+        split = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
     return tuple(([train_set.images[i] for i in idx], [train_set.masks[i] for i in idx]) for idx in split)
 
 
@@ -247,7 +259,8 @@ def _crop_data(train, val, cfg, ndim):
     if not cfg.data.random_crops:
         x = np.concatenate([data.crop_grid(im, crop)[0] for im in images])
         y = np.concatenate([data.crop_grid(m, crop)[0] for m in masks])
-        keep, y = data.discard_low_foreground(np.arange(len(y)), y, cfg.data.min_fg_fraction)
+        with options(min_fraction="data.min_fg_fraction"):
+            keep, y = data.discard_low_foreground(np.arange(len(y)), y, cfg.data.min_fg_fraction)
         images, masks = [x[i] for i in keep], list(y)
         if weights is not None:
             w = np.concatenate([data.crop_grid(m, crop)[0] for m in weights])
@@ -347,27 +360,37 @@ def write_samples(dataset, image_set, cfg, run_dir):
     augmented, normalised), the mask outline in green.
     ``samples/crops/<name>.png``: crop-check mosaics of the first training
     images (at most ``CROP_CHECKS``), the crop grid over the full image.
+    Of volumes (3D), both show the middle z slice: of each subvolume, and of
+    each training volume under the y-x crop grid.
 
     Parameters
     ----------
     dataset : CropDataset (or a subclass), batches ``(x, y)`` with the mask in ``y[..., 0]``
-    image_set : sequence of ``(image (H, W, C), mask (H, W), name)``, the full training images
+    image_set : ImageSet or DiskImageSet, the full training images or volumes
     cfg : Config
     run_dir : str
     """
     n = cfg.augment.samples
+    volumes = len(cfg.data.crop_shape) == 3
     images, masks = [], []
     for index in range(len(dataset)):
         x, y = dataset[index][:2]
-        images += list(x)
-        masks += list(y[..., 0])
+        images += [v[len(v) // 2] for v in x] if volumes else list(x)
+        masks += [v[len(v) // 2, ..., 0] for v in y] if volumes else list(y[..., 0])
         if len(images) >= n:
             break
     folder = os.path.join(run_dir, "samples")
     reports.save_augmentation_samples(images[:n], masks[:n], os.path.join(folder, "augmentation"))
     for i in range(min(n, CROP_CHECKS, len(image_set))):
-        image, mask, name = image_set[i]
-        reports.save_crop_check(image, mask, cfg.data.crop_shape, os.path.join(folder, "crops", f"{name}.png"))
+        if volumes:  # the middle slice alone: a volume in a store is never read whole
+            image, mask = image_set.images[i], image_set.masks[i]
+            z = mask.shape[0] // 2
+            key = (slice(z, z + 1), slice(0, mask.shape[1]), slice(0, mask.shape[2]))
+            image, mask, crop = np.asarray(image[key])[0], np.asarray(mask[key])[0], cfg.data.crop_shape[1:]
+        else:
+            (image, mask, _), crop = image_set[i], cfg.data.crop_shape
+        path = os.path.join(folder, "crops", f"{image_set.names[i]}.png")
+        reports.save_crop_check(image, mask, crop, path)
     print(f"Check pictures: {folder}")
 
 
@@ -486,7 +509,8 @@ def _open_streamed(data_dir, cfg, ndim, sources_of):
     if len(cfg.data.crop_shape) != ndim:
         raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the {ndim}D template needs {ndim} sizes "
                         f"({', '.join('zyx'[3 - ndim:])})")
-    data.per_axis(cfg.inference.overlap, ndim, "inference.overlap")
+    with options(overlap="inference.overlap"):
+        data.per_axis(cfg.inference.overlap, ndim, "overlap")
     if not cfg.data.random_crops or cfg.data.min_fg_fraction > 0:
         option = ("data.random_crops=false" if not cfg.data.random_crops
                   else f"data.min_fg_fraction={cfg.data.min_fg_fraction}")
@@ -617,31 +641,32 @@ def _affine(source, image_stats, method, stats):
     return stats["mean"], stats["std"]
 
 
-def training_data_streamed(train_set, cfg, run_dir):
+def training_data_streamed(train_set, cfg):
     """Split the training images (or volumes) and return ``(DiskCropDataset, (x_val, y_val) or None)``.
 
     Validation crops follow the non-overlapping crop grid of the validation
     images (the last row and column aligned with the image's end, so no padding
     is read); when there are more than :func:`val_limit`, a seeded choice of
     that many. They are read once and kept in memory, like the in-memory template's.
-    A single training volume is split along z, as :func:`training_data_3d` splits one.
+    A single training volume is split along z, as :func:`training_data_3d` splits one. Writes nothing.
     """
     from .augment import Augmenter
     from .generators import DiskCropDataset
 
-    record_normalization(train_set, cfg, run_dir)
     crop = tuple(cfg.data.crop_shape)
     ndim = len(crop)
     fg = train_set.foreground
     if ndim == 3 and len(train_set) == 1:
         image, mask = train_set.images[0], train_set.masks[0]
-        z = data.split_depth(len(mask), cfg.data.val_fraction, crop[0])
+        with options(fraction="data.val_fraction"):
+            z = data.split_depth(len(mask), cfg.data.val_fraction, crop[0])
         images, masks = [image.part(0, z)], [mask.part(0, z)]
         foreground = None if fg is None else [fg[0].head(masks[0], z)]
         val_images, val_masks = ([image.part(z, len(mask))], [mask.part(z, len(mask))]) if z < len(mask) else ([], [])
     else:
-        train_idx, val_idx = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split,
-                                                cfg.train.seed)
+        with options(fraction="data.val_fraction"):
+            train_idx, val_idx = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split,
+                                                    cfg.train.seed)
         images, masks = [train_set.images[i] for i in train_idx], [train_set.masks[i] for i in train_idx]
         foreground = None if fg is None else [fg[i] for i in train_idx]
         val_images, val_masks = [train_set.images[i] for i in val_idx], [train_set.masks[i] for i in val_idx]
@@ -655,8 +680,6 @@ def training_data_streamed(train_set, cfg, run_dir):
     item, crops = ("images", "crops") if ndim == 2 else ("volumes", "subvolumes")
     print(f"Training on {len(images)} {item} (random {crops} read from disk): {len(dataset)} steps of "
           f"{cfg.train.batch_size} per epoch; validating on {0 if val is None else len(val[0])} {crops}")
-    if cfg.augment.samples and ndim == 2:
-        write_samples(dataset, train_set, cfg, run_dir)
     return dataset, val
 
 
@@ -715,6 +738,7 @@ def finish(args, run_dir, results, sweeps, info):
         print(f"  overlays:    {os.path.join(charts, 'overlays.png')}")
     print(f"  predictions: {os.path.join(run_dir, 'predictions')}")
     print(f"  summary:     {os.path.join(args.job_dir, 'summary.csv')}")
+    return run_dir
 
 
 def reset_peak_rss():

@@ -222,7 +222,7 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
 def _tile_plan(spatial, tile, overlap, core):
     """``(sources, margin, core, starts)`` of :func:`predict_tiled`: the padding (see :func:`_padded_indices`),
     ``core`` as slices with bounds, and per axis the tile starts in padded coordinates where a tile overlaps it."""
-    overlaps = per_axis(overlap, len(tile), "inference.overlap")
+    overlaps = per_axis(overlap, len(tile), "overlap")
     sources, margin = _padded_indices(spatial, tile, overlaps)
     core = tuple(slice(0, s) for s in spatial) if core is None else tuple(
         slice(*c.indices(s)[:2]) for c, s in zip(core, spatial))

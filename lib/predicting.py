@@ -47,7 +47,9 @@ def resolve_model(model):
 def plan(args):
     """Check everything (model, options, input, output, scheduler) and decide what to do; write nothing."""
     weights, run_config, run_dir = resolve_model(args.model)
-    cfg = config_lib.from_dict(run_config or {}, source=f"--model {args.model} config.json")
+    # A paper script's own sections (e.g. xiao) do not change how its network predicts.
+    cfg = config_lib.from_dict(run_config or {}, source=f"--model {args.model} config.json",
+                               ignore_unknown_sections=True)
     config_lib.apply_overrides(cfg, args.overrides)
     cfg.validate()
     if any(o.replace(" ", "").lower() == "post.oztel=true" for o in args.overrides):

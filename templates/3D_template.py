@@ -70,6 +70,8 @@ CONFIG = {
         "pool_size": None,             # per-axis pooling (z, y, x); None = 2 everywhere (isotropic voxels),
                                        # [1, 2, 2] when z sections are much thicker than the pixel size
         "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)
+        "stem_stride": 1,              # downsample the input first by this factor (strided convolution, learned upsampling
+                                       # back): 2 makes the network about 4x (2D) / 8x (3D) cheaper; 1: none
     },
     "train": {
         "epochs": 200,                 # maximum number of epochs
@@ -127,51 +129,21 @@ CONFIG = {
     },
 }
 
-import gc  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
 # CODE_DIR (first argument) holds lib/; fall back to this file's project so the template runs from anywhere.
 sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
 
-from lib import cli  # noqa: E402
+from lib import cli, runner  # noqa: E402
 
 
 def main(argv=None):
-    args = cli.parse_args(argv, description=__doc__.splitlines()[0])
-    cli.select_device(args.gpu, args.threads)
-    cfg = cli.load_config(CONFIG, args)
-    cli.check_run_dir(args, cfg)
+    """Check the options and data (nothing is written until all pass), train, evaluate on the test set, report.
 
-    from lib import experiment
-
-    train_set, test_set = experiment.load_3d(args.data_dir, cfg)
-    # Keras is imported once the data are checked, so that bad data are refused at once.
-    from lib import evaluation, networks, training
-    from lib.inference import make_predictor
-
-    pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
-    run_dir = cli.create_run_dir(args, cfg)
-    cli.seed_everything(cfg.train.seed)
-    train_data, val_data = experiment.training_data_3d(train_set, cfg, run_dir)
-
-    with cli.distribution_scope(args.gpu):
-        model = networks.build_model(cfg.model, (None, None, None, train_set.channels))
-        training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
-        experiment.record_model(model, run_dir)
-        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
-
-    # Free the training volumes so that the recorded peak memory is that of inference alone.
-    train_data.release()
-    del train_set, train_data, val_data
-    gc.collect()
-    info["inference_start_rss_mb"] = experiment.reset_peak_rss()
-    results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
-                                                   os.path.join(run_dir, "predictions"), record=info)
-    info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
-    print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB "
-          f"(of which {info['inference_start_rss_mb'] or 0:.0f} MB were held before inference began)")
-    experiment.finish(args, run_dir, results, sweeps, info)
+    The steps, in order, are those of :func:`lib.runner.run` (see lib/runner.py).
+    """
+    runner.run(CONFIG, argv, data="3d", description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

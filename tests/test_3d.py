@@ -62,7 +62,7 @@ def test_overlap_per_axis_sets_the_step_of_each_axis():
     assert sorted({p[2] for p in positions}) == [0, 8, 16, 24, 32]
     assert data.tile_grid((16, 64, 64), (8, 32, 32), 0.5) == data.tile_grid((16, 64, 64), (8, 32, 32),
                                                                             [0.5, 0.5, 0.5])
-    with pytest.raises(UserError, match=r"inference.overlap=\[0.5, 0.5\]: expected one value or 3 values"):
+    with pytest.raises(ValueError, match=r"^overlap=\[0.5, 0.5\]: expected one value or 3 values"):
         data.tile_grid((16, 64, 64), (8, 32, 32), [0.5, 0.5])
 
 
@@ -199,7 +199,7 @@ def test_split_depth_keeps_a_block_at_the_end():
     assert data.split_depth(125, 0.1, 16) == 109  # 12.5 slices round to 12, raised to one crop depth
     assert data.split_depth(100, 0.3, 16) == 70
     assert data.split_depth(40, 0.0, 16) == 40
-    with pytest.raises(UserError, match=r"data.val_fraction=0.5: .* 20 slices"):
+    with pytest.raises(ValueError, match=r"^fraction=0.5: .* 20 slices"):
         data.split_depth(20, 0.5, 16)
 
 
@@ -207,11 +207,11 @@ def test_training_subvolumes_and_validation_of_one_volume(dataset_3d):
     cfg = small_config(val_fraction=0.5, replicate=6, fg_sampling=0.5)
     cfg.train.batch_size = 3
     train, _ = experiment.load_3d(dataset_3d, cfg)
-    dataset, (x_val, y_val) = experiment.training_data_3d(train, cfg, run_dir=None)
+    dataset, (x_val, y_val) = experiment.training_data_3d(train, cfg)
     # 4 subvolumes cover the 8 x 64 x 64 training part; 6 passes of them are 8 steps of 3, below the floor
     assert len(dataset) == experiment.MIN_AUTO_STEPS
     cfg.train.steps_per_epoch = 2
-    assert len(experiment.training_data_3d(train, cfg, run_dir=None)[0]) == 2
+    assert len(experiment.training_data_3d(train, cfg)[0]) == 2
     x, y = dataset[0]
     assert x.shape == (3, 8, 32, 32, 1) and x.dtype == np.float32 and y.shape == (3, 8, 32, 32, 1)
     assert set(np.unique(y)) <= {0.0, 1.0}
@@ -225,7 +225,7 @@ def test_several_volumes_are_split_as_whole_volumes(dataset_3d):
     cfg = small_config(val_fraction=0.5, val_split="last")
     train, test = experiment.load_3d(dataset_3d, cfg)
     both = experiment.ImageSet(train.images + test.images, train.masks + test.masks, ["a", "b"])
-    dataset, (x_val, _) = experiment.training_data_3d(both, cfg, run_dir=None)
+    dataset, (x_val, _) = experiment.training_data_3d(both, cfg)
     assert len(dataset.images) == 1 and dataset.images[0] is train.images[0]
     assert len(x_val) == 2 * 2 * 2
 
@@ -259,7 +259,7 @@ def test_3d_template_end_to_end(dataset_3d, tmp_path):
     assert tiled["fg_iou"] > 0.2, tiled
     training = metrics["training"]
     assert training["inference_peak_rss_mb"] >= training["inference_start_rss_mb"] > 0
-    assert "Inference peak memory" in result.stdout and "fg_iou" in result.stdout
+    assert "Peak memory (RSS): training" in result.stdout and "fg_iou" in result.stdout
     with open(job / "summary.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and rows[0]["id"] == "e3d" and float(rows[0]["tiled_fg_iou"]) == pytest.approx(

@@ -312,3 +312,32 @@ def test_bad_data_is_refused_before_keras_starts(tmp_path, script):
                              "--gpu", "cpu"], capture_output=True, text=True, timeout=120)
     assert_refused(result, job, "is larger than the smallest image")
     assert result.stderr.strip().splitlines() == [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+# --------------------------------------------------------------------------- refusals known once crops are cut or the network is built
+
+def _other_architecture(path):
+    """A .keras file of a 2-level U-Net with 4 filters: not the template's default network."""
+    from lib import networks, training
+    from lib.config import ModelConfig
+
+    training.save_model_atomic(networks.build_model(ModelConfig(depth=2, filters=4), (None, None, 1)), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("script", ["templates/template.py", "templates/3D_template.py"])
+def test_refusals_of_the_training_data_and_the_network_come_before_the_run_folder(tmp_path, script):
+    """Cutting the fixed crops and loading pretrained weights both happen before the run folder exists."""
+    data = good_dataset(str(tmp_path / "data"), n_test=4)  # 4 test slices: a volume as deep as the 3D crop
+    crop = CROP if "3D" not in script else ["--set", "data.crop_shape=[4,32,32]", "--set", "model.depth=2",
+                                            "--set", "data.val_fraction=0"]
+    cases = [(["--set", "data.random_crops=false", "--set", "data.min_fg_fraction=0.99"],
+              "data.min_fg_fraction=0.99 discards every training crop")]
+    if "3D" not in script:
+        cases.append((["--set", f"train.pretrained={_other_architecture(tmp_path / 'other.keras')}"],
+                      "holds another architecture than this run's model"))
+    for args, message in cases:
+        job = tmp_path / "jobs"
+        result = subprocess.run([sys.executable, os.path.join(REPO, script), REPO, data, str(job), "--id", "bad",
+                                 "--gpu", "cpu", *crop, *args], capture_output=True, text=True, timeout=300)
+        assert_refused(result, job, message)

@@ -116,7 +116,9 @@ def test_streamed_training_data(dataset_2d, tmp_path):
     cfg.augment.samples = 3
     train, _ = experiment.open_2d_streamed(dataset_2d, cfg)
     assert len(train.foreground) == len(train) and len(train.foreground[0]) == np.asarray(train.masks[0]).sum()
-    dataset, (x_val, y_val) = experiment.training_data_streamed(train, cfg, str(tmp_path))
+    dataset, (x_val, y_val) = experiment.training_data_streamed(train, cfg)
+    assert not os.listdir(tmp_path)  # the training data are made before the run folder, writing nothing
+    experiment.record_training_data(train, dataset, cfg, str(tmp_path))
     # 2 of 8 images validate; 16 crops of 32 x 32 cover each 128 x 128 image: 96 crops, 24 steps of 4
     assert len(dataset.images) == 6 and len(dataset) == 24
     assert x_val.shape == (5, 32, 32, 1) and y_val.shape == (5, 32, 32, 1) and x_val.dtype == np.float32
@@ -130,7 +132,7 @@ def test_check_pictures_of_the_in_memory_template(dataset_2d, tmp_path):
     cfg = _cfg()
     cfg.augment.samples = 6
     train, _ = experiment.load_2d(dataset_2d, cfg)
-    experiment.training_data_2d(train, cfg, str(tmp_path))
+    experiment.record_training_data(train, experiment.training_data_2d(train, cfg)[0], cfg, str(tmp_path))
     samples = sorted(os.listdir(tmp_path / "samples" / "augmentation"))
     assert samples == [f"sample_{i:03d}.png" for i in range(6)]
     picture = skimage.io.imread(tmp_path / "samples" / "augmentation" / samples[0])
@@ -232,7 +234,7 @@ def test_template_end_to_end(dataset_2d, tmp_path):
     assert metrics["results"]["tiled"]["fg_iou"] > 0.2, metrics["results"]
     assert len(os.listdir(run / "samples" / "augmentation")) == 2
     assert len(os.listdir(run / "samples" / "crops")) == 2
-    assert "Training peak memory" in result.stdout and "fg_iou" in result.stdout
+    assert "Peak memory (RSS): training" in result.stdout and "fg_iou" in result.stdout
 
 
 def test_template_reads_the_nested_layout(dataset_2d, tmp_path, template_main):

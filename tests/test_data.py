@@ -50,8 +50,9 @@ def test_normalization_methods():
 
 
 def test_dtype_max_rejects_float_images():
-    with pytest.raises(UserError, match="dtype_max needs integer images, got float32"):
+    with pytest.raises(ValueError, match="^method=dtype_max needs integer images, got float32") as caught:
         data.normalize(np.zeros((2, 2), np.float32), "dtype_max")
+    assert not isinstance(caught.value, UserError)  # lib.data names its parameters, not options
 
 
 def test_split_random_and_last():
@@ -61,7 +62,7 @@ def test_split_random_and_last():
     assert len(val) == 3 and len(set(train) | set(val)) == 10
     assert np.array_equal(val, data.split_indices(10, 0.3, "random", seed=3)[1])
     assert len(data.split_indices(5, 0.0, "random", 0)[1]) == 0
-    with pytest.raises(UserError, match="leaves no training image"):
+    with pytest.raises(ValueError, match="^fraction=0.5 leaves no training image"):
         data.split_indices(1, 0.5, "random", 0)
 
 
@@ -74,13 +75,25 @@ def test_discard_low_foreground_uses_fraction():
     assert len(x) == 1 and x[0, 0, 0] == 2
     x, y = data.discard_low_foreground(images, masks, 0.05)
     assert len(x) == 2
-    with pytest.raises(UserError, match="discards every training crop"):
+    with pytest.raises(ValueError, match="^min_fraction=0.9 discards every training crop"):
         data.discard_low_foreground(images, masks, 0.9)
 
 
 def test_crop_larger_than_data_is_refused():
-    with pytest.raises(UserError, match=r"data.crop_shape=\[256, 256\] is larger than"):
+    with pytest.raises(ValueError, match=r"^crop=\[256, 256\] is larger than"):
         data.check_crop_fits((128, 300), (256, 256), "the smallest image")
+
+
+def test_options_turn_parameter_errors_into_option_errors():
+    from lib.errors import options
+
+    with pytest.raises(UserError, match=r"^data.val_fraction=0.5 leaves no training image out of 1; lower it$"):
+        with options(fraction="data.val_fraction"):
+            data.split_indices(1, 0.5, "random", 0)
+    with pytest.raises(ValueError, match="^method=dtype_max") as caught:  # a parameter not named: unchanged
+        with options(fraction="data.val_fraction"):
+            data.normalize(np.zeros((2, 2), np.float32), "dtype_max")
+    assert not isinstance(caught.value, UserError)
 
 
 def test_normalization_keeps_the_levels_of_large_integers():

@@ -193,3 +193,34 @@ def test_count_params_and_summary():
     text = summary_text(model)
     assert '"unet"' in text
     assert f"Total params: {n:,}" in text
+
+
+# --------------------------------------------------------------------------- stem (model.stem_stride)
+
+@pytest.mark.parametrize("ndim, stride", [(2, 2), (3, 2), (3, [1, 2, 2])])
+def test_stem_keeps_the_output_at_input_size_and_raises_the_divisor(ndim, stride):
+    cfg = tiny(stem_stride=stride)
+    per_axis = (stride,) * ndim if isinstance(stride, int) else tuple(stride)
+    assert divisor(cfg, ndim) == tuple(s * 4 for s in per_axis)  # stem x pool ** depth
+    shape = tuple(2 * d for d in divisor(cfg, ndim)) + (1,)
+    model = build_model(cfg, (None,) * ndim + (1,))
+    out = np.asarray(model.predict_on_batch(np.random.default_rng(0).random((1, *shape), dtype=np.float32)))
+    assert out.shape == (1, *shape[:-1], 1) and 0 <= out.min() and out.max() <= 1
+    # The levels see the stem's output: the first level's convolutions run on 1/prod(stride) of the voxels.
+    first_conv = next(layer for layer in model.layers if "conv" in layer.name and layer.name != "output")
+    assert tuple(first_conv.strides) == per_axis and tuple(first_conv.kernel_size) == per_axis
+
+
+def test_stem_with_deep_supervision_upsamples_every_output_to_the_input():
+    cfg = tiny(stem_stride=2, depth=3, deep_supervision=True)
+    model = build_model(cfg, (64, 64, 1))
+    assert [tuple(o.shape[1:]) for o in model.outputs] == [(64, 64, 1)] * 3
+
+
+def test_stem_of_the_wrong_length_and_input_not_divisible_are_refused():
+    with pytest.raises(UserError, match=r"model.stem_stride: expected 2 sizes \(y, x\) for 2D input, got \[1, 2, 2\]"):
+        build_model(tiny(stem_stride=[1, 2, 2]), (None, None, 1))
+    with pytest.raises(UserError, match="model.stem_stride: expected a value in"):
+        tiny(stem_stride=0).validate()
+    with pytest.raises(UserError, match="not divisible by 8"):
+        build_model(tiny(stem_stride=2), (36, 36, 1))

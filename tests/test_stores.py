@@ -88,7 +88,7 @@ def test_3d_store_volumes_match_the_tiff_ones(tmp_path, kind, normalization):
 def test_3d_subvolumes_read_only_their_window(tmp_path, kind, reads):
     cfg = _cfg(fg_sampling=0.5)
     train, _ = experiment.load_3d(_dataset(tmp_path, kind), cfg)
-    dataset, (x_val, y_val) = experiment.training_data_3d(train, cfg, run_dir=None)
+    dataset, (x_val, y_val) = experiment.training_data_3d(train, cfg)
     # one volume, split along z: slices 0-7 train, 8-15 validate (the 2 x 2 grid of 8 x 32 x 32)
     assert dataset.images[0].shape == (8, 64, 64, 1) and x_val.shape == (4, 8, 32, 32, 1)
     index, mask = dataset._fg[0], np.asarray(dataset.masks[0])  # the foreground of the training part only
@@ -110,7 +110,7 @@ def test_2d_slices_of_h5_volumes_are_read_window_by_window(tmp_path, reads):
     assert len(train) == len(test) == 16 and train.names[3] == "vol_0003" and train.images[0].shape == (64, 64, 1)
     image = tifffile.imread(os.path.join(_dataset(tmp_path / "tif", "tif"), "train", "x", "vol.tif"))
     assert np.allclose(train[5][0][..., 0], (image[5] - image[5].min()) / np.ptp(image[5]), atol=1e-6)
-    dataset, _ = experiment.training_data_streamed(train, cfg, str(tmp_path / "run"))
+    dataset, _ = experiment.training_data_streamed(train, cfg)
     reads.clear()
     x, _ = dataset[0]
     assert x.shape == (4, 32, 32, 1)

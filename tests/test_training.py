@@ -174,7 +174,7 @@ def test_training_data_carries_weight_maps(random_crops, tmp_path):
     cfg = apply_overrides(Config(), ["train.loss=weighted_bce", "data.crop_shape=[16,16]", "data.val_fraction=0.25",
                                      f"data.random_crops={random_crops}", "model.depth=2", "model.dropout=0"])
     train_set = experiment.ImageSet(images, masks, [f"{i}" for i in range(4)])
-    dataset, (x_val, y_val) = experiment.training_data_2d(train_set, cfg.validate(), str(tmp_path))
+    dataset, (x_val, y_val) = experiment.training_data_2d(train_set, cfg.validate())
     x, y = dataset[0]
     fg_weights = set()
     for xs, ys in ((x, y), (x_val, y_val)):
@@ -183,7 +183,7 @@ def test_training_data_carries_weight_maps(random_crops, tmp_path):
         fg_weights |= set(np.unique(ys[..., 1][ys[..., 0] == 1]))
     assert len(fg_weights) == 1  # one class balance, from the training masks, for every image
     cfg.train.loss = "bce"
-    _, (_, y_val) = experiment.training_data_2d(train_set, cfg, str(tmp_path))
+    _, (_, y_val) = experiment.training_data_2d(train_set, cfg)
     assert y_val.shape[-1] == 1
 
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import tifffile
 
-import xiao_2018
 from conftest import REPO
 from lib import cli, training
 from lib.config import Config, ModelConfig
@@ -23,15 +22,10 @@ from xiao_2018.options import check_config
 SCRIPT = os.path.join(REPO, "xiao_2018", "xiao_template.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def registered():
-    """``model.name=xiao2018`` accepted by lib.config in these tests only."""
-    from lib import networks
-
-    saved = networks.MODEL_NAMES
-    xiao_2018.register_model_name()
-    yield
-    networks.MODEL_NAMES = saved
+def load_config(template, args):
+    """``(cfg, cfg.xiao)``: the configuration the entry script reads, with its ``xiao`` section."""
+    cfg = cli.load_config(template, args, sections={pipeline.SECTION: pipeline.XiaoConfig})
+    return cfg, cfg.xiao
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +107,7 @@ def test_auxiliary_heads_come_from_the_quarter_and_half_resolution_decoder_stage
 def test_without_deep_supervision_one_output():
     args = cli.parse_args([".", "d", "j", "--set", "model.deep_supervision=false",
                            "--set", "train.deep_supervision_weights=[]"])
-    cfg, _ = pipeline.load_config(xiao_template_config(), args)
+    cfg, _ = load_config(xiao_template_config(), args)
     model = build_model(cfg.model, (None, None, None, 1))
     assert len(model.outputs) == 1 and model.output_names == ["output"]
 
@@ -149,7 +143,7 @@ def test_input_not_divisible_by_the_pooling_is_refused():
 
 def test_entry_script_defaults_are_the_papers_settings():
     args = cli.parse_args([".", "d", "j"])
-    cfg, xcfg = pipeline.load_config(xiao_template_config(), args)
+    cfg, xcfg = load_config(xiao_template_config(), args)
     check_config(cfg)
     assert (cfg.train.optimizer, cfg.train.learning_rate, cfg.train.schedule) == ("adam", 1e-4, "none")
     assert (cfg.train.batch_size, cfg.train.loss) == (2, "bce")
@@ -230,13 +224,13 @@ def test_xiao_options_from_template_config_file_and_set(tmp_path):
     template = {"model": {"name": "xiao2018"}, "xiao": {"equalize": "none", "min_object_voxels": 5}}
     args = cli.parse_args([".", "d", "j", "--config", str(path), "--set", "xiao.clip_limit=0.05",
                            "--set", "train.batch_size=3"])
-    cfg, xcfg = pipeline.load_config(template, args)
+    cfg, xcfg = load_config(template, args)
     assert (cfg.model.name, cfg.train.epochs, cfg.train.batch_size) == ("xiao2018", 7, 3)
     assert (xcfg.equalize, xcfg.clip_limit, xcfg.min_object_voxels, xcfg.connect_3d) == ("adapthist", 0.05, 5, True)
 
 
 @pytest.mark.parametrize("override, message", [
-    ("xiao.equalise=hist", r"--set xiao.equalise=hist: unknown option 'xiao.equalise' \(did you mean 'equalize'\?\)"),
+    ("xiao.equalise=hist", r"--set xiao.equalise=hist: unknown option 'xiao.equalise' \(did you mean 'xiao.equalize'\?\)"),
     ("xiao.equalize=clahe", r"xiao.equalize: unknown value 'clahe'"),
     ("xiao.min_object_voxels=-1", r"xiao.min_object_voxels: expected a value in \[0, inf\), got -1"),
     ("xiao.connect_3d=maybe", r"xiao.connect_3d: expected true or false"),
@@ -244,7 +238,7 @@ def test_xiao_options_from_template_config_file_and_set(tmp_path):
 def test_bad_xiao_options_name_the_option(override, message):
     args = cli.parse_args([".", "d", "j", "--set", override])
     with pytest.raises(UserError, match=message):
-        pipeline.load_config({"model": {"name": "xiao2018"}}, args)
+        load_config({"model": {"name": "xiao2018"}}, args)
 
 
 # --- the entry script ----------------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ def check_model(model):
     if model.depth != DEPTH:
         raise UserError(f"model.depth: the Xiao et al. network pools {DEPTH} times; expected {DEPTH}, "
                         f"got {model.depth}")
+    if model.stem_stride != 1:
+        raise UserError(f"model.stem_stride: the Xiao et al. network has no stem; expected 1, got {model.stem_stride}")
     if model.filters < 2:
         raise UserError(f"model.filters: the widths grow by filters // 2 per level; expected at least 2, "
                         f"got {model.filters}")

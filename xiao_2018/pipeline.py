@@ -1,17 +1,16 @@
 """The steps of Xiao et al. (2018) around the network: options, histogram equalisation, 3D connection.
 
 The method's own options form a ``xiao`` configuration section beside lib's
-six: it is read from the entry script's ``CONFIG`` block, from a ``--config``
-file and from ``--set xiao.key=value``, like the others, and recorded in the
-run's ``config.json``.
+six (:class:`XiaoConfig`, given to :func:`lib.runner.run` as ``sections``): it is
+read from the entry script's ``CONFIG`` block, from a ``--config`` file and from
+``--set xiao.key=value``, like the others, and recorded in the run's ``config.json``.
+The other functions given to the runner are :func:`check_options`,
+:func:`equalize_sets` and :func:`connected_variant`.
 
 No Keras import at module level: the options are read before the command line
 has chosen the device.
 """
 
-import argparse
-import dataclasses
-import json
 import os
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from skimage import exposure
 from skimage.measure import label
 from skimage.segmentation import relabel_sequential
 
-from lib import cli, io
+from lib import io
 from lib import config as config_lib
 from lib.errors import UserError
 from lib.postprocess import binarize
@@ -56,78 +55,10 @@ class XiaoConfig:
     min_object_voxels: int = 0
 
     def validate(self):
-        config_lib._choice(f"{SECTION}.equalize", self.equalize, EQUALIZATIONS)
-        config_lib._range(f"{SECTION}.clip_limit", self.clip_limit, 0.0, 1.0, low_open=True)
-        config_lib._range(f"{SECTION}.min_object_voxels", self.min_object_voxels, 0, None)
+        config_lib.check_choice(f"{SECTION}.equalize", self.equalize, EQUALIZATIONS)
+        config_lib.check_range(f"{SECTION}.clip_limit", self.clip_limit, 0.0, 1.0, low_open=True)
+        config_lib.check_range(f"{SECTION}.min_object_voxels", self.min_object_voxels, 0, None)
         return self
-
-
-def load_config(template_config, args):
-    """Read lib's configuration and the ``xiao`` section from the template block, ``--config`` and ``--set``.
-
-    Lib's sections go through :func:`lib.cli.load_config` unchanged; the
-    ``xiao`` section is taken out of each source first and applied, in the same
-    order of priority, to a :class:`XiaoConfig`.
-
-    Parameters
-    ----------
-    template_config : dict
-        The entry script's ``CONFIG``, lib's sections and ``xiao``.
-    args : argparse.Namespace
-        From :func:`lib.cli.parse_args`.
-
-    Returns
-    -------
-    cfg : lib.config.Config, validated
-    xcfg : XiaoConfig, validated
-    """
-    template, sources = _split(template_config, "template CONFIG")
-    if args.config:
-        source = f"--config {args.config}"
-        values, file_sources = _split(config_lib.load_json(args.config), source)
-        # Checked on its own first, so that an error names the file rather than the template.
-        config_lib.from_dict(values, source=source)
-        template = {s: {**template.get(s, {}), **values.get(s, {})} for s in {**template, **values}}
-        sources += file_sources
-    prefix = f"{SECTION}."
-    ours = [o for o in args.overrides if o.strip().startswith(prefix)]
-    lib_args = argparse.Namespace(config=None, overrides=[o for o in args.overrides if o not in ours])
-    cfg = cli.load_config(template, lib_args)
-    xcfg = XiaoConfig()
-    for source, values in sources:
-        for key, value in values.items():
-            _set(xcfg, key, value, source)
-    for item in ours:
-        if "=" not in item:
-            raise UserError(f"--set {item}: expected section.key=value, e.g. {SECTION}.equalize=none")
-        dotted, _, text = item.partition("=")
-        _set(xcfg, dotted.strip()[len(prefix):], config_lib.parse_value(text.strip()), f"--set {item}")
-    return cfg, xcfg.validate()
-
-
-def _split(values, source):
-    """``(values without the xiao section, [(source, xiao section)])``; checks that the section is a mapping."""
-    if not isinstance(values, dict) or SECTION not in values:
-        return values, []
-    rest = {k: v for k, v in values.items() if k != SECTION}
-    if not isinstance(values[SECTION], dict):
-        raise UserError(f"{source}: section '{SECTION}' must be a mapping of options")
-    return rest, [(source, values[SECTION])]
-
-
-def _set(xcfg, key, value, source):
-    """Set option ``key`` of ``xcfg`` after checking its name and type (lib.config's checks and messages)."""
-    types = {f.name: f.type for f in dataclasses.fields(xcfg)}
-    if key not in types:
-        raise UserError(f"{source}: unknown option '{SECTION}.{key}'{config_lib._suggest(key, types)}; "
-                        f"the {SECTION} options are {', '.join(types)}")
-    setattr(xcfg, key, config_lib._coerce(f"{SECTION}.{key}", value, types[key]))
-
-
-def write_config(run_dir, cfg, xcfg):
-    """Rewrite the run's ``config.json`` with the ``xiao`` section, so that ``--config`` can replay the run."""
-    payload = {**cfg.to_dict(), SECTION: dataclasses.asdict(xcfg)}
-    io.write_text(os.path.join(run_dir, "config.json"), json.dumps(payload, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- pre-processing
@@ -168,12 +99,13 @@ def equalize(volume, method, clip_limit=0.01):
     return out
 
 
-def equalize_sets(xcfg, *image_sets):
-    """Apply :func:`equalize` (``xcfg.equalize``) to every volume of each ImageSet, in place.
+def equalize_sets(cfg, *image_sets):
+    """Apply :func:`equalize` (``cfg.xiao.equalize``) to every volume of each ImageSet, in place.
 
     Volumes read from zarr / HDF5 stores (lib.experiment.DiskImageSet) are never loaded whole, so they
     cannot be equalised: refused, naming the option.
     """
+    xcfg = cfg.xiao
     if xcfg.equalize == "none":
         return
     from lib.experiment import DiskImageSet
@@ -218,6 +150,14 @@ def connect_3d(binary, min_voxels=0):
     return labels.astype(np.uint32)
 
 
+def connected_variant(cfg, test_set, pred_dir):
+    """``{'connected_3d': metrics}`` (:func:`evaluate_connected`) with ``xiao.connect_3d``, scored; else ``{}``."""
+    if not cfg.xiao.connect_3d:
+        return {}
+    connected = evaluate_connected(test_set, cfg, cfg.xiao, pred_dir)
+    return {} if connected is None else {CONNECTED: connected}
+
+
 def evaluate_connected(test_set, cfg, xcfg, pred_dir):
     """The ``connected_3d`` variant: 3D connection of the tiled predictions, written and scored.
 
@@ -256,8 +196,11 @@ def evaluate_connected(test_set, cfg, xcfg, pred_dir):
     return {**pixels.metrics(), **{k: scores[k] for k in OBJECT_METRICS}, "objects": count}
 
 
-def check_options(cfg, xcfg):
-    """Raise UserError for combinations of lib's options and the method's that cannot run."""
-    if xcfg.connect_3d and not cfg.inference.tiled:
+def check_options(cfg):
+    """Raise UserError for options the network cannot take, or combinations of lib's and the method's that cannot run."""
+    from . import options
+
+    options.check_config(cfg)
+    if cfg.xiao.connect_3d and not cfg.inference.tiled:
         raise UserError(f"{SECTION}.connect_3d=true post-processes the tiled prediction; set inference.tiled=true "
                         f"or {SECTION}.connect_3d=false")

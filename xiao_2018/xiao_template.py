@@ -81,63 +81,27 @@ CONFIG = {
     },
 }
 
-import gc  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
 # CODE_DIR (first argument) holds lib/; fall back to this file's project so the script runs from anywhere.
 sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
 
-import xiao_2018  # noqa: E402
-from lib import cli  # noqa: E402
+from lib import cli, runner  # noqa: E402
 from xiao_2018 import pipeline  # noqa: E402
 
 
 def main(argv=None):
-    args = cli.parse_args(argv, description=__doc__.splitlines()[0])
-    cli.select_device(args.gpu, args.threads)
-    xiao_2018.register_model_name()
-    cfg, xcfg = pipeline.load_config(CONFIG, args)
-    cli.check_run_dir(args, cfg)
+    """Check the options and data (nothing is written until all pass), train, evaluate on the test set, report.
 
-    from lib import experiment
-    from xiao_2018 import options
-
-    options.check_config(cfg)
-    pipeline.check_options(cfg, xcfg)
-    train_set, test_set = experiment.load_3d(args.data_dir, cfg)
-    # Keras is imported once the options and data are checked, so that bad input is refused at once.
-    from lib import evaluation, training
-    from lib.inference import make_predictor
-    from xiao_2018 import network
-
-    pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
-    pipeline.equalize_sets(xcfg, train_set, test_set)
-    run_dir = cli.create_run_dir(args, cfg)
-    pipeline.write_config(run_dir, cfg, xcfg)
-    cli.seed_everything(cfg.train.seed)
-    train_data, val_data = experiment.training_data_3d(train_set, cfg, run_dir)
-
-    with cli.distribution_scope(args.gpu):
-        model = network.build_model(cfg.model, (None, None, None, train_set.channels))
-        training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
-        experiment.record_model(model, run_dir)
-        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
-
-    # Free the training volumes so that the recorded peak memory is that of inference alone.
-    train_data.release()
-    del train_set, train_data, val_data
-    gc.collect()
-    experiment.reset_peak_rss()
-    pred_dir = os.path.join(run_dir, "predictions")
-    results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
-                                                   pred_dir, record=info)
-    connected = pipeline.evaluate_connected(test_set, cfg, xcfg, pred_dir) if xcfg.connect_3d else None
-    if connected is not None:  # None without ground truth
-        results[pipeline.CONNECTED] = connected
-    info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
-    print(f"Inference peak memory (RSS): {info['inference_peak_rss_mb']:.0f} MB")
-    experiment.finish(args, run_dir, results, sweeps, info)
+    The steps of :func:`lib.runner.run`, with the method's own: its ``xiao`` option section
+    (:class:`xiao_2018.pipeline.XiaoConfig`), its checks, the histogram equalisation of every slice before
+    training, and the ``connected_3d`` variant after lib's; ``model.name=xiao2018`` builds the network of
+    :mod:`xiao_2018.network`.
+    """
+    runner.run(CONFIG, argv, data="3d", description=__doc__.splitlines()[0],
+               sections={pipeline.SECTION: pipeline.XiaoConfig}, check=pipeline.check_options,
+               prepare=pipeline.equalize_sets, variants=pipeline.connected_variant)
 
 
 if __name__ == "__main__":

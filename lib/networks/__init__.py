@@ -19,15 +19,21 @@ from ..errors import UserError
 MODEL_NAMES = ("unet", "resunet", "attention_unet", "seunet", "multiresunet")
 
 
-def register_model_names(*names):
-    """Let ``model.name`` also take networks built outside lib (the paper folders); idempotent.
+def build_network(cfg, input_shape):
+    """Build the network named by ``cfg.name``, wherever it is defined (:data:`lib.config.MODELS`).
 
-    ``lib.config`` validates ``model.name`` against :data:`MODEL_NAMES`; an entry
-    script whose network lives in its own folder registers that name here before
-    loading its configuration.
+    Imports the module that defines it (lib's networks, a paper folder's) only now, so that
+    naming a network needs no registration and no import order. That module's
+    ``build_model(cfg, input_shape)`` builds it.
     """
-    global MODEL_NAMES
-    MODEL_NAMES = MODEL_NAMES + tuple(n for n in names if n not in MODEL_NAMES)
+    import importlib
+
+    from ..config import MODELS
+
+    if cfg.name not in MODELS:
+        raise UserError(f"model.name: unknown network '{cfg.name}'; expected one of {', '.join(MODELS)}")
+    return importlib.import_module(MODELS[cfg.name]).build_model(cfg, input_shape)
+
 
 _AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 
@@ -58,6 +64,17 @@ def pool_size(cfg, ndim):
     return tuple(int(p) for p in cfg.pool_size)
 
 
+def stem_stride(cfg, ndim):
+    """Downsampling of the input by the stem (``model.stem_stride``) per spatial axis; 1 everywhere: no stem."""
+    stride = cfg.stem_stride
+    if not isinstance(stride, list):
+        return (int(stride),) * ndim
+    if len(stride) != ndim:
+        raise UserError(f"model.stem_stride: expected {ndim} sizes ({', '.join(_AXES[ndim])}) for {ndim}D input, "
+                        f"got {list(stride)}")
+    return tuple(int(s) for s in stride)
+
+
 def divisor(cfg, ndim):
     """Total downsampling factor per spatial axis: ``pool ** depth``.
 
@@ -76,7 +93,7 @@ def divisor(cfg, ndim):
         One factor per spatial axis, e.g. ``(16, 16)`` for 2D with
         ``depth=4``, or ``(1, 16, 16)`` with ``pool_size=[1, 2, 2]``.
     """
-    return tuple(p**cfg.depth for p in pool_size(cfg, ndim))
+    return tuple(s * p**cfg.depth for s, p in zip(stem_stride(cfg, ndim), pool_size(cfg, ndim)))
 
 
 def build_model(cfg, input_shape, n_outputs=1, deep_supervision=None):
@@ -110,6 +127,9 @@ def build_model(cfg, input_shape, n_outputs=1, deep_supervision=None):
         For a bad option, or an input shape the network cannot take.
     """
     cfg.validate()
+    if cfg.name not in MODEL_NAMES:
+        raise UserError(f"model.name={cfg.name}: not one of lib's networks ({', '.join(MODEL_NAMES)}); "
+                        "lib.networks.build_network builds it from its own folder")
     if deep_supervision is None:
         deep_supervision = cfg.deep_supervision
     input_shape = tuple(input_shape)
@@ -136,7 +156,7 @@ def build_model(cfg, input_shape, n_outputs=1, deep_supervision=None):
     rates = cfg.dropout if isinstance(cfg.dropout, list) else [cfg.dropout] * (cfg.depth + 1)
     return architectures.encoder_decoder(
         ops, input_shape, cfg.depth, cfg.filters, rates, n_outputs, deep_supervision,
-        name=cfg.name, **architectures.ARCHITECTURES[cfg.name],
+        name=cfg.name, stem=stem_stride(cfg, ndim), **architectures.ARCHITECTURES[cfg.name],
     )
 
 
@@ -208,7 +228,7 @@ def _check_input_shape(cfg, input_shape):
     pools = pool_size(cfg, ndim)
     divisors = divisor(cfg, ndim)
     anisotropic = len(set(divisors)) > 1
-    for axis, size, pool, div in zip(_AXES[ndim], spatial, pools, divisors):
+    for axis, size, pool, stem, div in zip(_AXES[ndim], spatial, pools, stem_stride(cfg, ndim), divisors):
         if size is None:
             continue
         if not _positive_int(size):
@@ -217,7 +237,7 @@ def _check_input_shape(cfg, input_shape):
             where = f" on axis {axis}" if anisotropic else ""
             raise UserError(
                 f"model: input size {size} on axis {axis} is not divisible by {div} "
-                f"({pool}^depth for model.depth={cfg.depth}); "
+                f"({f'model.stem_stride {stem} x ' if stem > 1 else ''}{pool}^depth for model.depth={cfg.depth}); "
                 f"choose data.crop_shape divisible by {div}{where}"
             )
 

@@ -36,7 +36,7 @@ ARCHITECTURES = {
 
 
 def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_supervision,
-                    name, block, first_block=None, skip=None):
+                    name, block, first_block=None, skip=None, stem=None):
     """Build a U-Net-shaped ``keras.Model`` from a block and a skip transform.
 
     Parameters
@@ -65,6 +65,12 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
     skip : callable, optional
         ``skip(ops, skip, gating, filters, level, depth) -> tensor`` applied
         to each skip connection; ``gating`` is the upsampled decoder feature.
+    stem : tuple of int, optional
+        Downsampling per axis before the first level: a convolution with
+        kernel = stride = ``stem`` (``filters`` channels, norm, activation);
+        after the last decoder level a transposed convolution of the same
+        shape brings the features back to the input size before the head.
+        The levels then work on ``1 / prod(stem)`` of the voxels.
 
     Returns
     -------
@@ -77,6 +83,9 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
     """
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
+    stem = tuple(stem) if stem is not None and any(s > 1 for s in stem) else None
+    if stem is not None:
+        x = ops.act(ops.norm(ops.conv(x, filters, stem, strides=stem, use_bias=not ops.cfg.batch_norm)))
     skips = []
     for level in range(depth):
         level_block = first_block if (level == 0 and first_block is not None) else block
@@ -95,9 +104,11 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
         x = layers.Concatenate()([bridge, x])
         x = ops.dropout(block(ops, x, width), rates[level])
         if deep_supervision and level > 0:
-            factor = tuple(p**level for p in ops.pool)
+            factor = tuple(p**level * (1 if stem is None else s) for p, s in zip(ops.pool, stem or ops.pool))
             aux.append(blocks.sigmoid_head(ops, x, n_outputs, f"aux_{level}", upsample=factor))
 
+    if stem is not None:
+        x = ops.act(ops.norm(ops.up(x, filters, factor=stem)))
     main = blocks.sigmoid_head(ops, x, n_outputs, "output")
     outputs = [main] + aux[::-1] if deep_supervision else main
     return keras.Model(inputs, outputs, name=name)

@@ -73,19 +73,20 @@ class Ops:
         """Max pooling by the model's pooling factor."""
         return self._layer("MaxPooling")(pool_size=self.pool)(x)
 
-    def up(self, x, filters):
-        """Upsample by the pooling factor, with ``filters`` output channels.
+    def up(self, x, filters, factor=None):
+        """Upsample by ``factor`` per axis (default: the pooling factor), with ``filters`` output channels.
 
         ``transpose`` learns the upsampling (a transposed convolution with
-        kernel = stride = pool); ``resize`` repeats voxels and then convolves,
+        kernel = stride = factor); ``resize`` repeats voxels and then convolves,
         which avoids the checkerboard artefacts of transposed convolutions.
         """
+        factor = self.pool if factor is None else tuple(factor)
         if self.cfg.upsampling == "transpose":
             return self._layer("Conv", "Transpose")(
-                filters, self.pool, strides=self.pool, padding="same",
+                filters, factor, strides=factor, padding="same",
                 kernel_initializer="he_normal",
             )(x)
-        x = self._layer("UpSampling")(size=self.pool)(x)
+        x = self._layer("UpSampling")(size=factor)(x)
         return self.conv(x, filters)
 
     def upsample_by(self, x, factor):

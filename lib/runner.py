@@ -1,0 +1,123 @@
+"""One experiment run, in one order, for every entry script.
+
+:func:`run` is the body of every template's and paper script's ``main()``. It
+owns the order of the steps, so that a step added to the pipeline (an input
+format, a report) is added once for all of them:
+
+1. the command line, then the device (before Keras is imported), then the
+   configuration: defaults <- the script's ``CONFIG`` <- ``--config`` <- ``--set``;
+2. every check that the options and data allow, writing nothing: the run
+   folder (``--overwrite``, resume), the script's own option checks, the data
+   (read and normalised, or opened from zarr / HDF5 stores), the split and the
+   crops, the pretrained model, the network built and its pretrained weights
+   loaded. A refusal here leaves JOB_DIR as it was;
+3. the run folder (``config.json``, ``environment.json``), with what it records
+   before training: ``normalization.json``, ``samples/``, ``model.txt``;
+4. training (checkpoints, history, time limit; resumed when the run folder holds
+   an unfinished run);
+5. the test set, every variant, predictions written under ``predictions/``, then
+   the script's own variants;
+6. the report: charts, ``metrics.json``, the ``summary.csv`` row, the table.
+
+What differs between scripts is passed in: the kind of data (``data``), and,
+for the paper folders, their option section (``sections``), their option checks
+(``check``), their pre-processing of the loaded sets (``prepare``) and their extra
+variants (``variants``). Their networks are named in ``lib.config.MODELS``.
+"""
+
+import gc
+import os
+
+from . import cli
+from .errors import options
+
+# data= : (read and check the data, split it into training data, spatial axes)
+DATA = {
+    "2d": ("load_2d", "training_data_2d", 2),              # 2D images in memory
+    "streamed": ("open_2d_streamed", "training_data_streamed", 2),  # 2D images read from disk as needed
+    "3d": ("load_3d", "training_data_3d", 3),              # volumes (in memory, or zarr / HDF5 stores)
+}
+# The options behind the parameters of lib.data, whose errors name its parameters (lib.errors.options).
+DATA_OPTIONS = dict(crop="data.crop_shape", fraction="data.val_fraction", min_fraction="data.min_fg_fraction",
+                    method="data.normalization", overlap="inference.overlap")
+
+
+def run(template_config, argv=None, *, data, description, sections=None, check=None, prepare=None, variants=None):
+    """Run one experiment: train on ``DATA_DIR/train``, evaluate on ``DATA_DIR/test``, report.
+
+    Parameters
+    ----------
+    template_config : dict
+        The entry script's ``CONFIG`` block.
+    argv : list of str, optional
+        The command line (default ``sys.argv[1:]``).
+    data : {'2d', 'streamed', '3d'}
+        How the data are read (:data:`DATA`).
+    description : str
+        First line of ``--help``.
+    sections : dict, optional
+        The script's own option sections, ``{name: dataclass}`` (:func:`lib.config.config_class`);
+        the configuration then has ``cfg.<name>``.
+    check : callable, optional
+        ``check(cfg)``: raise UserError for options the script cannot run; before the data are read.
+    prepare : callable, optional
+        ``prepare(cfg, train_set, test_set)``: pre-processing of the loaded sets, in place, before
+        the training data are cut from them (e.g. histogram equalisation).
+    variants : callable, optional
+        ``variants(cfg, test_set, predictions_dir) -> {name: metrics}``: more variants, computed
+        after lib's (e.g. from their predictions) and reported beside them.
+
+    Returns
+    -------
+    str: the run folder.
+    """
+    if data not in DATA:
+        raise ValueError(f"data: expected one of {', '.join(DATA)}, got {data!r}")
+    load, split, ndim = DATA[data]
+
+    args = cli.parse_args(argv, description=description)
+    cli.select_device(args.gpu, args.threads)
+    cfg = cli.load_config(template_config, args, sections)
+
+    cli.check_run_dir(args, cfg)
+    if check is not None:
+        check(cfg)
+    from . import experiment
+
+    with options(**DATA_OPTIONS):
+        train_set, test_set = getattr(experiment, load)(args.data_dir, cfg)
+    # Keras is imported once the options and data are checked, so that bad input is refused at once.
+    from . import evaluation, networks, training
+    from .inference import make_predictor
+
+    pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
+    if prepare is not None:
+        prepare(cfg, train_set, test_set)
+    cli.seed_everything(cfg.train.seed)
+    with options(**DATA_OPTIONS):
+        train_data, val_data = getattr(experiment, split)(train_set, cfg)
+
+    with cli.distribution_scope(args.gpu):
+        model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
+        training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
+        run_dir = cli.create_run_dir(args, cfg)
+        experiment.record_training_data(train_set, train_data, cfg, run_dir)
+        experiment.record_model(model, run_dir)
+        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
+    info["train_peak_rss_mb"] = experiment.peak_rss_mb()
+
+    # Free the training data, so that the recorded peak memory of inference is that of inference alone.
+    train_data.release()
+    del train_set, train_data, val_data
+    gc.collect()
+    info["inference_start_rss_mb"] = experiment.reset_peak_rss()
+    predictions = os.path.join(run_dir, "predictions")
+    results, sweeps = evaluation.evaluate_test_set(make_predictor(model), test_set, cfg.data.crop_shape, cfg,
+                                                   predictions, record=info)
+    if variants is not None:
+        results.update(variants(cfg, test_set, predictions) or {})
+    info["inference_peak_rss_mb"] = experiment.peak_rss_mb()
+    print(f"Peak memory (RSS): training {info['train_peak_rss_mb']:.0f} MB, inference "
+          f"{info['inference_peak_rss_mb']:.0f} MB (of which {info['inference_start_rss_mb'] or 0:.0f} MB were "
+          "held before inference began)")
+    return experiment.finish(args, run_dir, results, sweeps, info)
