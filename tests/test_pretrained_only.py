@@ -48,19 +48,4 @@ def test_epochs_0_predicts_with_the_pretrained_weights(dataset_2d, tmp_path):
     assert (run1 / "checkpoints" / "best.keras").is_file()  # a run folder predict.py can use
 
 
-def test_cheng_2d_script_epochs_0_uses_the_pretrained_weights(dataset_2d, tmp_path):
-    script = os.path.join(REPO, "cheng_2017", "cheng_2D_template.py")
-    tiny = ["--set", "data.crop_shape=[64,64]", "--set", "model.filters=4", "--set", "train.batch_size=8",
-            "--set", "inference.overlays=0", "--set", "train.steps_per_epoch=2"]
-
-    def run(rid, *options):
-        return subprocess.run([sys.executable, script, REPO, dataset_2d, str(tmp_path), "--id", "c", "--rid",
-                               str(rid), "--gpu", "cpu", *tiny, *options], capture_output=True, text=True,
-                              timeout=300)
-
-    first = run(0, "--set", "train.epochs=1")
-    assert first.returncode == 0, first.stderr[-3000:]
-    again = run(1, "--set", "train.epochs=0", "--set", "train.pretrained=c_0")
-    assert again.returncode == 0, again.stderr[-3000:]
-    results = [json.loads((tmp_path / f"c_{r}" / "metrics.json").read_text())["results"]["tiled"] for r in (0, 1)]
-    assert results[1]["fg_iou"] == pytest.approx(results[0]["fg_iou"], abs=1e-6)
+# Every entry script with train.pretrained (the Cheng and Xiao ones too): tests/test_entry_scripts.py.
