@@ -64,6 +64,12 @@ def check_crop_shape(cfg, shapes, where):
                     f"{option}={list(sizes)}: size {c} on axis {'zyx'[3 - ndim + axis]} is not divisible by "
                     f"{f}, the network's downsampling (model.depth={cfg.model.depth}); use a multiple of {f}"
                 )
+    if cfg.inference.tta and factors[-1] != factors[-2]:
+        raise UserError(
+            f"inference.tta=true turns tiles by 90 degrees, which needs the same downsampling in y and x; the "
+            f"network's is {factors[-2]} in y and {factors[-1]} in x (model.pool_size={cfg.model.pool_size}, "
+            f"model.stem_stride={cfg.model.stem_stride}); make them equal or set inference.tta=false"
+        )
 
 
 def load_2d(data_dir, cfg):

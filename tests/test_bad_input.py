@@ -261,6 +261,15 @@ def test_3d_subvolume_larger_than_the_volume(tmp_path):
     assert_refused(result, job, "data.crop_shape=[16, 32, 32] is larger than")
 
 
+def test_3d_tta_with_different_downsampling_in_y_and_x(tmp_path):
+    job = tmp_path / "jobs"
+    result = run_template(good_dataset(str(tmp_path / "data"), n_test=4), job, "--gpu", "cpu",
+                          "--set", "data.crop_shape=[4,32,32]", "--set", "model.depth=2",
+                          "--set", "model.pool_size=[1,2,1]", "--set", "inference.tta=true", template="3D_template.py")
+    assert_refused(result, job, "inference.tta=true turns tiles by 90 degrees, which needs the same downsampling "
+                                "in y and x; the network's is 4 in y and 1 in x")
+
+
 def test_streamed_template_names_a_truncated_file(tmp_path):
     data = good_dataset(str(tmp_path / "data"))
     _truncate(data, "test/x/001.tif")
