@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import blockwise, volumes
 from . import config as config_lib
-from .errors import UserError
+from .errors import UserError, options
 
 NORMALIZATION_FILE = "normalization.json"  # a run's training mean and std (zscore)
 
@@ -145,10 +145,8 @@ def fitted_tiles(cfg, image_shape):
     if len(largest) != len(crop):
         raise UserError(f"inference.tile_shape={list(largest)}: expected {len(crop)} sizes like "
                         f"data.crop_shape={list(crop)}")
-    try:
+    with options(overlap="inference.overlap", tile=f"inference.tile_shape={list(largest)}"):
         tile, overlap = fit_tile(image_shape, largest, inference_divisor(cfg, crop), cfg.inference.overlap)
-    except ValueError as exc:
-        raise UserError(f"inference.tile_shape={list(largest)}: {str(exc).split(': ', 1)[-1]}") from None
     return tile, overlap, tile_batch(cfg.inference.batch_size, crop, tile)
 
 

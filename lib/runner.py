@@ -29,7 +29,6 @@ import gc
 import os
 
 from . import cli
-from .errors import options
 
 # data= : (read and check the data, split it into training data, spatial axes)
 DATA = {
@@ -37,9 +36,6 @@ DATA = {
     "streamed": ("open_2d_streamed", "training_data_streamed", 2),  # 2D images read from disk as needed
     "3d": ("load_3d", "training_data_3d", 3),              # volumes (in memory, or zarr / HDF5 stores)
 }
-# The options behind the parameters of lib.data, whose errors name its parameters (lib.errors.options).
-DATA_OPTIONS = dict(crop="data.crop_shape", fraction="data.val_fraction", min_fraction="data.min_fg_fraction",
-                    method="data.normalization", overlap="inference.overlap")
 
 
 def run(template_config, argv=None, *, data, description, sections=None, check=None, prepare=None, variants=None):
@@ -84,8 +80,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
         check(cfg)
     from . import experiment
 
-    with options(**DATA_OPTIONS):
-        train_set, test_set = getattr(experiment, load)(args.data_dir, cfg)
+    train_set, test_set = getattr(experiment, load)(args.data_dir, cfg)
     # Keras is imported once the options and data are checked, so that bad input is refused at once.
     from . import evaluation, networks, training
     from .inference import make_predictor
@@ -94,8 +89,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     if prepare is not None:
         prepare(cfg, train_set, test_set)
     cli.seed_everything(cfg.train.seed)
-    with options(**DATA_OPTIONS):
-        train_data, val_data = getattr(experiment, split)(train_set, cfg)
+    train_data, val_data = getattr(experiment, split)(train_set, cfg)
 
     with cli.distribution_scope(args.gpu):
         model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))

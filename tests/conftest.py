@@ -37,3 +37,21 @@ def blob_pair(shape=(64, 64), seed=0):
     mask = np.zeros(shape, np.uint8)
     mask[shape[0] // 4: shape[0] // 2, shape[1] // 4: shape[1] // 2] = 255
     return image, mask
+
+
+def record_tile_bars(monkeypatch, module):
+    """The tile progress bars ``module`` (lib.evaluation, lib.blockwise) opens, listed as they open.
+
+    Bars are shown at once (no 2 s delay), so that a short test prints them.
+    """
+    from lib import inference
+
+    bars, real = [], module.tile_progress
+
+    def recording(total, desc):
+        bars.append(real(total, desc))
+        return bars[-1]
+
+    monkeypatch.setattr(module, "tile_progress", recording)
+    monkeypatch.setattr(inference, "PROGRESS_DELAY", 0)
+    return bars

@@ -246,16 +246,9 @@ def test_run_notes_say_which_checkpoint_and_warn_when_it_means_little():
 
 def test_an_image_of_many_tiles_shows_the_progress_of_its_tiles(tmp_path, monkeypatch, capsys):
     import lib.evaluation as evaluation
-    import lib.inference as inference
+    from conftest import record_tile_bars
 
-    bars, real = [], evaluation.tile_progress
-
-    def recording(total, desc):
-        bars.append(real(total, desc))
-        return bars[-1]
-
-    monkeypatch.setattr(evaluation, "tile_progress", recording)
-    monkeypatch.setattr(inference, "PROGRESS_DELAY", 0)  # shown at once, not only after 2 s
+    bars = record_tile_bars(monkeypatch, evaluation)
     image = np.random.default_rng(0).random((300, 400, 1), dtype=np.float32)
     cfg = make_cfg(inference={"tta": True}, post={"z_filter": False, "oztel": False})
     evaluate_test_set(passthrough, [(image, (image[..., 0] > 0.5).astype(np.uint8), "big")], (16, 16), cfg,

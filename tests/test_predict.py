@@ -335,16 +335,10 @@ def test_zscore_run_records_its_statistics_and_predict_matches_its_tiled_variant
 
 
 def test_in_process_each_block_shows_the_progress_of_its_tiles(zarr_run, run_2d, tmp_path, monkeypatch, capsys):
-    from lib import blockwise, inference
+    from conftest import record_tile_bars
+    from lib import blockwise
 
-    bars, real = [], blockwise.tile_progress
-
-    def recording(total, desc):
-        bars.append(real(total, desc))
-        return bars[-1]
-
-    monkeypatch.setattr(blockwise, "tile_progress", recording)
-    monkeypatch.setattr(inference, "PROGRESS_DELAY", 0)  # shown at once, not only after 2 s
+    bars = record_tile_bars(monkeypatch, blockwise)
     root, _ = zarr_run
     _main()([REPO, str(root / "vol.zarr"), str(tmp_path / "c.zarr"), "--model", str(run_2d), "--gpu", "cpu", *FAST])
     assert [b.desc for b in bars[:2]] == ["block 0,0,0", "block 0,0,1"] and len(bars) == 12
@@ -396,6 +390,7 @@ BAD = [
     (["ok.zarr", "o.zarr", "--set", "post.oztel=true"], "post.oztel"),
     (["ok.zarr", "o.zarr", "--set", "inference.block_shape=[0,4,4]"], "inference.block_shape"),
     (["ok.zarr", "o.zarr", "--set", "data.crop_shape=[16,16,16]"], "data.crop_shape"),
+    (["ok.zarr", "o.zarr", "--set", "inference.overlap=[0.5,0.5,0.5]"], "inference.overlap=[0.5, 0.5, 0.5]: expected"),
     (["ok.zarr", "o.zarr", "--scheduler", "tcp://127.0.0.1:9"], "--scheduler"),
     (["ok.zarr", "o.zarr", "--scheduler", "local:zero"], "--scheduler"),
 ]

@@ -14,9 +14,11 @@ and before Keras is loaded.
 import numbers
 import os
 
+from ..config import MODELS
 from ..errors import UserError
 
-MODEL_NAMES = ("unet", "resunet", "attention_unet", "seunet", "multiresunet")
+# lib's own networks: those of lib.config.MODELS that this package builds.
+MODEL_NAMES = tuple(name for name, module in MODELS.items() if module == __name__)
 
 
 def build_network(cfg, input_shape):
@@ -28,10 +30,7 @@ def build_network(cfg, input_shape):
     """
     import importlib
 
-    from ..config import MODELS
-
-    if cfg.name not in MODELS:
-        raise UserError(f"model.name: unknown network '{cfg.name}'; expected one of {', '.join(MODELS)}")
+    cfg.validate()  # an unknown model.name is refused there, with a suggestion
     return importlib.import_module(MODELS[cfg.name]).build_model(cfg, input_shape)
 
 

@@ -104,7 +104,7 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
         x = layers.Concatenate()([bridge, x])
         x = ops.dropout(block(ops, x, width), rates[level])
         if deep_supervision and level > 0:
-            factor = tuple(p**level * (1 if stem is None else s) for p, s in zip(ops.pool, stem or ops.pool))
+            factor = tuple(s * p**level for s, p in zip(stem or (1,) * len(ops.pool), ops.pool))
             aux.append(blocks.sigmoid_head(ops, x, n_outputs, f"aux_{level}", upsample=factor))
 
     if stem is not None:
