@@ -62,7 +62,9 @@ def check_crop_shape(cfg, shapes, where):
             if c % f:
                 raise UserError(
                     f"{option}={list(sizes)}: size {c} on axis {'zyx'[3 - ndim + axis]} is not divisible by "
-                    f"{f}, the network's downsampling (model.depth={cfg.model.depth}); use a multiple of {f}"
+                    f"{f}, the network's downsampling (model.depth={cfg.model.depth}"
+                    f"{'' if cfg.model.stem_stride == 1 else f', model.stem_stride={cfg.model.stem_stride}'}); "
+                    f"use a multiple of {f}"
                 )
     if cfg.inference.tta and factors[-1] != factors[-2]:
         raise UserError(

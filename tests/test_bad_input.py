@@ -194,6 +194,8 @@ OPTION_CASES = [
     (["--set", "data.val_fraction=NaN"], "data.val_fraction: expected a finite number, got nan"),
     (["--set", "model.dropout=NaN"], "model.dropout: expected a finite number, got nan"),
     (["--set", "train.learning_rate=Infinity"], "train.learning_rate: expected a finite number, got inf"),
+    (["--set", "model.depth=2", "--set", "model.stem_stride=3"],
+     "size 32 on axis y is not divisible by 12, the network's downsampling (model.depth=2, model.stem_stride=3)"),
 ]
 
 
