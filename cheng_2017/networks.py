@@ -62,7 +62,8 @@ def build_model(cfg, input_shape, t=T):
     Returns
     -------
     keras.Model
-        Named ``cfg.name``; output ``(N, *spatial, 1)`` float32 sigmoid probabilities.
+        Named ``cfg.name``; output ``(N, *spatial, 1)`` float32 sigmoid probabilities (``(N, *spatial, K)``
+        softmax ones of ``cfg.classes`` K > 1).
 
     Raises
     ------
@@ -97,8 +98,8 @@ def build_model(cfg, input_shape, t=T):
         x = ops.up(x, width)
         for _ in range(blocks):
             x = bottleneck_block(ops, x, width)
-    logits = ops.up(ops.act(ops.norm(x)), 1)
-    outputs = layers.Activation("sigmoid", dtype="float32", name="output")(logits)
+    logits = ops.up(ops.act(ops.norm(x)), cfg.classes)
+    outputs = layers.Activation("sigmoid" if cfg.classes == 1 else "softmax", dtype="float32", name="output")(logits)
     return keras.Model(inputs, outputs, name=cfg.name)
 
 

@@ -24,7 +24,12 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
 MONITORS = ("val_iou", "val_loss")
 # Defined here, not in lib.losses, so that checking a configuration does not import Keras.
-LOSS_NAMES = ("bce", "weighted_bce", "dice", "bce_dice", "jaccard")
+LOSS_NAMES = ("bce", "weighted_bce", "dice", "bce_dice", "jaccard", "ce", "ce_dice")
+# model.classes > 1 (softmax): the cross-entropy losses are categorical; bce and bce_dice name them too
+# (binary cross-entropy is its two-class case), ce and ce_dice name bce and bce_dice for one class.
+CATEGORICAL_LOSSES = {"bce": "ce", "bce_dice": "ce_dice", "ce": "ce", "ce_dice": "ce_dice", "dice": "dice"}
+BINARY_LOSSES = {"ce": "bce", "ce_dice": "bce_dice"}
+MAX_CLASSES = 255  # class ids are kept in uint8 masks
 UPSAMPLINGS = ("transpose", "resize")
 ACTIVATIONS = ("relu", "elu", "leaky_relu", "gelu", "swish")
 WINDOWS = ("gaussian", "spline")
@@ -43,6 +48,13 @@ MODELS = {
 }
 
 
+def loss_for(loss, classes):
+    """The loss that ``train.loss`` names for ``model.classes`` (:data:`CATEGORICAL_LOSSES`, :data:`BINARY_LOSSES`)."""
+    if classes > 1:
+        return CATEGORICAL_LOSSES[loss]
+    return BINARY_LOSSES.get(loss, loss)
+
+
 def uses_weight_maps(loss):
     """True when the loss named ``loss`` (one of :data:`LOSS_NAMES`) needs targets with weight-map channels."""
     return loss == "weighted_bce"
@@ -50,6 +62,7 @@ def uses_weight_maps(loss):
 
 # What a resumed run's checkpoint fixes: the network, and the loss and optimiser compiled with it.
 FIXED_ON_RESUME = ("model.", "train.loss", "train.bce_weight", "train.dice_weight", "train.batch_overlap",
+                   "train.class_weights",
                    "train.deep_supervision_weights", "train.optimizer",
                    "train.momentum", "train.nesterov", "train.weight_decay")
 
@@ -183,8 +196,13 @@ class ModelConfig:
                                                 "back: 2 makes the network about 4x (2D) / 8x (3D) cheaper; "
                                                 "1: none", range="each >= 1")
 
+    classes: int = option(1, "1: binary segmentation (sigmoid; masks 0 and one foreground value); K > 1: K classes "
+                          "(softmax; masks hold class ids 0..K-1, 0 the background; K = 2 also takes binary masks)",
+                          range=f"[1, {MAX_CLASSES}]")
+
     def validate(self):
         _choice("model.name", self.name, tuple(MODELS))
+        _range("model.classes", self.classes, 1, MAX_CLASSES)
         _range("model.depth", self.depth, 1, 8)
         _range("model.filters", self.filters, 1, None)
         _choice("model.activation", self.activation, ACTIVATIONS)
@@ -233,10 +251,15 @@ class TrainConfig:
     plateau_patience: int = option(10, "plateau: epochs without a better monitored value before a drop",
                                    range="[1, inf)")
     plateau_factor: float = option(0.5, "plateau: factor of each drop", range="(0, 1)")
-    loss: str = option("bce_dice", "loss; weighted_bce (U-Net weight maps) needs the in-memory 2D or 3D template",
+    loss: str = option("bce_dice", "loss; weighted_bce (U-Net weight maps) needs the in-memory 2D or 3D template; "
+                       "model.classes > 1: ce, dice (mean over the foreground classes) or ce_dice",
                        LOSS_NAMES)
-    bce_weight: float = option(1.0, "bce_dice: weight of the bce term", range="[0, inf)")
-    dice_weight: float = option(1.0, "bce_dice: weight of the dice term", range="[0, inf)")
+    bce_weight: float = option(1.0, "bce_dice, ce_dice: weight of the cross-entropy term", range="[0, inf)")
+    dice_weight: float = option(1.0, "bce_dice, ce_dice: weight of the dice term", range="[0, inf)")
+    class_weights: Union[List[float], str] = option([], "model.classes > 1: loss weight of each class (K values, "
+                                                    "background first), 'auto' (median frequency balancing of the "
+                                                    "training masks), or [] (all 1)",
+                                                    range="[], auto, or model.classes weights >= 0")
     batch_overlap: bool = option(False, "dice, jaccard, bce_dice: sum the overlap over the whole batch instead of "
                                  "per crop (nnU-Net's batch dice; the Cheng paper's loss)")
     weight_w0: float = option(10.0, "weighted_bce: extra weight in narrow gaps between objects", range="[0, inf)")
@@ -287,11 +310,17 @@ class TrainConfig:
         _choice("train.loss", self.loss, LOSS_NAMES)
         _range("train.bce_weight", self.bce_weight, 0.0, None)
         _range("train.dice_weight", self.dice_weight, 0.0, None)
-        if self.loss == "bce_dice" and self.bce_weight + self.dice_weight == 0:
+        if self.loss in ("bce_dice", "ce_dice") and self.bce_weight + self.dice_weight == 0:
             raise UserError("train.bce_weight, train.dice_weight: both are 0; expected at least one positive weight")
-        if self.batch_overlap and self.loss not in ("dice", "jaccard", "bce_dice"):
+        if self.batch_overlap and self.loss not in ("dice", "jaccard", "bce_dice", "ce_dice"):
             raise UserError(f"train.batch_overlap=true: train.loss={self.loss} has no Dice or Jaccard sums to take "
-                            "over the batch; expected train.loss dice, jaccard or bce_dice, or batch_overlap=false")
+                            "over the batch; expected train.loss dice, jaccard, bce_dice or ce_dice, or "
+                            "batch_overlap=false")
+        if isinstance(self.class_weights, str) and self.class_weights != "auto":
+            raise UserError(f"train.class_weights: unknown value '{self.class_weights}'; expected auto, [] or a list "
+                            "of one weight per class")
+        for w in self.class_weights if isinstance(self.class_weights, list) else ():
+            _range("train.class_weights", w, 0.0, None)
         _range("train.weight_w0", self.weight_w0, 0.0, None)
         _range("train.weight_sigma", self.weight_sigma, 0.0, None, low_open=True)
         for w in self.deep_supervision_weights:
@@ -310,6 +339,18 @@ class TrainConfig:
 
     def check_model(self, model):
         """Check the options that depend on the model section (``ModelConfig``)."""
+        k = model.classes
+        if k > 1 and self.loss not in CATEGORICAL_LOSSES:
+            raise UserError(f"train.loss={self.loss}: a binary loss, but model.classes={k}; expected ce, dice or "
+                            "ce_dice (bce and bce_dice stand for ce and ce_dice)")
+        if k == 1 and self.class_weights:
+            raise UserError("train.class_weights: weights of classes need model.classes > 1 (one class here); "
+                            "set train.class_weights=[] or model.classes")
+        if isinstance(self.class_weights, list) and self.class_weights and len(self.class_weights) != k:
+            raise UserError(f"train.class_weights: expected {k} weights for model.classes={k} (background first), "
+                            f"got {len(self.class_weights)}")
+        if isinstance(self.class_weights, list) and self.class_weights and not any(self.class_weights):
+            raise UserError("train.class_weights: every weight is 0; expected at least one positive weight")
         weights = self.deep_supervision_weights
         if weights and not model.deep_supervision:
             raise UserError("train.deep_supervision_weights: given, but model.deep_supervision is false; "
@@ -335,7 +376,8 @@ class InferenceConfig:
     overlap: Union[float, List[float]] = option(0.5, "tile overlap of the tiled variants, one value or one per axis",
                                                 range="each in [0, 1)")
     window: str = option("gaussian", "blending window of the tiles", WINDOWS)
-    threshold: float = option(0.5, "probability threshold for binary masks (pick it on validation data)",
+    threshold: float = option(0.5, "probability threshold for binary masks (pick it on validation data); "
+                              "model.classes > 1 takes the most probable class",
                               range="(0, 1)")
     batch_size: int = option(8, "tiles per prediction batch", range="[1, inf)")
     overlays: int = option(3, "test images (3D: slices) drawn with outlines in charts/overlays.png (0 = none)",
@@ -406,6 +448,9 @@ class Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
         self.train.check_model(self.model)
+        if self.model.classes > 1 and self.post.oztel:
+            raise UserError(f"post.oztel=true: Oztel post-processing refines binary objects; with "
+                            f"model.classes={self.model.classes} set post.oztel=false")
         return self
 
     def to_dict(self):

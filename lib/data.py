@@ -315,9 +315,10 @@ def _window(position, tile):
 
 
 def foreground_fraction(masks):
-    """Foreground fraction of each mask in a batch ``(N, ...)``, as float array (N,)."""
+    """Foreground (nonzero: any class but the background) fraction of each mask in a batch ``(N, ...)``, as float
+    array (N,)."""
     masks = np.asarray(masks)
-    return masks.reshape(len(masks), -1).mean(axis=1, dtype=np.float64)
+    return (masks.reshape(len(masks), -1) > 0).mean(axis=1, dtype=np.float64)
 
 
 def discard_low_foreground(images, masks, min_fraction):

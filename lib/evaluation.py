@@ -37,6 +37,14 @@ Metrics of each variant, pooled over the set: ``fg_iou``, ``mean_iou``, ``dice``
 ``precision``, ``recall`` from summed pixel counts; ``det`` and ``seg`` of the Cell
 Tracking Challenge, objects being the connected components of each 2D image or
 3D volume; for probability variants, a threshold sweep and its ``best_threshold``.
+
+Multi-class segmentation (``model.classes`` K > 1): a prediction is the label image of the most
+probable class of each pixel (:func:`lib.postprocess.most_probable`), of the probabilities of
+each class blended, turned (tta) and z-filtered each on its own. Each foreground class ``c``
+(1 .. K-1) is scored as a binary mask (its pixels against the others): keys ``c<c>_<metric>``;
+``fg_iou``, ``dice``, ``precision``, ``recall``, ``det`` and ``seg`` are their macro means (the
+unweighted mean over the foreground classes) and ``mean_iou`` the mean IoU of all K classes,
+background included. No threshold sweep (no threshold is used).
 """
 
 import math
@@ -52,7 +60,7 @@ from . import io, reports
 from .errors import UserError
 from .inference import crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch, tile_progress, tiled_inputs
 from .metrics import PIXEL_METRICS, ObjectCounts, PixelCounts, SweepHistogram
-from .postprocess import ZFilterStream, binarize, oztel, z_filter
+from .postprocess import ZFilterStream, binarize, most_probable, oztel, z_filter
 
 VARIANTS = ("per_crop", "merged", "tiled", "tta", "z_filter", "tta_z_filter", "oztel")
 PROBABILITY_VARIANTS = ("merged", "tiled", "tta", "z_filter", "tta_z_filter")
@@ -87,53 +95,94 @@ def enabled_variants(cfg):
     return [v for v in VARIANTS if on[v]]
 
 
-def save_prediction(pred_dir, variant, name, binary, prob=None):
+def save_prediction(pred_dir, variant, name, binary, prob=None, classes=1):
     """Write ``<variant>/binary/<name>.tif`` (0/255 uint8) and, given ``prob``, ``<variant>/prob/<name>.tif``.
 
     ``binary`` is {0, 1} and ``prob`` float probabilities (written as float32), of one shape.
+    With ``classes`` K > 1, ``binary`` is the label image (class ids ``0 .. K-1``), written as they are
+    to ``<variant>/labels/<name>.tif`` (uint8), and ``prob`` ``(*spatial, K)`` is written with the class
+    axis before y and x: ``(K, Y, X)`` of an image, ``(Z, K, Y, X)`` of a volume (ImageJ's channel order).
     """
-    outputs = [("binary", binary.astype(np.uint8) * np.uint8(255))]
+    if classes == 1:
+        outputs = [("binary", binary.astype(np.uint8) * np.uint8(255))]
+    else:
+        outputs = [("labels", binary.astype(np.uint8))]
     if prob is not None:
-        outputs.append(("prob", prob.astype(np.float32, copy=False)))
+        prob = prob.astype(np.float32, copy=False)
+        outputs.append(("prob", prob if classes == 1 else np.moveaxis(prob, -1, -3)))
     for kind, array in outputs:
         folder = os.path.join(pred_dir, variant, kind)
         os.makedirs(folder, exist_ok=True)
         io.write_tiff(os.path.join(folder, f"{name}.tif"), array)
 
 
-class _Score:
-    """Pooled pixel counts, object counts and, for probabilities, the threshold sweep of one variant."""
+def class_pairs(binary, mask, classes=1):
+    """The binary ``(prediction, ground truth)`` pairs scored: ``[(binary, mask)]`` for one class, else one pair
+    per class ``c`` in ``0 .. classes - 1`` (``labels == c``, ``mask == c``) of a label image and its mask."""
+    if classes == 1:
+        return [(binary, mask)]
+    return [(binary == c, mask == c) for c in range(classes)]
 
-    def __init__(self, sweep):
-        self.pixels = PixelCounts()
-        self.objects = ObjectCounts()
-        self.sweep = SweepHistogram() if sweep else None
+
+def class_scores(pixels, objects, classes=1):
+    """Metrics from per-class counts: those of :meth:`PixelCounts.metrics` and ``det``, ``seg``.
+
+    ``pixels`` and ``objects`` hold one count of each pair of :func:`class_pairs` (``objects[0]``,
+    the background's, is unused for ``classes`` > 1). For ``classes`` > 1: ``c<c>_<metric>`` of each
+    foreground class, their macro means under the plain names, and ``mean_iou`` over all classes.
+    """
+    def one(c):
+        found = objects[c].metrics()
+        return {**pixels[c].metrics(), **{k: found[k] for k in OBJECT_METRICS}}
+
+    if classes == 1:
+        return one(0)
+    per_class = {c: one(c) for c in range(1, classes)}
+    keys = [k for k in PIXEL_METRICS + OBJECT_METRICS if k != "mean_iou"]
+    out = {k: float(np.mean([p.metrics()["fg_iou"] for p in pixels]) if k == "mean_iou" else
+                    np.mean([m[k] for m in per_class.values()])) for k in PIXEL_METRICS + OBJECT_METRICS}
+    for c, values in per_class.items():
+        out.update({f"c{c}_{k}": values[k] for k in keys})
+    return out
+
+
+class _Score:
+    """Pooled pixel counts, object counts (per class) and, for binary probabilities, the threshold sweep of one
+    variant."""
+
+    def __init__(self, sweep, classes=1):
+        self.classes = classes
+        self.pixels = [PixelCounts() for _ in range(max(classes, 1))]
+        self.objects = [ObjectCounts() for _ in range(max(classes, 1))]
+        self.sweep = SweepHistogram() if sweep and classes == 1 else None
 
     def add(self, binary, mask, gt_labels, prob=None):
-        self.pixels += PixelCounts.from_arrays(binary, mask)
-        self.objects += ObjectCounts.from_masks(binary, mask, gt_labels=gt_labels)
+        for c, (p, g) in enumerate(class_pairs(binary, mask, self.classes)):
+            self.pixels[c] += PixelCounts.from_arrays(p, g)
+            if gt_labels[c] is not None:
+                self.objects[c] += ObjectCounts.from_masks(p, g, gt_labels=gt_labels[c])
         if self.sweep is not None:
             self.sweep.update(prob, mask)
 
     def results(self):
-        objects = self.objects.metrics()
-        return {**self.pixels.metrics(), **{k: objects[k] for k in OBJECT_METRICS}}
+        return class_scores(self.pixels, self.objects, self.classes)
 
 
 class _PerCropScore:
-    """Pixel and object metrics of each crop of the grid, averaged over crops."""
+    """Pixel and object metrics (per class) of each crop of the grid, averaged over crops."""
 
-    def __init__(self, tile):
-        self.tile = tile
-        self.sums = dict.fromkeys(PIXEL_METRICS + OBJECT_METRICS, 0.0)
+    def __init__(self, tile, classes=1):
+        self.tile, self.classes = tile, classes
+        self.sums = {}
         self.count = 0
 
     def add(self, binary, mask):
         for w in crop_windows(mask.shape, self.tile):
-            values = {**PixelCounts.from_arrays(binary[w], mask[w]).metrics(),
-                      **ObjectCounts.from_masks(binary[w], mask[w]).metrics()}
-            for k in self.sums:
-                self.sums[k] += values[k]
+            pairs = class_pairs(binary[w], mask[w], self.classes)
+            values = class_scores([PixelCounts.from_arrays(p, g) for p, g in pairs],
+                                  [ObjectCounts.from_masks(p, g) for p, g in pairs], self.classes)
+            for k, v in values.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
             self.count += 1
 
     def results(self):
@@ -148,8 +197,9 @@ class _Evaluation:
         self.ndim = len(tile)
         self.max_tile = inference_tile(cfg, tile)
         self.divisor = inference_divisor(cfg, tile)
-        self.scores = {v: _PerCropScore(tile) if v == "per_crop" else _Score(v in PROBABILITY_VARIANTS)
-                       for v in enabled_variants(cfg)}
+        self.classes = cfg.model.classes
+        self.scores = {v: _PerCropScore(tile, self.classes) if v == "per_crop" else
+                       _Score(v in PROBABILITY_VARIANTS, self.classes) for v in enabled_variants(cfg)}
         self.streams = {}
         if self.ndim == 2:
             self.streams = {v: ZFilterStream(cfg.post.z_filter_size)
@@ -176,7 +226,9 @@ class _Evaluation:
         gray = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1)
         if self.ground_truth:
             self._keep_samples(index, gray, mask, name)
-        item = (name, mask, None if mask is None else label(mask), index)
+        gt_labels = None if mask is None else (
+            [label(mask)] if self.classes == 1 else [None] + [label(mask == c) for c in range(1, self.classes)])
+        item = (name, mask, gt_labels, index)
         # One method per prediction: its arrays are freed before the next one is made.
         if "per_crop" in self.scores or "merged" in self.scores:
             self._crops(predict, image, item)
@@ -189,7 +241,7 @@ class _Evaluation:
         inf = self.cfg.inference
         with tile_progress(len(crop_windows(image.shape[:self.ndim], self.tile)), "crops") as bar:
             prob = predict_crops(predict, image, self.tile, inf.batch_size, bar.update)
-        binary = binarize(prob, inf.threshold)
+        binary = self.segment(prob)
         if "per_crop" in self.scores and self.ground_truth:
             self.scores["per_crop"].add(binary, item[1])
         if "merged" in self.scores:
@@ -211,22 +263,25 @@ class _Evaluation:
         inf, post = self.cfg.inference, self.cfg.post
         prob = self._blended(predict, image)
         if "tiled" in self.scores:
-            self.record("tiled", item, binarize(prob, inf.threshold), prob)
+            self.record("tiled", item, self.segment(prob), prob)
         if "oztel" in self.scores:
             self.record("oztel", item, oztel(prob, gray, inf.threshold, post.oztel_min_mean_prob,
                                              post.oztel_marker_radius))
         self._z_filter("z_filter", prob, item)
 
     def _tta(self, predict, image, item):
-        inf = self.cfg.inference
         prob = self._blended(predict, image, tta=True)
-        self.record("tta", item, binarize(prob, inf.threshold), prob)
+        self.record("tta", item, self.segment(prob), prob)
         self._z_filter("tta_z_filter", prob, item)
+
+    def segment(self, prob):
+        """The mask of probabilities: thresholded (binary), or the most probable class (``model.classes`` > 1)."""
+        return binarize(prob, self.cfg.inference.threshold) if self.classes == 1 else most_probable(prob)
 
     def record(self, variant, item, binary, prob=None):
         """Write one prediction of ``variant``, add it to the scores and to the overlay samples."""
         name, mask, gt_labels, index = item
-        save_prediction(self.pred_dir, variant, name, binary, prob)
+        save_prediction(self.pred_dir, variant, name, binary, prob, self.classes)
         if mask is not None:
             self.scores[variant].add(binary, mask, gt_labels, prob)
         for z, sample in self.samples.get(index, ()):
@@ -237,10 +292,10 @@ class _Evaluation:
             return
         if self.ndim == 3:
             filtered = z_filter(prob, self.cfg.post.z_filter_size)
-            self.record(variant, item, binarize(filtered, self.cfg.inference.threshold), filtered)
+            self.record(variant, item, self.segment(filtered), filtered)
             return
         for filtered, slice_item in self.streams[variant].push(prob, item):
-            self.record(variant, slice_item, binarize(filtered, self.cfg.inference.threshold), filtered)
+            self.record(variant, slice_item, self.segment(filtered), filtered)
 
     def _check_stack(self, shape, name):
         if self.stack_shape is None:
@@ -272,7 +327,7 @@ class _Evaluation:
     def finish(self, charts_dir):
         for variant, stream in self.streams.items():
             for filtered, item in stream.flush():
-                self.record(variant, item, binarize(filtered, self.cfg.inference.threshold), filtered)
+                self.record(variant, item, self.segment(filtered), filtered)
         results, sweeps = {}, {}
         for variant, score in self.scores.items() if self.ground_truth else ():
             results[variant] = score.results()
@@ -282,7 +337,7 @@ class _Evaluation:
         samples = [s for index in sorted(self.samples) for _, s in self.samples[index]]
         columns = [v for v in self.scores if v != "per_crop"]  # per_crop's masks are merged's
         if samples and columns:
-            reports.plot_overlays(samples, columns, charts_dir)
+            reports.plot_overlays(samples, columns, charts_dir, classes=self.classes)
         return results, sweeps
 
 

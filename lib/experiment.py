@@ -18,7 +18,9 @@ from .errors import UserError, options
 
 @dataclass
 class ImageSet:
-    """Normalised images float32 ``(*spatial, C)`` (2D images or 3D volumes), binary masks ``spatial`` uint8, names.
+    """Normalised images float32 ``(*spatial, C)`` (2D images or 3D volumes), masks ``spatial`` uint8, names.
+
+    Masks are binary {0, 1}, or class ids ``0 .. model.classes - 1`` (multi-class segmentation).
 
     A test set without ground truth (no ``DATA_DIR/test/y``) has None masks.
 
@@ -115,7 +117,9 @@ def _load(data_dir, cfg, ndim):
     sets = {}
     for split in ("train", "test"):
         pairs = io.dataset_pairs(data_dir, split, masks_optional=split == "test")
-        images, masks, names = io.load_pairs_2d(pairs) if ndim == 2 else io.load_pairs_3d(pairs, split)
+        classes = cfg.model.classes
+        images, masks, names = (io.load_pairs_2d(pairs, classes) if ndim == 2 else
+                                io.load_pairs_3d(pairs, split, classes))
         check_crop_shape(cfg, [x.shape[:ndim] for x in images], os.path.join(data_dir, split))
         sets[split] = (images, masks, names)
     if sets["train"][0][0].shape[-1] != sets["test"][0][0].shape[-1]:
@@ -221,6 +225,35 @@ def training_data_3d(train_set, cfg):
         z = data.split_depth(len(mask), cfg.data.val_fraction, cfg.data.crop_shape[0])
     val = ([volume[z:]], [mask[z:]]) if z < len(mask) else ([], [])
     return _crop_data(([volume[:z]], [mask[:z]]), val, cfg, ndim=3)
+
+
+def class_weights(train_set, cfg):
+    """The loss weight of each class: ``train.class_weights``, or with ``auto`` those of the training masks.
+
+    ``auto`` is median frequency balancing (Eigen and Fergus 2015): class ``k`` of pixel frequency
+    ``f_k`` weighs ``median(f) / f_k``, the median over the classes present; a class absent from the
+    training masks weighs 1 (with a warning: it cannot be learnt). Returns None for binary runs
+    (``model.classes`` 1) and for ``[]``; else a list of ``model.classes`` floats. Writes nothing.
+    """
+    import sys
+
+    k, weights = cfg.model.classes, cfg.train.class_weights
+    if k == 1:
+        return None
+    counts = (np.sum(train_set.class_counts, axis=0) if isinstance(train_set, DiskImageSet) else
+              sum(np.bincount(m.ravel(), minlength=k) for m in train_set.masks))
+    absent = [c for c in range(k) if counts[c] == 0]
+    if absent:
+        print(f"warning: no pixel of the training masks is of class {', '.join(map(str, absent))} "
+              f"(model.classes={k}): the network cannot learn {'it' if len(absent) == 1 else 'them'}", file=sys.stderr)
+    if weights != "auto":
+        return [float(w) for w in weights] or None
+    freq = counts / counts.sum()
+    median = float(np.median(freq[counts > 0]))
+    auto = [round(median / f, 6) if f > 0 else 1.0 for f in freq]
+    print("train.class_weights=auto: " + ", ".join(f"class {c} {w:.3g} ({f:.1%} of pixels)"
+                                                   for c, (w, f) in enumerate(zip(auto, freq))))
+    return auto
 
 
 def record_training_data(train_set, dataset, cfg, run_dir):
@@ -428,6 +461,8 @@ class DiskImageSet:
         Per-block foreground index of each mask (training set with ``data.fg_sampling > 0``).
     normalization : dict or None
         The training statistics of ``zscore`` normalisation (mean and std), as :class:`ImageSet`.
+    class_counts : list of int ndarray (model.classes,), or None
+        With ``model.classes > 1``: the pixels of each class in each mask (for ``train.class_weights=auto``).
     """
 
     images: list
@@ -435,6 +470,7 @@ class DiskImageSet:
     names: List[str]
     foreground: Optional[list] = None
     normalization: Optional[dict] = None
+    class_counts: Optional[list] = None  # model.classes > 1: pixels of each class in each mask, from the scan
 
     @property
     def channels(self):
@@ -545,21 +581,23 @@ def _open_streamed(data_dir, cfg, ndim, sources_of):
                             "use per_image or zscore for float images")
     fg = cfg.data.fg_sampling > 0
     cell = FG_BLOCK[ndim]
+    classes = cfg.model.classes
     scans = {split: _scan(sources[split][0], sources[split][1], cfg.train.workers, method == "zscore",
-                          cell if fg and split == "train" else None, split)
+                          cell if fg and split == "train" else None, split, classes)
              for split in ("train", "test")}
-    check_foreground({split: tuple(map(sum, zip(*(fg for _, _, fg in scans[split])))) for split in scans
+    check_foreground({split: tuple(map(sum, zip(*(fg for _, _, fg, _ in scans[split])))) for split in scans
                       if sources[split][1][0] is not None}, data_dir)
-    stats = _zscore_stats([m for m, _, _ in scans["train"]]) if method == "zscore" else None
+    stats = _zscore_stats([m for m, _, _, _ in scans["train"]]) if method == "zscore" else None
     sets = []
     for split in ("train", "test"):
         images, masks, names = sources[split]
-        disk_masks = [None if m is None else io.DiskMask(m) for m in masks]
+        disk_masks = [None if m is None else io.DiskMask(m, classes) for m in masks]
         disk_images = [io.DiskImage(x, *_affine(x, image_stats, method, stats))
-                       for x, (image_stats, _, _) in zip(images, scans[split])]
-        foreground = ([io.ForegroundIndex(m, counts, cell) for m, (_, counts, _) in zip(disk_masks, scans[split])]
+                       for x, (image_stats, _, _, _) in zip(images, scans[split])]
+        foreground = ([io.ForegroundIndex(m, counts, cell) for m, (_, counts, _, _) in zip(disk_masks, scans[split])]
                       if fg and split == "train" else None)
-        sets.append(DiskImageSet(disk_images, disk_masks, names, foreground, stats))
+        class_counts = [h for _, _, _, h in scans[split]] if classes > 1 and masks[0] is not None else None
+        sets.append(DiskImageSet(disk_images, disk_masks, names, foreground, stats, class_counts))
     return tuple(sets)
 
 
@@ -572,10 +610,12 @@ def _slabs(shape, cell):
     return [((z, min(z + depth, shape[0])),) + tuple((0, n) for n in shape[1:]) for z in range(0, shape[0], depth)]
 
 
-def _scan(images, masks, workers, moments, cell, split):
-    """Read each image/mask pair once: ``[(image statistics, mask block counts or None, (fg pixels, pixels))]``.
+def _scan(images, masks, workers, moments, cell, split, classes=1):
+    """Read each image/mask pair once: ``[(image statistics, mask block counts or None, (fg pixels, pixels),
+    pixels per class or None)]``.
 
-    An image without a mask (None) gives ``(image statistics, None, None)``.
+    An image without a mask (None) gives ``(image statistics, None, None, None)``; pixels per class
+    (int array of ``classes``) are counted when ``classes`` > 1, masks then holding class ids.
     Statistics are ``(min, max)``, with ``moments`` followed by ``(count, mean, m2)``
     (``m2``: sum of squared deviations from the mean, in float64 blocks of rows,
     so the memory used stays a few rows per image). Block counts (of blocks of side
@@ -588,6 +628,7 @@ def _scan(images, masks, workers, moments, cell, split):
     def one(pair):
         x_source, y_source = pair
         parts, counts, fg = [], [], 0
+        per_class = np.zeros(classes, np.int64) if classes > 1 else None
         for window in _slabs(x_source.shape[:-1], cell or max(FG_BLOCK.values())):
             x = x_source.read(window)
             part = (float(x.min()), float(x.max()))
@@ -602,16 +643,18 @@ def _scan(images, masks, workers, moments, cell, split):
             parts.append(part)
             del x
             if y_source is not None:
-                y = io.read_mask(y_source, window)
+                y = io.read_mask(y_source, window, classes)
                 fg += int(np.count_nonzero(y))
+                if per_class is not None:
+                    per_class += np.bincount(y.ravel(), minlength=classes)
                 if cell:
                     counts.append(io.ForegroundIndex.block_counts(y, cell))
         stats = (min(p[0] for p in parts), max(p[1] for p in parts))
         if moments:
             stats += _merge_moments([p[2:] for p in parts])
         if y_source is None:
-            return stats, None, None
-        return stats, np.concatenate(counts) if cell else None, (fg, int(np.prod(x_source.shape[:-1])))
+            return stats, None, None, None
+        return stats, np.concatenate(counts) if cell else None, (fg, int(np.prod(x_source.shape[:-1]))), per_class
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return list(tqdm(pool.map(one, zip(images, masks)), total=len(images),

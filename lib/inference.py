@@ -1,7 +1,9 @@
 """Prediction of whole images and volumes: merged crops, blended tiles, test-time augmentation.
 
 Dimension-generic: an image is ``(*spatial, C)`` float32 with 2 or 3 spatial
-axes, a prediction is a float32 probability map of the spatial shape.
+axes, a prediction is a float32 probability map of the spatial shape, or
+``(*spatial, K)`` of a multi-class model (the probabilities of its K classes; every
+function here blends, turns and crops them along the spatial axes alike).
 """
 
 import functools
@@ -20,13 +22,15 @@ PROGRESS_DELAY = 2.0  # seconds a prediction runs before tile_progress shows its
 def make_predictor(model):
     """Return ``f(batch (N, *tile, C)) -> probabilities (N, *tile)`` float32 for ``model``.
 
+    A model of K > 1 output channels (multi-class, softmax) gives ``(N, *tile, K)``.
     For models with several outputs (deep supervision) the first, main output is used.
     """
     def predict(batch):
         out = model.predict_on_batch(batch)
         if isinstance(out, (list, tuple)):
             out = out[0]
-        return np.asarray(out, dtype=np.float32)[..., 0]
+        out = np.asarray(out, dtype=np.float32)
+        return out[..., 0] if out.shape[-1] == 1 else out
 
     return predict
 
@@ -116,14 +120,17 @@ def predict_crops(predict, image, tile, batch_size=8, progress=None):
 
     Returns
     -------
-    float32 ndarray ``spatial``; the padding added to complete the last crops (by
-    reflection) is removed. Memory is the output plus one batch of crops.
+    float32 ndarray ``spatial`` (``(*spatial, K)`` of a multi-class predictor); the padding added to
+    complete the last crops (by reflection) is removed. Memory is the output plus one batch of crops.
     """
     tile = tuple(int(t) for t in tile)
     padded, spatial = pad_to_tile(image, tile, to_multiple=True)
-    out = np.empty(padded.shape[:len(tile)], np.float32)
-    for w, prob in _predict_tiles(predict, padded, tile, tile_grid(out.shape, tile), batch_size,
+    grid = padded.shape[:len(tile)]
+    out = None
+    for w, prob in _predict_tiles(predict, padded, tile, tile_grid(grid, tile), batch_size,
                                   [_IDENTITY], progress):
+        if out is None:  # the class axis, if any, is known from the first prediction
+            out = np.empty(grid + prob.shape[len(tile):], np.float32)
         out[w] = prob
     return out[tuple(slice(0, s) for s in spatial)]
 
@@ -192,7 +199,8 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
 
     Returns
     -------
-    float32 ndarray ``spatial`` (the shape of ``core`` when given)
+    float32 ndarray ``spatial`` (the shape of ``core`` when given), with the class axis ``K`` last
+    for a multi-class predictor
     """
     tile = tuple(int(t) for t in tile)
     spatial = tuple(image.shape[:len(tile)])
@@ -206,14 +214,17 @@ def predict_tiled(predict, image, tile, overlap=0.5, window="gaussian", batch_si
     transforms = tta_transforms(tile) if tta else [_IDENTITY]
     weights = blend_window(tile, window)
     share = weights / np.float32(len(transforms))
-    acc = np.zeros(region, np.float32)
-    wsum = np.zeros_like(acc)
+    acc = None
+    wsum = np.zeros(region, np.float32)
     positions = [tuple(p - lo for p, lo in zip(pos, lows)) for pos in itertools.product(*starts)]
     for w, prob in _predict_tiles(predict, padded, tile, positions, batch_size, transforms, progress):
-        acc[w] += prob * share
+        classes = prob.shape[len(tile):]  # () or (K,) of a multi-class predictor
+        if acc is None:
+            acc = np.zeros(region + classes, np.float32)
+        acc[w] += prob * share.reshape(share.shape + (1,) * len(classes))
     for pos in positions:
         wsum[tuple(slice(p, p + t) for p, t in zip(pos, tile))] += weights
-    acc /= wsum
+    acc /= wsum.reshape(wsum.shape + (1,) * (acc.ndim - wsum.ndim))
     # A weighted mean of probabilities, but float32 rounding can step just outside [0, 1].
     np.clip(acc, 0.0, 1.0, out=acc)
     return acc[tuple(slice(c.start + m - lo, c.stop + m - lo) for c, m, lo in zip(core, margin, lows))]

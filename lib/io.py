@@ -8,7 +8,9 @@ Dataset layout (Keras ImageDataGenerator style)::
 
 A file may hold one 2D image or a multi-page TIFF stack; stacks are split into
 their slices (2D) or kept as volumes (3D). Masks are binary: any two values of
-which one is 0 (0/1 and 0/255 are both common) or a single value.
+which one is 0 (0/1 and 0/255 are both common) or a single value; with ``classes``
+K > 2 (multi-class segmentation) they hold class ids 0..K-1 (8- or 16-bit), and with
+K = 2 either (a binary mask is class 1 on class 0).
 """
 
 import contextlib
@@ -204,8 +206,8 @@ def as_image_slices(array, path):
     raise UserError(f"{path}: expected a 2D image or a stack of 2D images, got shape {array.shape}")
 
 
-def as_mask_slices(array, path):
-    """Split a mask array into binary 2D masks ``(H, W)`` uint8 {0, 1}.
+def as_mask_slices(array, path, classes=1):
+    """Split a mask array into 2D masks ``(H, W)`` uint8: {0, 1}, or class ids (see :func:`class_mask`).
 
     RGB(A) masks are accepted when their colour channels are identical.
     """
@@ -214,7 +216,7 @@ def as_mask_slices(array, path):
     slices = [array] if array.ndim == 2 else list(array) if array.ndim == 3 else None
     if slices is None:
         raise UserError(f"{path}: expected a 2D mask or a stack of 2D masks, got shape {array.shape}")
-    return [binarize_mask(s, path) for s in slices]
+    return [class_mask(s, path, classes) for s in slices]
 
 
 def mask_channel(array, path):
@@ -228,31 +230,43 @@ def mask_channel(array, path):
     return array[..., 0]
 
 
-def binarize_mask(mask, path):
-    """Return ``mask`` as uint8 {0, 1}; raise UserError unless it is binary.
+def _shown(values):
+    return ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
 
-    Binary means at most two distinct values, one of which is 0 when there are two.
+
+def class_mask(mask, path, classes=1):
+    """Return ``mask`` as uint8: {0, 1} for ``classes`` 1 (binary), class ids ``0 .. classes - 1`` for more.
+
+    With ``classes`` <= 2 a binary mask (at most two distinct values, one of which is 0 when
+    there are two, e.g. 0/255) is accepted and becomes {0, 1}; with 2 a mask of class ids {0, 1}
+    is such a mask. With ``classes`` > 2 every value must be an integer class id below ``classes``.
+    Raises UserError naming ``path`` and the values found otherwise.
     """
     values = np.unique(mask)
-    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-        raise UserError(
-            f"{path}: mask is not binary, found {len(values)} values ({shown}); "
-            "expected background 0 and one foreground value (e.g. 0/1 or 0/255)"
-        )
-    return (mask > 0).astype(np.uint8)
+    if classes <= 2:
+        if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+            expected = ("expected background 0 and one foreground value (e.g. 0/1 or 0/255)" if classes == 1 else
+                        "expected class ids 0 and 1, or background 0 and one foreground value (model.classes=2)")
+            raise UserError(f"{path}: mask is not binary, found {len(values)} values ({_shown(values)}); {expected}")
+        return (mask > 0).astype(np.uint8)
+    outside = values[(values < 0) | (values > classes - 1) | (values != np.round(values))]
+    if len(outside):
+        raise UserError(f"{path}: mask values {_shown(outside)} are not class ids 0-{classes - 1} "
+                        f"(model.classes={classes}); found {len(values)} values ({_shown(values)}); expected one "
+                        "class id per pixel, 0 the background")
+    return mask.astype(np.uint8)
 
 
-def load_pairs_2d(pairs):
+def load_pairs_2d(pairs, classes=1):
     """Read image/mask pairs as lists of 2D images ``(H, W, C)`` and masks ``(H, W)``.
 
     Multi-page files are split into slices, which must match in number and size.
-    A pair without a mask (``y_path`` None) gives None masks.
+    A pair without a mask (``y_path`` None) gives None masks. ``classes``: see :func:`class_mask`.
     """
     images, masks, names = [], [], []
     for x_path, y_path in pairs:
         xs = as_image_slices(read_image(x_path), x_path)
-        ys = [None] * len(xs) if y_path is None else as_mask_slices(read_image(y_path, mask=True), y_path)
+        ys = [None] * len(xs) if y_path is None else as_mask_slices(read_image(y_path, mask=True), y_path, classes)
         if len(xs) != len(ys):
             raise UserError(f"{x_path} has {len(xs)} slices but its mask {y_path} has {len(ys)}")
         for x, y in zip(xs, ys):
@@ -284,7 +298,7 @@ def check_same_kind(images):
         raise UserError(f"images have different pixel types {sorted(map(str, dtypes))}; expected one type")
 
 
-def load_pairs_3d(pairs, name):
+def load_pairs_3d(pairs, name, classes=1):
     """Read image/mask pairs as volumes ``(Z, Y, X, C)`` and binary masks ``(Z, Y, X)``.
 
     Two layouts are accepted. When every file holds one 2D slice, the sorted
@@ -295,6 +309,7 @@ def load_pairs_3d(pairs, name):
     ----------
     pairs : list of ``(image_path, mask_path)``, from ``dataset_pairs``
     name : str, the name of a volume made of slices (e.g. the split, ``'test'``)
+    classes : int, the mask values accepted (:func:`class_mask`)
 
     Returns
     -------
@@ -318,7 +333,7 @@ def load_pairs_3d(pairs, name):
         )
     check_same_kind([s for x in xs for s in x])
     masked = pairs[0][1] is not None
-    ys = [as_mask_slices(read_image(y, mask=True), y) for _, y in pairs] if masked else [None] * len(pairs)
+    ys = [as_mask_slices(read_image(y, mask=True), y, classes) for _, y in pairs] if masked else [None] * len(pairs)
     for (x_path, y_path), x, y in zip(pairs, xs, ys if masked else ()):
         if len(x) != len(y):
             raise UserError(f"{x_path} has {len(x)} slices but its mask {y_path} has {len(y)}")
@@ -463,14 +478,15 @@ def index_pairs_2d(pairs):
     return images, masks, names
 
 
-def read_mask(source, window=None):
-    """Read a mask ``FileSlice`` or store region (or its ``window``) as binary ``(h, w)`` (``(d, h, w)`` for a
-    volume) uint8 {0, 1}.
+def read_mask(source, window=None, classes=1):
+    """Read a mask ``FileSlice`` or store region (or its ``window``) as ``(h, w)`` (``(d, h, w)`` for a
+    volume) uint8 {0, 1}, or class ids with ``classes`` > 1 (:func:`class_mask`).
 
-    Raises UserError naming the file if the pixels read are not binary.
+    Raises UserError naming the file if the pixels read are not binary (not class ids).
     """
     array = source.read(window)
-    return binarize_mask(mask_channel(array, source.path) if array.shape[-1] > 1 else array[..., 0], source.path)
+    return class_mask(mask_channel(array, source.path) if array.shape[-1] > 1 else array[..., 0], source.path,
+                      classes)
 
 
 def _is_2d_page(page):
@@ -665,10 +681,13 @@ class DiskMask:
     Parameters
     ----------
     source : lib.io.FileSlice or lib.volumes.StoreRegion
+    classes : int
+        The mask values accepted (:func:`class_mask`): with ``classes`` > 1 windows read class ids.
     """
 
-    def __init__(self, source):
+    def __init__(self, source, classes=1):
         self.source = source
+        self.classes = classes
 
     @property
     def shape(self):
@@ -679,10 +698,10 @@ class DiskMask:
 
     def part(self, start, stop):
         """The mask of the z range ``[start, stop)`` of a volume from a store."""
-        return DiskMask(self.source.part(start, stop))
+        return DiskMask(self.source.part(start, stop), self.classes)
 
     def read(self, window=None):
-        return read_mask(self.source, window)
+        return read_mask(self.source, window, self.classes)
 
     def __getitem__(self, key):
         return self.read(_bounds(key, self.shape))

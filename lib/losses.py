@@ -6,6 +6,12 @@ Every loss takes ``y_pred``, sigmoid probabilities of shape
 over the batch. :func:`weighted_bce` alone takes ``y_true`` with ``2 C``
 channels: the masks, then their per-pixel weights (:func:`lib.data.weight_map`).
 
+Multi-class segmentation (``model.classes`` K > 1): ``y_pred`` holds the softmax
+probabilities of the K classes ``(N, *spatial, K)`` and ``y_true`` the class ids
+``(N, *spatial, 1)``; :func:`ce` (categorical cross-entropy), :func:`class_dice` (soft
+Dice averaged over the foreground classes 1..K-1) and :class:`CeDice` take them,
+with optional per-class weights.
+
 Probabilities are clipped to ``[1e-7, 1 - 1e-7]`` before any logarithm, so a
 saturated prediction gives a large but finite loss, and every sum runs in
 float32 whatever the dtype policy.
@@ -14,7 +20,8 @@ float32 whatever the dtype policy.
 import keras
 from keras import ops
 
-from .config import LOSS_NAMES, uses_weight_maps  # noqa: F401  (defined there so that data checks need no Keras)
+# Defined there so that data checks need no Keras.
+from .config import CATEGORICAL_LOSSES, LOSS_NAMES, loss_for, uses_weight_maps  # noqa: F401
 
 _EPS = 1e-7
 
@@ -164,14 +171,117 @@ class BceDice(keras.losses.Loss):
                 "batch": self.batch}
 
 
-def get_loss(name, bce_weight=1.0, dice_weight=1.0, batch_overlap=False):
-    """Return the loss registered under ``name`` (one of :data:`LOSS_NAMES`).
+def _one_hot(y_true, y_pred):
+    """Class ids ``(N, *spatial, 1)`` and probabilities ``(N, *spatial, K)`` -> ``(t, p)``, each ``(N, pixels, K)``
+    float32, ``t`` one-hot."""
+    k = y_pred.shape[-1]
+    n = ops.shape(y_pred)[0]
+    ids = ops.cast(ops.reshape(y_true[..., 0], (n, -1)), "int32")
+    return ops.one_hot(ids, k, dtype="float32"), ops.reshape(ops.cast(y_pred, "float32"), (n, -1, k))
 
-    ``bce_weight`` and ``dice_weight`` weight the terms of ``bce_dice`` and are
+
+def _class_weights(weights, k):
+    return ops.ones((k,), "float32") if weights is None else ops.convert_to_tensor(weights, "float32")
+
+
+def ce(y_true, y_pred, class_weights=None):
+    """Categorical cross-entropy ``mean(-w_c log p_c)`` over the pixels of each sample, ``c`` the true class.
+
+    Parameters
+    ----------
+    y_true : tensor ``(N, *spatial, 1)``, class ids ``0 .. K-1``
+    y_pred : tensor ``(N, *spatial, K)``, softmax probabilities
+    class_weights : sequence of K floats, optional
+        Weight of the pixels of each class (the mean, not the weighted mean, as :func:`weighted_bce`).
+
+    Returns
+    -------
+    tensor ``(N,)`` float32; with two classes and no weights it equals :func:`bce` of class 1's probability.
+    """
+    t, p = _one_hot(y_true, y_pred)
+    w = _class_weights(class_weights, y_pred.shape[-1])
+    return ops.mean(-ops.sum(t * w * ops.log(ops.clip(p, _EPS, 1.0)), axis=-1), axis=1)
+
+
+def class_dice(y_true, y_pred, smooth=1.0, batch=False, class_weights=None):
+    """Soft Dice loss of each foreground class (1 .. K-1), averaged over them per sample.
+
+    ``1 - (2 sum(t p) + s) / (sum(t) + sum(p) + s)`` per class, as :func:`dice`; the mean
+    over the foreground classes is weighted by ``class_weights[1:]`` when given. The background
+    class 0 is left out: it is most pixels, and its Dice is near 1 whatever the objects.
+    ``batch``: the sums run over the whole batch, as :func:`dice`.
+
+    Returns
+    -------
+    tensor ``(N,)`` float32
+    """
+    t, p = _one_hot(y_true, y_pred)
+    t, p = t[..., 1:], p[..., 1:]
+    axis = (0, 1) if batch else 1
+    inter, st, sp = ops.sum(t * p, axis=axis), ops.sum(t, axis=axis), ops.sum(p, axis=axis)
+    per_class = 1.0 - (2.0 * inter + smooth) / (st + sp + smooth)
+    w = _class_weights(class_weights, y_pred.shape[-1])[1:]
+    return _per_sample(ops.sum(per_class * w, axis=-1) / ops.sum(w), y_pred, batch)
+
+
+@keras.saving.register_keras_serializable(package="emseg")
+class MultiClass(keras.losses.Loss):
+    """Losses of multi-class segmentation, savable in ``.keras`` files: ``ce_weight * ce + dice_weight * dice``.
+
+    ``ce`` is :func:`ce`, ``dice`` :func:`class_dice`. Targets are class ids ``(N, *spatial, 1)``,
+    predictions softmax probabilities ``(N, *spatial, K)``.
+
+    Parameters
+    ----------
+    ce_weight, dice_weight : float
+        Non-negative weights of the two terms (``ce``: 1 and 0; ``dice``: 0 and 1).
+    batch : bool
+        Dice sums over the whole batch (see :func:`dice`).
+    class_weights : list of K floats, optional
+        Weight of each class, background first, in both terms.
+    name : str
+    """
+
+    def __init__(self, ce_weight=1.0, dice_weight=1.0, batch=False, class_weights=None, name="ce_dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.ce_weight = float(ce_weight)
+        self.dice_weight = float(dice_weight)
+        self.batch = bool(batch)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred):
+        total = 0.0
+        if self.ce_weight:
+            total = total + self.ce_weight * ce(y_true, y_pred, self.class_weights)
+        if self.dice_weight:
+            total = total + self.dice_weight * class_dice(y_true, y_pred, batch=self.batch,
+                                                          class_weights=self.class_weights)
+        return total
+
+    def get_config(self):
+        return {**super().get_config(), "ce_weight": self.ce_weight, "dice_weight": self.dice_weight,
+                "batch": self.batch, "class_weights": self.class_weights}
+
+
+def get_loss(name, bce_weight=1.0, dice_weight=1.0, batch_overlap=False, classes=1, class_weights=None):
+    """Return the loss registered under ``name`` (one of :data:`LOSS_NAMES`) for ``classes`` output classes.
+
+    ``bce_weight`` and ``dice_weight`` weight the terms of ``bce_dice`` (``ce_dice``) and are
     ignored by the other losses; ``batch_overlap`` takes the sums of ``dice``,
     ``jaccard`` and the Dice term of ``bce_dice`` over the whole batch instead
     of per sample, and is ignored by ``bce`` and ``weighted_bce``.
+
+    ``classes`` > 1 (softmax output, class-id targets): ``ce``, ``dice`` and ``ce_dice`` are the
+    categorical losses of :class:`MultiClass`, with ``class_weights`` (K floats or None);
+    ``bce`` and ``bce_dice`` name ``ce`` and ``ce_dice`` (:func:`lib.config.loss_for`), the other
+    binary losses raise ValueError. With one class ``ce`` and ``ce_dice`` name ``bce`` and ``bce_dice``.
     """
+    name = loss_for(name, classes) if name in CATEGORICAL_LOSSES or classes == 1 else name
+    if classes > 1:
+        if name not in ("ce", "dice", "ce_dice"):
+            raise ValueError(f"loss: {name} is a binary loss; expected ce, dice or ce_dice for {classes} classes")
+        weights = {"ce": (1.0, 0.0), "dice": (0.0, 1.0), "ce_dice": (bce_weight, dice_weight)}[name]
+        return MultiClass(*weights, batch=batch_overlap, class_weights=class_weights, name=name)
     if name == "bce_dice":
         return BceDice(bce_weight, dice_weight, batch=batch_overlap)
     if batch_overlap and name in ("dice", "jaccard"):

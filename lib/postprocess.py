@@ -73,13 +73,32 @@ def binarize(probs, threshold=0.5):
     return (probs >= threshold_as(threshold, probs.dtype)).astype(np.uint8)
 
 
+def most_probable(probs):
+    """Label image of multi-class probabilities: the most probable class of each pixel.
+
+    Parameters
+    ----------
+    probs : ndarray of float, shape ``(*spatial, K)``
+        Probabilities of K classes (K <= 256), the class axis last.
+
+    Returns
+    -------
+    ndarray of uint8, shape ``spatial``: class ids ``0 .. K-1`` (the first of tied classes).
+    """
+    probs = _check_probs(probs)
+    if probs.ndim < 2 or not 2 <= probs.shape[-1] <= 256:
+        raise ValueError(f"probs: expected (*spatial, K) probabilities of 2 to 256 classes, got shape {probs.shape}")
+    return np.argmax(probs, axis=-1).astype(np.uint8)
+
+
 def z_filter(stack, size):
     """Median filter along z only, to remove detections that flicker between slices.
 
     Parameters
     ----------
-    stack : ndarray, shape (Z, Y, X)
-        Probabilities or binary masks, any real or bool dtype.
+    stack : ndarray, shape (Z, Y, X), or (Z, Y, X, K)
+        Probabilities or binary masks, any real or bool dtype; with K, the probabilities of K
+        classes, each filtered along z on its own.
     size : int
         Odd number of consecutive slices in the median window. Slices beyond the
         ends repeat the first and last slice.
@@ -89,11 +108,11 @@ def z_filter(stack, size):
     ndarray, shape and dtype of ``stack``
     """
     stack = np.asarray(stack)
-    if stack.ndim != 3:
-        raise ValueError(f"stack: expected a (Z, Y, X) array, got shape {stack.shape}")
+    if stack.ndim not in (3, 4):
+        raise ValueError(f"stack: expected a (Z, Y, X) or (Z, Y, X, K) array, got shape {stack.shape}")
     if not isinstance(size, numbers.Integral) or size < 1 or size % 2 == 0:
         raise ValueError(f"size: expected a positive odd integer, got {size!r}")
-    return ndi.median_filter(stack, size=(size, 1, 1), mode="nearest")
+    return ndi.median_filter(stack, size=(size,) + (1,) * (stack.ndim - 1), mode="nearest")
 
 
 class ZFilterStream:
@@ -132,8 +151,8 @@ class ZFilterStream:
 
         Parameters
         ----------
-        slice_ : ndarray, shape (Y, X)
-            Probabilities or binary mask, any real or bool dtype; every slice of
+        slice_ : ndarray, shape (Y, X) or (Y, X, K)
+            Probabilities (of K classes) or binary mask, any real or bool dtype; every slice of
             a stack has one shape.
         payload : object
             Given back with the filtered slice (e.g. its name and ground truth).

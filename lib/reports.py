@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -55,14 +56,27 @@ NO_GROUND_TRUTH = ("No ground truth given (DATA_DIR/test has no y/ folder): the 
 
 
 def metrics_table(results):
-    """A plain-text table of ``{variant: {metric: value}}``, one row per variant."""
-    metrics = [m for m in METRIC_ORDER if any(m in r for r in results.values())]
-    width = max([len("variant")] + [len(v) for v in results])
-    lines = ["  ".join(["variant".ljust(width)] + [m.rjust(9) for m in metrics])]
+    """A plain-text table of ``{variant: {metric: value}}``, one row per variant.
+
+    Per-class metrics of multi-class runs (``c<k>_<metric>``, :mod:`lib.evaluation`) get one row
+    per class under their variant's (macro means), named ``<variant> class <k>``.
+    """
+    rows = []
     for variant, values in results.items():
+        rows.append((variant, values))
+        classes = sorted({int(m.group(1)) for m in map(_CLASS_KEY.match, values) if m})
+        rows += [(f"{variant} class {c}", {k[len(f"c{c}_"):]: v for k, v in values.items()
+                                            if k.startswith(f"c{c}_")}) for c in classes]
+    metrics = [m for m in METRIC_ORDER if any(m in r for _, r in rows)]
+    width = max([len("variant")] + [len(v) for v, _ in rows])
+    lines = ["  ".join(["variant".ljust(width)] + [m.rjust(9) for m in metrics])]
+    for variant, values in rows:
         cells = [f"{values[m]:9.4f}" if m in values else " " * 9 for m in metrics]
         lines.append("  ".join([variant.ljust(width)] + cells))
     return "\n".join(lines)
+
+
+_CLASS_KEY = re.compile(r"^c(\d+)_")
 
 
 # Fewer validation crops than this make the choice of the best checkpoint a matter of chance.
@@ -160,7 +174,7 @@ def plot_threshold_sweeps(sweeps, charts_dir):
     return path
 
 
-def plot_overlays(samples, variants, charts_dir, filename="overlays.png"):
+def plot_overlays(samples, variants, charts_dir, filename="overlays.png", classes=1):
     """Write ``overlays.png``: test slices with ground-truth and predicted outlines, one column per variant.
 
     Parameters
@@ -172,6 +186,9 @@ def plot_overlays(samples, variants, charts_dir, filename="overlays.png"):
         The columns, in order; a variant missing from a row leaves its panel empty.
     charts_dir : str
     filename : str
+    classes : int
+        K > 1: masks and predictions are label images of K classes; each foreground class is
+        outlined in a colour of its own, the ground truth dashed and the prediction solid.
 
     Returns
     -------
@@ -188,26 +205,37 @@ def plot_overlays(samples, variants, charts_dir, filename="overlays.png"):
         lo, hi = np.percentile(image, (0.5, 99.5))
         for c, (ax, variant) in enumerate(zip(row, variants)):
             ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-            _outline(ax, sample["mask"], "lime")
-            if variant in sample["preds"]:
-                _outline(ax, sample["preds"][variant], "magenta")
+            if classes == 1:
+                _outline(ax, sample["mask"], "lime")
+                if variant in sample["preds"]:
+                    _outline(ax, sample["preds"][variant], "magenta")
+            for c in range(1, classes):
+                _outline(ax, sample["mask"] == c, CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)], "dashed")
+                if variant in sample["preds"]:
+                    _outline(ax, sample["preds"][variant] == c, CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)])
             if r == 0:
                 ax.set_title(variant, fontsize=9)
             if c == 0:
                 ax.set_ylabel(sample["name"], fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("green: ground truth, magenta: prediction", fontsize=9)
+    fig.suptitle("green: ground truth, magenta: prediction" if classes == 1 else "dashed: ground truth, solid: "
+                 "prediction; " + ", ".join(f"class {c} {CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]}"
+                                            for c in range(1, classes)), fontsize=9)
     fig.tight_layout()
     path = os.path.join(charts_dir, filename)
     _save_figure(fig, path)
     return path
 
 
-def _outline(ax, mask, color):
+# One colour per foreground class of a multi-class run's overlays (class 1 first).
+CLASS_COLOURS = ("lime", "magenta", "cyan", "yellow", "orange", "red", "blue", "white")
+
+
+def _outline(ax, mask, color, linestyle="solid"):
     mask = np.asarray(mask)
     if mask.min() != mask.max():  # a contour of a constant mask does not exist
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=0.7)
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=0.7, linestyles=linestyle)
 
 
 # --------------------------------------------------------------------------- pictures to check before a long run

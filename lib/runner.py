@@ -90,6 +90,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
         prepare(cfg, train_set, test_set)
     cli.seed_everything(cfg.train.seed)
     train_data, val_data = getattr(experiment, split)(train_set, cfg)
+    class_weights = experiment.class_weights(train_set, cfg)
 
     with cli.distribution_scope(args.gpu):
         model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
@@ -97,7 +98,9 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
         run_dir = cli.create_run_dir(args, cfg)
         experiment.record_training_data(train_set, train_data, cfg, run_dir)
         experiment.record_model(model, run_dir)
-        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
+        model, info = training.train(model, train_data, val_data, cfg.train, run_dir, class_weights)
+    if class_weights:
+        info["class_weights"] = class_weights
     info["train_peak_rss_mb"] = experiment.peak_rss_mb()
 
     # Free the training data, so that the recorded peak memory of inference is that of inference alone.

@@ -6,10 +6,14 @@ cytoplasm that also holds dark vesicles and cell membranes. Those distractors
 are as dark as the mitochondria, so a global threshold does poorly while a
 network can learn the shapes and textures.
 
+With ``--classes 3`` the masks hold three classes for multi-class segmentation
+(``model.classes=3``): 0 background, 1 mitochondria, 2 cell membranes (the thin dark
+lines between cells).
+
 Command line, from the repository root::
 
     python -m lib.synthetic OUT_DIR [--n-train N] [--n-test N] [--size H W]
-                                    [--volume Z Y X] [--seed S]
+                                    [--volume Z Y X] [--seed S] [--classes 1|2|3]
 """
 
 import argparse
@@ -29,10 +33,11 @@ FG_MAX = 0.14
 # Image sizes below this leave too few pixels for objects, membranes and texture.
 MIN_SIDE = 16
 SPLITS = ("train", "test")
+CLASSES = (1, 2, 3)  # binary (0/255 masks), mitochondria as class ids 0/1, or + membranes as class 2
 
 
-def make_sample(shape, rng, n_objects=None):
-    """Make one synthetic EM image or volume and its mitochondria mask.
+def make_sample(shape, rng, n_objects=None, classes=1):
+    """Make one synthetic EM image or volume and its mitochondria mask (with ``classes=3``, and membranes).
 
     Parameters
     ----------
@@ -45,16 +50,22 @@ def make_sample(shape, rng, n_objects=None):
         Number of mitochondria to place (fewer if they do not fit). By default
         objects are added until 7-11 % of the pixels are foreground (never
         above 14 %).
+    classes : {1, 2, 3}
+        3: the mask also marks the cell membranes drawn in the image as class 2. The image
+        is the same whatever ``classes``.
 
     Returns
     -------
     image : ndarray of uint8, shape ``shape``
         Intensities stretched to 0-255; mitochondria are darker than cytoplasm.
     mask : ndarray of uint8, shape ``shape``
-        1 inside mitochondria (membrane included), 0 elsewhere.
+        1 inside mitochondria (membrane included), 0 elsewhere; with ``classes=3``, 2 on the
+        cell membranes (where they are drawn at least at 1/e of their full darkness).
     """
     shape = _check_shape(shape, (2, 3))
     rng = np.random.default_rng(rng)
+    if classes not in CLASSES:
+        raise UserError(f"classes: expected one of {', '.join(map(str, CLASSES))}, got {classes!r}")
     if n_objects is not None and (not _is_int(n_objects) or n_objects < 0):
         raise UserError(f"n_objects: expected an integer >= 0, got {n_objects!r}")
     # Lengths are set for a 256-pixel field of view and scaled with the image.
@@ -68,11 +79,14 @@ def make_sample(shape, rng, n_objects=None):
 
     cytoplasm = 0.62 + 0.09 * _smooth_noise(shape, rng, 70 * scale)
     cytoplasm += 0.05 * _smooth_noise(shape, rng, 3 * px)
-    distractors = 0.35 * np.exp(-((membrane_dist / (1.2 * px)) ** 2))
-    distractors += 0.40 * _vesicles(shape, rng, px)
+    membranes = np.exp(-((membrane_dist / (1.2 * px)) ** 2))
+    distractors = 0.35 * membranes + 0.40 * _vesicles(shape, rng, px)
     # Distractors drawn over or against an object would be a free cue to its outline.
     outside = ndimage.distance_transform_edt(~fg) if fg.any() else np.inf
-    distractors *= np.clip((outside - 1) / (2 * px), 0, 1)
+    near = np.clip((outside - 1) / (2 * px), 0, 1)
+    distractors *= near
+    if classes == 3:
+        mask = np.where(~fg & (membranes * near >= np.exp(-1.0)), np.uint8(2), mask).astype(np.uint8)
 
     # Cristae: stripes across the long axis, wavy rather than ruled.
     period = rng.uniform(5, 8) * px
@@ -94,11 +108,12 @@ def make_sample(shape, rng, n_objects=None):
     return _to_uint8(image), mask
 
 
-def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volume=False):
+def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volume=False, classes=1):
     """Write a synthetic dataset in the template folder layout.
 
     Layout: ``out_dir/{train,test}/{x,y}/``, one zlib-compressed 2D TIFF per
-    file, paired by sorted name, masks stored as ``{0, 255}`` uint8. The
+    file, paired by sorted name, masks stored as ``{0, 255}`` uint8 (``classes`` 2 and 3:
+    class ids, see :func:`make_sample`). The
     dataset is built in ``out_dir + ".tmp"`` and renamed, so ``out_dir`` is
     either complete or absent; an existing complete ``out_dir`` with the same
     counts and image shape is left untouched, which makes reruns cheap.
@@ -117,6 +132,8 @@ def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volum
     volume : bool
         Write one volume per split (train and test differ) as its sorted slices
         ``slice_0000.tif``..., under the same names in ``x`` and ``y``.
+    classes : {1, 2, 3}
+        1: binary masks 0/255; 2: mitochondria as class ids 0/1; 3: and membranes as class 2.
 
     Returns
     -------
@@ -130,6 +147,8 @@ def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volum
             raise UserError(f"{name}: expected an integer >= 1, got {n!r}")
     if not _is_int(seed) or seed < 0:
         raise UserError(f"seed: expected an integer >= 0, got {seed!r}")
+    if classes not in CLASSES:
+        raise UserError(f"classes: expected one of {', '.join(map(str, CLASSES))}, got {classes!r}")
     counts = (shape[0], shape[0]) if volume else (n_train, n_test)
     if os.path.exists(out_dir):
         if _is_complete(out_dir, counts, shape[-2:]):
@@ -150,11 +169,12 @@ def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volum
             os.makedirs(x_dir)
             os.makedirs(y_dir)
             for x_name, y_name, image, mask in _split_pairs(
-                shape, seed, split_index, counts[split_index], volume
+                shape, seed, split_index, counts[split_index], volume, classes
             ):
                 tifffile.imwrite(os.path.join(x_dir, x_name), image, compression="zlib")
                 tifffile.imwrite(
-                    os.path.join(y_dir, y_name), mask * np.uint8(255), compression="zlib"
+                    os.path.join(y_dir, y_name), mask * np.uint8(255) if classes == 1 else mask,
+                    compression="zlib",
                 )
         os.rename(tmp_dir, out_dir)
     except BaseException:
@@ -179,12 +199,15 @@ def main(argv=None):
         help="write one volume per split as 2D slices instead of separate images",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--classes", type=int, default=1, choices=CLASSES,
+                        help="1: binary masks (0/255); 3: class ids 0 background, 1 mitochondria, 2 membranes "
+                             "(model.classes=3); 2: mitochondria as class ids 0/1")
     args = parser.parse_args(argv)
     volume = args.volume is not None
     shape = tuple(args.volume if volume else args.size)
     try:
         out_dir = write_dataset(
-            args.out_dir, args.n_train, args.n_test, shape, args.seed, volume
+            args.out_dir, args.n_train, args.n_test, shape, args.seed, volume, args.classes
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -217,15 +240,15 @@ def _check_shape(shape, ndims):
     return tuple(int(n) for n in shape)
 
 
-def _split_pairs(shape, seed, split_index, count, volume):
+def _split_pairs(shape, seed, split_index, count, volume, classes=1):
     """Yield ``(image name, mask name, image, mask)`` for the 2D files of one split."""
     if volume:
-        image, mask = make_sample(shape, np.random.default_rng([seed, split_index]))
+        image, mask = make_sample(shape, np.random.default_rng([seed, split_index]), classes=classes)
         for z in range(count):
             yield f"slice_{z:04d}.tif", f"slice_{z:04d}.tif", image[z], mask[z]
     else:
         for i in range(count):
-            image, mask = make_sample(shape, np.random.default_rng([seed, split_index, i]))
+            image, mask = make_sample(shape, np.random.default_rng([seed, split_index, i]), classes=classes)
             yield f"img_{i:04d}.tif", f"mask_{i:04d}.tif", image, mask
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from . import io
 from .errors import UserError
 from .losses import get_loss
-from .metrics import ForegroundIoU
+from .metrics import ClassIoU, ForegroundIoU
 
 BEST, LAST = "best.keras", "last.keras"
 # One-cycle: the rise starts at learning_rate / ONECYCLE_DIV and, without
@@ -174,20 +174,24 @@ def deep_supervision_weights(cfg, n_outputs):
     return [0.5**k for k in range(n_outputs)]
 
 
-def compile_model(model, cfg):
+def compile_model(model, cfg, class_weights=None):
     """Compile ``model`` with the configured optimiser, loss and the foreground IoU metric.
 
     A model with several outputs (deep supervision) gets the loss on every
     output, weighted by :func:`deep_supervision_weights`, and the metric on the
     main output only; its targets must be repeated per output (:func:`per_output`).
+    A model of K > 1 output channels (``model.classes``: softmax) gets the loss of K classes
+    (:func:`lib.losses.get_loss`, with ``class_weights``) and the mean IoU of its foreground classes.
     """
-    loss = get_loss(cfg.loss, cfg.bce_weight, cfg.dice_weight, cfg.batch_overlap)
+    classes = int(model.outputs[0].shape[-1])
+    loss = get_loss(cfg.loss, cfg.bce_weight, cfg.dice_weight, cfg.batch_overlap, classes, class_weights)
     n = len(model.outputs)
+    iou = ForegroundIoU(name="iou") if classes == 1 else ClassIoU(classes, name="iou")
     if n == 1:
-        model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=[ForegroundIoU(name="iou")])
+        model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=[iou])
     else:
         model.compile(optimizer=make_optimizer(cfg), loss=[loss] * n, loss_weights=deep_supervision_weights(cfg, n),
-                      metrics=[[ForegroundIoU(name="iou")]] + [[] for _ in range(n - 1)])
+                      metrics=[[iou]] + [[] for _ in range(n - 1)])
     return model
 
 
@@ -601,7 +605,7 @@ def monitor_key(cfg, validation, main_output=None):
     return ("val_" if validation else "") + (f"{main_output}_loss" if main_output else "loss")
 
 
-def train(model, train_data, val_data, cfg, run_dir):
+def train(model, train_data, val_data, cfg, run_dir, class_weights=None):
     """Fit ``model`` and return it with the best weights, plus a summary dict.
 
     Parameters
@@ -616,6 +620,8 @@ def train(model, train_data, val_data, cfg, run_dir):
         Validation crops; without them the training loss is monitored.
     cfg : TrainConfig
     run_dir : str
+    class_weights : list of float, optional
+        The loss weight of each class of a multi-class model (:func:`lib.experiment.class_weights`).
 
     Returns
     -------
@@ -666,7 +672,7 @@ def train(model, train_data, val_data, cfg, run_dir):
         model = keras.models.load_model(last)
         print(f"Resuming from {last} after epoch {len(history)}")
     else:
-        compile_model(model, cfg)
+        compile_model(model, cfg, class_weights)
     earlier = sum(r.get("seconds", 0.0) for r in history)
     recorder = RunRecorder(run_dir, monitor, history)
     start = time.perf_counter()

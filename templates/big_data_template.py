@@ -78,6 +78,7 @@ CONFIG = {
         "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)
         "stem_stride": 1,              # downsample the input first by this factor (strided convolution, learned upsampling
                                        # back): 2 makes the network about 4x (2D) / 8x (3D) cheaper; 1: none
+        "classes": 1,                  # 1: binary (sigmoid); K > 1: masks hold class ids 0..K-1 (softmax)
     },
     "train": {
         "epochs": 200,                 # maximum number of epochs
@@ -94,9 +95,10 @@ CONFIG = {
         "step_factor": 0.1,            # step: factor of each drop
         "plateau_patience": 10,        # plateau: epochs without a better validation loss before a drop
         "plateau_factor": 0.5,         # plateau: factor of each drop
-        "loss": "bce_dice",            # bce | dice | bce_dice | jaccard (weighted_bce needs weight maps: in-memory template only)
-        "bce_weight": 1.0,             # bce_dice: weight of the bce term
-        "dice_weight": 1.0,            # bce_dice: weight of the dice term
+        "loss": "bce_dice",            # bce | dice | bce_dice | jaccard | ce | ce_dice (classes > 1); weighted_bce: in-memory template only
+        "bce_weight": 1.0,             # bce_dice / ce_dice: weight of the cross-entropy term
+        "dice_weight": 1.0,            # bce_dice / ce_dice: weight of the dice term
+        "class_weights": [],           # model.classes > 1: one loss weight per class, "auto" (from the masks) or []
         "batch_overlap": False,        # dice / jaccard / bce_dice: sum the overlap over the whole batch, not per crop
         "weight_w0": 10.0,             # weighted_bce (in-memory templates only): extra weight in narrow gaps between objects
         "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, pixels

@@ -74,7 +74,7 @@ def build_model(cfg, input_shape):
     keras.Model
         Named ``xiao2018``. With ``cfg.deep_supervision`` the outputs are
         ``[output, aux_1, aux_2]``, else ``output`` alone; each
-        ``(N, Z, Y, X, 1)`` float32 probabilities.
+        ``(N, Z, Y, X, 1)`` float32 probabilities (``(N, Z, Y, X, K)`` softmax ones of ``cfg.classes`` K > 1).
 
     Raises
     ------
@@ -119,7 +119,8 @@ def build_model(cfg, input_shape):
         x = ops.dropout(residual_block(ops, x, widths[level]), rates[level])
         for name, aux_level in AUX_LEVELS.items():
             if cfg.deep_supervision and level == aux_level:
-                heads[name] = sigmoid_head(ops, x, 1, name, upsample=tuple(p**level for p in pool))
-    main = sigmoid_head(ops, x, 1, OUTPUT_NAMES[0])
+                heads[name] = sigmoid_head(ops, x, cfg.classes, name, upsample=tuple(p**level for p in pool),
+                                             softmax=cfg.classes > 1)
+    main = sigmoid_head(ops, x, cfg.classes, OUTPUT_NAMES[0], softmax=cfg.classes > 1)
     outputs = [main] + [heads[name] for name in OUTPUT_NAMES[1:]] if cfg.deep_supervision else main
     return keras.Model(inputs, outputs, name=MODEL_NAME)

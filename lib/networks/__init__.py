@@ -1,7 +1,8 @@
 """Segmentation networks: one dimension-generic builder for 2D and 3D.
 
 :func:`build_model` turns a :class:`lib.config.ModelConfig` and an input
-shape into a ``keras.Model`` that outputs sigmoid probabilities. The
+shape into a ``keras.Model`` that outputs sigmoid probabilities (softmax ones of
+``model.classes`` > 1 classes). The
 networks (:data:`MODEL_NAMES`) share the U-Net skeleton of
 :mod:`lib.networks.architectures` and differ in their blocks
 (:mod:`lib.networks.blocks`).
@@ -95,7 +96,7 @@ def divisor(cfg, ndim):
     return tuple(s * p**cfg.depth for s, p in zip(stem_stride(cfg, ndim), pool_size(cfg, ndim)))
 
 
-def build_model(cfg, input_shape, n_outputs=1, deep_supervision=None):
+def build_model(cfg, input_shape, n_outputs=None, deep_supervision=None):
     """Build the network named by ``cfg.name`` (not compiled).
 
     Parameters
@@ -106,8 +107,9 @@ def build_model(cfg, input_shape, n_outputs=1, deep_supervision=None):
         Channels-last input without the batch axis: ``(H, W, C)`` for 2D or
         ``(Z, Y, X, C)`` for 3D. Spatial sizes may be None (any size that is
         a multiple of :func:`divisor`); the channel count must be given.
-    n_outputs : int
-        Number of output channels (one sigmoid per channel).
+    n_outputs : int, optional
+        Number of output channels (one sigmoid per channel); default ``cfg.classes``, which with
+        ``cfg.classes > 1`` are the classes of a softmax output.
     deep_supervision : bool, optional
         Also output a prediction from each intermediate decoder level;
         default ``cfg.deep_supervision``.
@@ -140,6 +142,8 @@ def build_model(cfg, input_shape, n_outputs=1, deep_supervision=None):
         )
     _check_input_shape(cfg, input_shape)
     input_shape = tuple(None if s is None else int(s) for s in input_shape)
+    softmax = n_outputs is None and cfg.classes > 1
+    n_outputs = cfg.classes if n_outputs is None else n_outputs
     if not _positive_int(n_outputs):
         raise UserError(f"model: expected a positive number of output channels, got {n_outputs!r}")
     if deep_supervision and cfg.depth < 2:
@@ -155,7 +159,7 @@ def build_model(cfg, input_shape, n_outputs=1, deep_supervision=None):
     rates = cfg.dropout if isinstance(cfg.dropout, list) else [cfg.dropout] * (cfg.depth + 1)
     return architectures.encoder_decoder(
         ops, input_shape, cfg.depth, cfg.filters, rates, n_outputs, deep_supervision,
-        name=cfg.name, stem=stem_stride(cfg, ndim), **architectures.ARCHITECTURES[cfg.name],
+        name=cfg.name, stem=stem_stride(cfg, ndim), softmax=softmax, **architectures.ARCHITECTURES[cfg.name],
     )
 
 

@@ -36,7 +36,7 @@ ARCHITECTURES = {
 
 
 def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_supervision,
-                    name, block, first_block=None, skip=None, stem=None):
+                    name, block, first_block=None, skip=None, stem=None, softmax=False):
     """Build a U-Net-shaped ``keras.Model`` from a block and a skip transform.
 
     Parameters
@@ -53,7 +53,7 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
         Dropout rate per level, ``depth + 1`` values, bottom last; each
         level's encoder and decoder blocks share its rate.
     n_outputs : int
-        Channels of the sigmoid output.
+        Channels of the sigmoid output (with ``softmax``, classes of the softmax output).
     deep_supervision : bool
         Add an auxiliary output at each intermediate decoder level.
     name : str
@@ -71,6 +71,8 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
         after the last decoder level a transposed convolution of the same
         shape brings the features back to the input size before the head.
         The levels then work on ``1 / prod(stem)`` of the voxels.
+    softmax : bool
+        Softmax over the ``n_outputs`` channels (classes) instead of a sigmoid per channel.
 
     Returns
     -------
@@ -105,10 +107,10 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
         x = ops.dropout(block(ops, x, width), rates[level])
         if deep_supervision and level > 0:
             factor = tuple(s * p**level for s, p in zip(stem or (1,) * len(ops.pool), ops.pool))
-            aux.append(blocks.sigmoid_head(ops, x, n_outputs, f"aux_{level}", upsample=factor))
+            aux.append(blocks.sigmoid_head(ops, x, n_outputs, f"aux_{level}", upsample=factor, softmax=softmax))
 
     if stem is not None:
         x = ops.act(ops.norm(ops.up(x, filters, factor=stem)))
-    main = blocks.sigmoid_head(ops, x, n_outputs, "output")
+    main = blocks.sigmoid_head(ops, x, n_outputs, "output", softmax=softmax)
     outputs = [main] + aux[::-1] if deep_supervision else main
     return keras.Model(inputs, outputs, name=name)

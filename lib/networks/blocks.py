@@ -210,14 +210,15 @@ def res_path(ops, x, filters, length):
     return x
 
 
-def sigmoid_head(ops, x, n_outputs, name, upsample=None):
-    """1x1 convolution to ``n_outputs`` logits, optional upsampling, float32 sigmoid.
+def sigmoid_head(ops, x, n_outputs, name, upsample=None, softmax=False):
+    """1x1 convolution to ``n_outputs`` logits, optional upsampling, float32 sigmoid (``softmax``: over channels).
 
     Upsampling (nearest neighbour, by ``upsample`` per axis) acts on the
-    logits and so adds no weights; the sigmoid runs in float32 so that
+    logits and so adds no weights; the activation runs in float32 so that
     probabilities, and the loss on them, stay accurate under mixed precision.
+    ``softmax`` makes the channels the probabilities of ``n_outputs`` classes (multi-class segmentation).
     """
     x = ops.conv(x, n_outputs, 1)
     if upsample is not None:
         x = ops.upsample_by(x, upsample)
-    return layers.Activation("sigmoid", dtype="float32", name=name)(x)
+    return layers.Activation("softmax" if softmax else "sigmoid", dtype="float32", name=name)(x)
