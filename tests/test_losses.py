@@ -128,7 +128,7 @@ def test_bce_dice_batch_overlap_survives_serialisation():
 
 
 def test_every_name_has_a_loss():
-    assert set(losses.LOSS_NAMES) == {"bce", "weighted_bce", "dice", "bce_dice", "jaccard"}
+    assert set(losses.LOSS_NAMES) == {"bce", "weighted_bce", "dice", "bce_dice", "jaccard", "ce", "ce_dice"}
     for name in losses.LOSS_NAMES:
         assert callable(losses.get_loss(name))
     assert [n for n in losses.LOSS_NAMES if losses.uses_weight_maps(n)] == ["weighted_bce"]
