@@ -29,7 +29,7 @@ import numpy as np
 
 from .data import normalize
 from .inference import make_predictor, predict_tiled, tile_progress, tiled_inputs
-from .postprocess import binarize, z_filter
+from .postprocess import binarize, most_probable, z_filter
 
 RETRIES = 2  # a block whose task fails (a lost worker, an I/O error) is tried this many more times
 
@@ -163,7 +163,7 @@ def predict_block(predict, image, core, tile, overlap=0.5, window="gaussian", ba
 
     Returns
     -------
-    float32 ndarray, the shape of ``core``
+    float32 ndarray, the shape of ``core`` (with the class axis last for a multi-class model)
     """
     spatial = image.shape[:-1]
     if len(core) != len(spatial) or len(tile) not in (2, 3) or len(tile) > len(spatial):
@@ -224,6 +224,7 @@ class BlockJob:
     z_filter_size: int = 0
     threshold: float = 0.5
     prob_dtype: str = "uint8"
+    classes: int = 1  # a multi-class model's K: probabilities (K, *spatial) and a label image of class ids
 
 
 _MODELS = {}  # model path -> (the file's (mtime, size), (model, predictor))
@@ -264,10 +265,14 @@ def process_block(job, block, tile_bar=False):
                          job.z_filter_size, progress)
     root = zarr.open_group(job.store, mode="r+")
     stored = np.rint(prob * 255).astype(np.uint8) if job.prob_dtype == "uint8" else prob.astype(np.float16)
-    root["prob"]["0"][core] = stored
-    root["mask"]["0"][core] = binarize(prob, job.threshold)
+    if job.classes == 1:
+        root["prob"]["0"][core] = stored
+        root["mask"]["0"][core] = binarize(prob, job.threshold)
+    else:
+        root["prob"]["0"][(slice(None),) + tuple(core)] = np.moveaxis(stored, -1, 0)
+        root["mask"]["0"][core] = most_probable(prob)
     root["blocks_done"][index] = 1  # after the data: a block is flagged only when completely written
-    return prob.size
+    return int(np.prod(prob.shape[:len(core)]))
 
 
 def pending_blocks(job):

@@ -41,10 +41,10 @@ Tracking Challenge, objects being the connected components of each 2D image or
 Multi-class segmentation (``model.classes`` K > 1): a prediction is the label image of the most
 probable class of each pixel (:func:`lib.postprocess.most_probable`), of the probabilities of
 each class blended, turned (tta) and z-filtered each on its own. Each foreground class ``c``
-(1 .. K-1) is scored as a binary mask (its pixels against the others): keys ``c<c>_<metric>``;
-``fg_iou``, ``dice``, ``precision``, ``recall``, ``det`` and ``seg`` are their macro means (the
-unweighted mean over the foreground classes) and ``mean_iou`` the mean IoU of all K classes,
-background included. No threshold sweep (no threshold is used).
+(1 .. K-1), and the background 0, is scored as a binary mask (its pixels against the others):
+keys ``c<c>_<metric>``; ``fg_iou``, ``dice``, ``precision``, ``recall``, ``det`` and ``seg`` are
+the macro means of the foreground classes (their unweighted mean) and ``mean_iou`` the mean IoU
+of all K classes, background included. No threshold sweep (no threshold is used).
 """
 
 import math
@@ -127,9 +127,10 @@ def class_pairs(binary, mask, classes=1):
 def class_scores(pixels, objects, classes=1):
     """Metrics from per-class counts: those of :meth:`PixelCounts.metrics` and ``det``, ``seg``.
 
-    ``pixels`` and ``objects`` hold one count of each pair of :func:`class_pairs` (``objects[0]``,
-    the background's, is unused for ``classes`` > 1). For ``classes`` > 1: ``c<c>_<metric>`` of each
-    foreground class, their macro means under the plain names, and ``mean_iou`` over all classes.
+    ``pixels`` and ``objects`` hold one count of each pair of :func:`class_pairs`. For ``classes`` > 1:
+    ``c<c>_<metric>`` of each class (the background's, ``c0_``, too: with two classes, e.g. cell interior
+    against membrane, both are of interest), the macro means of the foreground classes 1 .. K-1 under
+    the plain names, and ``mean_iou`` over all classes.
     """
     def one(c):
         found = objects[c].metrics()
@@ -137,17 +138,17 @@ def class_scores(pixels, objects, classes=1):
 
     if classes == 1:
         return one(0)
-    per_class = {c: one(c) for c in range(1, classes)}
+    per_class = {c: one(c) for c in range(classes)}
     keys = [k for k in PIXEL_METRICS + OBJECT_METRICS if k != "mean_iou"]
     out = {k: float(np.mean([p.metrics()["fg_iou"] for p in pixels]) if k == "mean_iou" else
-                    np.mean([m[k] for m in per_class.values()])) for k in PIXEL_METRICS + OBJECT_METRICS}
+                    np.mean([per_class[c][k] for c in range(1, classes)])) for k in PIXEL_METRICS + OBJECT_METRICS}
     for c, values in per_class.items():
         out.update({f"c{c}_{k}": values[k] for k in keys})
     return out
 
 
 class _Score:
-    """Pooled pixel counts, object counts (per class) and, for binary probabilities, the threshold sweep of one
+    """Pooled pixel and object counts (of each class) and, for binary probabilities, the threshold sweep of one
     variant."""
 
     def __init__(self, sweep, classes=1):
@@ -159,8 +160,7 @@ class _Score:
     def add(self, binary, mask, gt_labels, prob=None):
         for c, (p, g) in enumerate(class_pairs(binary, mask, self.classes)):
             self.pixels[c] += PixelCounts.from_arrays(p, g)
-            if gt_labels[c] is not None:
-                self.objects[c] += ObjectCounts.from_masks(p, g, gt_labels=gt_labels[c])
+            self.objects[c] += ObjectCounts.from_masks(p, g, gt_labels=gt_labels[c])
         if self.sweep is not None:
             self.sweep.update(prob, mask)
 
@@ -227,7 +227,7 @@ class _Evaluation:
         if self.ground_truth:
             self._keep_samples(index, gray, mask, name)
         gt_labels = None if mask is None else (
-            [label(mask)] if self.classes == 1 else [None] + [label(mask == c) for c in range(1, self.classes)])
+            [label(mask)] if self.classes == 1 else [label(mask == c) for c in range(self.classes)])
         item = (name, mask, gt_labels, index)
         # One method per prediction: its arrays are freed before the next one is made.
         if "per_crop" in self.scores or "merged" in self.scores:

@@ -62,6 +62,7 @@ def plan(args):
     except Exception as exc:
         raise UserError(f"--model {args.model}: cannot read {weights} as a Keras model ({exc})") from None
     model_ndim, channels = len(model.input_shape) - 2, model.input_shape[-1]
+    classes = int(model.outputs[0].shape[-1])  # a multi-class model (softmax) has one output channel per class
     tile = tuple(cfg.data.crop_shape)
     if len(tile) != model_ndim:
         raise UserError(f"data.crop_shape={list(tile)}: the model is {model_ndim}D; expected {model_ndim} tile sizes")
@@ -86,7 +87,7 @@ def plan(args):
     store = args.output if kind == "zarr" else volumes.staging_store(args.output)
     job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, os.path.abspath(store),
                              overlap, cfg.inference.window, batch_size,
-                             cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype)
+                             cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype, classes)
     description = describe(job, args.input)
     state = _output_state(args, kind, store, description)
     result = Plan(args, job, description, kind, store, state)
@@ -189,7 +190,7 @@ def describe(job, input_spec):
         [job.normalization.method, job.normalization.offset, job.normalization.scale],
         "tile": list(job.tile), "block": list(job.block), "overlap": job.overlap, "window": job.window,
         "tta": job.tta, "z_filter_size": job.z_filter_size, "threshold": job.threshold,
-        "prob_dtype": job.prob_dtype,
+        "prob_dtype": job.prob_dtype, "classes": job.classes,
     }
 
 
@@ -238,7 +239,8 @@ def run(plan):
         grid, blocks = blockwise.block_grid(spatial, job.block)
         if plan.state in ("new", "replace"):
             volumes.create_store(job.store, spatial, blockwise.output_chunks(job.block, spatial), grid,
-                                 job.prob_dtype, plan.description, job.volume.voxel_size, job.volume.unit)
+                                 job.prob_dtype, plan.description, job.volume.voxel_size, job.volume.unit,
+                                 job.classes)
         else:
             print(f"Resuming the unfinished prediction in {job.store}")
         job = _with_statistics(job, blocks, run_tasks)

@@ -407,8 +407,11 @@ def store_complete(path):
     return bool(np.all(zarr.open_group(path, mode="r")["blocks_done"][...]))
 
 
-def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, unit=None):
+def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, unit=None, classes=1):
     """Create the output store: OME-Zarr images ``prob`` and ``mask`` of spatial ``shape``, ``blocks_done``.
+
+    A multi-class model's (``classes`` K > 1): ``prob`` has a channel axis first, ``(K, *shape)``, one
+    channel per class, and ``mask`` is the label image (class ids ``0 .. K-1``).
 
     Parameters
     ----------
@@ -427,8 +430,13 @@ def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, un
     root = zarr.open_group(path, mode="w", zarr_format=3)
     for name, dtype in (("prob", prob_dtype), ("mask", "uint8")):
         image = root.create_group(name)
-        image.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, dimension_names=tuple(names))
-        image.attrs["ome"] = ome_metadata(name, names, voxel_size, unit)
+        channels = name == "prob" and classes > 1
+        axes = ("c" if channels else "") + names
+        image.create_array("0", shape=((classes,) if channels else ()) + tuple(shape),
+                           chunks=((1,) if channels else ()) + tuple(chunks), dtype=dtype, fill_value=0,
+                           dimension_names=tuple(axes))
+        image.attrs["ome"] = ome_metadata(name, axes, (1.0,) + tuple(voxel_size) if channels and voxel_size else
+                                          voxel_size, unit)
     root.create_array("blocks_done", shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0)
     root.attrs[JOB_KEY] = {"job": job}
     return root
@@ -439,7 +447,8 @@ def ome_metadata(name, axes, voxel_size=None, unit=None):
     scale = [float(v) for v in voxel_size] if voxel_size else [1.0] * len(axes)
     return {"version": OME_VERSION, "multiscales": [{
         "name": name,
-        "axes": [{"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in axes],
+        "axes": [{"name": a, "type": "channel"} if a == "c" else
+                 {"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in axes],
         "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
     }]}
 
@@ -450,19 +459,23 @@ def export_tiff(store, path, job, prob_dtype):
     BigTIFF, written slice by slice (memory: one slice), atomically; probabilities
     are uint8 (0-255) or float32 (float16 TIFFs open in few viewers). The job
     description goes into the first page's description, so a rerun recognises it.
+    A multi-class job's (``job["classes"]`` K > 1) mask holds the class ids, and its
+    probabilities are K pages per slice (slice by slice, class 0 first).
     """
     import zarr
 
     root = zarr.open_group(store, mode="r")
     description = json.dumps({JOB_KEY: {"job": job}})
+    classes = job.get("classes", 1)
     for name, target in (("prob", prob_tiff_path(path)), ("mask", path)):
         array = root[name]["0"]
-        slices = [array] if array.ndim == 2 else (array[z] for z in range(array.shape[0]))
+        channels = name == "prob" and classes > 1
+        slices = [array] if array.ndim == (3 if channels else 2) else _slices(array, channels)
 
         def write(tmp, slices=slices, name=name):
             with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
                 for i, s in enumerate(slices):
-                    tif.write(_tiff_values(name, np.asarray(s), prob_dtype), compression="zlib",
+                    tif.write(_tiff_values(name, np.asarray(s), prob_dtype, classes), compression="zlib",
                               description=description if i == 0 else None, metadata=None)
 
         io.write_atomic(target, write)
@@ -474,20 +487,29 @@ def export_slices(store, folder, job, prob_dtype):
 
     root = zarr.open_group(store, mode="r")
     os.makedirs(folder, exist_ok=True)
+    classes = job.get("classes", 1)
     for name in ("prob", "mask"):
         array = root[name]["0"]
+        channels = name == "prob" and classes > 1  # (K, [Z,] Y, X): each file holds the K classes of its slice
         os.makedirs(os.path.join(folder, name), exist_ok=True)
-        for z in range(1 if array.ndim == 2 else array.shape[0]):
-            values = np.asarray(array if array.ndim == 2 else array[z])
+        flat = array.ndim == (3 if channels else 2)
+        for z, values in enumerate([np.asarray(array)] if flat else _slices(array, channels)):
             io.write_atomic(os.path.join(folder, name, f"slice_{z:05d}.tif"),
                             lambda tmp, v=values, n=name: tifffile.imwrite(
-                                tmp, _tiff_values(n, v, prob_dtype), compression="zlib"))
+                                tmp, _tiff_values(n, v, prob_dtype, classes), compression="zlib"))
     io.write_text(os.path.join(folder, "job.json"), json.dumps({"job": job}, indent=2) + "\n")
 
 
-def _tiff_values(name, values, prob_dtype):
+def _slices(array, channels):
+    """The z slices of a stored ``(Z, Y, X)`` array, or of a ``(K, Z, Y, X)`` one (``channels``) as ``(K, Y, X)``."""
+    if channels:
+        return (np.asarray(array[:, z]) for z in range(array.shape[1]))
+    return (array[z] for z in range(array.shape[0]))
+
+
+def _tiff_values(name, values, prob_dtype, classes=1):
     if name == "mask":
-        return values * np.uint8(255)
+        return values * np.uint8(255) if classes == 1 else values
     return values.astype(np.float32) if prob_dtype == "float16" else values
 
 

@@ -11,8 +11,10 @@ window, threshold and z-filter; weights from checkpoints/best.keras) or a
 INPUT: a 2D image or TIFF stack, a folder of slices, ``vol.zarr[/array]``
 (zarr v2/v3, OME-Zarr) or ``vol.h5:dataset``. OUTPUT: ``OUT.zarr`` (OME-Zarr
 images ``prob`` and ``mask``), ``OUT.tif`` (BigTIFF mask, with ``OUT_prob.tif``)
-or a folder (``prob/`` and ``mask/`` TIFF slices). Killed and run again, it
-resumes; see README, "Segmenting new data".
+or a folder (``prob/`` and ``mask/`` TIFF slices). A multi-class model
+(``model.classes`` K > 1) writes the label image (class ids 0..K-1) as ``mask`` and
+the probability of every class as ``prob`` (a channel axis first in zarr, K TIFF
+pages per slice). Killed and run again, it resumes; see README, "Segmenting new data".
 """
 
 import os
