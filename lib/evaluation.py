@@ -356,7 +356,7 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None, r
     Parameters
     ----------
     predict : callable ``f(batch (N, *tile, C) float32) -> (N, *tile) float32``
-        From :func:`lib.inference.make_predictor`.
+        From :func:`lib.inference.make_predictor` (``(N, *tile, K)`` for ``model.classes`` K > 1).
     test_set : sequence of ``(image (*spatial, C) float32, mask spatial uint8 {0, 1} or None, name str)``
         2D images or 3D volumes (``len(tile)`` spatial axes); ``len(test_set)``
         and ``test_set[i]`` are all that is used, and each item is read once, so
@@ -368,7 +368,8 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None, r
     pred_dir : str
         The run's ``predictions/`` folder: ``<variant>/binary/<name>.tif`` (0/255) for
         every variant but ``per_crop``, ``<variant>/prob/<name>.tif`` (float32) for
-        probability variants.
+        probability variants; multi-class runs write ``<variant>/labels/<name>.tif`` (class ids)
+        instead of ``binary`` (:func:`save_prediction`).
     charts_dir : str, optional
         Where ``overlays.png`` goes (image, ground-truth and prediction outlines of
         ``inference.overlays`` test slices); default the ``charts/`` folder beside

@@ -162,6 +162,25 @@ def test_z_filter_and_most_probable_class_of_probabilities():
     assert not postprocess.most_probable(filtered).any()
 
 
+@pytest.mark.parametrize("values, shape", [
+    *[({"name": name, "depth": 2, "filters": 4}, (32, 32, 1)) for name in ("unet", "resunet", "attention_unet",
+                                                                           "seunet", "multiresunet")],
+    ({"name": "unet", "depth": 2, "filters": 4, "deep_supervision": True, "stem_stride": 2}, (32, 32, 1)),
+    ({"name": "cheng2d", "depth": 3, "filters": 4}, (32, 32, 1)),
+    ({"name": "xiao2018", "depth": 3, "filters": 4, "pool_size": [1, 2, 2], "deep_supervision": True},
+     (4, 32, 32, 1)),
+])
+def test_every_network_has_a_softmax_head_of_the_classes(values, shape):
+    from lib.config import ModelConfig
+    from lib.networks import build_network
+
+    model = build_network(ModelConfig(classes=3, **values), shape)
+    outputs = model.predict_on_batch(np.random.default_rng(0).random((1, *shape), np.float32))
+    for out in outputs if isinstance(outputs, list) else [outputs]:
+        assert out.shape == (1, *shape[:-1], 3)
+        np.testing.assert_allclose(np.asarray(out).sum(axis=-1), 1.0, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- template runs
 
 def test_2d_template_reports_metrics_of_each_class(data_3class, tmp_path):
@@ -186,6 +205,19 @@ def test_2d_template_reports_metrics_of_each_class(data_3class, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
     np.testing.assert_array_equal(labels, np.argmax(probs, axis=0))
     assert "tiled class 2" in result.stdout and (run / "charts" / "overlays.png").is_file()
+
+
+def test_streamed_template_checks_class_ids_and_weighs_classes_from_the_scan(data_3class, tmp_path):
+    job = tmp_path / "job"
+    result = run_template("big_data_template.py", data_3class, job, *FAST_2D, "--set", "train.class_weights=auto",
+                          "--set", "data.fg_sampling=0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    scores = json.loads((job / "mc_0" / "metrics.json").read_text())
+    masks = [tifffile.imread(os.path.join(data_3class, "train", "y", f)) for f in sorted(os.listdir(
+        os.path.join(data_3class, "train", "y")))]
+    freq = sum(np.bincount(m.ravel(), minlength=3) for m in masks) / sum(m.size for m in masks)
+    np.testing.assert_allclose(scores["training"]["class_weights"], np.median(freq) / freq, rtol=1e-4)
+    assert {"c1_fg_iou", "c2_dice"} <= set(scores["results"]["tiled"])
 
 
 def test_3d_template_multiclass_run_finishes(tmp_path):
@@ -241,3 +273,16 @@ def test_predict_writes_the_label_image_and_each_class_probability(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_array_equal(tifffile.imread(tiff), mask)  # class ids, not 0/255
     assert tifffile.imread(str(tiff).replace(".tif", "_prob.tif")).shape == (6, 3, 24, 40)  # (Z, K, Y, X)
+
+
+def test_xiao_3d_connection_of_binary_objects_is_refused_for_several_classes():
+    from xiao_2018 import pipeline
+
+    cfg = config.config_class({"xiao": pipeline.XiaoConfig})()
+    config.apply_overrides(cfg, ["model.name=xiao2018", "model.depth=3", "model.classes=3",
+                                 "model.pool_size=[1,2,2]", "data.crop_shape=[8,32,32]"])
+    with pytest.raises(UserError, match=r"xiao\.connect_3d=true connects binary objects in 3D; with "
+                                        r"model\.classes=3 set xiao\.connect_3d=false"):
+        pipeline.check_options(cfg.validate())
+    cfg.xiao.connect_3d = False
+    pipeline.check_options(cfg)

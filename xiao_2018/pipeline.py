@@ -201,6 +201,9 @@ def check_options(cfg):
     from . import options
 
     options.check_config(cfg)
+    if cfg.xiao.connect_3d and cfg.model.classes > 1:
+        raise UserError(f"{SECTION}.connect_3d=true connects binary objects in 3D; with model.classes="
+                        f"{cfg.model.classes} set {SECTION}.connect_3d=false")
     if cfg.xiao.connect_3d and not cfg.inference.tiled:
         raise UserError(f"{SECTION}.connect_3d=true post-processes the tiled prediction; set inference.tiled=true "
                         f"or {SECTION}.connect_3d=false")
