@@ -736,10 +736,11 @@ class ForegroundIndex:
 
     @staticmethod
     def block_counts(mask, cell):
-        """Foreground pixels of a binary mask ``(H, W)`` or ``(Z, Y, X)`` in each block of side ``cell``, int64."""
+        """Foreground (nonzero: any class but the background) pixels of a mask ``(H, W)`` or ``(Z, Y, X)`` in each
+        block of side ``cell``, int64."""
         grid = tuple(-(-n // cell) for n in mask.shape)
         padded = np.zeros(tuple(g * cell for g in grid), np.uint8)
-        padded[tuple(slice(0, n) for n in mask.shape)] = mask
+        padded[tuple(slice(0, n) for n in mask.shape)] = mask > 0
         blocked = padded.reshape(tuple(n for g in grid for n in (g, cell)))
         return blocked.sum(axis=tuple(range(1, 2 * len(grid), 2)), dtype=np.int64)
 
