@@ -20,7 +20,7 @@ from .errors import UserError
 
 NORMALIZATIONS = ("per_image", "dtype_max", "zscore")
 VAL_SPLITS = ("random", "last")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adabound")
 SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
 MONITORS = ("val_iou", "val_loss")
 # Defined here, not in lib.losses, so that checking a configuration does not import Keras.
@@ -51,7 +51,7 @@ def uses_weight_maps(loss):
 # What a resumed run's checkpoint fixes: the network, and the loss and optimiser compiled with it.
 FIXED_ON_RESUME = ("model.", "train.loss", "train.bce_weight", "train.dice_weight", "train.batch_overlap",
                    "train.deep_supervision_weights", "train.optimizer",
-                   "train.momentum", "train.nesterov", "train.weight_decay")
+                   "train.momentum", "train.nesterov", "train.weight_decay", "train.final_lr", "train.gamma")
 
 
 def fixed_on_resume(dotted):
@@ -217,11 +217,16 @@ class TrainConfig:
     epochs: int = option(200, "maximum number of epochs; 0: predict with train.pretrained, without training",
                          range="[0, inf)")
     batch_size: int = option(4, "crops (3D: subvolumes) per batch", range="[1, inf)")
-    optimizer: str = option("adam", "optimiser: sgd (with momentum), adam or adamw", OPTIMIZERS)
+    optimizer: str = option("adam", "optimiser: sgd (with momentum), adam, adamw, or adabound (Adam whose steps "
+                            "are bounded, converging to SGD at train.final_lr; Luo et al. 2019)", OPTIMIZERS)
     learning_rate: float = option(1e-3, "initial (peak) learning rate", range="(0, inf)")
     momentum: float = option(0.9, "sgd only: momentum", range="[0, 1)")
     nesterov: bool = option(False, "sgd only: Nesterov momentum")
     weight_decay: float = option(1e-4, "adamw only: weight decay", range="[0, inf)")
+    final_lr: float = option(0.1, "adabound only: the SGD learning rate the step bounds converge to (scaled "
+                             "with the schedule's learning rate)", range="(0, inf)")
+    gamma: float = option(1e-3, "adabound only: how fast the bounds converge (narrow after about 1/gamma steps)",
+                          range="(0, 1]")
     schedule: str = option("plateau", "learning-rate schedule (cosine ends at train.epochs or at the time limit)",
                            SCHEDULES)
     warmup_epochs: int = option(0, "linear warm-up epochs before the schedule (onecycle: its rising phase)",
@@ -270,6 +275,8 @@ class TrainConfig:
         _range("train.learning_rate", self.learning_rate, 0.0, None, low_open=True)
         _range("train.momentum", self.momentum, 0.0, 1.0, high_open=True)
         _range("train.weight_decay", self.weight_decay, 0.0, None)
+        _range("train.final_lr", self.final_lr, 0.0, None, low_open=True)
+        _range("train.gamma", self.gamma, 0.0, 1.0, low_open=True)
         _choice("train.schedule", self.schedule, SCHEDULES)
         _range("train.warmup_epochs", self.warmup_epochs, 0, max(self.epochs - 1, 0))
         if self.schedule in ("cosine", "plateau", "onecycle"):
