@@ -90,6 +90,8 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
         prepare(cfg, train_set, test_set)
     cli.seed_everything(cfg.train.seed)
     train_data, val_data = getattr(experiment, split)(train_set, cfg)
+    validation = experiment.validation_source(train_set, cfg)
+    print(f"Validation set: {validation}")
 
     with cli.distribution_scope(args.gpu):
         model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
@@ -99,6 +101,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
         experiment.record_model(model, run_dir)
         model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
     info["train_peak_rss_mb"] = experiment.peak_rss_mb()
+    info["validation"] = validation
 
     # Free the training data, so that the recorded peak memory of inference is that of inference alone.
     train_data.release()
