@@ -152,21 +152,16 @@ def distribution_scope(gpu):
 
 
 def load_config(template_config, args, sections=None):
-    """Defaults <- template block <- --config file <- --set overrides, validated.
+    """Defaults <- template block <- --config file <- --set overrides, then ``augment.preset``, validated.
 
     ``sections``: the entry script's own sections, ``{name: dataclass}`` (:func:`lib.config.config_class`).
     """
     cls = config_lib.config_class(sections)
-
-    def layered(base):
-        cfg = config_lib.from_dict(template_config or {}, base=base, source="template CONFIG", cls=cls)
-        if args.config:
-            cfg = config_lib.from_dict(config_lib.load_json(args.config), base=cfg, source=f"--config {args.config}")
-        return config_lib.apply_overrides(cfg, args.overrides)
-
-    cfg = layered(None)
-    preset = config_lib.with_preset(cfg)  # augment.preset replaces defaults: the layers go on top of it again
-    return (cfg if preset is None else layered(preset)).validate()
+    cfg = config_lib.from_dict(template_config or {}, source="template CONFIG", cls=cls)
+    if args.config:
+        cfg = config_lib.from_dict(config_lib.load_json(args.config), base=cfg, source=f"--config {args.config}")
+    config_lib.apply_overrides(cfg, args.overrides)
+    return config_lib.apply_preset(cfg).validate()
 
 
 def run_dir_for(args):

@@ -29,7 +29,7 @@ UPSAMPLINGS = ("transpose", "resize")
 ACTIVATIONS = ("relu", "elu", "leaky_relu", "gelu", "swish")
 WINDOWS = ("gaussian", "spline")
 PROB_DTYPES = ("uint8", "float16")
-# augment.preset -> the augment options it sets, in place of their defaults (options given explicitly win).
+# augment.preset -> the augment options it sets where they have their default value (other values win).
 # original: the DeepLearning_EM templates' default (Keras ImageDataGenerator) augmentation: a free rotation of
 # every crop in [-180, 180] degrees with reflect filling, and random vertical and horizontal flips; nothing else.
 AUGMENT_PRESETS = {
@@ -151,7 +151,8 @@ class DataConfig:
 class AugmentConfig:
     enabled: bool = option(True, "false: no augmentation at all")
     preset: str = option("none", "a set of augment defaults: original (the DeepLearning_EM templates': free "
-                         "rotation of every crop, flips, no 90-degree turns); options set explicitly win over it",
+                         "rotation of every crop, flips, no 90-degree turns); an option set to a non-default value wins "
+                         "over it",
                          tuple(AUGMENT_PRESETS))
     flip_p: float = option(0.5, "probability of a flip, per axis", range="[0, 1]")
     rot90_p: float = option(0.5, "probability of an in-plane (y-x) 90/180/270-degree rotation", range="[0, 1]")
@@ -501,18 +502,17 @@ def config_class(sections=None):
         "Config", [(name, cls, field(default_factory=cls)) for name, cls in sections.items()], bases=(Config,))
 
 
-def with_preset(cfg):
-    """A copy of ``cfg``'s defaults with the values of its ``augment.preset`` (:data:`AUGMENT_PRESETS`), or None.
+def apply_preset(cfg):
+    """Give the options of ``cfg``'s ``augment.preset`` (:data:`AUGMENT_PRESETS`) its values, in place.
 
-    The base on which a configuration's layers are applied again, so that what they set explicitly wins.
+    Only where they still have their default value: a value set to anything else (template ``CONFIG``,
+    ``--config``, ``--set``) wins over the preset. Returns ``cfg``.
     """
-    values = AUGMENT_PRESETS.get(cfg.augment.preset)
-    if not values:
-        return None
-    base = type(cfg)()
-    for key, value in values.items():
-        set_option(base, f"augment.{key}", value, f"augment.preset={cfg.augment.preset}")
-    return base
+    defaults = AugmentConfig()
+    for key, value in AUGMENT_PRESETS.get(cfg.augment.preset, {}).items():
+        if getattr(cfg.augment, key) == getattr(defaults, key):
+            set_option(cfg, f"augment.{key}", value, f"augment.preset={cfg.augment.preset}")
+    return cfg
 
 
 def section_names(cfg):

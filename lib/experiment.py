@@ -255,7 +255,8 @@ def split_plan(shapes, groups, validation_folder, cfg, ndim):
 def validation_source(train_set, cfg):
     """What validated a run, in words, for its log and ``metrics.json``."""
     if train_set.validation is not None:
-        return f"DATA_DIR/val ({len(train_set.validation)} items)"
+        n = len(train_set.validation)
+        return f"DATA_DIR/val ({n} {'image' if len(cfg.data.crop_shape) == 2 else 'volume'}{'s' * (n != 1)})"
     if cfg.data.val_fraction == 0:
         return "none (data.val_fraction=0)"
     return f"data.val_fraction={cfg.data.val_fraction} of DATA_DIR/train ({cfg.data.val_split})"
