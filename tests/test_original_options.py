@@ -191,18 +191,9 @@ def test_bad_extra_and_validation_folders_are_refused_before_the_run_folder(tmp_
 # --------------------------------------------------------------------------- end to end, and back in predict.py
 
 def _predict_matches_tiled(root, run_dir, tmp_path):
-    """templates/predict.py on the test images gives the run's own tiled probabilities."""
-    from lib import io
-    from test_predict import predict_cli, read_zarr_output
+    from test_predict import assert_predict_matches_tiled
 
-    names = io.list_images(os.path.join(root, "test", "x"))
-    tifffile.imwrite(tmp_path / "test.tif", np.stack([io.read_image(p) for p in names]))
-    result = predict_cli(tmp_path / "test.tif", tmp_path / "seg.zarr", "--model", run_dir,
-                         "--set", "post.z_filter=false", "--set", "inference.prob_dtype=float16")
-    assert result.returncode == 0, result.stderr[-3000:]
-    _, prob, _ = read_zarr_output(tmp_path / "seg.zarr")
-    tiled = np.stack([tifffile.imread(p) for p in sorted((run_dir / "predictions" / "tiled" / "prob").iterdir())])
-    assert prob.shape == tiled.shape and np.abs(prob.astype(np.float32) - tiled).max() <= 1e-3
+    assert_predict_matches_tiled(str(root), run_dir, tmp_path)
 
 
 def test_template_with_every_new_option_and_predict_reuses_its_normalisation(tmp_path):
