@@ -196,7 +196,9 @@ class Augmenter:
             sigma = rng.uniform(*cfg.blur_sigma)
             image = ndi.gaussian_filter(image, sigma=tuple(sigma * s for s in in_plane), mode="reflect")
         if rng.random() < cfg.median_p:
-            size = tuple(cfg.median_size if s else 1 for s in in_plane)
+            sizes = cfg.median_size if isinstance(cfg.median_size, list) else [cfg.median_size]
+            side = int(sizes[rng.integers(len(sizes))])
+            size = tuple(side if s else 1 for s in in_plane)
             image = ndi.median_filter(image, size=size, mode="reflect")
         if rng.random() < cfg.noise_p:
             image = image + cfg.noise_std * rng.standard_normal(image.shape, dtype=np.float32)

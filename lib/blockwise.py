@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import normalize
+from .data import clip_bounds, normalize
 from .inference import make_predictor, predict_tiled, tile_progress, tiled_inputs
 from .postprocess import binarize, most_probable, z_filter
 
@@ -64,32 +64,41 @@ def block_grid(shape, block):
 class Normalization:
     """How raw pixels become network input: ``data.normalize`` with per-slice or global statistics.
 
-    ``method`` is ``per_image``, ``dtype_max`` or ``zscore``; ``offset`` and
+    ``method`` is ``per_image``, ``dtype_max``, ``zscore`` or ``fixed``; ``offset`` and
     ``scale`` are one number, or one per z slice (``per_image`` with a 2D model),
-    with ``(x - offset) / scale`` the normalised value.
+    with ``(x - offset) / scale`` the normalised value; ``clip``: the levels ``[low, high]``
+    raw pixels are clipped to first (``data.clip_percentiles``), or None.
     """
 
     method: str
     offset: object = 0.0
     scale: object = 1.0
+    clip: object = None
 
     @classmethod
-    def from_ranges(cls, lows, highs, per_slice):
-        """``per_image`` from the minimum and maximum of each slice (``per_slice``) or of all of them."""
+    def from_ranges(cls, lows, highs, per_slice, clip=None, dtype=None):
+        """``per_image`` from the minimum and maximum of each slice (``per_slice``) or of all of them.
+
+        With ``clip`` (and the raw ``dtype``), the extremes are those of the clipped pixels.
+        """
+        if clip is not None:
+            low, high = (float(b) for b in clip_bounds(clip, dtype))
+            lows = [min(max(lo, low), high) for lo in lows]
+            highs = [min(max(hi, low), high) for hi in highs]
         if not per_slice:
             lows, highs = [min(lows)], [max(highs)]
         offsets = tuple(float(lo) for lo in lows)
         scales = tuple(float(hi - lo) if hi > lo else 1.0 for lo, hi in zip(lows, highs))
-        return cls("per_image", offsets if per_slice else offsets[0], scales if per_slice else scales[0])
+        return cls("per_image", offsets if per_slice else offsets[0], scales if per_slice else scales[0], clip)
 
     def apply(self, raw, z=None):
         """Normalised float32 pixels; ``z``: the slice index, for per-slice statistics."""
         if self.method == "dtype_max":
-            return normalize(raw, "dtype_max")
+            return normalize(raw, "dtype_max", {"clip": self.clip})
         offset = self.offset[z] if isinstance(self.offset, tuple) else self.offset
         scale = self.scale[z] if isinstance(self.scale, tuple) else self.scale
         # (x - min) / (max - min) of per_image, computed as zscore computes it: the same float32 values.
-        return normalize(raw, "zscore", {"mean": offset, "std": scale})
+        return normalize(raw, "zscore", {"mean": offset, "std": scale, "clip": self.clip})
 
 
 class NormalizedView:

@@ -152,7 +152,7 @@ def distribution_scope(gpu):
 
 
 def load_config(template_config, args, sections=None):
-    """Defaults <- template block <- --config file <- --set overrides, validated.
+    """Defaults <- template block <- --config file <- --set overrides, then ``augment.preset``, validated.
 
     ``sections``: the entry script's own sections, ``{name: dataclass}`` (:func:`lib.config.config_class`).
     """
@@ -161,7 +161,7 @@ def load_config(template_config, args, sections=None):
     if args.config:
         cfg = config_lib.from_dict(config_lib.load_json(args.config), base=cfg, source=f"--config {args.config}")
     config_lib.apply_overrides(cfg, args.overrides)
-    return cfg.validate()
+    return config_lib.apply_preset(cfg).validate()
 
 
 def run_dir_for(args):

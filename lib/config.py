@@ -18,9 +18,9 @@ from typing import List, Optional, Union
 
 from .errors import UserError
 
-NORMALIZATIONS = ("per_image", "dtype_max", "zscore")
+NORMALIZATIONS = ("per_image", "dtype_max", "zscore", "fixed")
 VAL_SPLITS = ("random", "last")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "adabound")
 SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
 MONITORS = ("val_iou", "val_loss")
 # Defined here, not in lib.losses, so that checking a configuration does not import Keras.
@@ -34,6 +34,13 @@ UPSAMPLINGS = ("transpose", "resize")
 ACTIVATIONS = ("relu", "elu", "leaky_relu", "gelu", "swish")
 WINDOWS = ("gaussian", "spline")
 PROB_DTYPES = ("uint8", "float16")
+# augment.preset -> the augment options it sets where they have their default value (other values win).
+# original: the DeepLearning_EM templates' default (Keras ImageDataGenerator) augmentation: a free rotation of
+# every crop in [-180, 180] degrees with reflect filling, and random vertical and horizontal flips; nothing else.
+AUGMENT_PRESETS = {
+    "none": {},
+    "original": {"flip_p": 0.5, "rot90_p": 0.0, "rotation_p": 1.0, "rotation_range": 180.0},
+}
 
 
 # model.name -> the module whose ``build_model(cfg, input_shape)`` builds that network. Names are checked
@@ -64,7 +71,7 @@ def uses_weight_maps(loss):
 FIXED_ON_RESUME = ("model.", "train.loss", "train.bce_weight", "train.dice_weight", "train.batch_overlap",
                    "train.class_weights",
                    "train.deep_supervision_weights", "train.optimizer",
-                   "train.momentum", "train.nesterov", "train.weight_decay")
+                   "train.momentum", "train.nesterov", "train.weight_decay", "train.final_lr", "train.gamma")
 
 
 def fixed_on_resume(dotted):
@@ -87,16 +94,33 @@ def option(default, help, choices=None, range=None):
 @dataclass
 class DataConfig:
     normalization: str = option("per_image", "intensity normalisation: per_image (min-max per image or volume), "
-                                "dtype_max (x / 255 for uint8), zscore (training mean and std)", NORMALIZATIONS)
+                                "dtype_max (x / 255 for uint8), zscore (training mean and std), fixed (data.norm_mean and "
+                                "data.norm_std)", NORMALIZATIONS)
+    norm_mean: float = option(0.0, "normalization=fixed: the mean subtracted, in raw pixel values (e.g. 128 for "
+                              "uint8)", range="(-inf, inf)")
+    norm_std: float = option(1.0, "normalization=fixed: the standard deviation divided by, in raw pixel values",
+                             range="(0, inf)")
+    clip_percentiles: Optional[List[float]] = option(None, "e.g. [0.1, 99.9]: clip every image (training, test, "
+                                                     "predict.py) to these percentiles of the training pixels "
+                                                     "before normalising; null: no clipping",
+                                                     range="null, or [low, high] with 0 <= low < high <= 100")
     val_fraction: float = option(0.1, "share of the training images kept for validation (3D: whole volumes, or the "
-                                 "last slices of a single volume); 0 disables validation", range="[0, 1)")
+                                 "last slices of a single volume); 0 disables validation; unused when "
+                                 "DATA_DIR/val/{x,y} exists (it validates)", range="[0, 1)")
+    extra_train_dirs: List[str] = option([], "more training folders, each with x/ and y/ (relative to DATA_DIR "
+                                         "unless absolute), added to DATA_DIR/train; they never validate",
+                                         range="folders")
+    extra_train_shares: List[float] = option([], "share of each epoch's crops taken from each of "
+                                             "data.extra_train_dirs (same order; DATA_DIR/train gets the rest); "
+                                             "[]: by image area, as one set", range="[], or one per folder, "
+                                             "each in (0, 1), summing to < 1")
     val_split: str = option("random", "which images (3D: volumes) validate: random, or the last ones (e.g. the end "
                             "of a stack)", VAL_SPLITS)
     crop_shape: List[int] = option([256, 256], "training crop / inference tile, (y, x) or (z, y, x); divisible by "
                                    "the network's downsampling (2**model.depth)",
                                    range="2 (y, x) or 3 (z, y, x) sizes, each >= 2")
-    random_crops: bool = option(True, "true: new random crops each epoch; false: a fixed grid of crops "
-                                "(in-memory 2D and 3D templates only)")
+    random_crops: bool = option(True, "true: new random crops each epoch; false: a fixed grid of crops (streamed "
+                                "data: the grid's last crops aligned with the image's end)")
     min_fg_fraction: float = option(0.0, "fixed crops only: discard training crops with a smaller foreground "
                                     "fraction", range="[0, 1)")
     fg_sampling: float = option(0.0, "random crops: share of crops centred on a foreground pixel (0 = uniform)",
@@ -108,18 +132,41 @@ class DataConfig:
 
     def validate(self):
         _choice("data.normalization", self.normalization, NORMALIZATIONS)
+        _range("data.norm_std", self.norm_std, 0.0, None, low_open=True)
+        if self.clip_percentiles is not None:
+            low, high = (self.clip_percentiles + [None, None])[:2]
+            if len(self.clip_percentiles) != 2 or not 0 <= low < high <= 100:
+                raise UserError(f"data.clip_percentiles: expected [low, high] with 0 <= low < high <= 100, e.g. "
+                                f"[0.1, 99.9], or null; got {self.clip_percentiles}")
         _choice("data.val_split", self.val_split, VAL_SPLITS)
         _range("data.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
         _shape("data.crop_shape", self.crop_shape)
         _range("data.min_fg_fraction", self.min_fg_fraction, 0.0, 1.0, high_open=True)
         _range("data.fg_sampling", self.fg_sampling, 0.0, 1.0)
         _range("data.replicate", self.replicate, 1, None)
+        if self.extra_train_shares:
+            if len(self.extra_train_shares) != len(self.extra_train_dirs):
+                raise UserError(f"data.extra_train_shares: expected one share per folder of data.extra_train_dirs "
+                                f"({len(self.extra_train_dirs)}), got {len(self.extra_train_shares)}")
+            if any(not 0 < v < 1 for v in self.extra_train_shares) or sum(self.extra_train_shares) >= 1:
+                raise UserError(f"data.extra_train_shares: expected shares in (0, 1) summing to less than 1 (the "
+                                f"rest is DATA_DIR/train's), got {self.extra_train_shares}")
+            if not self.random_crops:
+                raise UserError("data.extra_train_shares: shares of crops need data.random_crops=true (fixed crops "
+                                "are each seen once per epoch)")
+        for path in self.extra_train_dirs:
+            if not path.strip():
+                raise UserError("data.extra_train_dirs: an empty folder name; expected folders with x/ and y/")
         _range("data.max_val_crops", self.max_val_crops, 1, None)
 
 
 @dataclass
 class AugmentConfig:
     enabled: bool = option(True, "false: no augmentation at all")
+    preset: str = option("none", "a set of augment defaults: original (the DeepLearning_EM templates': free "
+                         "rotation of every crop, flips, no 90-degree turns); an option set to a non-default value wins "
+                         "over it",
+                         tuple(AUGMENT_PRESETS))
     flip_p: float = option(0.5, "probability of a flip, per axis", range="[0, 1]")
     rot90_p: float = option(0.5, "probability of an in-plane (y-x) 90/180/270-degree rotation", range="[0, 1]")
     rotation_p: float = option(0.0, "probability of a free in-plane rotation (reflect padding)", range="[0, 1]")
@@ -142,7 +189,9 @@ class AugmentConfig:
     blur_p: float = option(0.0, "probability of an in-plane Gaussian blur", range="[0, 1]")
     blur_sigma: List[float] = option([0.0, 1.5], "blur sigma range, pixels", range="[min, max], each in [0, inf)")
     median_p: float = option(0.0, "probability of an in-plane median filter", range="[0, 1]")
-    median_size: int = option(3, "median filter size, pixels", range="[1, inf)")
+    median_size: Union[int, List[int]] = option(3, "median filter size, pixels; or a list of odd sizes, one drawn per "
+                                                "sample (e.g. [3, 5, 7], as the original project's 3-7)",
+                                                range="each >= 1; in a list, odd")
     noise_p: float = option(0.0, "probability of Gaussian noise", range="[0, 1]")
     noise_std: float = option(0.03, "noise standard deviation", range="[0, inf)")
     missing_section_p: float = option(0.0, "3D only: probability of a blank or duplicated section (serial-section EM)",
@@ -153,6 +202,7 @@ class AugmentConfig:
     samples: int = option(0, "N > 0: write N augmented pairs to samples/ for a visual check", range="[0, inf)")
 
     def validate(self):
+        _choice("augment.preset", self.preset, tuple(AUGMENT_PRESETS))
         for f in dataclasses.fields(self):
             if f.name.endswith("_p"):
                 _range(f"augment.{f.name}", getattr(self, f.name), 0.0, 1.0)
@@ -166,7 +216,12 @@ class AugmentConfig:
         _interval("augment.contrast_range", self.contrast_range, 0.0, None, low_open=True)
         _interval("augment.gamma_range", self.gamma_range, 0.0, None, low_open=True)
         _interval("augment.blur_sigma", self.blur_sigma, 0.0, None)
-        _range("augment.median_size", self.median_size, 1, None)
+        if isinstance(self.median_size, list):
+            if not self.median_size or any(s < 1 or s % 2 == 0 for s in self.median_size):
+                raise UserError(f"augment.median_size: expected a size >= 1 or a non-empty list of odd sizes, "
+                                f"got {self.median_size}")
+        else:
+            _range("augment.median_size", self.median_size, 1, None)
         _range("augment.noise_std", self.noise_std, 0.0, None)
         _range("augment.misalignment_max_shift", self.misalignment_max_shift, 0, None)
         _range("augment.samples", self.samples, 0, None)
@@ -235,11 +290,16 @@ class TrainConfig:
     epochs: int = option(200, "maximum number of epochs; 0: predict with train.pretrained, without training",
                          range="[0, inf)")
     batch_size: int = option(4, "crops (3D: subvolumes) per batch", range="[1, inf)")
-    optimizer: str = option("adam", "optimiser: sgd (with momentum), adam or adamw", OPTIMIZERS)
+    optimizer: str = option("adam", "optimiser: sgd (with momentum), adam, adamw, or adabound (Adam whose steps "
+                            "are bounded, converging to SGD at train.final_lr; Luo et al. 2019)", OPTIMIZERS)
     learning_rate: float = option(1e-3, "initial (peak) learning rate", range="(0, inf)")
     momentum: float = option(0.9, "sgd only: momentum", range="[0, 1)")
     nesterov: bool = option(False, "sgd only: Nesterov momentum")
     weight_decay: float = option(1e-4, "adamw only: weight decay", range="[0, inf)")
+    final_lr: float = option(0.1, "adabound only: the SGD learning rate the step bounds converge to (scaled "
+                             "with the schedule's learning rate)", range="(0, inf)")
+    gamma: float = option(1e-3, "adabound only: how fast the bounds converge (narrow after about 1/gamma steps)",
+                          range="(0, 1]")
     schedule: str = option("plateau", "learning-rate schedule (cosine ends at train.epochs or at the time limit)",
                            SCHEDULES)
     warmup_epochs: int = option(0, "linear warm-up epochs before the schedule (onecycle: its rising phase)",
@@ -251,7 +311,7 @@ class TrainConfig:
     plateau_patience: int = option(10, "plateau: epochs without a better monitored value before a drop",
                                    range="[1, inf)")
     plateau_factor: float = option(0.5, "plateau: factor of each drop", range="(0, 1)")
-    loss: str = option("bce_dice", "loss; weighted_bce (U-Net weight maps) needs the in-memory 2D or 3D template; "
+    loss: str = option("bce_dice", "loss; weighted_bce: U-Net weight maps (streamed data: computed crop by crop); "
                        "model.classes > 1: ce, dice (mean over the foreground classes) or ce_dice",
                        LOSS_NAMES)
     bce_weight: float = option(1.0, "bce_dice, ce_dice: weight of the cross-entropy term", range="[0, inf)")
@@ -293,6 +353,8 @@ class TrainConfig:
         _range("train.learning_rate", self.learning_rate, 0.0, None, low_open=True)
         _range("train.momentum", self.momentum, 0.0, 1.0, high_open=True)
         _range("train.weight_decay", self.weight_decay, 0.0, None)
+        _range("train.final_lr", self.final_lr, 0.0, None, low_open=True)
+        _range("train.gamma", self.gamma, 0.0, 1.0, low_open=True)
         _choice("train.schedule", self.schedule, SCHEDULES)
         _range("train.warmup_epochs", self.warmup_epochs, 0, max(self.epochs - 1, 0))
         if self.schedule in ("cosine", "plateau", "onecycle"):
@@ -483,6 +545,19 @@ def config_class(sections=None):
         raise ValueError(f"sections: {', '.join(clash)} are lib's own")
     return dataclasses.make_dataclass(
         "Config", [(name, cls, field(default_factory=cls)) for name, cls in sections.items()], bases=(Config,))
+
+
+def apply_preset(cfg):
+    """Give the options of ``cfg``'s ``augment.preset`` (:data:`AUGMENT_PRESETS`) its values, in place.
+
+    Only where they still have their default value: a value set to anything else (template ``CONFIG``,
+    ``--config``, ``--set``) wins over the preset. Returns ``cfg``.
+    """
+    defaults = AugmentConfig()
+    for key, value in AUGMENT_PRESETS.get(cfg.augment.preset, {}).items():
+        if getattr(cfg.augment, key) == getattr(defaults, key):
+            set_option(cfg, f"augment.{key}", value, f"augment.preset={cfg.augment.preset}")
+    return cfg
 
 
 def section_names(cfg):

@@ -13,18 +13,79 @@ from scipy import ndimage as ndi
 
 # --------------------------------------------------------------------------- normalisation
 
-def fit_normalization(images, method):
+CLIP_SAMPLE = 1 << 22  # pixels of the training set whose percentiles give the clipping levels
+
+
+def fit_normalization(images, method, clip_percentiles=None, fixed=None):
     """Return the statistics ``normalize`` needs for ``method``, from training images.
 
-    For ``zscore`` the mean and standard deviation over all training pixels; for the
-    other methods an empty dict.
+    Parameters
+    ----------
+    images : list of ndarray, any shapes
+    method : {'per_image', 'dtype_max', 'zscore', 'fixed'}
+    clip_percentiles : (low, high), optional
+        Percentiles (0-100) of the training pixels: ``stats['clip']`` holds the two
+        intensities every image is clipped to before it is normalised (:func:`clip_levels`).
+    fixed : (mean, std), optional
+        ``fixed``: the mean and standard deviation to normalise with.
+
+    Returns
+    -------
+    dict: ``mean`` and ``std`` for ``zscore`` (over the clipped training pixels) and ``fixed``;
+    ``clip`` with ``clip_percentiles``; empty otherwise.
     """
+    stats = {}
+    if clip_percentiles is not None:
+        stats["clip"] = clip_levels([pixel_sample(x, CLIP_SAMPLE // len(images)) for x in images],
+                                    clip_percentiles)
     if method == "zscore":
-        count = sum(x.size for x in images)
-        mean = sum(float(x.sum(dtype=np.float64)) for x in images) / count
-        var = sum(float(((x.astype(np.float64) - mean) ** 2).sum()) for x in images) / count
-        return {"mean": mean, "std": max(var ** 0.5, 1e-8)}
-    return {}
+        clipped = [clip_intensities(x, stats.get("clip")) for x in images]
+        count = sum(x.size for x in clipped)
+        mean = sum(float(x.sum(dtype=np.float64)) for x in clipped) / count
+        var = sum(float(((x.astype(np.float64) - mean) ** 2).sum()) for x in clipped) / count
+        stats.update(mean=mean, std=max(var ** 0.5, 1e-8))
+    if method == "fixed":
+        if fixed is None or not fixed[1] > 0:
+            raise ValueError(f"fixed: expected (mean, std) with std > 0, got {fixed}")
+        stats.update(mean=float(fixed[0]), std=float(fixed[1]))
+    return stats
+
+
+def pixel_sample(image, n):
+    """About ``n`` (at least 1) pixels of ``image``, evenly strided through it, as a flat array."""
+    flat = np.asarray(image).reshape(-1)
+    return flat[::max(1, flat.size // max(1, n))]
+
+
+def clip_levels(samples, percentiles):
+    """``[low, high]``: the ``percentiles`` (0-100, low < high) of the pixels of ``samples`` (flat arrays)."""
+    low, high = percentiles
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles: expected [low, high] with 0 <= low < high <= 100, got {list(percentiles)}")
+    values = np.percentile(np.concatenate([np.asarray(s, np.float64) for s in samples]), [low, high])
+    return [float(values[0]), float(values[1])]
+
+
+def clip_intensities(image, clip):
+    """``image`` clipped to ``clip = [low, high]`` (None: unchanged), keeping its dtype.
+
+    Integer images are clipped to the integers around the levels (outward), so no pixel
+    inside them changes and the dtype stays (``dtype_max`` still divides by its maximum).
+    """
+    if clip is None:
+        return image
+    return np.clip(image, *clip_bounds(clip, image.dtype))
+
+
+def clip_bounds(clip, dtype):
+    """The two values of ``dtype`` that :func:`clip_intensities` clips an image of that dtype to."""
+    dtype = np.dtype(dtype)
+    low, high = clip
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return (dtype.type(min(max(int(np.floor(low)), info.min), info.max)),
+                dtype.type(min(max(int(np.ceil(high)), info.min), info.max)))
+    return dtype.type(low), dtype.type(high)
 
 
 def normalize(image, method, stats=None):
@@ -33,11 +94,15 @@ def normalize(image, method, stats=None):
     Parameters
     ----------
     image : ndarray, any shape, integer or float
-    method : {'per_image', 'dtype_max', 'zscore'}
+    method : {'per_image', 'dtype_max', 'zscore', 'fixed'}
         ``per_image``: min-max to [0, 1] per image; ``dtype_max``: divide by the
         largest value of the integer dtype (255 for uint8); ``zscore``: subtract
-        the training mean and divide by the training std (from ``fit_normalization``).
+        the training mean and divide by the training std (from ``fit_normalization``);
+        ``fixed``: the same with the given mean and std.
+    stats : dict, optional
+        From :func:`fit_normalization`; with ``clip``, the image is first clipped to those levels.
     """
+    image = clip_intensities(image, (stats or {}).get("clip"))
     if method == "per_image":
         lo, hi = float(image.min()), float(image.max())
         return affine_float32(image, lo, hi - lo) if hi > lo else np.zeros(image.shape, np.float32)
@@ -46,7 +111,7 @@ def normalize(image, method, stats=None):
             raise ValueError(f"method=dtype_max needs integer images, got {image.dtype}; "
                              "use per_image or zscore for float images")
         return affine_float32(image, 0.0, float(np.iinfo(image.dtype).max))
-    if method == "zscore":
+    if method in ("zscore", "fixed"):
         return affine_float32(image, stats["mean"], stats["std"])
     raise ValueError(f"method: unknown normalisation '{method}'")
 
@@ -221,6 +286,38 @@ def crops_to_cover(shape, crop):
         raise ValueError(f"crop: expected positive sizes, got {tuple(crop)}")
     size = int(np.prod([int(s) for s in shape[:len(crop)]]))
     return max(1, -(-size // int(np.prod(crop))))
+
+
+def share_draws(draws, groups, shares, resolution=1000):
+    """Draws per image giving each group of images its share of an epoch's samples.
+
+    Parameters
+    ----------
+    draws : sequence of int
+        Samples of each image in one pass (e.g. :func:`crops_to_cover`).
+    groups : sequence of int
+        The group of each image: 0 (the main set), then 1 .. len(shares).
+    shares : sequence of float
+        The share of samples of groups 1, 2 ...; group 0 gets the rest.
+
+    Returns
+    -------
+    int ndarray: draws in the ratios of ``shares`` between groups and of ``draws`` within a
+    group, scaled to about ``resolution`` in all (each at least 1), so that small shares are kept.
+    """
+    draws, groups = np.asarray(draws, np.float64), np.asarray(groups)
+    if len(draws) != len(groups):
+        raise ValueError(f"groups: expected one per image ({len(draws)}), got {len(groups)}")
+    shares = [1.0 - float(sum(shares))] + [float(s) for s in shares]
+    if min(shares) <= 0:
+        raise ValueError(f"shares: expected positive shares summing to less than 1, got {shares[1:]}")
+    out = np.zeros_like(draws)
+    for group, share in enumerate(shares):
+        chosen = groups == group
+        if not chosen.any():
+            raise ValueError(f"groups: no image in group {group}, which has a share of {share:.3g}")
+        out[chosen] = draws[chosen] / draws[chosen].sum() * share * resolution
+    return np.maximum(1, np.rint(out)).astype(int)
 
 
 def check_crop_fits(shape, crop, name):

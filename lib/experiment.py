@@ -6,7 +6,7 @@ one implementation of each step, while the templates stay short enough to copy.
 
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import numpy as np
 
@@ -25,12 +25,18 @@ class ImageSet:
     A test set without ground truth (no ``DATA_DIR/test/y``) has None masks.
 
     ``normalization``: the training statistics the images were normalised with (``zscore``: mean and std), or None.
+
+    A training set also has ``groups``: the folder each item comes from (0: ``DATA_DIR/train``, k: the k-th
+    of ``data.extra_train_dirs``; None: all 0), and ``validation``: the set of ``DATA_DIR/val`` when it
+    exists (then no training item validates), else None.
     """
 
     images: List[np.ndarray]
     masks: List[np.ndarray]
     names: List[str]
     normalization: Optional[dict] = None
+    groups: Optional[List[int]] = None
+    validation: Optional["ImageSet"] = None
 
     @property
     def channels(self):
@@ -109,34 +115,70 @@ def _load(data_dir, cfg, ndim):
                         f"({', '.join('zyx'[3 - ndim:])})")
     with options(overlap="inference.overlap"):
         data.per_axis(cfg.inference.overlap, ndim, "overlap")
+    check_crop_options(cfg)
+    loaded = []
+    for role, parent, name in data_folders(data_dir, cfg):
+        pairs = io.dataset_pairs(parent, name, masks_optional=role == "test")
+        images, masks, names = (io.load_pairs_2d(pairs, cfg.model.classes) if ndim == 2 else
+                                io.load_pairs_3d(pairs, name, cfg.model.classes))
+        folder = os.path.join(parent, name)
+        check_crop_shape(cfg, [x.shape[:ndim] for x in images], folder)
+        loaded.append((role, folder, (images, masks, names)))
+    check_channels([(folder, images[0].shape[-1]) for _, folder, (images, _, _) in loaded])
+    sets = {role: items for role, _, items in loaded if role != "extra"}
+    training = [items for role, _, items in loaded if role in ("train", "extra")]
+    groups = [k for k, (images, _, _) in enumerate(training) for _ in images]
+    _check_split([x.shape for x in sets["train"][0]], cfg, ndim, "val" in sets)
+    check_tile_count(cfg, [x.shape[:ndim] for x in sets["test"][0]])
+    check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
+                      for split, (_, masks, _) in sets.items() if split != "val" and masks[0] is not None}, data_dir)
+    train = tuple(sum((list(items[k]) for items in training), []) for k in range(3))
+    stats = data.fit_normalization(train[0], cfg.data.normalization, cfg.data.clip_percentiles,
+                                   (cfg.data.norm_mean, cfg.data.norm_std))
+    with options(method="data.normalization"):
+        def normalized(images, masks, names, **more):
+            return ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names,
+                            stats or None, **more)
+
+        validation = normalized(*sets["val"]) if "val" in sets else None
+        return normalized(*train, groups=groups, validation=validation), normalized(*sets["test"])
+
+
+def check_crop_options(cfg):
+    """Refuse ``data.min_fg_fraction`` with random crops: it discards crops of the fixed grid only."""
     if cfg.data.random_crops and cfg.data.min_fg_fraction > 0:
         raise UserError(
             "data.min_fg_fraction discards fixed crops (data.random_crops=false); "
             "with random crops use data.fg_sampling to favour foreground"
         )
-    sets = {}
-    for split in ("train", "test"):
-        pairs = io.dataset_pairs(data_dir, split, masks_optional=split == "test")
-        classes = cfg.model.classes
-        images, masks, names = (io.load_pairs_2d(pairs, classes) if ndim == 2 else
-                                io.load_pairs_3d(pairs, split, classes))
-        check_crop_shape(cfg, [x.shape[:ndim] for x in images], os.path.join(data_dir, split))
-        sets[split] = (images, masks, names)
-    if sets["train"][0][0].shape[-1] != sets["test"][0][0].shape[-1]:
-        raise UserError(
-            f"{data_dir}: training images have {sets['train'][0][0].shape[-1]} channels but test images "
-            f"{sets['test'][0][0].shape[-1]}; expected the same"
-        )
-    _check_split([x.shape for x in sets["train"][0]], cfg, ndim)
-    check_tile_count(cfg, [x.shape[:ndim] for x in sets["test"][0]])
-    check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
-                      for split, (_, masks, _) in sets.items() if masks[0] is not None}, data_dir)
-    stats = data.fit_normalization(sets["train"][0], cfg.data.normalization)
-    with options(method="data.normalization"):
-        return tuple(
-            ImageSet([data.normalize(x, cfg.data.normalization, stats) for x in images], masks, names, stats or None)
-            for images, masks, names in (sets["train"], sets["test"])
-        )
+
+
+def data_folders(data_dir, cfg):
+    """The folders of a run's data, ``[(role, parent, name)]`` with the folder ``parent/name`` holding x/ and y/.
+
+    Roles: ``train`` (``DATA_DIR/train``), ``extra`` (each of ``data.extra_train_dirs``, relative to
+    DATA_DIR unless absolute), ``val`` (``DATA_DIR/val``, when it exists) and ``test``.
+    """
+    folders = [("train", data_dir, "train")]
+    for path in cfg.data.extra_train_dirs:
+        full = os.path.normpath(os.path.join(data_dir, os.path.expanduser(path)))
+        if not os.path.isdir(full):
+            raise UserError(f"data.extra_train_dirs: {full}: folder not found; expected a folder with x/ (images) "
+                            "and y/ (masks), paired by sorted name")
+        folders.append(("extra", os.path.dirname(full), os.path.basename(full)))
+    if os.path.isdir(os.path.join(data_dir, "val")):
+        folders.append(("val", data_dir, "val"))
+    folders.append(("test", data_dir, "test"))
+    return folders
+
+
+def check_channels(folders):
+    """Refuse folders whose images have other channel counts than the first's: ``folders`` ``[(path, channels)]``."""
+    first, channels = folders[0]
+    for folder, n in folders[1:]:
+        if n != channels:
+            raise UserError(f"{folder}: images with {n} channels, but those of {first} have {channels}; "
+                            "expected the same")
 
 
 def check_foreground(counts, data_dir):
@@ -182,17 +224,45 @@ def check_tile_count(cfg, shapes):
             )
 
 
-def _check_split(shapes, cfg, ndim):
+def _check_split(shapes, cfg, ndim, validation_folder=False):
     """Refuse a training/validation split that leaves nothing to train on now, before the run folder exists.
 
-    ``shapes`` are those of the training items. The same split as ``training_data_2d``,
-    ``training_data_3d`` and ``training_data_streamed`` make.
+    ``shapes`` are those of the items of ``DATA_DIR/train``; with ``validation_folder`` (``DATA_DIR/val``)
+    nothing is split. The same split as :func:`split_plan` makes for ``training_data_*``.
     """
+    if not validation_folder:
+        split_plan(shapes, [0] * len(shapes), False, cfg, ndim)
+
+
+def split_plan(shapes, groups, validation_folder, cfg, ndim):
+    """Which training items (and parts) train and which validate: ``(train, val)`` lists of ``(item, z range)``.
+
+    ``shapes`` and ``groups`` (:class:`ImageSet`) are those of the training items; a z range
+    ``(z0, z1)`` is a part of a volume, None the whole item. Only items of ``DATA_DIR/train``
+    (group 0) validate, as ``data.val_fraction`` and ``data.val_split`` say: whole items, or the
+    last slices of a single volume (3D). With ``validation_folder`` (``DATA_DIR/val``) every item trains.
+    """
+    main = [i for i, g in enumerate(groups) if g == 0]
+    extra = [(i, None) for i, g in enumerate(groups) if g != 0]
+    if validation_folder:
+        return [(i, None) for i in range(len(groups))], []
     with options(fraction="data.val_fraction"):
-        if ndim == 3 and len(shapes) == 1:
-            data.split_depth(shapes[0][0], cfg.data.val_fraction, cfg.data.crop_shape[0])
-        else:
-            data.split_indices(len(shapes), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
+        if ndim == 3 and len(main) == 1:
+            depth = shapes[main[0]][0]
+            z = data.split_depth(depth, cfg.data.val_fraction, cfg.data.crop_shape[0])
+            return [(main[0], (0, z))] + extra, [(main[0], (z, depth))] if z < depth else []
+        train, val = data.split_indices(len(main), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
+    return [(main[k], None) for k in train] + extra, [(main[k], None) for k in val]
+
+
+def validation_source(train_set, cfg):
+    """What validated a run, in words, for its log and ``metrics.json``."""
+    if train_set.validation is not None:
+        n = len(train_set.validation)
+        return f"DATA_DIR/val ({n} {'image' if len(cfg.data.crop_shape) == 2 else 'volume'}{'s' * (n != 1)})"
+    if cfg.data.val_fraction == 0:
+        return "none (data.val_fraction=0)"
+    return f"data.val_fraction={cfg.data.val_fraction} of DATA_DIR/train ({cfg.data.val_split})"
 
 
 def training_data_2d(train_set, cfg):
@@ -203,7 +273,7 @@ def training_data_2d(train_set, cfg):
     of the split and the crops is raised here, before the run folder exists; the
     run folder's records of the training data are :func:`record_training_data`'s.
     """
-    return _crop_data(*_split_items(train_set, cfg), cfg, ndim=2)
+    return _crop_data(*_split_items(train_set, cfg, ndim=2), cfg, ndim=2)
 
 
 def training_data_3d(train_set, cfg):
@@ -218,13 +288,7 @@ def training_data_3d(train_set, cfg):
     """
     if isinstance(train_set, DiskImageSet):
         return training_data_streamed(train_set, cfg)
-    if len(train_set) > 1:
-        return _crop_data(*_split_items(train_set, cfg), cfg, ndim=3)
-    volume, mask = train_set.images[0], train_set.masks[0]
-    with options(fraction="data.val_fraction"):
-        z = data.split_depth(len(mask), cfg.data.val_fraction, cfg.data.crop_shape[0])
-    val = ([volume[z:]], [mask[z:]]) if z < len(mask) else ([], [])
-    return _crop_data(([volume[:z]], [mask[:z]]), val, cfg, ndim=3)
+    return _crop_data(*_split_items(train_set, cfg, ndim=3), cfg, ndim=3)
 
 
 def class_weights(train_set, cfg):
@@ -267,26 +331,41 @@ def record_training_data(train_set, dataset, cfg, run_dir):
 
 
 def record_normalization(train_set, cfg, run_dir):
-    """Write ``normalization.json`` (method, training mean and std) in the run folder for ``zscore`` runs.
+    """Write ``normalization.json`` in the run folder when the normalisation has values of its own.
 
-    ``templates/predict.py`` normalises new data with them, as the training and test data were.
+    Those are the mean and std (``zscore``: of the training pixels; ``fixed``: the options') and the
+    clipping levels of ``data.clip_percentiles``. ``templates/predict.py`` normalises new data with them,
+    as the training and test data were.
     """
-    if cfg.data.normalization != "zscore" or getattr(train_set, "normalization", None) is None:
+    stats = getattr(train_set, "normalization", None)
+    if not stats:
         return
     import json
 
     from .predicting import NORMALIZATION_FILE
 
-    stats = train_set.normalization
-    io.write_text(os.path.join(run_dir, NORMALIZATION_FILE), json.dumps(
-        {"method": "zscore", "mean": float(stats["mean"]), "std": float(stats["std"])}, indent=2) + "\n")
+    record = {"method": cfg.data.normalization}
+    if "mean" in stats:
+        record.update(mean=float(stats["mean"]), std=float(stats["std"]))
+    if "clip" in stats:
+        record.update(clip=[float(v) for v in stats["clip"]], clip_percentiles=list(cfg.data.clip_percentiles))
+    io.write_text(os.path.join(run_dir, NORMALIZATION_FILE), json.dumps(record, indent=2) + "\n")
 
 
-def _split_items(train_set, cfg):
-    """``((images, masks), (val_images, val_masks))`` of a split by item (image or volume)."""
-    with options(fraction="data.val_fraction"):
-        split = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split, cfg.train.seed)
-    return tuple(([train_set.images[i] for i in idx], [train_set.masks[i] for i in idx]) for idx in split)
+def _split_items(train_set, cfg, ndim):
+    """``((images, masks, groups), (val_images, val_masks))`` of :func:`split_plan`, or with ``DATA_DIR/val``."""
+    groups = train_set.groups or [0] * len(train_set)
+    validation = train_set.validation
+    train, val = split_plan([m.shape for m in train_set.masks], groups, validation is not None, cfg, ndim)
+
+    def part(array, z):
+        return array if z is None else array[z[0]:z[1]]
+
+    chosen = ([part(train_set.images[i], z) for i, z in train], [part(train_set.masks[i], z) for i, z in train],
+              [groups[i] for i, _ in train])
+    if validation is not None:
+        return chosen, (list(validation.images), list(validation.masks))
+    return chosen, ([part(train_set.images[i], z) for i, z in val], [part(train_set.masks[i], z) for i, z in val])
 
 
 def _crop_data(train, val, cfg, ndim):
@@ -295,7 +374,7 @@ def _crop_data(train, val, cfg, ndim):
     from .generators import CropDataset
 
     crop = tuple(cfg.data.crop_shape)
-    (images, masks), (val_images, val_masks) = train, val
+    (images, masks, groups), (val_images, val_masks) = train, val
     weights, val_weights = _weight_maps(masks, val_masks, cfg)
     if not cfg.data.random_crops:
         x = np.concatenate([data.crop_grid(im, crop)[0] for im in images])
@@ -309,6 +388,8 @@ def _crop_data(train, val, cfg, ndim):
     # Random crops: each image gets the crops that would cover it; fixed crops are seen once each.
     draws = [data.crops_to_cover(m.shape, crop) for m in masks] if cfg.data.random_crops else None
     samples = epoch_samples(draws or [1] * len(masks), cfg)
+    if draws is not None and cfg.data.extra_train_shares:
+        draws = data.share_draws(draws, groups, cfg.data.extra_train_shares)
     val = None
     if val_images:
         xs, ys = zip(*((data.crop_grid(x, crop)[0], data.crop_grid(_targets(y, w), crop)[0])
@@ -461,6 +542,10 @@ class DiskImageSet:
         Per-block foreground index of each mask (training set with ``data.fg_sampling > 0``).
     normalization : dict or None
         The training statistics of ``zscore`` normalisation (mean and std), as :class:`ImageSet`.
+    groups, validation
+        As :class:`ImageSet`'s.
+    fg_counts : list of (foreground pixels, pixels), or None
+        Of each training mask, as the scan counted them (the class balance of weight maps).
     class_counts : list of int ndarray (model.classes,), or None
         With ``model.classes > 1``: the pixels of each class in each mask (for ``train.class_weights=auto``).
     """
@@ -470,6 +555,9 @@ class DiskImageSet:
     names: List[str]
     foreground: Optional[list] = None
     normalization: Optional[dict] = None
+    groups: Optional[List[int]] = None
+    validation: Optional["DiskImageSet"] = None
+    fg_counts: Optional[list] = None
     class_counts: Optional[list] = None  # model.classes > 1: pixels of each class in each mask, from the scan
 
     @property
@@ -506,8 +594,7 @@ def open_2d_streamed(data_dir, cfg):
         On any problem with the data or an option the streamed path does not
         support, before anything is written.
     """
-    return _open_streamed(data_dir, cfg, 2, lambda split: io.index_pairs_2d(
-        io.dataset_pairs(data_dir, split, masks_optional=split == "test")))
+    return _open_streamed(data_dir, cfg, 2, io.index_pairs_2d)
 
 
 def has_stores(data_dir):
@@ -527,8 +614,7 @@ def open_3d_stores(data_dir, cfg):
     """
     from .volumes import store_volume
 
-    def sources(split):
-        pairs = io.dataset_pairs(data_dir, split, masks_optional=split == "test")
+    def sources(pairs):
         for x_path, y_path in pairs:
             for path in (x_path, y_path):
                 if path is not None and not io.is_store(path):
@@ -549,56 +635,70 @@ def open_3d_stores(data_dir, cfg):
 
 
 def _open_streamed(data_dir, cfg, ndim, sources_of):
-    """Check the options and the data of ``sources_of(split) -> (image sources, mask sources, names)``; scan them."""
+    """Check the options and the data of ``sources_of(pairs) -> (image sources, mask sources, names)``; scan them.
+
+    ``pairs`` are those of each folder of :func:`data_folders`.
+    """
     if len(cfg.data.crop_shape) != ndim:
         raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the {ndim}D template needs {ndim} sizes "
                         f"({', '.join('zyx'[3 - ndim:])})")
     with options(overlap="inference.overlap"):
         data.per_axis(cfg.inference.overlap, ndim, "overlap")
-    if not cfg.data.random_crops or cfg.data.min_fg_fraction > 0:
-        option = ("data.random_crops=false" if not cfg.data.random_crops
-                  else f"data.min_fg_fraction={cfg.data.min_fg_fraction}")
-        raise UserError(f"{option}: streamed training always takes random crops, not a fixed grid; set "
-                        "data.random_crops=true and data.min_fg_fraction=0 (data.fg_sampling favours foreground)")
-    if config_lib.uses_weight_maps(cfg.train.loss):
-        raise UserError(f"train.loss={cfg.train.loss}: weight maps are not computed for data streamed from disk; "
-                        "choose a loss without weight maps")
-    sources = {}
-    for split in ("train", "test"):
-        images, masks, names = sources_of(split)
-        check_crop_shape(cfg, [x.shape[:-1] for x in images], os.path.join(data_dir, split))
-        sources[split] = images, masks, names
-    (train_x, _, _), (test_x, _, _) = sources["train"], sources["test"]
-    _check_split([x.shape for x in train_x], cfg, ndim)
-    check_tile_count(cfg, [x.shape[:-1] for x in test_x])
-    if train_x[0].shape[-1] != test_x[0].shape[-1]:
-        raise UserError(f"{data_dir}: training images have {train_x[0].shape[-1]} channels but test images "
-                        f"{test_x[0].shape[-1]}; expected the same")
+    check_crop_options(cfg)
+    folders = []
+    for role, parent, name in data_folders(data_dir, cfg):
+        images, masks, names = sources_of(io.dataset_pairs(parent, name, masks_optional=role == "test"))
+        folder = os.path.join(parent, name)
+        check_crop_shape(cfg, [x.shape[:-1] for x in images], folder)
+        folders.append((role, folder, (images, masks, names)))
+    check_channels([(folder, images[0].shape[-1]) for _, folder, (images, _, _) in folders])
+    sources = {role: items for role, _, items in folders if role != "extra"}
+    training = [items for role, _, items in folders if role in ("train", "extra")]
+    sources["train"] = tuple(sum((list(items[k]) for items in training), []) for k in range(3))
+    groups = [k for k, (images, _, _) in enumerate(training) for _ in images]
+    main = [i for i, g in enumerate(groups) if g == 0]
+    _check_split([sources["train"][0][i].shape for i in main], cfg, ndim, "val" in sources)
+    check_tile_count(cfg, [x.shape[:-1] for x in sources["test"][0]])
     method = cfg.data.normalization
-    for x in (train_x[0], test_x[0]):
+    for x in (sources["train"][0][0], sources["test"][0][0]):
         if method == "dtype_max" and x.dtype.kind not in "ui":
             raise UserError(f"data.normalization=dtype_max needs integer images, got {x.dtype} ({x.path}); "
                             "use per_image or zscore for float images")
     fg = cfg.data.fg_sampling > 0
     cell = FG_BLOCK[ndim]
     classes = cfg.model.classes
+    stats = {}
+    if cfg.data.clip_percentiles is not None:  # a first pass for the levels, which the statistics depend on
+        train_x, train_y = sources["train"][:2]
+        samples = _scan(train_x, train_y, cfg.train.workers, False, None, "train (percentiles)", classes,
+                        sample=data.CLIP_SAMPLE // len(train_x))
+        stats["clip"] = data.clip_levels([s.sample for s in samples], cfg.data.clip_percentiles)
     scans = {split: _scan(sources[split][0], sources[split][1], cfg.train.workers, method == "zscore",
-                          cell if fg and split == "train" else None, split, classes)
-             for split in ("train", "test")}
-    check_foreground({split: tuple(map(sum, zip(*(fg for _, _, fg, _ in scans[split])))) for split in scans
+                          cell if fg and split == "train" else None, split, classes, clip=stats.get("clip"))
+             for split in sources}
+    # DATA_DIR/train's own masks must hold both classes (an extra folder may hold background only)
+    check_foreground({split: tuple(map(sum, zip(*(scans[split][i].fg for i in items))))
+                      for split, items in (("train", main), ("test", range(len(scans["test"]))))
                       if sources[split][1][0] is not None}, data_dir)
-    stats = _zscore_stats([m for m, _, _, _ in scans["train"]]) if method == "zscore" else None
-    sets = []
-    for split in ("train", "test"):
+    if method == "zscore":
+        stats.update(_zscore_stats([s.stats for s in scans["train"]]))
+    if method == "fixed":
+        stats.update(mean=cfg.data.norm_mean, std=cfg.data.norm_std)
+
+    def disk_set(split, **more):
         images, masks, names = sources[split]
         disk_masks = [None if m is None else io.DiskMask(m, classes) for m in masks]
-        disk_images = [io.DiskImage(x, *_affine(x, image_stats, method, stats))
-                       for x, (image_stats, _, _, _) in zip(images, scans[split])]
-        foreground = ([io.ForegroundIndex(m, counts, cell) for m, (_, counts, _, _) in zip(disk_masks, scans[split])]
+        disk_images = [io.DiskImage(x, *_affine(x, scan.stats, method, stats), clip=stats.get("clip"))
+                       for x, scan in zip(images, scans[split])]
+        foreground = ([io.ForegroundIndex(m, scan.counts, cell) for m, scan in zip(disk_masks, scans[split])]
                       if fg and split == "train" else None)
-        class_counts = [h for _, _, _, h in scans[split]] if classes > 1 and masks[0] is not None else None
-        sets.append(DiskImageSet(disk_images, disk_masks, names, foreground, stats, class_counts))
-    return tuple(sets)
+        class_counts = [scan.per_class for scan in scans[split]] if classes > 1 and masks[0] is not None else None
+        return DiskImageSet(disk_images, disk_masks, names, foreground, stats or None, class_counts=class_counts,
+                            **more)
+
+    validation = disk_set("val") if "val" in sources else None
+    return (disk_set("train", groups=groups, validation=validation, fg_counts=[scan.fg for scan in scans["train"]]),
+            disk_set("test"))
 
 
 def _slabs(shape, cell):
@@ -610,12 +710,23 @@ def _slabs(shape, cell):
     return [((z, min(z + depth, shape[0])),) + tuple((0, n) for n in shape[1:]) for z in range(0, shape[0], depth)]
 
 
-def _scan(images, masks, workers, moments, cell, split, classes=1):
-    """Read each image/mask pair once: ``[(image statistics, mask block counts or None, (fg pixels, pixels),
-    pixels per class or None)]``.
+class Scan(NamedTuple):
+    """What :func:`_scan` found in one image/mask pair (None where it has no mask, or was not asked)."""
 
-    An image without a mask (None) gives ``(image statistics, None, None, None)``; pixels per class
-    (int array of ``classes``) are counted when ``classes`` > 1, masks then holding class ids.
+    stats: tuple                 # (min, max), then (count, mean, m2) with moments
+    counts: Optional[np.ndarray]  # foreground pixels per block of side cell
+    fg: Optional[tuple]          # (foreground pixels, pixels)
+    sample: Optional[np.ndarray]  # about ``sample`` pixels, for percentiles
+    per_class: Optional[np.ndarray]  # pixels of each class (classes > 1)
+
+
+def _scan(images, masks, workers, moments, cell, split, classes=1, clip=None, sample=0):
+    """Read each image/mask pair once: a :class:`Scan` of each.
+
+    An image without a mask (None) has no counts, fg or per_class. Pixels per class (int array of
+    ``classes``) are counted when ``classes`` > 1, masks then holding class ids. Statistics are
+    those of the pixels clipped to ``clip`` (``[low, high]``, :func:`lib.data.clip_intensities`) when given;
+    ``sample`` > 0: about that many pixels of each image (:func:`lib.data.pixel_sample`), for percentiles.
     Statistics are ``(min, max)``, with ``moments`` followed by ``(count, mean, m2)``
     (``m2``: sum of squared deviations from the mean, in float64 blocks of rows,
     so the memory used stays a few rows per image). Block counts (of blocks of side
@@ -627,10 +738,13 @@ def _scan(images, masks, workers, moments, cell, split, classes=1):
 
     def one(pair):
         x_source, y_source = pair
-        parts, counts, fg = [], [], 0
+        parts, counts, fg, samples = [], [], 0, []
         per_class = np.zeros(classes, np.int64) if classes > 1 else None
-        for window in _slabs(x_source.shape[:-1], cell or max(FG_BLOCK.values())):
-            x = x_source.read(window)
+        windows = _slabs(x_source.shape[:-1], cell or max(FG_BLOCK.values()))
+        for window in windows:
+            x = data.clip_intensities(x_source.read(window), clip)
+            if sample:
+                samples.append(data.pixel_sample(x, -(-sample // len(windows))))
             part = (float(x.min()), float(x.max()))
             if not np.isfinite(part).all():
                 raise UserError(f"{x_source.path}: some pixels are NaN or infinite; expected finite values "
@@ -652,9 +766,11 @@ def _scan(images, masks, workers, moments, cell, split, classes=1):
         stats = (min(p[0] for p in parts), max(p[1] for p in parts))
         if moments:
             stats += _merge_moments([p[2:] for p in parts])
+        samples = np.concatenate(samples) if sample else None
         if y_source is None:
-            return stats, None, None, None
-        return stats, np.concatenate(counts) if cell else None, (fg, int(np.prod(x_source.shape[:-1]))), per_class
+            return Scan(stats, None, None, samples, None)
+        return Scan(stats, np.concatenate(counts) if cell else None, (fg, int(np.prod(x_source.shape[:-1]))),
+                    samples, per_class)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return list(tqdm(pool.map(one, zip(images, masks)), total=len(images),
@@ -689,7 +805,7 @@ def _affine(source, image_stats, method, stats):
         return lo, (hi - lo if hi > lo else 1.0)
     if method == "dtype_max":
         return 0.0, float(np.iinfo(source.dtype).max)
-    return stats["mean"], stats["std"]
+    return stats["mean"], stats["std"]  # zscore, fixed
 
 
 def training_data_streamed(train_set, cfg):
@@ -707,51 +823,125 @@ def training_data_streamed(train_set, cfg):
     crop = tuple(cfg.data.crop_shape)
     ndim = len(crop)
     fg = train_set.foreground
-    if ndim == 3 and len(train_set) == 1:
-        image, mask = train_set.images[0], train_set.masks[0]
-        with options(fraction="data.val_fraction"):
-            z = data.split_depth(len(mask), cfg.data.val_fraction, crop[0])
-        images, masks = [image.part(0, z)], [mask.part(0, z)]
-        foreground = None if fg is None else [fg[0].head(masks[0], z)]
-        val_images, val_masks = ([image.part(z, len(mask))], [mask.part(z, len(mask))]) if z < len(mask) else ([], [])
+    groups = train_set.groups or [0] * len(train_set)
+    validation = train_set.validation
+    train, val = split_plan([m.shape for m in train_set.masks], groups, validation is not None, cfg, ndim)
+
+    def part(array, z):
+        return array if z is None else array.part(*z)
+
+    images = [part(train_set.images[i], z) for i, z in train]
+    masks = [part(train_set.masks[i], z) for i, z in train]
+    foreground = None if fg is None else [fg[i] if z is None else fg[i].head(m, z[1])
+                                          for (i, z), m in zip(train, masks)]
+    if validation is not None:
+        val_images, val_masks = list(validation.images), list(validation.masks)
     else:
-        with options(fraction="data.val_fraction"):
-            train_idx, val_idx = data.split_indices(len(train_set), cfg.data.val_fraction, cfg.data.val_split,
-                                                    cfg.train.seed)
-        images, masks = [train_set.images[i] for i in train_idx], [train_set.masks[i] for i in train_idx]
-        foreground = None if fg is None else [fg[i] for i in train_idx]
-        val_images, val_masks = [train_set.images[i] for i in val_idx], [train_set.masks[i] for i in val_idx]
+        val_images = [part(train_set.images[i], z) for i, z in val]
+        val_masks = [part(train_set.masks[i], z) for i, z in val]
+    weights = _crop_weights(train_set, cfg)
+    windows = None if cfg.data.random_crops else _fixed_windows(masks, crop, cfg.data.min_fg_fraction)
     draws = [data.crops_to_cover(m.shape, crop) for m in masks]
-    samples = epoch_samples(draws, cfg)
-    val = _validation_crops(val_images, val_masks, crop, val_limit(samples, cfg), cfg.train.seed)
+    samples = epoch_samples(draws if windows is None else [1] * len(windows), cfg)
+    if cfg.data.extra_train_shares:
+        draws = data.share_draws(draws, [groups[i] for i, _ in train], cfg.data.extra_train_shares)
+    val = _validation_crops(val_images, val_masks, crop, val_limit(samples, cfg), cfg.train.seed, weights)
     augmenter = Augmenter(cfg.augment, ndim=ndim) if cfg.augment.enabled else None
     dataset = DiskCropDataset(images, masks, crop, cfg.train.batch_size, augmenter=augmenter,
                               fg_sampling=cfg.data.fg_sampling, foreground=foreground, replicate=cfg.data.replicate,
-                              seed=cfg.train.seed, workers=cfg.train.workers, draws=draws, samples_per_epoch=samples)
+                              seed=cfg.train.seed, workers=cfg.train.workers, draws=draws, samples_per_epoch=samples,
+                              windows=windows, weight_map=weights)
     item, crops = ("images", "crops") if ndim == 2 else ("volumes", "subvolumes")
-    print(f"Training on {len(images)} {item} (random {crops} read from disk): {len(dataset)} steps of "
+    kind = f"random {crops}" if windows is None else f"{len(windows)} fixed {crops}"
+    print(f"Training on {len(images)} {item} ({kind} read from disk): {len(dataset)} steps of "
           f"{cfg.train.batch_size} per epoch; validating on {0 if val is None else len(val[0])} {crops}")
     return dataset, val
 
 
-def _validation_crops(images, masks, crop, limit, seed):
-    """At most ``limit`` grid crops of disk images: ``(x (N, *crop, C) float32, y (N, *crop, 1) float32)`` or None."""
+def _crop_weights(train_set, cfg):
+    """The weight map of a streamed crop from its mask, when ``train.loss`` needs one, else None.
+
+    Computed crop by crop as crops are read (so the border term sees the objects of the crop),
+    with the class balance of all the training masks, which the scan counted.
+    """
+    if not config_lib.uses_weight_maps(cfg.train.loss):
+        return None
+    import functools
+
+    fg, total = map(sum, zip(*train_set.fg_counts))
+    return functools.partial(data.weight_map, w0=cfg.train.weight_w0, sigma=cfg.train.weight_sigma,
+                             fg_fraction=fg / total)
+
+
+def _fixed_windows(masks, crop, min_fraction):
+    """``[(item, corner)]`` of the fixed crop grid of disk masks (:func:`lib.data.tile_grid`, the last crop of
+    each axis aligned with the end, so nothing is padded), without those of less foreground than ``min_fraction``.
+
+    Raises UserError naming ``data.min_fg_fraction`` when no crop is left.
+    """
+    windows = [(i, corner) for i, m in enumerate(masks) for corner in data.tile_grid(m.shape, crop)]
+    if min_fraction <= 0:
+        return windows
+    fractions = np.array([float(np.count_nonzero(masks[i][_window(corner, crop)])) / np.prod(crop)
+                          for i, corner in windows])
+    keep = fractions >= min_fraction
+    if not keep.any():
+        raise UserError(f"data.min_fg_fraction={min_fraction} discards every training crop (largest foreground "
+                        f"fraction {fractions.max():.3f}); lower it")
+    return [w for w, k in zip(windows, keep) if k]
+
+
+def _window(corner, crop):
+    return tuple(slice(c, c + s) for c, s in zip(corner, crop))
+
+
+def _validation_crops(images, masks, crop, limit, seed, weight_map=None):
+    """At most ``limit`` grid crops of disk images: ``(x (N, *crop, C) float32, y (N, *crop, 1) float32)`` or None.
+
+    With ``weight_map`` (``mask -> weights``), ``y`` has a second channel: each crop's weights.
+    """
     windows = [(i, corner) for i, m in enumerate(masks) for corner in data.tile_grid(m.shape, crop)]
     if not windows:
         return None
     windows = [windows[k] for k in _choose(len(windows), limit, seed)]
-    keys = [(i, tuple(slice(c, c + s) for c, s in zip(corner, crop))) for i, corner in windows]
+    keys = [(i, _window(corner, crop)) for i, corner in windows]
     x = np.stack([images[i][key] for i, key in keys])
     y = np.stack([masks[i][key] for i, key in keys])
-    return x, y[..., None].astype(np.float32)
+    return x, np.stack([_targets(m, None if weight_map is None else weight_map(m)) for m in y])
 
 
 def record_model(model, run_dir):
-    """Write the model summary and parameter count to ``model.txt`` in the run folder."""
+    """Write the model summary and parameter count to ``model.txt``, and its picture ``model.png``, in the run folder.
+
+    The picture needs pydot and Graphviz's ``dot`` program (``apt-get install graphviz``); without them a
+    line says so and the run goes on.
+    """
     from .networks import count_params, summary_text
 
     io.write_text(os.path.join(run_dir, "model.txt"),
                   f"parameters: {count_params(model)}\n\n{summary_text(model)}\n")
+    missing = model_picture_missing()
+    if missing:
+        print(f"No model.png: {missing}")
+        return
+    import keras
+
+    path = os.path.join(run_dir, "model.png")
+    tmp = os.path.join(run_dir, ".model.tmp.png")
+    keras.utils.plot_model(model, to_file=tmp, show_shapes=True, dpi=72)
+    os.replace(tmp, path)
+
+
+def model_picture_missing():
+    """Why ``model.png`` cannot be drawn here (pydot or Graphviz's ``dot`` missing), or None when it can."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pydot") is None:
+        return "the Python package pydot is not installed (pip install -r env/requirements.txt)"
+    if shutil.which("dot") is None:
+        return "Graphviz's dot program is not installed (e.g. apt-get install graphviz)"
+    return None
 
 
 def finish(args, run_dir, results, sweeps, info):

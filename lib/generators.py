@@ -149,7 +149,7 @@ class CropDataset(keras.utils.PyDataset):
 # --------------------------------------------------------------------------- streamed from disk
 
 class DiskCropDataset(CropDataset):
-    """Batches of random, augmented crops (or subvolumes) read from image files or stores as they are needed.
+    """Batches of random (or fixed), augmented crops (or subvolumes) read from image files or stores as needed.
 
     Each sample reads only its crop's window (for TIFF, only the strips or tiles
     it touches; for zarr / HDF5, only the chunks) in the worker preparing the batch, and nothing is kept between
@@ -161,22 +161,51 @@ class DiskCropDataset(CropDataset):
     images : list of lib.io.DiskImage, 2D images or 3D volumes
     masks : list of lib.io.DiskMask
     crop_shape, batch_size, augmenter, replicate, seed, shuffle, workers, draws, samples_per_epoch
-        As for :class:`CropDataset` (crops are always random).
+        As for :class:`CropDataset`.
     fg_sampling : float in [0, 1]
-        Share of crops centred on a foreground pixel.
+        Share of random crops centred on a foreground pixel.
     foreground : list of lib.io.ForegroundIndex, aligned with ``masks``
         Needed when ``fg_sampling > 0``.
+    windows : list of ``(item, corner)``, optional
+        Fixed crops: each sample is the crop of ``images[item]`` at ``corner``, each seen once per pass
+        (``draws`` and ``fg_sampling`` are then unused); None: random crops.
+    weight_map : callable ``mask (*crop) uint8 -> weights (*crop) float32``, optional
+        Per-pixel loss weights computed from each crop's mask as it is read (e.g. :func:`lib.data.weight_map`),
+        moved by the same augmentation; the targets then have two channels, mask then weight.
     """
 
     def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, fg_sampling=0.0,
                  foreground=None, replicate=1, seed=0, shuffle=True, workers=1, draws=None,
-                 samples_per_epoch=None):
+                 samples_per_epoch=None, windows=None, weight_map=None):
         # CropDataset would index the foreground by reading every mask whole;
         # the per-block ForegroundIndex takes the place of its pixel index.
         super().__init__(images, masks, crop_shape, batch_size, augmenter=augmenter, random_crops=True,
                          fg_sampling=0.0, replicate=replicate, seed=seed, shuffle=shuffle, workers=workers,
-                         draws=draws, samples_per_epoch=samples_per_epoch)
-        if fg_sampling > 0 and (foreground is None or len(foreground) != len(masks)):
+                         draws=None if windows is not None else draws, samples_per_epoch=samples_per_epoch)
+        if fg_sampling > 0 and windows is None and (foreground is None or len(foreground) != len(masks)):
             raise ValueError("DiskCropDataset: fg_sampling needs one ForegroundIndex per mask")
+        self.windows, self.weight_map = windows, weight_map
+        if windows is not None:
+            if not windows:
+                raise ValueError("DiskCropDataset: windows is empty; expected at least one crop")
+            self.draws = np.ones(len(windows), int)
+            self.samples = int(samples_per_epoch or len(windows) * replicate)
+            self._order = self._epoch_order()
+            fg_sampling = 0.0
         self.fg_sampling = fg_sampling
         self._fg = list(foreground) if fg_sampling > 0 else None
+
+    def sample(self, item, rng):
+        """One training pair ``(image (*crop, C) float32, mask (*crop) uint8)``, read from disk; with
+        ``weight_map``, the pair and the crop's weights ``(*crop)`` float32."""
+        index, corner = self.windows[item] if self.windows is not None else (item, self._crop_corner(item, rng))
+        window = tuple(slice(c, c + s) for c, s in zip(corner, self.crop_shape))
+        image, mask = self.images[index][window], self.masks[index][window]
+        if self.weight_map is None:
+            if self.augmenter is not None:
+                image, mask = self.augmenter(image, mask, rng)
+            return np.ascontiguousarray(image, dtype=np.float32), mask
+        weight = self.weight_map(mask)
+        if self.augmenter is not None:
+            image, mask, weight = self.augmenter(image, mask, rng, weight=weight)
+        return np.ascontiguousarray(image, dtype=np.float32), mask, weight

@@ -642,10 +642,12 @@ class DiskImage:
         Normalisation ``(x - offset) / scale``: the image's minimum and range for
         per-image min-max, 0 and the type's maximum for ``dtype_max``, the training
         mean and standard deviation for ``zscore``.
+    clip : [low, high], optional
+        Levels the raw pixels are clipped to first (``data.clip_percentiles``).
     """
 
-    def __init__(self, source, offset, scale):
-        self.source, self.offset, self.scale = source, float(offset), float(scale)
+    def __init__(self, source, offset, scale, clip=None):
+        self.source, self.offset, self.scale, self.clip = source, float(offset), float(scale), clip
 
     @property
     def shape(self):
@@ -656,12 +658,12 @@ class DiskImage:
 
     def part(self, start, stop):
         """The image of the z range ``[start, stop)`` of a volume from a store, normalised alike."""
-        return DiskImage(self.source.part(start, stop), self.offset, self.scale)
+        return DiskImage(self.source.part(start, stop), self.offset, self.scale, self.clip)
 
     def read(self, window=None):
-        from .data import affine_float32
+        from .data import affine_float32, clip_intensities
 
-        return affine_float32(self.source.read(window), self.offset, self.scale)
+        return affine_float32(clip_intensities(self.source.read(window), self.clip), self.offset, self.scale)
 
     def __getitem__(self, key):
         return self.read(_bounds(key, self.shape[:-1]))

@@ -163,31 +163,43 @@ def _check_tile(predict, tile, channels, what=None):
 
 def _normalization(cfg, run_dir, model, volume):
     method = cfg.data.normalization
-    if method == "dtype_max":
-        if volume.dtype.kind not in "ui":
-            raise UserError(f"data.normalization=dtype_max needs integer pixels, but INPUT is {volume.dtype}")
-        return blockwise.Normalization("dtype_max")
-    if method == "zscore":
+    if method == "dtype_max" and volume.dtype.kind not in "ui":
+        raise UserError(f"data.normalization=dtype_max needs integer pixels, but INPUT is {volume.dtype}")
+    record = {}
+    if method == "zscore" or cfg.data.clip_percentiles is not None:
+        what = ("the training mean and std" if method == "zscore" else
+                f"the clipping levels of data.clip_percentiles={cfg.data.clip_percentiles}")
         path = os.path.join(run_dir, NORMALIZATION_FILE) if run_dir else None
         if path is None or not os.path.isfile(path):
-            raise UserError(f"--model {model}: data.normalization=zscore needs the training mean and std, which "
+            raise UserError(f"--model {model}: data.normalization={method} needs {what}, which "
                             f"{'a .keras file does not hold' if path is None else f'this run lacks ({path})'}; "
                             "give a run folder that records them")
         with open(path) as fh:
-            stats = json.load(fh)
-        return blockwise.Normalization("zscore", float(stats["mean"]), float(stats["std"]))
-    return blockwise.Normalization("per_image")  # statistics filled in by the scan of run()
+            record = json.load(fh)
+        if cfg.data.clip_percentiles is not None and "clip" not in record:
+            raise UserError(f"--model {model}: {path} lacks {what}; give the run folder trained with them")
+    clip = record.get("clip")
+    if method == "dtype_max":
+        return blockwise.Normalization("dtype_max", clip=clip)
+    if method == "zscore":
+        return blockwise.Normalization("zscore", float(record["mean"]), float(record["std"]), clip)
+    if method == "fixed":
+        return blockwise.Normalization("fixed", float(record.get("mean", cfg.data.norm_mean)),
+                                       float(record.get("std", cfg.data.norm_std)), clip)
+    return blockwise.Normalization("per_image", clip=clip)  # statistics filled in by the scan of run()
 
 
 def describe(job, input_spec):
     """The job as JSON-able values: what makes two runs write the same output."""
     stat = os.stat(job.model_path)
+    clip = {} if job.normalization.clip is None else {"clip": list(job.normalization.clip)}
     return {
         "input": os.path.abspath(input_spec) if "://" not in input_spec else input_spec,
         "input_shape": list(job.volume.shape), "input_dtype": str(job.volume.dtype),
         "model": job.model_path, "model_bytes": stat.st_size, "model_mtime": int(stat.st_mtime),
-        "normalization": job.normalization.method if job.normalization.method != "zscore" else
+        "normalization": job.normalization.method if job.normalization.method in ("per_image", "dtype_max") else
         [job.normalization.method, job.normalization.offset, job.normalization.scale],
+        **clip,
         "tile": list(job.tile), "block": list(job.block), "overlap": job.overlap, "window": job.window,
         "tta": job.tta, "z_filter_size": job.z_filter_size, "threshold": job.threshold,
         "prob_dtype": job.prob_dtype, "classes": job.classes,
@@ -279,4 +291,4 @@ def _with_statistics(job, blocks, run_tasks):
     ranges = record["ranges"]
     per_slice = len(job.tile) == 2  # a 2D model was trained on 2D images, each normalised by itself
     return dataclasses.replace(job, normalization=blockwise.Normalization.from_ranges(
-        ranges["lows"], ranges["highs"], per_slice))
+        ranges["lows"], ranges["highs"], per_slice, job.normalization.clip, job.volume.dtype))

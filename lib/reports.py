@@ -99,6 +99,8 @@ def run_notes(info):
         if info["best_epoch"] == 1 and info["epochs"] > 1:
             lines.append("note: the best checkpoint is the first epoch's: the network barely learnt after it; "
                          "train longer, or check the data and the learning rate")
+        if "validation" in info:
+            lines.append(f"Validation set: {info['validation']}")
         crops = info.get("val_crops", 0)
         if 0 < crops < FEW_VAL_CROPS:
             lines.append(f"note: the checkpoint was chosen on {crops} validation crops only, a noisy choice; "

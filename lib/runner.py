@@ -57,8 +57,9 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     check : callable, optional
         ``check(cfg)``: raise UserError for options the script cannot run; before the data are read.
     prepare : callable, optional
-        ``prepare(cfg, train_set, test_set)``: pre-processing of the loaded sets, in place, before
-        the training data are cut from them (e.g. histogram equalisation).
+        ``prepare(cfg, train_set, test_set[, val_set])``: pre-processing of the loaded sets, in place, before
+        the training data are cut from them (e.g. histogram equalisation); ``val_set`` is that of
+        ``DATA_DIR/val``, given when it exists.
     variants : callable, optional
         ``variants(cfg, test_set, predictions_dir) -> {name: metrics}``: more variants, computed
         after lib's (e.g. from their predictions) and reported beside them.
@@ -87,10 +88,12 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
 
     pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
     if prepare is not None:
-        prepare(cfg, train_set, test_set)
+        prepare(cfg, train_set, test_set, *([] if train_set.validation is None else [train_set.validation]))
     cli.seed_everything(cfg.train.seed)
     train_data, val_data = getattr(experiment, split)(train_set, cfg)
     class_weights = experiment.class_weights(train_set, cfg)
+    validation = experiment.validation_source(train_set, cfg)
+    print(f"Validation set: {validation}")
 
     with cli.distribution_scope(args.gpu):
         model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
@@ -102,6 +105,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     if class_weights:
         info["class_weights"] = class_weights
     info["train_peak_rss_mb"] = experiment.peak_rss_mb()
+    info["validation"] = validation
 
     # Free the training data, so that the recorded peak memory of inference is that of inference alone.
     train_data.release()

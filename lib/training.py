@@ -21,6 +21,7 @@ from . import io
 from .errors import UserError
 from .losses import get_loss
 from .metrics import ClassIoU, ForegroundIoU
+from .optimizers import AdaBound
 
 BEST, LAST = "best.keras", "last.keras"
 # One-cycle: the rise starts at learning_rate / ONECYCLE_DIV and, without
@@ -35,6 +36,8 @@ def make_optimizer(cfg):
         return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+    if cfg.optimizer == "adabound":
+        return AdaBound(learning_rate=cfg.learning_rate, final_lr=cfg.final_lr, gamma=cfg.gamma)
     return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 

@@ -16,9 +16,14 @@ also be changed from the command line with ``--set section.key=value``.
 
 CONFIG = {
     "data": {
-        "normalization": "per_image",  # per_image (min-max per volume) | dtype_max (x / 255 for uint8) | zscore (training mean/std)
+        "normalization": "per_image",  # per_image (min-max per volume) | dtype_max (x / 255 for uint8) | zscore (training mean/std) | fixed (norm_mean, norm_std)
+        "norm_mean": 0.0,              # normalization=fixed: mean subtracted, raw pixel values (e.g. 128 for uint8)
+        "norm_std": 1.0,               # normalization=fixed: standard deviation divided by, raw pixel values
+        "clip_percentiles": None,      # e.g. [0.1, 99.9]: clip images to these training percentiles first
         "val_fraction": 0.1,           # one volume: its last slices validate (at least one subvolume deep); several: whole volumes
         "val_split": "last",           # several volumes: random | last (the last volumes)
+        "extra_train_dirs": [],        # more training folders with x/ and y/ (relative to DATA_DIR)
+        "extra_train_shares": [],      # share of each epoch's crops from each extra folder; []: by area
         "crop_shape": [16, 128, 128],  # training subvolume / inference tile (z, y, x); divisible by the network's downsampling
         "random_crops": True,          # True: new random subvolumes each epoch; False: fixed grid of subvolumes
         "min_fg_fraction": 0.0,        # fixed subvolumes only: discard those with less foreground (0-1)
@@ -28,6 +33,7 @@ CONFIG = {
     },
     "augment": {
         "enabled": True,               # False: no augmentation at all
+        "preset": "none",              # none | original (DeepLearning_EM: free rotation, flips; other values win)
         "flip_p": 0.5,                 # probability of a flip, per axis (z, y, x)
         "rot90_p": 0.5,                # probability of an in-plane (y-x) 90/180/270-degree rotation
         "rotation_p": 0.0,             # probability of a free in-plane rotation (reflect padding)
@@ -50,7 +56,7 @@ CONFIG = {
         "blur_p": 0.0,                 # probability of an in-plane Gaussian blur
         "blur_sigma": [0.0, 1.5],      # blur sigma range, pixels
         "median_p": 0.0,               # probability of an in-plane median filter
-        "median_size": 3,              # median filter size, pixels
+        "median_size": 3,              # median filter size, pixels, or a list of odd sizes drawn per sample
         "noise_p": 0.0,                # probability of Gaussian noise
         "noise_std": 0.03,             # noise standard deviation
         "missing_section_p": 0.0,      # probability of a blank or duplicated section (serial-section EM)
@@ -77,11 +83,13 @@ CONFIG = {
     "train": {
         "epochs": 200,                 # maximum number of epochs
         "batch_size": 2,               # subvolumes per batch
-        "optimizer": "adam",           # sgd (with momentum) | adam | adamw
+        "optimizer": "adam",           # sgd (with momentum) | adam | adamw | adabound
         "learning_rate": 1e-3,         # initial (peak) learning rate
         "momentum": 0.9,               # sgd only
         "nesterov": False,             # sgd only: Nesterov momentum
         "weight_decay": 1e-4,          # adamw only
+        "final_lr": 0.1,               # adabound only: SGD rate the step bounds converge to
+        "gamma": 1e-3,                 # adabound only: convergence speed of the bounds
         "schedule": "cosine",          # none | step | cosine (ends at train.epochs or at the time limit) | plateau | onecycle
         "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
         "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor

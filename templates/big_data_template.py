@@ -23,18 +23,24 @@ CONFIG below; any option can also be changed with ``--set section.key=value``.
 
 CONFIG = {
     "data": {
-        "normalization": "per_image",  # per_image (min-max per image) | dtype_max (x / 255 for uint8) | zscore (training mean/std)
+        "normalization": "per_image",  # per_image (min-max per image) | dtype_max (x / 255 for uint8) | zscore (training mean/std) | fixed (norm_mean, norm_std)
+        "norm_mean": 0.0,              # normalization=fixed: mean subtracted, raw pixel values (e.g. 128 for uint8)
+        "norm_std": 1.0,               # normalization=fixed: standard deviation divided by, raw pixel values
+        "clip_percentiles": None,      # e.g. [0.1, 99.9]: clip images to these training percentiles first
         "val_fraction": 0.1,           # share of training images kept for validation (0 disables validation)
         "val_split": "random",         # random | last (the last images, e.g. the end of a stack)
+        "extra_train_dirs": [],        # more training folders with x/ and y/ (relative to DATA_DIR)
+        "extra_train_shares": [],      # share of each epoch's crops from each extra folder; []: by area
         "crop_shape": [256, 256],      # training crop / inference tile (y, x); divisible by 2**model.depth
-        "random_crops": True,          # streamed data: random crops only (False is refused)
-        "min_fg_fraction": 0.0,        # streamed data: 0 only (it filters fixed crops; data.fg_sampling favours foreground)
+        "random_crops": True,          # True: random crops read from disk; False: fixed grid of crops
+        "min_fg_fraction": 0.0,        # fixed crops only: discard training crops with less foreground (0-1)
         "fg_sampling": 0.0,            # random crops: share of crops centred on foreground (0 = uniform)
         "replicate": 1,                # passes over the training images per epoch (crops covering them, times this)
         "max_val_crops": 256,          # validation crops read from the validation images once, kept in memory
     },
     "augment": {
         "enabled": True,               # False: no augmentation at all
+        "preset": "none",              # none | original (DeepLearning_EM: free rotation, flips; other values win)
         "flip_p": 0.5,                 # probability of a flip, per axis
         "rot90_p": 0.5,                # probability of a 90/180/270-degree rotation
         "rotation_p": 0.0,             # probability of a free rotation (reflect padding)
@@ -57,7 +63,7 @@ CONFIG = {
         "blur_p": 0.0,                 # probability of a Gaussian blur
         "blur_sigma": [0.0, 1.5],      # blur sigma range, pixels
         "median_p": 0.0,               # probability of a median filter
-        "median_size": 3,              # median filter size, pixels
+        "median_size": 3,              # median filter size, pixels, or a list of odd sizes drawn per sample
         "noise_p": 0.0,                # probability of Gaussian noise
         "noise_std": 0.03,             # noise standard deviation
         "missing_section_p": 0.0,      # 3D only: probability of a blank or duplicated slice
@@ -83,11 +89,13 @@ CONFIG = {
     "train": {
         "epochs": 200,                 # maximum number of epochs
         "batch_size": 4,               # crops per batch
-        "optimizer": "adam",           # sgd (with momentum) | adam | adamw
+        "optimizer": "adam",           # sgd (with momentum) | adam | adamw | adabound
         "learning_rate": 1e-3,         # initial (peak) learning rate
         "momentum": 0.9,               # sgd only
         "nesterov": False,             # sgd only: Nesterov momentum
         "weight_decay": 1e-4,          # adamw only
+        "final_lr": 0.1,               # adabound only: SGD rate the step bounds converge to
+        "gamma": 1e-3,                 # adabound only: convergence speed of the bounds
         "schedule": "cosine",          # none | step | cosine (ends at train.epochs or at the time limit) | plateau | onecycle
         "warmup_epochs": 0,            # linear warm-up epochs before the schedule (onecycle: its rising phase)
         "min_learning_rate": 1e-6,     # cosine / onecycle end, plateau floor
@@ -95,12 +103,12 @@ CONFIG = {
         "step_factor": 0.1,            # step: factor of each drop
         "plateau_patience": 10,        # plateau: epochs without a better validation loss before a drop
         "plateau_factor": 0.5,         # plateau: factor of each drop
-        "loss": "bce_dice",            # bce | dice | bce_dice | jaccard | ce | ce_dice (classes > 1); weighted_bce: in-memory template only
+        "loss": "bce_dice",            # bce | weighted_bce (U-Net weight maps, per crop) | dice | bce_dice | jaccard | ce | ce_dice (classes > 1)
         "bce_weight": 1.0,             # bce_dice / ce_dice: weight of the cross-entropy term
         "dice_weight": 1.0,            # bce_dice / ce_dice: weight of the dice term
         "class_weights": [],           # model.classes > 1: one loss weight per class, "auto" (from the masks) or []
         "batch_overlap": False,        # dice / jaccard / bce_dice: sum the overlap over the whole batch, not per crop
-        "weight_w0": 10.0,             # weighted_bce (in-memory templates only): extra weight in narrow gaps between objects
+        "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
         "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, pixels
         "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
         "pretrained": None,            # fine-tune: a .keras file, a run folder, or a run name "ID_RID" in JOB_DIR

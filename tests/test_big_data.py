@@ -147,20 +147,13 @@ def test_check_pictures_of_the_in_memory_template(dataset_2d, tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"random_crops": False}, "streamed training always takes random crops"),
+    ({"min_fg_fraction": 0.1}, "data.min_fg_fraction discards fixed crops"),
     ({"crop_shape": [16, 16, 16]}, "the 2D template needs 2 sizes"),
     ({"crop_shape": [256, 256]}, "is larger than the smallest image"),
 ])
 def test_streamed_refusals(dataset_2d, change, message):
     with pytest.raises(UserError, match=message):
         experiment.open_2d_streamed(dataset_2d, _cfg(**change))
-
-
-def test_weight_maps_are_refused(dataset_2d):
-    cfg = _cfg()
-    cfg.train.loss = "weighted_bce"
-    with pytest.raises(UserError, match="train.loss=weighted_bce: weight maps are not computed"):
-        experiment.open_2d_streamed(dataset_2d, cfg)
 
 
 def test_float_images_refuse_dtype_max(tmp_path):

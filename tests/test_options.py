@@ -143,7 +143,7 @@ def test_text_and_markdown_tables_list_every_option_once():
     assert [line.split()[0] for line in text[1:]] == [d for d, _ in fields()]
     assert [line.split("|")[1].strip(" `") for line in markdown[2:]] == [d for d, _ in fields()]
     row = next(line for line in markdown if line.startswith("| `data.normalization` |"))
-    assert row == ("| `data.normalization` | `\"per_image\"` | per_image, dtype_max, zscore | "
+    assert row == ("| `data.normalization` | `\"per_image\"` | per_image, dtype_max, zscore, fixed | "
                    f"{dict(fields())['data.normalization'].metadata['help']} |")
     assert all(line.count(" | ") == 3 for line in markdown[2:]), "a | inside a cell must be escaped"
 

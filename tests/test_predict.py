@@ -324,7 +324,14 @@ def test_zscore_run_records_its_statistics_and_predict_matches_its_tiled_variant
     expected = data.fit_normalization(train, "zscore")
     assert stats["method"] == "zscore"
     assert abs(stats["mean"] - expected["mean"]) < 1e-9 and abs(stats["std"] - expected["std"]) < 1e-9
-    names = io.list_images(os.path.join(dataset_2d, "test", "x"))
+    assert_predict_matches_tiled(dataset_2d, run_dir, tmp_path)
+
+
+def assert_predict_matches_tiled(data_dir, run_dir, tmp_path):
+    """predict.py on the stack of the test images of ``data_dir`` gives the run's own tiled probabilities."""
+    from lib import io
+
+    names = io.list_images(os.path.join(data_dir, "test", "x"))
     tifffile.imwrite(tmp_path / "test.tif", np.stack([io.read_image(p) for p in names]))
     result = predict_cli(tmp_path / "test.tif", tmp_path / "seg.zarr", "--model", run_dir,
                          "--set", "post.z_filter=false", "--set", "inference.prob_dtype=float16")
