@@ -134,7 +134,7 @@ DATA_CASES = [
     pytest.param(lambda r: _write(r, "train/x/001.tif", _rgb(blob_pair()[0])), [],
                  "images have different channel counts [1, 3]", id="rgb_among_gray"),
     pytest.param(lambda r: [_write(r, f"test/x/{i:03d}.tif", _rgb(blob_pair(seed=i)[0])) for i in range(2)], [],
-                 "training images have 1 channels but test images 3", id="test_channels_differ"),
+                 "test: images with 3 channels, but those of", id="test_channels_differ"),
     pytest.param(lambda r: _write(r, "train/y/003.tif", _mask(0, 255, 7)), [],
                  "003.tif: mask is not binary, found 3 values (0, 7, 255)", id="mask_three_values"),
     pytest.param(lambda r: _write(r, "train/y/003.tif", _mask(1, 2)), [],
