@@ -673,6 +673,12 @@ def train(model, train_data, val_data, cfg, run_dir):
     if not done:
         callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows), recorder,
                      _EarlyStopping(monitor, cfg.patience, recorder.rows)]
+        if cfg.tensorboard:  # before the recorder: an epoch in history.csv is in the event files
+            from .tensorboard_log import TensorBoardLogger
+
+            main = model.output_names[0] if n_outputs > 1 else None
+            callbacks.insert(2, TensorBoardLogger(run_dir, len(history), val_data, cfg.tensorboard_images_every,
+                                                  lambda key: _main_metric_name(key, main)))
         if cfg.time_limit_minutes > 0:
             callbacks.append(TimeLimit(cfg.time_limit_minutes, recorder.rows))
         # shuffle=False: the dataset shuffles itself from (seed, epoch); Keras would reorder its batches

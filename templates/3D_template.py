@@ -104,6 +104,8 @@ CONFIG = {
         "steps_per_epoch": 0,          # 0: an epoch covers the training volumes once (volume / subvolume x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
         "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
+        "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
+        "tensorboard_images_every": 10,  # validation crops with predictions in TensorBoard every N epochs; 0: none
     },
     "inference": {                     # each variant is evaluated on whole volumes and reported side by side
         "per_crop": False,             # evaluate subvolume by subvolume (mean over subvolumes)

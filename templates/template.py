@@ -100,6 +100,8 @@ CONFIG = {
         "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
         "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
+        "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
+        "tensorboard_images_every": 10,  # validation crops with predictions in TensorBoard every N epochs; 0: none
     },
     "inference": {                     # each variant is evaluated and reported side by side
         "per_crop": False,             # evaluate crop by crop (mean over crops): a pass of its own
