@@ -244,7 +244,8 @@ class TrainConfig:
     deep_supervision_weights: List[float] = option([], "loss weight per output, main first (model.depth values); "
                                                    "[]: 1, 1/2, 1/4...", range="[], or model.depth weights >= 0, "
                                                    "the first > 0")
-    pretrained: Optional[str] = option(None, "fine-tune: a .keras file, a run folder, or a run name ID_RID in JOB_DIR",
+    pretrained: Optional[str] = option(None, "fine-tune: a .keras file, a BioImage Model Zoo .zip (keras_v3 weights), a run "
+                                       "folder, or a run name ID_RID in JOB_DIR",
                                        range="null or a path or run name")
     freeze_encoder: bool = option(False, "fine-tune: keep the pretrained encoder fixed, train the decoder")
     patience: int = option(30, "early stopping: epochs without a better monitored value", range="[0, inf)")

@@ -54,16 +54,19 @@ CITATIONS = {
     "multiresunet": ("Ibtehaz, N. and Rahman, M. S. MultiResUNet: Rethinking the U-Net architecture for "
                      "multimodal biomedical image segmentation. Neural Networks 121, 2020.",
                      "10.1016/j.neunet.2019.08.025"),
-    "cheng2d": ("Cheng, H.-C. and Varshney, A. Volume segmentation using convolutional neural networks with "
-                "limited training data. IEEE ICIP 2017.", "10.1109/ICIP.2017.8296349"),
-    "xiao2018": ("Xiao, C. et al. Automatic mitochondria segmentation for EM data using a 3D supervised "
-                 "convolutional network. Frontiers in Neuroanatomy 12, 2018.", "10.3389/fnana.2018.00092"),
+    "cheng2d": ("Cheng, H. and Varshney, A. Volume segmentation using convolutional neural networks with "
+                "limited training data. 2017 IEEE International Conference on Image Processing (ICIP), "
+                "pp. 590-594.", "10.1109/ICIP.2017.8296349"),
+    "xiao2018": ("Xiao, C., Chen, X., Li, W., Li, L., Wang, L., Xie, Q. and Han, H. Automatic mitochondria "
+                 "segmentation for EM data using a 3D supervised convolutional network. Frontiers in "
+                 "Neuroanatomy 12:92, 2018.", "10.3389/fnana.2018.00092"),
 }
 CITATIONS["cheng3d"] = CITATIONS["cheng2d"]
 NETWORK_NAMES = {"unet": "U-Net", "resunet": "residual U-Net", "attention_unet": "attention U-Net",
                  "seunet": "squeeze-and-excitation U-Net", "multiresunet": "MultiResUNet",
-                 "cheng2d": "Cheng & Varshney 2017 2D network", "cheng3d": "Cheng & Varshney 2017 3D network",
-                 "xiao2018": "Xiao et al. 2018 3D network"}
+                 "cheng2d": "Cheng and Varshney 2017 network", "cheng3d": "Cheng and Varshney 2017 network",
+                 "xiao2018": "Xiao et al 2018 network"}
+NAME_CHARACTERS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")  # the zoo's
 
 
 def parse_args(argv=None):
@@ -103,6 +106,9 @@ def check_args(args):
     if checkpoint is None:
         raise UserError(f"RUN_DIR {run_dir}: no trained model (checkpoints/best.keras or last.keras); train the run "
                         "first")
+    if args.name is not None and (not args.name.strip() or set(args.name) - NAME_CHARACTERS):
+        raise UserError(f"--name {args.name!r}: expected letters, digits, spaces and _ + - ( ) only (the zoo's rule), "
+                        f"not {''.join(sorted(set(args.name) - NAME_CHARACTERS)) or 'an empty name'}")
     if not args.output.endswith(".zip"):
         raise UserError(f"OUT.zip {args.output}: expected a file name ending in .zip")
     if os.path.exists(args.output) and not args.overwrite:
@@ -338,16 +344,9 @@ def write_cover(normalised, probabilities, path):
     """A 2:1 cover picture: the test tile (3D: its middle slice) beside its prediction."""
     from PIL import Image
 
-    def plane(a):
-        a = a[0]
-        return a[a.shape[0] // 2] if a.ndim == 4 else a
+    from .tensorboard_log import picture_row
 
-    image, prob = plane(normalised)[..., 0], plane(probabilities)
-    lo, hi = float(image.min()), float(image.max())
-    image = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-    pred = prob[..., 0] if prob.shape[-1] == 1 else np.argmax(prob, -1) / (prob.shape[-1] - 1)
-    picture = (np.concatenate([image, pred], axis=1) * 255).astype(np.uint8)
-    Image.fromarray(picture).save(path)
+    Image.fromarray((picture_row(normalised[0], probabilities[0]) * 255).astype(np.uint8)).save(path)
 
 
 def model_description(info, cfg, run_dir, dtype, files, keras_file, bundle, parameters):
@@ -385,6 +384,16 @@ def model_description(info, cfg, run_dir, dtype, files, keras_file, bundle, para
 
         weights["tensorflow_saved_model_bundle"] = v0_5.TensorflowSavedModelBundleWeightsDescr(
             source=bundle, tensorflow_version=v0_5.Version(tf.__version__), parent="keras_v3")
+    try:
+        return _model_descr(v0_5, info, inputs, outputs, weights, parameters, files)
+    except ValueError as exc:  # pydantic's ValidationError: e.g. an --author or --license the zoo refuses
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
+        raise UserError(f"the package description is invalid at {'.'.join(map(str, first['loc'])) or 'its top'}: "
+                        f"{first['msg']}") from None
+
+
+def _model_descr(v0_5, info, inputs, outputs, weights, parameters, files):
+    ndim = info["ndim"]
     citation = CITATIONS.get(info["model"])
     cite = [v0_5.CiteEntry(text=citation[0], doi=v0_5.Doi(citation[1]))] if citation else [
         v0_5.CiteEntry(text="Ronneberger, O. et al. U-Net, MICCAI 2015.", doi=v0_5.Doi(CITATIONS["unet"][1]))]
@@ -446,6 +455,28 @@ def reproduce(package, test_input, test_output, cfg, run_dir):
         raise UserError(f"{package}: the exported weights predict the test input with a difference of {difference} "
                         f"from the test output (more than {TOLERANCE})")
     return difference
+
+
+def load_package_model(package):
+    """The Keras model of a BioImage Model Zoo package's ``keras_v3`` weights (``train.pretrained=PACKAGE.zip``).
+
+    Raises ValueError when the package has no ``keras_v3`` weights.
+    """
+    import zipfile
+
+    import keras
+    from bioimageio.spec import load_description
+
+    from . import losses, metrics  # noqa: F401  (register the project's Keras objects)
+
+    descr = load_description(package, perform_io_checks=False)
+    weights = getattr(getattr(descr, "weights", None), "keras_v3", None)
+    if weights is None:
+        raise ValueError("no keras_v3 weights in the package (only those are fine-tuned)")
+    name = str(weights.source.path if hasattr(weights.source, "path") else weights.source).split("/")[-1]
+    with zipfile.ZipFile(package) as archive, tempfile.TemporaryDirectory() as tmp:
+        archive.extract(name, tmp)
+        return keras.models.load_model(os.path.join(tmp, name), compile=False)
 
 
 if __name__ == "__main__":

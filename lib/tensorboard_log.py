@@ -50,7 +50,7 @@ def prediction_grid(x, y, probabilities):
     Parameters
     ----------
     x : ndarray ``(N, *spatial, C)``, normalised images (3D: the middle slice is drawn)
-    y : ndarray ``(N, *spatial, 1)``, binary masks
+    y : ndarray ``(N, *spatial, 1)``, masks (binary, or class ids when K > 1)
     probabilities : ndarray ``(N, *spatial, K)``: K = 1, the foreground probability;
         K > 1, class probabilities, drawn as the class id over ``K - 1``.
 
@@ -58,20 +58,29 @@ def prediction_grid(x, y, probabilities):
     -------
     ndarray ``(N * H, 3 * W)`` float32
     """
+    k = probabilities.shape[-1]
+    rows = [picture_row(image, mask if k == 1 else mask / (k - 1), prob)
+            for image, mask, prob in zip(x, np.asarray(y, np.float32), probabilities)]
+    return np.concatenate(rows, axis=0)
+
+
+def picture_row(image, *maps):
+    """``image`` (its first channel, stretched to [0, 1]) beside ``maps``, side by side: ``(H, (1 + M) W)`` float32.
+
+    ``image`` and each map are ``(*spatial, C)``, 2D or 3D (the middle slice is drawn). A map of
+    one channel is drawn as it is (a probability or a mask); one of K > 1 channels as its argmax
+    over ``K - 1``.
+    """
     def plane(a):
         a = np.asarray(a, np.float32)
         return a[a.shape[0] // 2] if a.ndim == 4 else a  # (Z, Y, X, C) -> (Y, X, C)
 
-    rows = []
-    for image, mask, prob in zip(x, y, probabilities):
-        image, mask, prob = plane(image)[..., 0], plane(mask)[..., 0], plane(prob)
-        lo, hi = float(image.min()), float(image.max())
-        image = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
-        k = prob.shape[-1]
-        predicted = prob[..., 0] if k == 1 else np.argmax(prob, axis=-1) / (k - 1)
-        truth = mask if k == 1 else mask / (k - 1)
-        rows.append(np.concatenate([image, truth, predicted], axis=1))
-    return np.clip(np.concatenate(rows, axis=0), 0.0, 1.0).astype(np.float32)
+    first = plane(image)[..., 0]
+    lo, hi = float(first.min()), float(first.max())
+    columns = [(first - lo) / (hi - lo) if hi > lo else np.zeros_like(first)]
+    for m in map(plane, maps):
+        columns.append(m[..., 0] if m.shape[-1] == 1 else np.argmax(m, axis=-1) / (m.shape[-1] - 1))
+    return np.clip(np.concatenate(columns, axis=1), 0.0, 1.0).astype(np.float32)
 
 
 def graph_def(model):

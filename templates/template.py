@@ -91,7 +91,7 @@ CONFIG = {
         "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
         "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, pixels
         "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
-        "pretrained": None,            # fine-tune: a .keras file, a run folder, or a run name "ID_RID" in JOB_DIR
+        "pretrained": None,            # fine-tune: a .keras file, a zoo .zip, a run folder, or a run name "ID_RID" in JOB_DIR
         "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
         "patience": 30,                # early stopping: epochs without a better validation loss
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict

@@ -106,17 +106,37 @@ def run_export(*args):
     ("missing", "not found"),
     ("not_a_run", "not a run folder (no config.json)"),
     ("untrained", "no trained model"),
+    ("bad_name", "--name 'mito/v1': expected letters, digits"),
 ])
 def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, case, message):
     run = tmp_path / "run"
     if case != "missing":
         run.mkdir()
-    if case == "untrained":
+    if case in ("untrained", "bad_name"):
         (run / "config.json").write_text("{}")
+    if case == "bad_name":
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "best.keras").write_text("")
     out = tmp_path / "out.zip"
-    result = run_export(str(run), str(out))
+    result = run_export(str(run), str(out), *(["--name", "mito/v1"] if case == "bad_name" else []))
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0] and str(run) in lines[0]
+    assert len(lines) == 1 and message in lines[0] and (case == "bad_name" or str(run) in lines[0])
     assert not out.exists()
     assert sorted(os.listdir(tmp_path)) == (["run"] if case != "missing" else [])
+
+
+def test_a_package_is_a_pretrained_model(tmp_path):
+    from lib import training
+
+    run, image_path, _ = make_run(str(tmp_path), 2)
+    out = str(tmp_path / "model.zip")
+    export.export(export.parse_args([run, out, "--image", image_path]))
+    path = training.resolve_pretrained(out, str(tmp_path))
+    cfg = Config()
+    apply_overrides(cfg, ["model.depth=2", "model.filters=4"])
+    keras.utils.set_random_seed(5)
+    model = training.load_pretrained(build_network(cfg.model, (None, None, 1)), path)
+    trained = keras.models.load_model(os.path.join(run, "checkpoints", "best.keras"), compile=False)
+    for ours, theirs in zip(model.get_weights(), trained.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
