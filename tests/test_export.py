@@ -84,12 +84,13 @@ def test_package_validates_and_its_weights_reproduce_the_test_output(tmp_path, n
     assert descr.weights.keras_v3 is not None and descr.weights.tensorflow_saved_model_bundle is not None
 
 
-def test_bioimageio_core_reproduces_the_test_output_with_each_weight_format(tmp_path):
+def test_bioimageio_core_reproduces_the_test_output_with_each_weight_format(tmp_path, monkeypatch):
     from bioimageio.core import test_model
 
     run, image_path, _ = make_run(str(tmp_path), 2)
     out = str(tmp_path / "model.zip")
     export.export(export.parse_args([run, out, "--image", image_path]))
+    monkeypatch.chdir(tmp_path)  # bioimageio.core unzips SavedModel weights into the working folder
     for weight_format in ("keras_v3", "tensorflow_saved_model_bundle"):
         summary = test_model(out, weight_format=weight_format)
         failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
