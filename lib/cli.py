@@ -341,6 +341,7 @@ def environment(args):
     env = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join(sys.argv),
+        "data_dir": os.path.abspath(args.data_dir) if getattr(args, "data_dir", None) else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "keras": keras.__version__,

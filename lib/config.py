@@ -327,7 +327,8 @@ class TrainConfig:
     deep_supervision_weights: List[float] = option([], "loss weight per output, main first (model.depth values); "
                                                    "[]: 1, 1/2, 1/4...", range="[], or model.depth weights >= 0, "
                                                    "the first > 0")
-    pretrained: Optional[str] = option(None, "fine-tune: a .keras file, a run folder, or a run name ID_RID in JOB_DIR",
+    pretrained: Optional[str] = option(None, "fine-tune: a .keras file, a BioImage Model Zoo .zip (keras_v3 weights), a run "
+                                       "folder, or a run name ID_RID in JOB_DIR",
                                        range="null or a path or run name")
     freeze_encoder: bool = option(False, "fine-tune: keep the pretrained encoder fixed, train the decoder")
     patience: int = option(30, "early stopping: epochs without a better monitored value", range="[0, inf)")
@@ -342,6 +343,10 @@ class TrainConfig:
                           "(foreground IoU of the validation crops, tracks the test metric) or val_loss", MONITORS)
     deterministic: bool = option(False, "deterministic kernels (TensorFlow op determinism): identical reruns, "
                                  "slower (see README, Reliability)")
+    tensorboard: bool = option(True, "write TensorBoard event files under RUN/tensorboard (losses, metrics, "
+                               "learning rate per epoch; validation pictures; the model graph)")
+    tensorboard_images_every: int = option(10, "TensorBoard: validation crops with their predictions at the first "
+                                           "epoch and every this many epochs; 0: none", range="[0, inf)")
 
     def validate(self):
         _range("train.epochs", self.epochs, 0, None)
@@ -398,6 +403,7 @@ class TrainConfig:
         _choice("train.monitor", self.monitor, MONITORS)
         _range("train.seed", self.seed, 0, 2**32 - 1)
         _range("train.workers", self.workers, 1, None)
+        _range("train.tensorboard_images_every", self.tensorboard_images_every, 0, None)
 
     def check_model(self, model):
         """Check the options that depend on the model section (``ModelConfig``)."""

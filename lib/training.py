@@ -241,10 +241,10 @@ def per_output(data, n_outputs):
 
 
 def resolve_pretrained(value, job_dir):
-    """The ``.keras`` file that ``train.pretrained`` names, or None when it is None.
+    """The ``.keras`` file (or zoo package) that ``train.pretrained`` names, or None when it is None.
 
-    A value with a path separator or ending in ``.keras`` is a path (a
-    ``.keras`` file or a run folder); any other value is a run name ``ID_RID``
+    A value with a path separator or ending in ``.keras`` or ``.zip`` is a path (a
+    ``.keras`` file, a BioImage Model Zoo package with ``keras_v3`` weights, or a run folder); any other value is a run name ``ID_RID``
     inside ``job_dir``. A run folder gives its ``checkpoints/best.keras``, or
     ``checkpoints/last.keras`` when it has no best one.
 
@@ -255,7 +255,7 @@ def resolve_pretrained(value, job_dir):
     """
     if value is None:
         return None
-    is_path = os.sep in value or "/" in value or value.endswith(".keras")
+    is_path = os.sep in value or "/" in value or value.endswith((".keras", ".zip"))
     path = os.path.expanduser(value) if is_path else os.path.join(job_dir, value)
     if os.path.isdir(path):
         for name in (BEST, LAST):
@@ -267,8 +267,8 @@ def resolve_pretrained(value, job_dir):
     if not os.path.isfile(path):
         raise UserError(f"train.pretrained={value}: {path} not found; expected a .keras file, a run folder, "
                         "or a run name ID_RID inside JOB_DIR")
-    if not path.endswith(".keras"):
-        raise UserError(f"train.pretrained={value}: {path} is not a .keras model file")
+    if not path.endswith((".keras", ".zip")):
+        raise UserError(f"train.pretrained={value}: {path} is not a .keras model file or a BioImage Model Zoo .zip")
     return path
 
 
@@ -300,7 +300,12 @@ def load_pretrained(model, path, freeze_encoder=False):
     from .networks import encoder_layers
 
     try:
-        source = keras.models.load_model(path, compile=False)
+        if path.endswith(".zip"):
+            from .export import load_package_model
+
+            source = load_package_model(path)
+        else:
+            source = keras.models.load_model(path, compile=False)
     except Exception as exc:
         raise UserError(f"train.pretrained: {path} could not be read as a Keras model ({exc})") from None
     mismatch = _architecture_mismatch(source, model)
@@ -682,6 +687,12 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None):
     if not done:
         callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows), recorder,
                      _EarlyStopping(monitor, cfg.patience, recorder.rows)]
+        if cfg.tensorboard:  # before the recorder: an epoch in history.csv is in the event files
+            from .tensorboard_log import TensorBoardLogger
+
+            main = model.output_names[0] if n_outputs > 1 else None
+            callbacks.insert(2, TensorBoardLogger(run_dir, len(history), val_data, cfg.tensorboard_images_every,
+                                                  lambda key: _main_metric_name(key, main)))
         if cfg.time_limit_minutes > 0:
             callbacks.append(TimeLimit(cfg.time_limit_minutes, recorder.rows))
         # shuffle=False: the dataset shuffles itself from (seed, epoch); Keras would reorder its batches

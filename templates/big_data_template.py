@@ -111,7 +111,7 @@ CONFIG = {
         "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
         "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, pixels
         "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
-        "pretrained": None,            # fine-tune: a .keras file, a run folder, or a run name "ID_RID" in JOB_DIR
+        "pretrained": None,            # fine-tune: a .keras file, a zoo .zip, a run folder, or a run name "ID_RID" in JOB_DIR
         "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
         "patience": 30,                # early stopping: epochs without a better validation loss
         "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
@@ -120,6 +120,8 @@ CONFIG = {
         "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
         "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
+        "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
+        "tensorboard_images_every": 10,  # validation crops with predictions in TensorBoard every N epochs; 0: none
     },
     "inference": {                     # each variant is evaluated and reported side by side
         "per_crop": False,             # evaluate crop by crop (mean over crops): a pass of its own
