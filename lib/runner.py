@@ -85,19 +85,21 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     from . import evaluation, networks, training
     from .inference import make_predictor
 
+    scope, replicas = cli.distribution(args.gpu, cfg.train.batch_size)  # before the backend runs anything
     pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
     if prepare is not None:
         prepare(cfg, train_set, test_set)
     cli.seed_everything(cfg.train.seed)
     train_data, val_data = getattr(experiment, split)(train_set, cfg)
 
-    with cli.distribution_scope(args.gpu):
-        model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
+    with scope:
+        with training.precision(cfg.train.precision):
+            model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
         training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
         run_dir = cli.create_run_dir(args, cfg)
         experiment.record_training_data(train_set, train_data, cfg, run_dir)
         experiment.record_model(model, run_dir)
-        model, info = training.train(model, train_data, val_data, cfg.train, run_dir)
+        model, info = training.train(model, train_data, val_data, cfg.train, run_dir, replicas)
     info["train_peak_rss_mb"] = experiment.peak_rss_mb()
 
     # Free the training data, so that the recorded peak memory of inference is that of inference alone.
