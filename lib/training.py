@@ -708,7 +708,8 @@ def train(model, train_data, val_data, cfg, run_dir, replicas=1):
         print(f"Training was over after epoch {len(history)} ({done.replace('_', ' ')}): predicting with its "
               "best checkpoint")
     elif history:
-        model = keras.models.load_model(last)
+        with precision(cfg.precision):  # a float16 model compiles its loss-scaling optimiser under its policy
+            model = keras.models.load_model(last)
         print(f"Resuming from {last} after epoch {len(history)}")
     else:
         compile_model(model, cfg)

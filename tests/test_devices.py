@@ -11,6 +11,7 @@ import os
 import keras
 import pytest
 
+import test_reliability
 from test_reliability import command, history, run, run_and_kill
 
 BACKEND = keras.backend.backend()
@@ -31,7 +32,8 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.skipif(BACKEND not in RTOL, reason=f"Keras's {BACKEND} backend has no data-parallel training")
-def test_two_devices_train_as_one_and_resume_after_a_kill(data, tmp_path):
+def test_two_devices_train_as_one_and_resume_after_a_kill(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(test_reliability, "TIMEOUT", 900)  # JAX compiles for minutes on a loaded machine
     one = run(command(data, tmp_path, "one", *ONE_LR))
     assert one.returncode == 0, one.stderr[-3000:]
     two = command(data, tmp_path, "two", *ONE_LR, "--gpu", "cpu:2")
