@@ -109,6 +109,7 @@ CONFIG = {
         "workers": 2,                  # threads reading and augmenting crops beside training (1 = in the training loop)
         "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
+        "precision": "float32",        # float32 | bfloat16 | float16 (mixed; float16 with loss scaling); also for prediction
         "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
     },
     "inference": {                     # each variant is evaluated and reported side by side
