@@ -75,8 +75,8 @@ def _check_device_args(args):
     """Check and normalise ``--gpu`` and ``--threads`` of any of our command lines."""
     gpu = args.gpu.replace(" ", "").lower()
     if not (gpu == "cpu" or _virtual_cpus(gpu) or all(p.isdigit() for p in gpu.split(","))):
-        raise UserError(f"--gpu {args.gpu}: expected 'cpu', 'cpu:N' (N >= 1 virtual CPU devices), an index such as 0, "
-                        "or a list such as 0,1")
+        raise UserError(f"--gpu {args.gpu}: expected 'cpu', an index such as 0, a list such as 0,1, or 'cpu:N' "
+                        "(N >= 1 virtual CPU devices)")
     if args.threads < 0:
         raise UserError(f"--threads {args.threads}: expected 0 (all cores) or a positive number")
     args.gpu = gpu

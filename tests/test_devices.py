@@ -67,7 +67,7 @@ def test_bad_device_lists_are_refused(gpu):
     from lib import cli
     from lib.errors import UserError
 
-    with pytest.raises(UserError, match=f"--gpu {gpu}: expected 'cpu', 'cpu:N'"):
+    with pytest.raises(UserError, match=f"--gpu {gpu}: expected 'cpu', an index .* or 'cpu:N'"):
         cli.parse_args([".", "data", "jobs", "--gpu", gpu])
 
 
