@@ -17,7 +17,7 @@ output file, one JSON line:
 
 A last line compares them (``bfloat16 / float32`` of each measure). Environment:
 
-- ``EMSEG_BENCH_PRECISION_MINUTES``: training budget per precision (default 10);
+- ``EMSEG_BENCH_PRECISION_MINUTES``: training budget per precision (default 5);
 - ``EMSEG_BENCH_PRECISION_DATA``: dataset folder (default ``../shared/data/lucchi_dev``);
 - ``EMSEG_BENCH_PRECISION_PRECISIONS``: comma-separated (default ``float32,bfloat16``);
 - ``EMSEG_BENCH_PRECISION_GPU``: ``--gpu`` (default ``cpu``);
@@ -46,7 +46,7 @@ DATA = os.path.join(REPO, "..", "shared", "data", "lucchi_dev")
 def settings():
     env = os.environ.get
     return {
-        "minutes": float(env("EMSEG_BENCH_PRECISION_MINUTES", "10")),
+        "minutes": float(env("EMSEG_BENCH_PRECISION_MINUTES", "5")),
         "data": os.path.abspath(env("EMSEG_BENCH_PRECISION_DATA", DATA)),
         "precisions": env("EMSEG_BENCH_PRECISION_PRECISIONS", "float32,bfloat16").split(","),
         "gpu": env("EMSEG_BENCH_PRECISION_GPU", "cpu"),
