@@ -234,26 +234,32 @@ class BlockJob:
     threshold: float = 0.5
     prob_dtype: str = "uint8"
     classes: int = 1  # a multi-class model's K: probabilities (K, *spatial) and a label image of class ids
+    precision: object = None  # train.precision to predict in (lib.training.set_precision); None: as saved
 
 
-_MODELS = {}  # model path -> (the file's (mtime, size), (model, predictor))
+_MODELS = {}  # model path -> (the file's (mtime, size) and the precision, (model, predictor))
 _MODELS_LOCK = threading.Lock()
 
 
-def load_predictor(model_path):
+def load_predictor(model_path, precision=None):
     """``(keras model, predictor)`` of a ``.keras`` file, loaded once per process (each Dask worker loads it once).
 
-    A file changed since it was loaded (a run trained again in the same session) is loaded again.
+    ``precision`` (``train.precision``) makes it compute in that precision; None keeps the
+    precision it was saved with. A file changed since it was loaded (a run trained again
+    in the same session) is loaded again.
     """
     stat = os.stat(model_path)
-    version = (stat.st_mtime_ns, stat.st_size)
+    version = (stat.st_mtime_ns, stat.st_size, precision)
     with _MODELS_LOCK:
         if _MODELS.get(model_path, (None,))[0] != version:
             import keras
 
             from . import losses, metrics, networks  # noqa: F401  (register the project's Keras objects)
+            from .training import set_precision
 
             model = keras.models.load_model(model_path, compile=False)
+            if precision is not None:
+                set_precision(model, precision)
             _MODELS[model_path] = (version, (model, make_predictor(model)))
         return _MODELS[model_path][1]
 
@@ -267,7 +273,7 @@ def process_block(job, block, tile_bar=False):
     import zarr
 
     index, core = block
-    _, predict = load_predictor(job.model_path)
+    _, predict = load_predictor(job.model_path, job.precision)
     view = NormalizedView(job.volume, job.normalization)
     progress = functools.partial(tile_progress, desc=f"block {','.join(map(str, index))}") if tile_bar else None
     prob = predict_block(predict, view, core, job.tile, job.overlap, job.window, job.batch_size, job.tta,

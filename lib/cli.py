@@ -49,7 +49,8 @@ def build_parser(description):
     p.add_argument("job_dir", help="folder for results; the run goes to JOB_DIR/<id>_<rid>/")
     p.add_argument("--id", default="job", help="experiment name (default: job)")
     p.add_argument("--rid", default="0", help="run number, a non-negative integer (default: 0)")
-    p.add_argument("--gpu", default="0", help="GPU index or list ('0', '0,1') or 'cpu' (default: 0)")
+    p.add_argument("--gpu", default="0", help="GPU index or list ('0', '0,1': data-parallel training on both), 'cpu', "
+                   "or 'cpu:N' (N virtual CPU devices, to try several devices without GPUs) (default: 0)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for Keras/NumPy (default: all)")
     p.add_argument("--config", help="JSON file with configuration sections, applied after the template's block")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -73,12 +74,19 @@ def parse_args(argv=None, description="EM segmentation experiment"):
 def _check_device_args(args):
     """Check and normalise ``--gpu`` and ``--threads`` of any of our command lines."""
     gpu = args.gpu.replace(" ", "").lower()
-    if gpu != "cpu" and not all(p.strip().isdigit() for p in gpu.split(",")):
-        raise UserError(f"--gpu {args.gpu}: expected 'cpu', an index such as 0, or a list such as 0,1")
+    if not (gpu == "cpu" or _virtual_cpus(gpu) or all(p.isdigit() for p in gpu.split(","))):
+        raise UserError(f"--gpu {args.gpu}: expected 'cpu', an index such as 0, a list such as 0,1, or 'cpu:N' "
+                        "(N >= 1 virtual CPU devices)")
     if args.threads < 0:
         raise UserError(f"--threads {args.threads}: expected 0 (all cores) or a positive number")
     args.gpu = gpu
     return args
+
+
+def _virtual_cpus(gpu):
+    """N of ``--gpu cpu:N`` (N >= 1), else 0."""
+    kind, _, count = gpu.partition(":")
+    return int(count) if kind == "cpu" and count.isdigit() and int(count) >= 1 else 0
 
 
 def parse_predict_args(argv=None, description="Segment new images or volumes with a trained model"):
@@ -117,9 +125,15 @@ def select_device(gpu, threads, n_gpus=None):
 
     A GPU index that this machine does not have is an error; asking for a GPU on
     a machine without any prints a warning and runs on the CPU, so the default
-    ``--gpu 0`` works on laptops too.
+    ``--gpu 0`` works on laptops too. ``cpu:N`` makes N virtual CPU devices
+    (JAX reads its flag at start; TensorFlow's are made by :func:`distribution`).
     """
-    if gpu != "cpu":
+    cpus = _virtual_cpus(gpu)
+    if cpus > 1:
+        flag = f"--xla_force_host_platform_device_count={cpus}"
+        os.environ["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                           if not f.startswith("--xla_force_host_platform_device_count")) + " " + flag
+    if gpu != "cpu" and not cpus:
         n_gpus = count_gpus() if n_gpus is None else n_gpus
         indices = [int(i) for i in gpu.split(",")]
         if n_gpus == 0:
@@ -127,7 +141,7 @@ def select_device(gpu, threads, n_gpus=None):
         elif max(indices) >= n_gpus:
             raise UserError(f"--gpu {gpu}: no GPU {max(indices)} on this machine, which has {n_gpus} "
                             f"(indices 0 to {n_gpus - 1}); use one of those or 'cpu'")
-    os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if gpu == "cpu" else gpu
+    os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if gpu == "cpu" or cpus else gpu
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if threads:
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -135,20 +149,67 @@ def select_device(gpu, threads, n_gpus=None):
             os.environ[var] = str(threads)
 
 
-def distribution_scope(gpu):
-    """A ``tf.distribute.MirroredStrategy`` scope when several GPUs are used with TensorFlow, else a no-op.
+def distribution(gpu, batch_size):
+    """Data-parallel training on the devices of ``--gpu``: ``(scope, replicas)``; UserError where it cannot be.
 
-    Build and train the model inside it; this is the project's only TensorFlow-specific code path.
+    With several devices (``0,1`` on a machine with those GPUs, or ``cpu:N``),
+    ``scope`` is the backend's own distribution: ``tf.distribute.MirroredStrategy``
+    on TensorFlow, ``keras.distribution.DataParallel`` on JAX; build, compile and
+    train the model inside it. Each step splits the global batch ``batch_size``
+    evenly over the ``replicas`` devices, so it must be a multiple of them. Keras's
+    PyTorch backend has no data-parallel training: several devices are refused.
+    With one device, ``scope`` does nothing and ``replicas`` is 1. Call it after
+    :func:`select_device`, before the backend has run anything (TensorFlow makes
+    its virtual CPU devices once, when it starts). This is the project's only
+    TensorFlow-specific code path besides determinism.
     """
     import keras
 
-    if gpu == "cpu" or "," not in gpu or keras.backend.backend() != "tensorflow":
-        return contextlib.nullcontext()
+    backend = keras.backend.backend()
+    wanted = _virtual_cpus(gpu) or (1 if gpu == "cpu" else len(gpu.split(",")))
+    if wanted > 1 and backend not in ("tensorflow", "jax"):
+        raise UserError(f"--gpu {gpu}: Keras's {backend} backend trains on one device; give one device "
+                        "(e.g. --gpu 0), or set KERAS_BACKEND=jax or tensorflow to train on several")
+    devices = _devices(backend, gpu) if wanted > 1 else []
+    if len(devices) < 2:  # one device, or GPUs asked for on a machine without (select_device warned)
+        return contextlib.nullcontext(), 1
+    if batch_size % len(devices):
+        raise UserError(f"train.batch_size={batch_size}: --gpu {gpu} trains on {len(devices)} devices, each taking "
+                        f"an equal share of every batch; expected a multiple of {len(devices)}")
+    print(f"Data-parallel training on {len(devices)} devices ({', '.join(map(str, devices))}), "
+          f"{batch_size // len(devices)} crops each per batch of {batch_size}")
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy(devices).scope(), len(devices)
+    return keras.distribution.DataParallel(devices=devices).scope(), len(devices)
+
+
+def _devices(backend, gpu):
+    """The devices that ``--gpu`` names, as the backend names them (several for ``cpu:N``, or GPUs)."""
+    cpus = _virtual_cpus(gpu)
+    if backend == "jax":
+        import jax
+
+        found = jax.devices("cpu") if cpus else [d for d in jax.devices() if d.platform == "gpu"]
+        if cpus and len(found) != cpus:
+            raise UserError(f"--gpu {gpu}: JAX started with {len(found)} CPU devices before --gpu could set "
+                            "XLA_FLAGS; run the script in a new process")
+        return found
     import tensorflow as tf
 
-    if len(tf.config.list_logical_devices("GPU")) < 2:
-        return contextlib.nullcontext()
-    return tf.distribute.MirroredStrategy().scope()
+    if not cpus:
+        return [d.name for d in tf.config.list_logical_devices("GPU")]
+    try:
+        tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0],
+                                                   [tf.config.LogicalDeviceConfiguration()] * cpus)
+    except RuntimeError:  # TensorFlow already started in this process: its devices are fixed
+        pass
+    found = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if len(found) != cpus:
+        raise UserError(f"--gpu {gpu}: TensorFlow already started with {len(found)} CPU devices in this process; "
+                        "run the script in a new process")
+    return found
 
 
 def load_config(template_config, args, sections=None):

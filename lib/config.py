@@ -42,6 +42,8 @@ AUGMENT_PRESETS = {
     "original": {"flip_p": 0.5, "rot90_p": 0.0, "rotation_p": 1.0, "rotation_range": 180.0},
 }
 
+PRECISIONS = ("float32", "bfloat16", "float16")
+
 
 # model.name -> the module whose ``build_model(cfg, input_shape)`` builds that network. Names are checked
 # here, without importing anything; the module is imported only when the network is built
@@ -71,7 +73,8 @@ def uses_weight_maps(loss):
 FIXED_ON_RESUME = ("model.", "train.loss", "train.bce_weight", "train.dice_weight", "train.batch_overlap",
                    "train.class_weights",
                    "train.deep_supervision_weights", "train.optimizer",
-                   "train.momentum", "train.nesterov", "train.weight_decay", "train.final_lr", "train.gamma")
+                   "train.momentum", "train.nesterov", "train.weight_decay", "train.final_lr", "train.gamma",
+                   "train.precision")
 
 
 def fixed_on_resume(dotted):
@@ -341,6 +344,9 @@ class TrainConfig:
                                   "data.replicate), 20-100 steps", range="[0, inf)")
     monitor: str = option("val_iou", "picks the best checkpoint, early stopping and plateau drops: val_iou "
                           "(foreground IoU of the validation crops, tracks the test metric) or val_loss", MONITORS)
+    precision: str = option("float32", "computation in float32, or mixed: bfloat16 (on GPUs and CPUs with bf16) "
+                            "or float16 (GPUs; with loss scaling); weights, sigmoid and loss stay float32; "
+                            "prediction too", PRECISIONS)
     deterministic: bool = option(False, "deterministic kernels (TensorFlow op determinism): identical reruns, "
                                  "slower (see README, Reliability)")
     tensorboard: bool = option(True, "write TensorBoard event files under RUN/tensorboard (losses, metrics, "
@@ -355,6 +361,7 @@ class TrainConfig:
                             "train.pretrained is not set; set it to a run or .keras file, or train.epochs >= 1")
         _range("train.batch_size", self.batch_size, 1, None)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train.precision", self.precision, PRECISIONS)
         _range("train.learning_rate", self.learning_rate, 0.0, None, low_open=True)
         _range("train.momentum", self.momentum, 0.0, 1.0, high_open=True)
         _range("train.weight_decay", self.weight_decay, 0.0, None)

@@ -57,8 +57,10 @@ def plan(args):
                         "block by block; predict.py writes probabilities and masks (thresholded, z-filtered)")
     volume = volumes.open_volume(args.input)
     normalization = _normalization(cfg, run_dir, args.model, volume)
+    # The run's train.precision (or --set's); a bare .keras file predicts in the precision it was saved with.
+    precision = cfg.train.precision if run_config is not None or _sets(args.overrides, "train.precision") else None
     try:
-        model, predict = blockwise.load_predictor(os.path.abspath(weights))
+        model, predict = blockwise.load_predictor(os.path.abspath(weights), precision)
     except Exception as exc:
         raise UserError(f"--model {args.model}: cannot read {weights} as a Keras model ({exc})") from None
     model_ndim, channels = len(model.input_shape) - 2, model.input_shape[-1]
@@ -87,7 +89,8 @@ def plan(args):
     store = args.output if kind == "zarr" else volumes.staging_store(args.output)
     job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, os.path.abspath(store),
                              overlap, cfg.inference.window, batch_size,
-                             cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype, classes)
+                             cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype, classes,
+                             precision)
     description = describe(job, args.input)
     state = _output_state(args, kind, store, description)
     result = Plan(args, job, description, kind, store, state)

@@ -86,6 +86,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     from . import evaluation, networks, training
     from .inference import make_predictor
 
+    scope, replicas = cli.distribution(args.gpu, cfg.train.batch_size)  # before the backend runs anything
     pretrained = training.resolve_pretrained(cfg.train.pretrained, args.job_dir)
     if prepare is not None:
         prepare(cfg, train_set, test_set, *([] if train_set.validation is None else [train_set.validation]))
@@ -95,13 +96,14 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     validation = experiment.validation_source(train_set, cfg)
     print(f"Validation set: {validation}")
 
-    with cli.distribution_scope(args.gpu):
-        model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
+    with scope:
+        with training.precision(cfg.train.precision):
+            model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
         training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
         run_dir = cli.create_run_dir(args, cfg)
         experiment.record_training_data(train_set, train_data, cfg, run_dir)
         experiment.record_model(model, run_dir)
-        model, info = training.train(model, train_data, val_data, cfg.train, run_dir, class_weights)
+        model, info = training.train(model, train_data, val_data, cfg.train, run_dir, class_weights, replicas)
     if class_weights:
         info["class_weights"] = class_weights
     info["train_peak_rss_mb"] = experiment.peak_rss_mb()

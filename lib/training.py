@@ -8,6 +8,7 @@ the epoch number and of the history rows before it
 (:func:`learning_rate_at`), so a resumed run continues the same schedule.
 """
 
+import contextlib
 import csv
 import math
 import os
@@ -28,6 +29,39 @@ BEST, LAST = "best.keras", "last.keras"
 # train.warmup_epochs, lasts ONECYCLE_RISE of the epochs (Smith & Topin 2019).
 ONECYCLE_DIV = 25.0
 ONECYCLE_RISE = 0.3
+
+
+# train.precision -> Keras dtype policy. The mixed ones keep the weights in float32 and compute in 16 bits, but
+# for the sigmoid heads, built in float32 (lib.networks.blocks.sigmoid_head), and the loss on their output.
+# Keras wraps the optimiser of a mixed_float16 model in a LossScaleOptimizer when it compiles it.
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@contextlib.contextmanager
+def precision(name):
+    """Build networks inside it to compute in ``name`` (``train.precision``); the previous policy is restored after.
+
+    A model saved from them keeps its layers' policies: loaded to resume or predict, it computes as built.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(POLICIES[name])
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def set_precision(model, name):
+    """Make a built or loaded ``model`` compute in ``name``, as if built under :func:`precision`; returns it.
+
+    Every layer but those of the model's outputs (the float32 sigmoid heads) and the inputs
+    takes the policy; the weights are unchanged. Call it before the model first predicts.
+    """
+    heads = {model.get_layer(n).name for n in model.output_names}
+    for layer in model.layers:
+        if layer.name not in heads and not isinstance(layer, keras.layers.InputLayer):
+            layer.dtype_policy = POLICIES[name]
+    return model
 
 
 def make_optimizer(cfg):
@@ -385,7 +419,8 @@ class RunRecorder(keras.callbacks.Callback):
 
     Each history row holds the epoch number (1-based), the seconds the epoch
     took, the learning rate and every logged loss and metric, then where the
-    epoch's time went: ``step_seconds`` (in optimiser steps), ``wait_seconds``
+    epoch's time went: ``steps`` (optimiser steps, fewer in an epoch cut by the time
+    limit), ``step_seconds`` (in optimiser steps), ``wait_seconds``
     (between steps: waiting for a batch, callbacks), ``val_seconds``
     (validation) and ``save_seconds`` (checkpoints and history, of the
     previous epoch: an epoch's own saving ends after its row). With several
@@ -411,6 +446,7 @@ class RunRecorder(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self._start = self._batch_end = time.perf_counter()
         self._steps = self._wait = self._val = 0.0
+        self._count = 0
 
     def on_train_batch_begin(self, batch, logs=None):
         self._batch_start = time.perf_counter()
@@ -425,6 +461,7 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         self._batch_end = time.perf_counter()
         self._steps += self._batch_end - self._batch_start
+        self._count += 1
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self._diverged(f"the training loss is {float(loss)} after batch {batch + 1}")
@@ -438,7 +475,7 @@ class RunRecorder(keras.callbacks.Callback):
         bad = [k for k, v in row.items() if k.endswith("loss") and not math.isfinite(v)]
         if bad:
             self._diverged(f"{bad[0]} is {row[bad[0]]}")
-        row.update(step_seconds=round(self._steps, 3), wait_seconds=round(self._wait, 3),
+        row.update(steps=self._count, step_seconds=round(self._steps, 3), wait_seconds=round(self._wait, 3),
                    val_seconds=round(self._val, 3), save_seconds=round(self._saving, 3))
         saving = time.perf_counter()
         value = to_minimise(row, self.monitor)
@@ -613,7 +650,7 @@ def monitor_key(cfg, validation, main_output=None):
     return ("val_" if validation else "") + (f"{main_output}_loss" if main_output else "loss")
 
 
-def train(model, train_data, val_data, cfg, run_dir, class_weights=None):
+def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replicas=1):
     """Fit ``model`` and return it with the best weights, plus a summary dict.
 
     Parameters
@@ -630,6 +667,11 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None):
     run_dir : str
     class_weights : list of float, optional
         The loss weight of each class of a multi-class model (:func:`lib.experiment.class_weights`).
+    replicas : int
+        Devices of data-parallel training (:func:`lib.cli.distribution`; the model
+        built in its scope): every batch must split evenly over them, so the
+        validation crops are cut to a multiple of ``replicas`` and validated in
+        batches of ``cfg.batch_size``.
 
     Returns
     -------
@@ -664,6 +706,9 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None):
                        "val_crops": 0 if val_data is None else len(val_data[0])}
     if cfg.deterministic:
         enable_determinism()
+    if replicas > 1 and val_data is not None:
+        keep = len(val_data[0]) // replicas * replicas
+        val_data = (val_data[0][:keep], val_data[1][:keep]) if keep else None
     n_outputs = len(model.outputs)
     monitor = monitor_key(cfg, val_data is not None, model.output_names[0] if n_outputs > 1 else None)
     history = read_history(os.path.join(run_dir, "history.csv"))
@@ -677,7 +722,8 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None):
         print(f"Training was over after epoch {len(history)} ({done.replace('_', ' ')}): predicting with its "
               "best checkpoint")
     elif history:
-        model = keras.models.load_model(last)
+        with precision(cfg.precision):  # a float16 model compiles its loss-scaling optimiser under its policy
+            model = keras.models.load_model(last)
         print(f"Resuming from {last} after epoch {len(history)}")
     else:
         compile_model(model, cfg, class_weights)
@@ -699,6 +745,7 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None):
         # with Python's global random state, which a resumed run cannot restore.
         model.fit(per_output(train_data, n_outputs), validation_data=per_output(val_data, n_outputs),
                   epochs=cfg.epochs, initial_epoch=len(history), callbacks=callbacks, shuffle=False,
+                  validation_batch_size=cfg.batch_size if replicas > 1 else None,
                   verbose=2 if os.environ.get("CI") else 1)
     seconds = earlier + time.perf_counter() - start
     best = os.path.join(run_dir, "checkpoints", BEST)

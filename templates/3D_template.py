@@ -113,6 +113,7 @@ CONFIG = {
         "workers": 1,                  # threads preparing batches beside training
         "steps_per_epoch": 0,          # 0: an epoch covers the training volumes once (volume / subvolume x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
+        "precision": "float32",        # float32 | bfloat16 | float16 (mixed; float16 with loss scaling); also for prediction
         "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
         "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
         "tensorboard_images_every": 10,  # validation crops with predictions in TensorBoard every N epochs; 0: none

@@ -1,0 +1,85 @@
+"""train.precision: mixed bfloat16 / float16 training, float32 outputs and loss, checkpoints that resume and predict."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from lib import config as config_lib
+from lib import training
+from lib.generators import CropDataset
+from lib.networks import build_network
+
+BACKEND = keras.backend.backend()
+
+
+def small_cfg(precision, epochs=1):
+    cfg = config_lib.Config()
+    cfg.model.depth, cfg.model.filters = 2, 4
+    cfg.train.epochs, cfg.train.precision, cfg.train.learning_rate = epochs, precision, 3e-3
+    return cfg.validate()
+
+
+def build(cfg):
+    with training.precision(cfg.train.precision):
+        return build_network(cfg.model, (None, None, 1))
+
+
+def crops(n=8, side=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, side, side, 1), dtype=np.float32)
+    return x, (x > 0.6).astype(np.float32)
+
+
+def compute_dtypes(model):
+    return {layer.name: layer.compute_dtype for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)}
+
+
+@pytest.mark.parametrize("precision, compute", [("bfloat16", "bfloat16"), ("float16", "float16")])
+def test_mixed_precision_computes_in_16_bits_with_float32_outputs(precision, compute):
+    cfg = small_cfg(precision)
+    model = build(cfg)
+    assert keras.config.dtype_policy().name == "float32"  # the process's policy is restored
+    dtypes = compute_dtypes(model)
+    assert dtypes.pop("output") == "float32"
+    assert set(dtypes.values()) == {compute}
+    assert all(w.dtype == "float32" for w in model.weights)
+    x, _ = crops(2)
+    assert keras.backend.standardize_dtype(model(x).dtype) == "float32"
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_a_mixed_run_trains_resumes_and_predicts(precision, tmp_path):
+    cfg = small_cfg(precision)
+    x, y = crops()
+    data = CropDataset(list(x), list(y[..., 0].astype(np.uint8)), (32, 32), 4, random_crops=False)
+    model, info = training.train(build(cfg), data, (x[:4], y[:4]), cfg.train, str(tmp_path))
+    # float16 is trained with loss scaling: Keras wraps the optimiser when it compiles a mixed_float16 model
+    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (precision == "float16")
+    rows = training.read_history(os.path.join(tmp_path, "history.csv"))
+    assert np.isfinite([rows[0]["loss"], rows[0]["val_loss"]]).all()
+    cfg.train.epochs = 2
+    resumed, _ = training.train(build(small_cfg("float32")), data, (x[:4], y[:4]), cfg.train, str(tmp_path))
+    assert len(training.read_history(os.path.join(tmp_path, "history.csv"))) == 2
+    assert set(compute_dtypes(resumed).values()) == {precision, "float32"}  # the checkpoint's precision
+    assert isinstance(resumed.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
+    from lib.blockwise import load_predictor
+
+    _, predict = load_predictor(os.path.join(tmp_path, "checkpoints", "last.keras"))
+    prob = predict(x[:3])
+    assert prob.dtype == np.float32 and prob.shape == (3, 32, 32) and np.isfinite(prob).all()
+
+
+def test_set_precision_predicts_a_float32_model_in_bfloat16():
+    model = build(small_cfg("float32"))
+    x, _ = crops(2)
+    full = keras.ops.convert_to_numpy(model(x))
+    training.set_precision(model, "bfloat16")
+    dtypes = compute_dtypes(model)
+    assert dtypes.pop("output") == "float32" and set(dtypes.values()) == {"bfloat16"}
+    half = model.predict_on_batch(x)
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, full, atol=0.05)
+    assert not np.array_equal(half, full)  # it did compute in bfloat16
