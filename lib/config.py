@@ -257,8 +257,9 @@ class TrainConfig:
                                   "data.replicate), 20-100 steps", range="[0, inf)")
     monitor: str = option("val_iou", "picks the best checkpoint, early stopping and plateau drops: val_iou "
                           "(foreground IoU of the validation crops, tracks the test metric) or val_loss", MONITORS)
-    deterministic: bool = option(False, "deterministic kernels (TensorFlow op determinism): identical reruns, "
-                                 "slower (see README, Reliability)")
+    deterministic: bool = option(False, "deterministic kernels (TensorFlow op determinism, torch deterministic "
+                                 "algorithms, JAX XLA deterministic GPU ops): identical reruns, slower (see README, "
+                                 "Reliability)")
 
     def validate(self):
         _range("train.epochs", self.epochs, 0, None)
