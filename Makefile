@@ -1,20 +1,40 @@
 # make demo   -> set up .venv, make a small synthetic EM dataset, train and evaluate the 2D template on it
 # make test   -> set up .venv and run the test suite
 # make bench  -> benchmarks (tests/benchmarks/), one JSON line each
+# make test-jax -> set up .venv-jax (JAX backend, no TensorFlow) and run the JAX subset below
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+JAX_VENV := .venv-jax
+JAX_PY := $(JAX_VENV)/bin/python
+JAX_STAMP := $(JAX_VENV)/.installed
+# The JAX backend's subset (CI): networks, losses, metrics, training with resume, tiled inference, one
+# end-to-end template run. `make test-jax JAX_TESTS=tests` runs the whole suite on JAX.
+JAX_TESTS ?= tests/test_networks.py tests/test_losses.py tests/test_metrics.py tests/test_training.py \
+	tests/test_inference.py tests/test_generators.py \
+	tests/test_reliability.py::test_kill_during_an_epoch_then_diverge_then_resume \
+	tests/test_reliability.py::test_resumed_run_counts_the_time_already_trained \
+	tests/test_template.py::test_run_folder_has_every_output
+
+.PHONY: setup setup-jax demo test test-jax bench clean
 
 setup: $(STAMP)
 
-$(STAMP): env/requirements.txt env/requirements-dev.txt
+$(STAMP): env/requirements-base.txt env/requirements.txt env/requirements-dev.txt env/requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r env/requirements-dev.txt
 	touch $(STAMP)
+
+setup-jax: $(JAX_STAMP)
+
+$(JAX_STAMP): env/requirements-base.txt env/requirements-jax.txt env/requirements-test.txt
+	test -x $(JAX_PY) || $(PYTHON) -m venv $(JAX_VENV)
+	$(JAX_PY) -m pip install --quiet --upgrade pip
+	$(JAX_PY) -m pip install --quiet -r env/requirements-jax.txt -r env/requirements-test.txt
+	touch $(JAX_STAMP)
 
 demo: $(STAMP)
 	$(PY) -m lib.synthetic demo_data/em2d --n-train 16 --n-test 4 --size 256 256 --seed 0
@@ -25,6 +45,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests --ignore=tests/benchmarks  # two workers: most tests wait on a subprocess starting Keras
+
+test-jax: $(JAX_STAMP)
+	KERAS_BACKEND=jax $(JAX_PY) -m pytest -q -n 2 $(JAX_TESTS)
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -s -o python_files='bench_*.py' tests/benchmarks

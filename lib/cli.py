@@ -22,6 +22,7 @@ from . import config as config_lib
 from .errors import UserError
 
 DONE_FILE = "metrics.json"
+DETERMINISTIC_XLA_FLAG = "--xla_gpu_deterministic_ops=true"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,6 +148,49 @@ def select_device(gpu, threads, n_gpus=None):
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
             os.environ[var] = str(threads)
+        if keras_backend() == "jax":
+            _limit_cores(threads)
+
+
+def keras_backend():
+    """The backend Keras will load, read as Keras reads it (``KERAS_BACKEND``, else ``keras.json``), without importing it."""
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as fh:
+            return json.load(fh).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def _limit_cores(threads):
+    """Keep this process (and the processes it starts) on ``threads`` of its cores.
+
+    JAX has no thread setting (XLA_FLAGS' thread options are ignored by its CPU
+    runtime): it sizes its thread pool from the cores the process may run on.
+    The cores taken start at one that depends on the process id, so that
+    concurrent runs do not all share the first ones.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        print(f"warning: --threads {threads}: this system cannot limit the cores of JAX; it uses all of them",
+              file=sys.stderr)
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if threads < len(cores):
+        start = os.getpid() % len(cores)
+        os.sched_setaffinity(0, (cores + cores)[start:start + threads])
+
+
+def deterministic_environment():
+    """Set what ``train.deterministic`` needs before the backend starts: XLA's deterministic GPU ops.
+
+    Read by JAX (and by TensorFlow's XLA) when it starts; the other settings
+    are made at training time (:func:`lib.training.enable_determinism`).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if DETERMINISTIC_XLA_FLAG not in flags.split():
+        os.environ["XLA_FLAGS"] = f"{flags} {DETERMINISTIC_XLA_FLAG}".strip()
 
 
 def distribution(gpu, batch_size):
@@ -412,12 +456,28 @@ def environment(args):
         "gpu": args.gpu,
         "threads": args.threads or os.cpu_count(),
     }
-    if env["backend"] == "tensorflow":
+    env.update(backend_environment(env["backend"]))
+    return env
+
+
+def backend_environment(backend):
+    """``{framework: version, ..., "devices": [...]}`` of the Keras backend ``backend``, as it runs now."""
+    if backend == "tensorflow":
         import tensorflow as tf
 
-        env["tensorflow"] = tf.__version__
-        env["devices"] = [d.name for d in tf.config.list_logical_devices()]
-    return env
+        return {"tensorflow": tf.__version__, "devices": [d.name for d in tf.config.list_logical_devices()]}
+    if backend == "jax":
+        import jax
+        import jaxlib
+
+        return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                "devices": [f"{d.platform}:{d.id} {d.device_kind}" for d in jax.devices()]}
+    if backend == "torch":
+        import torch
+
+        gpus = [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+        return {"torch": torch.__version__, "torch_threads": torch.get_num_threads(), "devices": ["cpu"] + gpus}
+    return {}
 
 
 def seed_everything(seed):

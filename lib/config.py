@@ -347,8 +347,9 @@ class TrainConfig:
     precision: str = option("float32", "computation in float32, or mixed: bfloat16 (on GPUs and CPUs with bf16) "
                             "or float16 (GPUs; with loss scaling); weights, sigmoid and loss stay float32; "
                             "prediction too", PRECISIONS)
-    deterministic: bool = option(False, "deterministic kernels (TensorFlow op determinism): identical reruns, "
-                                 "slower (see README, Reliability)")
+    deterministic: bool = option(False, "deterministic kernels (TensorFlow op determinism, torch deterministic "
+                                 "algorithms, JAX XLA deterministic GPU ops): identical reruns, slower (see README, "
+                                 "Reliability)")
     tensorboard: bool = option(True, "write TensorBoard event files under RUN/tensorboard (losses, metrics, "
                                "learning rate per epoch; validation pictures; the model graph)")
     tensorboard_images_every: int = option(10, "TensorBoard: validation crops with their predictions at the first "

@@ -4,6 +4,9 @@ Reproducible: sample ``i`` of epoch ``e`` is drawn with the random generator
 seeded by ``(seed, e, i)``, so results do not depend on worker scheduling.
 """
 
+import threading
+from multiprocessing.pool import ThreadPool
+
 import numpy as np
 import keras
 
@@ -42,7 +45,8 @@ class CropDataset(keras.utils.PyDataset):
     seed : int
     shuffle : bool
     workers : int
-        Threads preparing batches beside training.
+        Threads preparing batches beside training (1: in the training loop),
+        up to ``max_queue_size`` (10) batches of the current epoch ahead.
     weights : list of float32 ndarray ``spatial``, optional
         Per-pixel loss weights aligned with ``masks`` (:func:`lib.data.weight_map`),
         cropped with the same window and moved by the same augmentation call
@@ -55,7 +59,11 @@ class CropDataset(keras.utils.PyDataset):
     def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, random_crops=True,
                  fg_sampling=0.0, replicate=1, seed=0, shuffle=True, workers=1, weights=None, draws=None,
                  samples_per_epoch=None):
-        super().__init__(workers=workers, use_multiprocessing=False)
+        # Keras gets one worker, i.e. no enqueuer of its own: on JAX and torch, fit() peeks at a batch before the
+        # first epoch, and the enqueuer keeps the batches it prepared then (with the dataset's state before
+        # set_epoch) and serves them in the first epoch, so a resumed run would not see an uninterrupted one's
+        # data. The threads here prepare batches keyed by (epoch, index) instead.
+        super().__init__(workers=1, use_multiprocessing=False)
         if len(images) != len(masks) or not images:
             raise UserError(f"training data: {len(images)} images and {len(masks)} masks; expected equal, non-zero counts")
         if weights is not None and [w.shape for w in weights] != [m.shape for m in masks]:
@@ -74,6 +82,8 @@ class CropDataset(keras.utils.PyDataset):
         self.seed = seed
         self.shuffle = shuffle
         self.epoch = 0
+        self.threads = workers
+        self._pool, self._ahead, self._lock = None, {}, threading.Lock()
         self._fg = [np.flatnonzero(m) for m in masks] if random_crops and fg_sampling > 0 else None
         self._order = self._epoch_order()
 
@@ -81,8 +91,7 @@ class CropDataset(keras.utils.PyDataset):
         return -(-self.samples // self.batch_size)
 
     def on_epoch_end(self):
-        self.epoch += 1
-        self._order = self._epoch_order()
+        self.set_epoch(self.epoch + 1)
 
     def set_epoch(self, epoch):
         """Draw the order and crops of epoch ``epoch`` (0-based) next, whatever came before.
@@ -90,8 +99,10 @@ class CropDataset(keras.utils.PyDataset):
         Called by :func:`lib.training.train` as each epoch begins, so that a
         resumed run sees the data of an uninterrupted one.
         """
-        self.epoch = epoch
-        self._order = self._epoch_order()
+        with self._lock:
+            self.epoch = epoch
+            self._order = self._epoch_order()
+            self._ahead = {key: batch for key, batch in self._ahead.items() if key[0] == epoch}
 
     def release(self):
         """Drop the training arrays so that their memory is returned; the dataset is unusable afterwards.
@@ -99,7 +110,10 @@ class CropDataset(keras.utils.PyDataset):
         Keras (TensorFlow backend) keeps a reference to a PyDataset after ``fit``
         until the process ends, and with it every image the dataset holds.
         """
-        self.images = self.masks = self.weights = self._fg = None
+        if self._pool is not None:
+            self._pool.terminate()
+        self.images = self.masks = self.weights = self._fg = self._pool = None
+        self._ahead = {}
 
     def _epoch_order(self):
         passes = np.repeat(np.arange(len(self.draws)), self.draws)
@@ -109,10 +123,28 @@ class CropDataset(keras.utils.PyDataset):
         return order[:self.samples]
 
     def __getitem__(self, index):
-        items = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        if self.threads <= 1:
+            return self._batch(self._order, self.epoch, index)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPool(self.threads)  # daemon threads, as Keras' own: an exit does not wait for them
+            for ahead in range(index, min(index + 1 + self.max_queue_size, len(self))):
+                if (self.epoch, ahead) not in self._ahead:
+                    self._ahead[self.epoch, ahead] = self._pool.apply_async(self._ahead_batch,
+                                                                            (self._order, self.epoch, ahead))
+            batch = self._ahead.pop((self.epoch, index))
+        return batch.get()
+
+    def _ahead_batch(self, order, epoch, index):
+        """:meth:`_batch`, or None when epoch ``epoch`` is no longer the current one (nobody will ask for it)."""
+        return self._batch(order, epoch, index) if epoch == self.epoch else None
+
+    def _batch(self, order, epoch, index):
+        """Batch ``index`` of epoch ``epoch``, whose sample order is ``order``."""
+        items = order[index * self.batch_size:(index + 1) * self.batch_size]
         xs, ys = [], []
         for k, item in enumerate(items):
-            rng = np.random.default_rng([self.seed, self.epoch, index * self.batch_size + k])
+            rng = np.random.default_rng([self.seed, epoch, index * self.batch_size + k])
             x, *target = self.sample(item, rng)
             xs.append(x)
             ys.append(np.stack(target, axis=-1))

@@ -622,9 +622,10 @@ def enable_determinism():
 
     TensorFlow: ``enable_op_determinism`` (for the rest of the process; an op
     without a deterministic kernel then raises an error). torch:
-    ``use_deterministic_algorithms``. JAX on GPU needs
-    ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` in the environment before it
-    starts; on CPU it is deterministic already. Costs speed, see README.
+    ``use_deterministic_algorithms``. JAX: deterministic on the CPU already; on
+    a GPU it needs ``XLA_FLAGS=--xla_gpu_deterministic_ops=true`` in the
+    environment before it starts (:func:`lib.cli.deterministic_environment`,
+    which the entry scripts call), else a UserError. Costs speed, see README.
     """
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -635,6 +636,14 @@ def enable_determinism():
         import torch
 
         torch.use_deterministic_algorithms(True)
+    elif backend == "jax":
+        import jax
+
+        from .cli import DETERMINISTIC_XLA_FLAG
+
+        if jax.default_backend() != "cpu" and DETERMINISTIC_XLA_FLAG not in os.environ.get("XLA_FLAGS", "").split():
+            raise UserError(f"train.deterministic on JAX ({jax.default_backend()}): XLA_FLAGS={DETERMINISTIC_XLA_FLAG} "
+                            "must be set before JAX starts (the entry scripts set it); set it in the environment")
 
 
 def monitor_key(cfg, validation, main_output=None):

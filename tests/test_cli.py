@@ -38,6 +38,7 @@ def test_gpu_index_that_does_not_exist(monkeypatch):
 
 def test_gpu_on_machine_without_gpu_warns_and_uses_cpu(monkeypatch, capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(cli, "_limit_cores", lambda threads: None)  # on JAX: would keep this test process on 2 cores
     cli.select_device("0", 2, n_gpus=0)
     assert "no NVIDIA GPU; running on the CPU" in capsys.readouterr().err
     assert os.environ["OMP_NUM_THREADS"] == "2"
@@ -78,3 +79,26 @@ def test_concurrent_summary_rows_are_whole(tmp_path):
         rows = list(csv.DictReader(fh))
     assert sorted(r["id"] for r in rows) == sorted(f"run{i}" for i in range(8))
     assert all(r["fg_iou"] for r in rows)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a system that sets CPU affinity and at least two cores")
+@pytest.mark.parametrize("backend", ["jax", "tensorflow", "torch"])
+def test_threads_limit_the_cores_on_jax_and_the_thread_pools_elsewhere(backend):
+    import subprocess
+    import sys
+
+    code = ("import os; from lib import cli; before = len(os.sched_getaffinity(0)); cli.select_device('cpu', 1); "
+            "print(before, len(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS'], 'keras' in __import__('sys').modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cli.__file__.rsplit("/lib/", 1)[0],
+                         env={**os.environ, "KERAS_BACKEND": backend}, check=True).stdout.split()
+    assert out[1:] == ["1" if backend == "jax" else out[0], "1", "False"]
+
+
+def test_environment_records_the_backend_versions_and_devices():
+    import keras
+
+    env = cli.environment(cli.parse_args(["c", "d", "j", "--gpu", "cpu"]))
+    backend = keras.backend.backend()
+    assert env["backend"] == backend and env[{"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]]
+    assert env["devices"] and any("cpu" in d.lower() for d in env["devices"])

@@ -224,3 +224,41 @@ def test_stem_of_the_wrong_length_and_input_not_divisible_are_refused():
         tiny(stem_stride=0).validate()
     with pytest.raises(UserError, match="not divisible by 8"):
         build_model(tiny(stem_stride=2), (36, 36, 1))
+
+
+def test_initial_weights_follow_he_normal_and_the_seed():
+    from lib.networks.blocks import VarianceScaling, he_normal
+
+    values = he_normal()((3, 3, 64, 128))  # fan_in 576
+    assert values.dtype == np.float32 and values.shape == (3, 3, 64, 128)
+    assert abs(values.std() - np.sqrt(2 / 576)) < 0.02 * np.sqrt(2 / 576)
+    assert np.abs(values).max() <= 2 * np.sqrt(2 / 576) / 0.87962566103423978  # truncated at two deviations
+    keras.utils.set_random_seed(1)
+    first = build_model(tiny(), SHAPES[2]).get_weights()
+    keras.utils.set_random_seed(1)
+    again = build_model(tiny(), SHAPES[2]).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    kernels = [w for w in first if w.ndim > 1]
+    assert len({float(k.ravel()[0]) for k in kernels}) == len(kernels)  # each layer draws its own values
+    glorot = VarianceScaling(1.0, "fan_avg", "uniform")((100, 300))
+    assert np.abs(glorot).max() <= np.sqrt(3 / 200) and glorot.min() < -0.9 * np.sqrt(3 / 200)
+
+
+@pytest.mark.parametrize("spatial", [False, True])
+def test_dropout_draws_from_the_seed_generators_on_every_backend(spatial):
+    # What EpochSeeds relies on to make a resumed run draw an uninterrupted one's masks (torch's unseeded
+    # dropout would draw from its global generator instead).
+    model = build_model(tiny(dropout=0.5, spatial_dropout=spatial), SHAPES[2])
+    states = [v for v in model.variables if v.path.endswith("seed_generator_state")]
+    assert states
+    x = np.random.default_rng(0).random((2, *SHAPES[2]), dtype=np.float32)
+
+    def masked():
+        for state in states:
+            state.assign(np.array([7, 0], dtype=keras.backend.standardize_dtype(state.dtype)))
+        return keras.ops.convert_to_numpy(model(x, training=True))
+
+    first = masked()
+    keras.utils.set_random_seed(123)  # the backend's global generators change; the seed generators decide
+    assert np.array_equal(first, masked())
+    assert not np.array_equal(first, keras.ops.convert_to_numpy(model(x, training=True)))

@@ -6,6 +6,11 @@ pooling, upsampling and dropout layers) accordingly, so each block below is
 written once for 2D and 3D.
 """
 
+import math
+import random
+
+import keras
+import numpy as np
 from keras import layers
 
 # Reduction ratio of the squeeze-and-excitation bottleneck (Hu et al. 2018 use
@@ -15,6 +20,49 @@ SE_RATIO = 8
 # and the split of its width over the 3x3, "5x5" and "7x7" chains.
 MULTIRES_ALPHA = 1.67
 MULTIRES_SPLIT = (0.167, 0.333, 0.5)
+
+
+@keras.saving.register_keras_serializable(package="emseg")
+class VarianceScaling(keras.initializers.VarianceScaling):
+    """Keras' ``VarianceScaling`` initialiser, drawn with NumPy instead of the backend's random ops.
+
+    Same distributions (a normal truncated at two standard deviations, or a
+    uniform), same fans, same seed rule (None draws one from Python's ``random``,
+    which ``keras.utils.set_random_seed`` seeds). The backend's random ops cost
+    one XLA compilation per weight shape on JAX (minutes for the Cheng network
+    under load, paid again by every resume and prediction, which rebuild the
+    network from its ``.keras`` file); NumPy costs none, and gives the same
+    initial weights on every backend.
+    """
+
+    def __call__(self, shape, dtype=None):
+        shape = tuple(int(n) for n in shape)
+        receptive = math.prod(shape[:-2])
+        fan_in, fan_out = (shape[-2] * receptive, shape[-1] * receptive) if len(shape) > 1 else (shape or (1,)) * 2
+        scale = self.scale / max(1.0, {"fan_in": fan_in, "fan_out": fan_out}.get(self.mode, (fan_in + fan_out) / 2))
+        rng = np.random.default_rng(self.seed)
+        if self.distribution == "uniform":
+            limit = math.sqrt(3.0 * scale)
+            values = rng.uniform(-limit, limit, shape)
+        else:
+            values = rng.standard_normal(shape)
+            stddev = math.sqrt(scale)
+            if self.distribution == "truncated_normal":  # redrawn beyond two standard deviations, as Keras does
+                while (outside := np.abs(values) > 2.0).any():
+                    values[outside] = rng.standard_normal(int(outside.sum()))
+                stddev /= 0.87962566103423978  # the truncated standard normal's deviation: the values keep sqrt(scale)
+            values *= stddev
+        return values.astype(keras.backend.standardize_dtype(dtype or keras.config.floatx()))
+
+
+def he_normal():
+    """A new He normal initialiser (its own seed), as ``kernel_initializer="he_normal"``."""
+    return VarianceScaling(2.0, "fan_in", "truncated_normal")
+
+
+def glorot_uniform():
+    """A new Glorot uniform initialiser (its own seed), Keras' default for kernels."""
+    return VarianceScaling(1.0, "fan_avg", "uniform")
 
 
 class Ops:
@@ -43,7 +91,7 @@ class Ops:
         """Convolution with 'same' padding and He initialisation, no activation."""
         return self._layer("Conv")(
             filters, kernel_size, strides=strides, padding="same",
-            use_bias=use_bias, kernel_initializer="he_normal",
+            use_bias=use_bias, kernel_initializer=he_normal(),
         )(x)
 
     def norm(self, x):
@@ -84,7 +132,7 @@ class Ops:
         if self.cfg.upsampling == "transpose":
             return self._layer("Conv", "Transpose")(
                 filters, factor, strides=factor, padding="same",
-                kernel_initializer="he_normal",
+                kernel_initializer=he_normal(),
             )(x)
         x = self._layer("UpSampling")(size=factor)(x)
         return self.conv(x, filters)
@@ -98,7 +146,9 @@ class Ops:
         if rate <= 0:
             return x
         kind = self._layer("SpatialDropout") if self.cfg.spatial_dropout else layers.Dropout
-        return kind(rate)(x)
+        # A seed of its own, drawn as Keras draws one for seed=None: without it, Dropout on torch draws from
+        # torch's global generator, which EpochSeeds cannot set, and a resumed run draws other masks.
+        return kind(rate, seed=random.randint(1, int(1e9)))(x)
 
     def global_pool(self, x):
         """Global average over the spatial axes, kept as size-1 axes for broadcasting."""
@@ -141,8 +191,8 @@ def first_residual_block(ops, x, filters):
 def squeeze_excite(ops, x, filters):
     """Squeeze-and-excitation (Hu et al. 2018): rescale channels by global context."""
     s = ops.global_pool(x)
-    s = layers.Dense(max(1, filters // SE_RATIO), activation="relu", kernel_initializer="he_normal")(s)
-    s = layers.Dense(filters, activation="sigmoid")(s)
+    s = layers.Dense(max(1, filters // SE_RATIO), activation="relu", kernel_initializer=he_normal())(s)
+    s = layers.Dense(filters, activation="sigmoid", kernel_initializer=glorot_uniform())(s)
     return layers.Multiply()([x, s])
 
 
