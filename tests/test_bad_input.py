@@ -184,7 +184,7 @@ OPTION_CASES = [
     (["--rid", "abc"], "--rid abc: expected a non-negative integer"),
     (["--rid", "-1"], "--rid -1: expected a non-negative integer"),
     (["--id", "a/b"], "--id 'a/b': expected a plain name without slashes"),
-    (["--gpu", "first"], "--gpu first: expected 'cpu', an index such as 0, or a list such as 0,1"),
+    (["--gpu", "first"], "--gpu first: expected 'cpu', an index such as 0, a list such as 0,1, or 'cpu:N'"),
     (["--threads", "-2"], "--threads -2: expected 0 (all cores) or a positive number"),
     (["--epochs", "3"], "command line: unrecognized arguments: --epochs 3"),
     (["--set", "inference.overlap=0.99"], "inference.overlap=0.99: the tiled prediction of a 64x64 test image "

@@ -85,6 +85,11 @@ def test_package_validates_and_its_weights_reproduce_the_test_output(tmp_path, n
 
 
 def test_bioimageio_core_reproduces_the_test_output_with_each_weight_format(tmp_path, monkeypatch):
+    import keras
+
+    # bioimageio.core sets os.environ["KERAS_BACKEND"] (to torch when unset) as it loads a Keras model; keep
+    # it this process's backend, and restored after the test, or later subprocesses of this worker start torch
+    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())
     from bioimageio.core import test_model
 
     run, image_path, _ = make_run(str(tmp_path), 2)

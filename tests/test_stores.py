@@ -87,6 +87,7 @@ def test_3d_store_volumes_match_the_tiff_ones(tmp_path, kind, normalization):
 @pytest.mark.parametrize("kind", ["zarr", "h5"])
 def test_3d_subvolumes_read_only_their_window(tmp_path, kind, reads):
     cfg = _cfg(fg_sampling=0.5)
+    cfg.train.workers = 1  # the batch asked for only: more workers also read the next batches ahead
     train, _ = experiment.load_3d(_dataset(tmp_path, kind), cfg)
     dataset, (x_val, y_val) = experiment.training_data_3d(train, cfg)
     # one volume, split along z: slices 0-7 train, 8-15 validate (the 2 x 2 grid of 8 x 32 x 32)
