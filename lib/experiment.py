@@ -110,24 +110,8 @@ def load_3d(data_dir, cfg):
 
 
 def _load(data_dir, cfg, ndim):
-    if len(cfg.data.crop_shape) != ndim:
-        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the {ndim}D template needs {ndim} sizes "
-                        f"({', '.join('zyx'[3 - ndim:])})")
-    with options(overlap="inference.overlap"):
-        data.per_axis(cfg.inference.overlap, ndim, "overlap")
-    check_crop_options(cfg)
-    loaded = []
-    for role, parent, name in data_folders(data_dir, cfg):
-        pairs = io.dataset_pairs(parent, name, masks_optional=role == "test")
-        images, masks, names = (io.load_pairs_2d(pairs, cfg.model.classes) if ndim == 2 else
-                                io.load_pairs_3d(pairs, name, cfg.model.classes))
-        folder = os.path.join(parent, name)
-        check_crop_shape(cfg, [x.shape[:ndim] for x in images], folder)
-        loaded.append((role, folder, (images, masks, names)))
-    check_channels([(folder, images[0].shape[-1]) for _, folder, (images, _, _) in loaded])
-    sets = {role: items for role, _, items in loaded if role != "extra"}
-    training = [items for role, _, items in loaded if role in ("train", "extra")]
-    groups = [k for k, (images, _, _) in enumerate(training) for _ in images]
+    sets, training, groups = _read_folders(data_dir, cfg, ndim, lambda pairs, name: (
+        io.load_pairs_2d(pairs, cfg.model.classes) if ndim == 2 else io.load_pairs_3d(pairs, name, cfg.model.classes)))
     _check_split([x.shape for x in sets["train"][0]], cfg, ndim, "val" in sets)
     check_tile_count(cfg, [x.shape[:ndim] for x in sets["test"][0]])
     check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
@@ -142,6 +126,33 @@ def _load(data_dir, cfg, ndim):
 
         validation = normalized(*sets["val"]) if "val" in sets else None
         return normalized(*train, groups=groups, validation=validation), normalized(*sets["test"])
+
+
+def _read_folders(data_dir, cfg, ndim, read):
+    """Check the options every loader checks, then read each folder of :func:`data_folders`.
+
+    ``read(pairs, name) -> (images, masks, names)`` reads one folder (arrays or disk sources,
+    channels last). Returns ``(sets, training, groups)``: ``{role: (images, masks, names)}`` of
+    ``train``, ``val`` (when it exists) and ``test``; the items of ``DATA_DIR/train`` and of each
+    extra folder, in that order; and the group (folder) of each training item (:class:`ImageSet`).
+    """
+    if len(cfg.data.crop_shape) != ndim:
+        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the {ndim}D template needs {ndim} sizes "
+                        f"({', '.join('zyx'[3 - ndim:])})")
+    with options(overlap="inference.overlap"):
+        data.per_axis(cfg.inference.overlap, ndim, "overlap")
+    check_crop_options(cfg)
+    loaded = []
+    for role, parent, name in data_folders(data_dir, cfg):
+        images, masks, names = read(io.dataset_pairs(parent, name, masks_optional=role == "test"), name)
+        folder = os.path.join(parent, name)
+        check_crop_shape(cfg, [x.shape[:ndim] for x in images], folder)
+        loaded.append((role, folder, (images, masks, names)))
+    check_channels([(folder, images[0].shape[-1]) for _, folder, (images, _, _) in loaded])
+    sets = {role: items for role, _, items in loaded if role != "extra"}
+    training = [items for role, _, items in loaded if role in ("train", "extra")]
+    groups = [k for k, (images, _, _) in enumerate(training) for _ in images]
+    return sets, training, groups
 
 
 def check_crop_options(cfg):
@@ -639,23 +650,8 @@ def _open_streamed(data_dir, cfg, ndim, sources_of):
 
     ``pairs`` are those of each folder of :func:`data_folders`.
     """
-    if len(cfg.data.crop_shape) != ndim:
-        raise UserError(f"data.crop_shape={cfg.data.crop_shape}: the {ndim}D template needs {ndim} sizes "
-                        f"({', '.join('zyx'[3 - ndim:])})")
-    with options(overlap="inference.overlap"):
-        data.per_axis(cfg.inference.overlap, ndim, "overlap")
-    check_crop_options(cfg)
-    folders = []
-    for role, parent, name in data_folders(data_dir, cfg):
-        images, masks, names = sources_of(io.dataset_pairs(parent, name, masks_optional=role == "test"))
-        folder = os.path.join(parent, name)
-        check_crop_shape(cfg, [x.shape[:-1] for x in images], folder)
-        folders.append((role, folder, (images, masks, names)))
-    check_channels([(folder, images[0].shape[-1]) for _, folder, (images, _, _) in folders])
-    sources = {role: items for role, _, items in folders if role != "extra"}
-    training = [items for role, _, items in folders if role in ("train", "extra")]
+    sources, training, groups = _read_folders(data_dir, cfg, ndim, lambda pairs, name: sources_of(pairs))
     sources["train"] = tuple(sum((list(items[k]) for items in training), []) for k in range(3))
-    groups = [k for k, (images, _, _) in enumerate(training) for _ in images]
     main = [i for i, g in enumerate(groups) if g == 0]
     _check_split([sources["train"][0][i].shape for i in main], cfg, ndim, "val" in sources)
     check_tile_count(cfg, [x.shape[:-1] for x in sources["test"][0]])
