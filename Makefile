@@ -2,10 +2,15 @@
 # make test   -> set up .venv and run the test suite
 # make bench  -> benchmarks (tests/benchmarks/), one JSON line each
 # make test-jax -> set up .venv-jax (JAX backend, no TensorFlow) and run the JAX subset below
+# make test-torch -> set up .venv-torch (PyTorch backend, CPU, no TensorFlow) and run the whole suite on it
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+
+TORCH_VENV := .venv-torch
+TORCH_PY := $(TORCH_VENV)/bin/python
+TORCH_STAMP := $(TORCH_VENV)/.installed
 
 JAX_VENV := .venv-jax
 JAX_PY := $(JAX_VENV)/bin/python
@@ -18,7 +23,7 @@ JAX_TESTS ?= tests/test_networks.py tests/test_losses.py tests/test_metrics.py t
 	tests/test_reliability.py::test_resumed_run_counts_the_time_already_trained \
 	tests/test_template.py::test_run_folder_has_every_output
 
-.PHONY: setup setup-jax demo test test-jax bench clean
+.PHONY: setup setup-jax setup-torch demo test test-jax test-torch bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +41,14 @@ $(JAX_STAMP): env/requirements-base.txt env/requirements-jax.txt env/requirement
 	$(JAX_PY) -m pip install --quiet -r env/requirements-jax.txt -r env/requirements-test.txt
 	touch $(JAX_STAMP)
 
+setup-torch: $(TORCH_STAMP)
+
+$(TORCH_STAMP): env/requirements-base.txt env/requirements-torch.txt env/requirements-test.txt
+	test -x $(TORCH_PY) || $(PYTHON) -m venv $(TORCH_VENV)
+	$(TORCH_PY) -m pip install --quiet --upgrade pip
+	$(TORCH_PY) -m pip install --quiet -r env/requirements-torch.txt -r env/requirements-test.txt
+	touch $(TORCH_STAMP)
+
 demo: $(STAMP)
 	$(PY) -m lib.synthetic demo_data/em2d --n-train 16 --n-test 4 --size 256 256 --seed 0
 	$(PY) templates/template.py . demo_data/em2d demo_jobs --id demo --rid 0 --gpu cpu --overwrite \
@@ -48,6 +61,9 @@ test: $(STAMP)
 
 test-jax: $(JAX_STAMP)
 	KERAS_BACKEND=jax $(JAX_PY) -m pytest -q -n 2 $(JAX_TESTS)
+
+test-torch: $(TORCH_STAMP)
+	KERAS_BACKEND=torch $(TORCH_PY) -m pytest -q -n 2 tests --ignore=tests/benchmarks
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -s -o python_files='bench_*.py' tests/benchmarks

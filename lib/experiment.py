@@ -5,6 +5,7 @@ one implementation of each step, while the templates stay short enough to copy.
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional
 
@@ -197,8 +198,6 @@ def check_foreground(counts, data_dir):
 
     ``counts`` maps ``'train'`` and ``'test'`` to ``(foreground pixels, pixels)`` over all their masks.
     """
-    import sys
-
     for split, (fg, total) in counts.items():
         problem = ("hold no foreground (every pixel is 0)" if fg == 0 else
                    "hold no background (every pixel is foreground)" if fg == total else None)
@@ -310,8 +309,6 @@ def class_weights(train_set, cfg):
     training masks weighs 1 (with a warning: it cannot be learnt). Returns None for binary runs
     (``model.classes`` 1) and for ``[]``; else a list of ``model.classes`` floats. Writes nothing.
     """
-    import sys
-
     k, weights = cfg.model.classes, cfg.train.class_weights
     if k == 1:
         return None
@@ -1000,7 +997,6 @@ def peak_rss_mb():
     if peak is not None:
         return peak
     import resource
-    import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
     return round(peak / (2**20 if sys.platform == "darwin" else 1024), 1)

@@ -229,6 +229,9 @@ def compile_model(model, cfg, class_weights=None):
     else:
         model.compile(optimizer=make_optimizer(cfg), loss=[loss] * n, loss_weights=deep_supervision_weights(cfg, n),
                       metrics=[[iou]] + [[] for _ in range(n - 1)])
+    # Built now, not inside the first traced training step: on TensorFlow, variables created there make
+    # tf.function trace the whole step a second time (about 4 s for a small network, on every run).
+    model.optimizer.build(model.trainable_variables)
     return model
 
 

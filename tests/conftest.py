@@ -8,6 +8,10 @@ import tifffile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+# The suite runs two workers (pytest -n 2) on two cores: each worker's runs (and the subprocesses they
+# start) take one core's worth of threads, instead of two processes each spreading over both cores.
+for _var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
