@@ -34,20 +34,14 @@ $(STAMP): env/requirements-base.txt env/requirements.txt env/requirements-dev.tx
 	touch $(STAMP)
 
 setup-jax: $(JAX_STAMP)
-
-$(JAX_STAMP): env/requirements-base.txt env/requirements-jax.txt env/requirements-test.txt
-	test -x $(JAX_PY) || $(PYTHON) -m venv $(JAX_VENV)
-	$(JAX_PY) -m pip install --quiet --upgrade pip
-	$(JAX_PY) -m pip install --quiet -r env/requirements-jax.txt -r env/requirements-test.txt
-	touch $(JAX_STAMP)
-
 setup-torch: $(TORCH_STAMP)
 
-$(TORCH_STAMP): env/requirements-base.txt env/requirements-torch.txt env/requirements-test.txt
-	test -x $(TORCH_PY) || $(PYTHON) -m venv $(TORCH_VENV)
-	$(TORCH_PY) -m pip install --quiet --upgrade pip
-	$(TORCH_PY) -m pip install --quiet -r env/requirements-torch.txt -r env/requirements-test.txt
-	touch $(TORCH_STAMP)
+# .venv-jax and .venv-torch: env/requirements-<backend>.txt (no TensorFlow) and the test packages
+$(JAX_STAMP) $(TORCH_STAMP): .venv-%/.installed: env/requirements-base.txt env/requirements-%.txt env/requirements-test.txt
+	test -x .venv-$*/bin/python || $(PYTHON) -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --upgrade pip
+	.venv-$*/bin/python -m pip install --quiet -r env/requirements-$*.txt -r env/requirements-test.txt
+	touch $@
 
 demo: $(STAMP)
 	$(PY) -m lib.synthetic demo_data/em2d --n-train 16 --n-test 4 --size 256 256 --seed 0
