@@ -51,13 +51,13 @@ demo: $(STAMP)
 	@echo "Demo finished: results in demo_jobs/demo_0/ (metrics.json, charts/*.png, predictions/), summary in demo_jobs/summary.csv"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/benchmarks  # two workers: most tests wait on a subprocess starting Keras
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks  # two workers: most tests wait on a subprocess starting Keras
 
 test-jax: $(JAX_STAMP)
-	KERAS_BACKEND=jax $(JAX_PY) -m pytest -q -n 2 $(JAX_TESTS)
+	KERAS_BACKEND=jax $(JAX_PY) -m pytest -q -n 2 --dist loadgroup $(JAX_TESTS)
 
 test-torch: $(TORCH_STAMP)
-	KERAS_BACKEND=torch $(TORCH_PY) -m pytest -q -n 2 tests --ignore=tests/benchmarks
+	KERAS_BACKEND=torch $(TORCH_PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -s -o python_files='bench_*.py' tests/benchmarks

@@ -16,10 +16,13 @@ from lib import config, data, experiment, io
 from lib.errors import UserError
 from lib.inference import blend_window, predict_tiled, predict_tta, tta_transforms
 
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_3d")
+
 TEMPLATE = os.path.join(REPO, "templates", "3D_template.py")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def dataset_3d(tmp_path_factory):
     """One 16x64x64 training and one test volume, each a folder of sorted 2D slices."""
     from lib.synthetic import write_dataset

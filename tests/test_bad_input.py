@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO, blob_pair, write_pairs
+from conftest import REPO, blob_pair, run_here, write_pairs
 
 TEMPLATES = os.path.join(REPO, "templates")
 CROP = ["--set", "data.crop_shape=[32,32]"]
@@ -29,6 +29,9 @@ def good_dataset(root, n_train=10, n_test=2):
 
 
 def run_template(data, job, *args, template="template.py", env=None):
+    """The template run with ``env`` from bash; without it, in this process (the same checks, no new Keras start)."""
+    if env is None:
+        return run_here(os.path.join("templates", template), str(data), str(job), "--id", "bad", *args)
     return subprocess.run([sys.executable, os.path.join(TEMPLATES, template), REPO, str(data), str(job),
                            "--id", "bad", *args], capture_output=True, text=True, timeout=300, env=env)
 

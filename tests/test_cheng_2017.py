@@ -21,6 +21,9 @@ from lib.errors import UserError
 from lib.losses import BatchOverlap
 from lib.metrics import ForegroundIoU  # noqa: F401  registered for loading the checkpoints
 
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_cheng_2017")
+
 SCRIPT_2D = os.path.join(REPO, "cheng_2017", "cheng_2D_template.py")
 SCRIPT_3D = os.path.join(REPO, "cheng_2017", "cheng_3D_template.py")
 
@@ -309,7 +312,7 @@ def test_2d_script_refuses_what_the_network_cannot_take(dataset_2d, tmp_path, op
     assert not (tmp_path / "bad_0").exists()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def volume_dataset(tmp_path_factory):
     """One 16x64x64 training and one test volume, each a folder of sorted 2D slices."""
     from lib.synthetic import write_dataset

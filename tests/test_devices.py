@@ -14,6 +14,9 @@ import pytest
 import test_reliability
 from test_reliability import command, history, run, run_and_kill
 
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_devices")
+
 BACKEND = keras.backend.backend()
 EPOCHS = 2
 ONE_LR = ["--set", f"train.epochs={EPOCHS}", "--set", "train.schedule=none", "--set", "model.dropout=0",
@@ -24,7 +27,7 @@ ONE_LR = ["--set", f"train.epochs={EPOCHS}", "--set", "train.schedule=none", "--
 RTOL = {"jax": 1e-4, "tensorflow": 2e-2}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def data(tmp_path_factory):
     from lib.synthetic import write_dataset
 

@@ -3,13 +3,14 @@
 import ast
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_here
+
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_entry_scripts")
 
 # script: (dataset fixture, --set options of a tiny run)
 SCRIPTS = {
@@ -26,7 +27,7 @@ SCRIPTS = {
 COMMON = ["train.epochs=0", "inference.overlays=1", "augment.samples=2"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def volume_16(tmp_path_factory):
     """One 16x64x64 training and one test volume, each a folder of sorted 2D slices."""
     from lib.synthetic import write_dataset
@@ -52,7 +53,7 @@ def channels_last_input(cfg):
     return (None,) * len(cfg.data.crop_shape) + (1,)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def runs(request, tmp_path_factory):
     """Each script run with train.epochs=0 and train.pretrained=a .keras file of its network (built here)."""
     from lib import networks, training
@@ -66,8 +67,7 @@ def runs(request, tmp_path_factory):
         weights = str(root / f"{name}.keras")
         training.save_model_atomic(networks.build_network(cfg.model, channels_last_input(cfg)), weights)
         sets = [a for kv in options + COMMON + [f"train.pretrained={weights}"] for a in ("--set", kv)]
-        result = subprocess.run([sys.executable, os.path.join(REPO, script), REPO, data, str(root / "jobs"),
-                                 "--id", name, "--gpu", "cpu", *sets], capture_output=True, text=True, timeout=600)
+        result = run_here(script, data, str(root / "jobs"), "--id", name, "--gpu", "cpu", *sets)
         out[script] = (result, root / "jobs" / f"{name}_0", weights)
     return out
 

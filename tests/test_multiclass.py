@@ -12,9 +12,12 @@ import pytest
 import tifffile
 from skimage.measure import label
 
-from conftest import REPO
+from conftest import REPO, run_here
 from lib import config, evaluation, io, losses, metrics, postprocess, reports, synthetic
 from lib.errors import UserError
+
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_multiclass")
 
 TEMPLATES = os.path.join(REPO, "templates")
 FAST_2D = ["--set", "model.classes=3", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=3",
@@ -23,11 +26,10 @@ FAST_2D = ["--set", "model.classes=3", "--set", "train.epochs=2", "--set", "trai
 
 
 def run_template(template, data, job, *args):
-    return subprocess.run([sys.executable, os.path.join(TEMPLATES, template), REPO, str(data), str(job),
-                           "--id", "mc", "--gpu", "cpu", *args], capture_output=True, text=True, timeout=600)
+    return run_here(os.path.join("templates", template), str(data), str(job), "--id", "mc", "--gpu", "cpu", *args)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def data_3class(tmp_path_factory):
     return synthetic.write_dataset(str(tmp_path_factory.mktemp("data") / "mc2d"), n_train=4, n_test=2,
                                    shape=(64, 64), seed=2, classes=3)

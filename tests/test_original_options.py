@@ -8,14 +8,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO, blob_pair, write_pairs
+from conftest import blob_pair, run_here, write_pairs
 from lib import cli, config, data, experiment
 from lib.errors import UserError
 
@@ -25,8 +23,7 @@ FAST = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "mode
 
 def run_script(script, data_dir, job, *sets, run_id="o"):
     args = [a for kv in (*FAST, *sets) for a in ("--set", kv)]
-    return subprocess.run([sys.executable, os.path.join(REPO, script), REPO, str(data_dir), str(job), "--id", run_id,
-                           "--gpu", "cpu", *args], capture_output=True, text=True, timeout=600)
+    return run_here(script, str(data_dir), str(job), "--id", run_id, "--gpu", "cpu", *args)
 
 
 def dataset(root, n_train=6, n_test=2, seed=0, shape=(64, 64)):

@@ -15,6 +15,9 @@ import tifffile
 
 from conftest import REPO
 
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_predict")
+
 PREDICT = os.path.join(REPO, "templates", "predict.py")
 TILE = 16
 # The run's largest tile: the test slices (40 x 52) fit in it along y (one tile, no overlap) but not along x.
@@ -29,7 +32,7 @@ def fake_predict(batch):
     return 1 / (1 + np.exp(-(x - np.roll(x, 1, axis=-1) + 0.5 * np.roll(x, 2, axis=1))))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def run_2d(tmp_path_factory):
     """A run folder with an untrained tiny 2D U-Net (crop 16, tiles of at most MAX_TILE, per_image normalisation)."""
     import keras
@@ -47,7 +50,7 @@ def run_2d(tmp_path_factory):
     return run
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def volume():
     rng = np.random.default_rng(3)
     base = rng.integers(0, 200, (9, 40, 52)).astype(np.uint8)
@@ -209,7 +212,7 @@ def test_a_block_shows_one_bar_over_the_tiles_of_all_its_slices():
 
 # --------------------------------------------------------------------------- end to end, as a user runs it
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def zarr_run(run_2d, volume, tmp_path_factory):
     """A zarr v2 input and its in-process prediction ``a.zarr``: ``(folder, completed process)``."""
     import zarr
@@ -365,7 +368,7 @@ def _main():
     return module.main
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def bad_inputs(run_2d, tmp_path_factory):
     import h5py
     import zarr

@@ -2,24 +2,20 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO
+from conftest import run_here
 
-TEMPLATE = os.path.join(REPO, "templates", "template.py")
 TINY = ["data.crop_shape=[32,32]", "model.depth=2", "model.filters=4",
         "model.dropout=0.0", "inference.overlays=0", "train.steps_per_epoch=2"]
 
 
 def run_template(data, job, rid, *options):
     args = [a for kv in TINY + list(options) for a in ("--set", kv)]
-    return subprocess.run([sys.executable, TEMPLATE, REPO, data, str(job), "--id", "t", "--rid", str(rid),
-                           "--gpu", "cpu", *args], capture_output=True, text=True, timeout=300)
+    return run_here("templates/template.py", data, str(job), "--id", "t", "--rid", str(rid), "--gpu", "cpu", *args)
 
 
 def test_epochs_0_without_pretrained_is_one_error_line_nothing_written(dataset_2d, tmp_path):

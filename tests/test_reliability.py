@@ -21,6 +21,9 @@ import tifffile
 
 from conftest import REPO
 
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_reliability")
+
 TEMPLATE = os.path.join(REPO, "templates", "template.py")
 EPOCHS = 4
 TINY = ["--gpu", "cpu", "--threads", "1", "--set", f"train.epochs={EPOCHS}", "--set", "data.crop_shape=[32,32]",
@@ -33,7 +36,7 @@ TINY = ["--gpu", "cpu", "--threads", "1", "--set", f"train.epochs={EPOCHS}", "--
 TIMEOUT = 300
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def data(tmp_path_factory):
     from lib.synthetic import write_dataset
 
@@ -105,7 +108,7 @@ def assert_whole_run(run_dir, reference_dir, rtol=1e-5):
             assert results[variant][metric] == pytest.approx(value, rel=rtol, abs=1e-6), (variant, metric)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def reference(data, tmp_path_factory):
     """An uninterrupted run: ``(job_dir, run_dir)``."""
     job = tmp_path_factory.mktemp("jobs")

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO
+from conftest import REPO, run_here
+
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_template")
 
 TEMPLATE = os.path.join(REPO, "templates", "template.py")
 FAST = ["--set", "train.epochs=8", "--set", "data.crop_shape=[64,64]", "--set", "data.replicate=4",
@@ -20,11 +23,14 @@ FAST = ["--set", "train.epochs=8", "--set", "data.crop_shape=[64,64]", "--set", 
 
 
 def run_template(*args, cwd=None):
+    """The template run from bash in ``cwd``; without it, in this process (the same run, without a new Keras start)."""
+    if cwd is None:
+        return run_here("templates/template.py", *args)
     return subprocess.run([sys.executable, TEMPLATE, REPO, *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def finished_run(dataset_2d, tmp_path_factory):
     job = tmp_path_factory.mktemp("jobs")
     # run from an unrelated working directory: the template must not depend on it

@@ -19,6 +19,9 @@ from xiao_2018 import pipeline
 from xiao_2018.network import LOSS_WEIGHTS, OUTPUT_NAMES, build_model, level_widths
 from xiao_2018.options import check_config
 
+# one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
+pytestmark = pytest.mark.xdist_group("test_xiao_2018")
+
 SCRIPT = os.path.join(REPO, "xiao_2018", "xiao_template.py")
 
 
@@ -244,7 +247,7 @@ def test_bad_xiao_options_name_the_option(override, message):
 # --- the entry script ----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def dataset_3d(tmp_path_factory):
     """One 16x64x64 training and one test volume, each a folder of sorted 2D slices."""
     from lib.synthetic import write_dataset
