@@ -34,15 +34,20 @@ def run_here(script, *args):
     path = os.path.join(REPO, script)
     spec = importlib.util.spec_from_file_location(os.path.basename(script)[:-3].replace("-", "_"), path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    saved = list(sys.path), sys.argv
+    sys.argv = [path, REPO]  # the script puts its CODE_DIR argument first on sys.path, as when run
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            with cli.user_errors():
-                module.main([REPO, *args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code
+    try:
+        spec.loader.exec_module(module)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                with cli.user_errors():
+                    module.main([REPO, *args])
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+    finally:
+        sys.path[:], sys.argv = saved
     return subprocess.CompletedProcess([sys.executable, path, REPO, *args], code, out.getvalue(), err.getvalue())
 
 

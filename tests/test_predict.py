@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO
+from conftest import REPO, run_here
 
 # one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
 pytestmark = pytest.mark.xdist_group("test_predict")
@@ -57,9 +57,12 @@ def volume():
     return base + np.arange(9, dtype=np.uint8)[:, None, None] * 5  # slices of different ranges
 
 
-def predict_cli(*args, **kwargs):
-    return subprocess.run([sys.executable, PREDICT, REPO, "--gpu", "cpu", *FAST, *map(str, args)],
-                          capture_output=True, text=True, timeout=300, **kwargs)
+def predict_cli(*args):
+    """predict.py in this process; with a dask ``--scheduler`` (worker processes of its own), from bash."""
+    args = ["--gpu", "cpu", *FAST, *map(str, args)]
+    if "--scheduler" not in args:
+        return run_here("templates/predict.py", *args)
+    return subprocess.run([sys.executable, PREDICT, REPO, *args], capture_output=True, text=True, timeout=300)
 
 
 def reference_probabilities(run, vol, z_filter=5):

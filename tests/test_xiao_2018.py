@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO
+from conftest import REPO, run_here
 from lib import cli, training
 from lib.config import Config, ModelConfig
 from lib.errors import UserError
@@ -292,8 +292,7 @@ def test_entry_script_end_to_end(dataset_3d, tmp_path):
 
 def test_entry_script_refuses_bad_option_before_writing(dataset_3d, tmp_path):
     job = tmp_path / "jobs"
-    args = [sys.executable, SCRIPT, REPO, dataset_3d, str(job), "--gpu", "cpu", "--set", "xiao.equalize=clahe"]
-    result = subprocess.run(args, capture_output=True, text=True, cwd=str(tmp_path), timeout=300)
+    result = run_here("xiao_2018/xiao_template.py", dataset_3d, str(job), "--gpu", "cpu", "--set", "xiao.equalize=clahe")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: xiao.equalize: unknown value 'clahe'")
     assert not job.exists()
