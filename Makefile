@@ -51,7 +51,7 @@ demo: $(STAMP)
 	@echo "Demo finished: results in demo_jobs/demo_0/ (metrics.json, charts/*.png, predictions/), summary in demo_jobs/summary.csv"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks  # two workers: most tests wait on a subprocess starting Keras
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks  # two workers, one core each; loadgroup: a file whose fixtures run templates stays on one worker
 
 test-jax: $(JAX_STAMP)
 	KERAS_BACKEND=jax $(JAX_PY) -m pytest -q -n 2 --dist loadgroup $(JAX_TESTS)

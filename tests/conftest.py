@@ -21,6 +21,25 @@ for _var in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREAD
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def load_script(script):
+    """Entry script ``script`` (a path under the repository) imported as a module, without running it.
+
+    As when run, the script puts its CODE_DIR argument (here the repository) first on ``sys.path``;
+    ``sys.path`` and ``sys.argv`` are restored afterwards.
+    """
+    path = os.path.join(REPO, script)
+    name = os.path.splitext(os.path.basename(script))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    saved = list(sys.path), sys.argv
+    sys.argv = [path, REPO]
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:], sys.argv = saved
+    return module
+
+
 def run_here(script, *args):
     """Run entry script ``script`` (a path under the repository) in this process, as bash would run it.
 
@@ -31,24 +50,17 @@ def run_here(script, *args):
     """
     from lib import cli
 
-    path = os.path.join(REPO, script)
-    spec = importlib.util.spec_from_file_location(os.path.basename(script)[:-3].replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path), sys.argv
-    sys.argv = [path, REPO]  # the script puts its CODE_DIR argument first on sys.path, as when run
+    module = load_script(script)
     out, err = io.StringIO(), io.StringIO()
-    try:
-        spec.loader.exec_module(module)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                with cli.user_errors():
-                    module.main([REPO, *args])
-                code = 0
-            except SystemExit as exc:
-                code = exc.code
-    finally:
-        sys.path[:], sys.argv = saved
-    return subprocess.CompletedProcess([sys.executable, path, REPO, *args], code, out.getvalue(), err.getvalue())
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            with cli.user_errors():
+                module.main([REPO, *args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+    return subprocess.CompletedProcess([sys.executable, os.path.join(REPO, script), REPO, *args], code,
+                                       out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="session")

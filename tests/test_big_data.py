@@ -1,7 +1,6 @@
 """The big-data template: window reads from files, header checks, streaming statistics, end to end."""
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ import pytest
 import skimage.io
 import tifffile
 
-from conftest import REPO, blob_pair, write_pairs
+from conftest import REPO, blob_pair, load_script, write_pairs
 from lib import config, experiment, io
 from lib.errors import UserError
 
@@ -167,12 +166,9 @@ def test_float_images_refuse_dtype_max(tmp_path):
 
 @pytest.fixture
 def template_main(monkeypatch):
-    """The template's ``main``, imported in this process (as when run: CODE_DIR is ``sys.argv[1]``)."""
+    """The template's ``main``, imported in this process (:func:`conftest.load_script`)."""
     monkeypatch.setattr(sys, "argv", [TEMPLATE, REPO])
-    spec = importlib.util.spec_from_file_location("big_data_template", TEMPLATE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("templates/big_data_template.py").main
 
 
 def test_bad_mask_is_reported_before_anything_is_written(tmp_path, template_main):

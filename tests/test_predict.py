@@ -1,7 +1,6 @@
 """templates/predict.py: block-wise prediction of new data (zarr, OME-Zarr, HDF5, TIFF, slices), resume, Dask, bad input."""
 
 import contextlib
-import importlib.util
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO, run_here
+from conftest import REPO, load_script, run_here
 
 # one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
 pytestmark = pytest.mark.xdist_group("test_predict")
@@ -365,10 +364,7 @@ def test_in_process_each_block_shows_the_progress_of_its_tiles(zarr_run, run_2d,
 # --------------------------------------------------------------------------- bad input: one line, exit 2, nothing written
 
 def _main():
-    spec = importlib.util.spec_from_file_location("predict_template", PREDICT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("templates/predict.py").main
 
 
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests

@@ -1,6 +1,5 @@
 """Training data in zarr / HDF5 volumes: the 3D and big-data templates read their crops from the stores."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -11,7 +10,7 @@ import pytest
 import tifffile
 import zarr
 
-from conftest import REPO
+from conftest import REPO, load_script
 from lib import config, experiment, volumes
 from lib.errors import UserError
 from lib.synthetic import make_sample
@@ -143,12 +142,8 @@ def test_refusals_name_the_file(tmp_path):
 
 
 def _main(name):
-    """A template's ``main``, imported in this process (as when run: CODE_DIR is ``sys.argv[1]``)."""
-    path = os.path.join(REPO, "templates", name)
-    spec = importlib.util.spec_from_file_location(name[:-3], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    """A template's ``main``, imported in this process (:func:`conftest.load_script`)."""
+    return load_script(os.path.join("templates", name)).main
 
 
 FAST = ["--gpu", "cpu", "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2", "--set", "model.depth=2",

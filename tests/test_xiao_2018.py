@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO, run_here
+from conftest import REPO, load_script, run_here
 from lib import cli, training
 from lib.config import Config, ModelConfig
 from lib.errors import UserError
@@ -44,16 +44,7 @@ def model_config(**options):
 
 def xiao_template_config():
     """The CONFIG block of the entry script, read without running it."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("xiao_template", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    saved = list(sys.path)  # the script puts its CODE_DIR argument first on sys.path
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    return module.CONFIG
+    return load_script("xiao_2018/xiao_template.py").CONFIG
 
 
 def bce(y, p):
