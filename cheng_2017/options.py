@@ -73,6 +73,9 @@ def check_options(cfg, ndim, t):
     if cfg.stem_stride != 1:
         raise UserError(f"model.stem_stride: the Cheng network has its own input block; expected 1, "
                         f"got {cfg.stem_stride}")
+    if cfg.planar_levels:
+        raise UserError(f"model.planar_levels: the Cheng network has its own blocks; expected 0, "
+                        f"got {cfg.planar_levels}")
     if isinstance(cfg.dropout, list):
         raise UserError(f"model.dropout: the Cheng network uses one rate in every encoder block; "
                         f"expected a single number, got {cfg.dropout}")

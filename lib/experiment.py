@@ -52,10 +52,11 @@ class ImageSet:
 
 def check_crop_shape(cfg, shapes, where):
     """The crop must fit in every image and be divisible by the network's downsampling."""
-    from .networks import divisor
+    from .networks import check_planar_levels, divisor
 
     crop = tuple(cfg.data.crop_shape)
     ndim = len(crop)
+    check_planar_levels(cfg.model, ndim)
     smallest = tuple(min(s[i] for s in shapes) for i in range(ndim))
     with options(crop="data.crop_shape"):
         data.check_crop_fits(smallest, crop, f"the smallest image of {where}")

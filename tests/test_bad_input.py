@@ -199,6 +199,9 @@ OPTION_CASES = [
     (["--set", "train.learning_rate=Infinity"], "train.learning_rate: expected a finite number, got inf"),
     (["--set", "model.depth=2", "--set", "model.stem_stride=3"],
      "size 32 on axis y is not divisible by 12, the network's downsampling (model.depth=2, model.stem_stride=3)"),
+    (["--set", "model.planar_levels=1"],
+     "model.planar_levels: in-plane levels are for 3D input (every level of a 2D network is in-plane); expected 0"),
+    (["--set", "model.planar_levels=-1"], "model.planar_levels: expected a value in [0, inf), got -1"),
 ]
 
 

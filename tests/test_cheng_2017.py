@@ -238,6 +238,7 @@ def test_paper_width_schedule():
     ({"pool_size": [1, 2, 2]}, (32, 32, 1), "model.pool_size: the Cheng network halves every axis"),
     ({"deep_supervision": True}, (32, 32, 1), "model.deep_supervision: the Cheng network has a single output"),
     ({"filters": 1}, (32, 32, 1), "model.filters: the Cheng network widens by filters // 2"),
+    ({"planar_levels": 1}, (32, 32, 1), "model.planar_levels: the Cheng network has its own blocks; expected 0"),
     ({}, (40, 32, 1), "input size 40 on axis y is not a multiple of 16"),
     ({}, (32, 32, 4), "model.filters: the Cheng input block concatenates the 4 image channels"),
 ])

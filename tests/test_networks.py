@@ -226,6 +226,67 @@ def test_stem_of_the_wrong_length_and_input_not_divisible_are_refused():
         build_model(tiny(stem_stride=2), (36, 36, 1))
 
 
+# --------------------------------------------------------------------------- in-plane levels (model.planar_levels)
+
+def test_section_conv_is_a_1x3x3_conv3d():
+    from lib.networks.blocks import SectionConv
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 12, 5)).astype("float32")
+    section = SectionConv(4)
+    out = keras.ops.convert_to_numpy(section(x))
+    reference = keras.layers.Conv3D(4, (1, 3, 3), padding="same")
+    reference.build(x.shape)
+    kernel, bias = section.get_weights()
+    reference.set_weights([kernel[None], bias])
+    assert out.shape == (2, 3, 8, 12, 4)
+    np.testing.assert_allclose(out, keras.ops.convert_to_numpy(reference(x)), atol=1e-5)
+
+
+def _kernels(model):
+    """The 3 x 3(x 3) convolutions of ``model``, in order: 'section' (in-plane) or '3d'."""
+    from lib.networks.blocks import SectionConv
+
+    kinds = []
+    for layer in model.layers:
+        if isinstance(layer, SectionConv):
+            kinds.append("section")
+        elif isinstance(layer, keras.layers.Conv3D) and tuple(layer.kernel_size) == (3, 3, 3):
+            kinds.append("3d")
+    return kinds
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet", "attention_unet"])
+def test_planar_levels_convolve_within_sections_at_the_finest_levels(name, tmp_path):
+    # depth 2: level 0 (2 convolutions), level 1, bottom, level 1, level 0 of the decoder.
+    all_3d = _kernels(build_model(tiny(name), (None, None, None, 1)))
+    model = build_model(tiny(name, planar_levels=1), (None, None, None, 1))
+    kinds = _kernels(model)
+    assert len(kinds) == len(all_3d) and set(all_3d) == {"3d"}
+    per_block = len(kinds) // 5
+    assert kinds == ["section"] * per_block + ["3d"] * 3 * per_block + ["section"] * per_block
+    assert _kernels(build_model(tiny(name, planar_levels=2), (None, None, None, 1))).count("3d") == per_block
+    # Any volume the divisor allows; the saved network predicts the same.
+    x, y = synthetic_batch((4, 16, 24, 1))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy")
+    losses = [float(model.train_on_batch(x, y)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    model.save(tmp_path / "planar.keras")
+    loaded = keras.models.load_model(tmp_path / "planar.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
+def test_planar_levels_beyond_the_depth_leave_only_the_bottom_block_3d():
+    kinds = _kernels(build_model(tiny(planar_levels=5), (None, None, None, 1)))
+    assert kinds == ["section"] * 4 + ["3d"] * 2 + ["section"] * 4
+
+
+def test_planar_levels_are_3d_only():
+    with pytest.raises(UserError, match="model.planar_levels: in-plane levels are for 3D input .* expected 0, got 1"):
+        build_model(tiny(planar_levels=1), (None, None, 1))
+    with pytest.raises(UserError, match=r"model.planar_levels: expected a value in \[0, inf\), got -1"):
+        tiny(planar_levels=-1).validate()
+
+
 def test_initial_weights_follow_he_normal_and_the_seed():
     from lib.networks.blocks import VarianceScaling, he_normal
 

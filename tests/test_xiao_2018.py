@@ -121,6 +121,7 @@ def test_save_and_load_keras_file_without_custom_objects(tmp_path):
     ("filters", 1, r"model.filters: .* expected at least 2, got 1"),
     ("name", "unet", r"model.name: .* 'xiao2018', got 'unet'"),
     ("pool_size", [2, 2], r"model.pool_size: expected 3 sizes"),
+    ("planar_levels", 2, r"model.planar_levels: the Xiao et al. network has its own blocks; expected 0, got 2"),
 ])
 def test_bad_model_options_are_refused(option, value, message):
     cfg = Config()

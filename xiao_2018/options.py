@@ -39,6 +39,9 @@ def check_model(model):
                         f"got {model.depth}")
     if model.stem_stride != 1:
         raise UserError(f"model.stem_stride: the Xiao et al. network has no stem; expected 1, got {model.stem_stride}")
+    if model.planar_levels:
+        raise UserError(f"model.planar_levels: the Xiao et al. network has its own blocks; expected 0, "
+                        f"got {model.planar_levels}")
     if model.filters < 2:
         raise UserError(f"model.filters: the widths grow by filters // 2 per level; expected at least 2, "
                         f"got {model.filters}")

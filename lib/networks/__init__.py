@@ -75,6 +75,13 @@ def stem_stride(cfg, ndim):
     return tuple(int(s) for s in stride)
 
 
+def check_planar_levels(cfg, ndim):
+    """Raise UserError for ``model.planar_levels`` > 0 with 2D input, where it means nothing."""
+    if ndim == 2 and cfg.planar_levels:
+        raise UserError(f"model.planar_levels: in-plane levels are for 3D input (every level of a 2D network is "
+                        f"in-plane); expected 0, got {cfg.planar_levels}")
+
+
 def divisor(cfg, ndim):
     """Total downsampling factor per spatial axis: ``pool ** depth``.
 
@@ -141,6 +148,7 @@ def build_model(cfg, input_shape, n_outputs=None, deep_supervision=None):
             f"got {input_shape}"
         )
     _check_input_shape(cfg, input_shape)
+    check_planar_levels(cfg, ndim)
     input_shape = tuple(None if s is None else int(s) for s in input_shape)
     softmax = n_outputs is None and cfg.classes > 1
     n_outputs = cfg.classes if n_outputs is None else n_outputs

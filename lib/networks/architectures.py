@@ -90,10 +90,12 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
         x = ops.act(ops.norm(ops.conv(x, filters, stem, strides=stem, use_bias=not ops.cfg.batch_norm)))
     skips = []
     for level in range(depth):
+        ops.level = level
         level_block = first_block if (level == 0 and first_block is not None) else block
         x = ops.dropout(level_block(ops, x, filters * 2**level), rates[level])
         skips.append(x)
         x = ops.pool_down(x)
+    ops.level = None
     x = ops.dropout(block(ops, x, filters * 2**depth), rates[depth])
     # Marks the end of the encoder: lib.networks.encoder_layers finds it by name.
     x = layers.Identity(name=BOTTLENECK)(x)
@@ -101,6 +103,7 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
     aux = []
     for level in reversed(range(depth)):
         width = filters * 2**level
+        ops.level = level
         x = ops.up(x, width)
         bridge = skips[level] if skip is None else skip(ops, skips[level], x, width, level, depth)
         x = layers.Concatenate()([bridge, x])
@@ -109,6 +112,7 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
             factor = tuple(s * p**level for s, p in zip(stem or (1,) * len(ops.pool), ops.pool))
             aux.append(blocks.sigmoid_head(ops, x, n_outputs, f"aux_{level}", upsample=factor, softmax=softmax))
 
+    ops.level = None
     if stem is not None:
         x = ops.act(ops.norm(ops.up(x, filters, factor=stem)))
     main = blocks.sigmoid_head(ops, x, n_outputs, "output", softmax=softmax)

@@ -65,6 +65,38 @@ def glorot_uniform():
     return VarianceScaling(1.0, "fan_avg", "uniform")
 
 
+@keras.saving.register_keras_serializable(package="emseg")
+class SectionConv(layers.Layer):
+    """A 3 x 3 convolution of every z section of a 3D feature map, run as one 2D convolution.
+
+    The same as a ``Conv3D`` with a (1, 3, 3) kernel and 'same' padding, but the
+    sections are folded into the batch axis and convolved by a ``Conv2D``: on a CPU,
+    TensorFlow's ``Conv3D`` runs an in-plane kernel 1.7x slower than ``Conv2D`` runs
+    the same arithmetic. Input and output ``(N, Z, Y, X, C)``; any Z, Y, X.
+    """
+
+    def __init__(self, filters, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.use_bias = bool(use_bias)
+        self.conv = layers.Conv2D(self.filters, 3, padding="same", use_bias=self.use_bias,
+                                  kernel_initializer=he_normal(), dtype=self.dtype_policy, name="section_conv2d")
+
+    def build(self, input_shape):
+        self.conv.build((None, input_shape[2], input_shape[3], input_shape[4]))
+
+    def call(self, x):
+        shape = keras.ops.shape(x)
+        out = self.conv(keras.ops.reshape(x, (-1, shape[2], shape[3], x.shape[-1])))
+        return keras.ops.reshape(out, (shape[0], shape[1], shape[2], shape[3], self.filters))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:4], self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "use_bias": self.use_bias}
+
+
 class Ops:
     """Layer factory for one network: 2D or 3D, with the model's options.
 
@@ -73,22 +105,39 @@ class Ops:
     ndim : int
         Number of spatial dimensions, 2 or 3.
     cfg : lib.config.ModelConfig
-        Supplies ``activation``, ``batch_norm``, ``spatial_dropout`` and
-        ``upsampling``.
+        Supplies ``activation``, ``batch_norm``, ``spatial_dropout``,
+        ``upsampling`` and ``planar_levels``.
     pool : tuple of int
         Pooling factor per spatial axis, e.g. ``(2, 2)`` or ``(1, 2, 2)``.
+
+    Attributes
+    ----------
+    level : int or None
+        The U-Net level whose layers are being built (0: full resolution; None:
+        the bottom block, the stem, the head). In 3D, the 3 x 3 x 3 convolutions
+        of levels below ``cfg.planar_levels`` are in-plane (:class:`SectionConv`).
     """
 
     def __init__(self, ndim, cfg, pool):
         self.ndim = ndim
         self.cfg = cfg
         self.pool = tuple(pool)
+        self.level = None
 
     def _layer(self, kind, suffix=""):
         return getattr(layers, f"{kind}{self.ndim}D{suffix}")
 
+    def _planar(self):
+        return self.ndim == 3 and self.level is not None and self.level < self.cfg.planar_levels
+
     def conv(self, x, filters, kernel_size=3, strides=1, use_bias=True):
-        """Convolution with 'same' padding and He initialisation, no activation."""
+        """Convolution with 'same' padding and He initialisation, no activation.
+
+        A 3 x 3 x 3 convolution at a planar level (``model.planar_levels``) is a
+        :class:`SectionConv`, 3 x 3 within each section.
+        """
+        if kernel_size == 3 and strides == 1 and self._planar():
+            return SectionConv(filters, use_bias=use_bias)(x)
         return self._layer("Conv")(
             filters, kernel_size, strides=strides, padding="same",
             use_bias=use_bias, kernel_initializer=he_normal(),
