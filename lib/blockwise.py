@@ -254,7 +254,8 @@ def load_predictor(model_path, precision=None):
         if _MODELS.get(model_path, (None,))[0] != version:
             import keras
 
-            from . import losses, metrics, networks  # noqa: F401  (register the project's Keras objects)
+            from . import losses, metrics  # noqa: F401  (register the project's Keras objects)
+            from .networks import blocks  # noqa: F401  (and its layers, e.g. SectionConv)
             from .training import set_precision
 
             model = keras.models.load_model(model_path, compile=False)

@@ -206,6 +206,7 @@ def inference_model(checkpoint, cfg):
     import keras
 
     from . import losses, metrics  # noqa: F401  (register the project's Keras objects)
+    from .networks import blocks  # noqa: F401  (and its layers, e.g. SectionConv)
 
     importlib.import_module(config_lib.MODELS[cfg.model.name])  # a paper folder's layers
     model = keras.models.load_model(checkpoint, compile=False)

@@ -22,6 +22,7 @@ from . import io
 from .errors import UserError
 from .losses import get_loss
 from .metrics import ClassIoU, ForegroundIoU
+from .networks import blocks  # noqa: F401  (registers lib's layers, e.g. SectionConv, for resuming from .keras)
 from .optimizers import AdaBound
 
 BEST, LAST = "best.keras", "last.keras"

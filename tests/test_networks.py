@@ -323,3 +323,16 @@ def test_dropout_draws_from_the_seed_generators_on_every_backend(spatial):
     keras.utils.set_random_seed(123)  # the backend's global generators change; the seed generators decide
     assert np.array_equal(first, masked())
     assert not np.array_equal(first, keras.ops.convert_to_numpy(model(x, training=True)))
+
+
+@pytest.mark.parametrize("loader", ["lib.blockwise.load_predictor(path)",
+                                    "lib.export.inference_model(path, lib.config.Config())",
+                                    "lib.training.keras.models.load_model(path)"])
+def test_a_saved_planar_network_loads_in_a_fresh_process(loader, tmp_path):
+    """predict.py, lib.export and a resumed run read the checkpoint without having built a network first."""
+    path = tmp_path / "planar.keras"
+    build_model(tiny(planar_levels=1), (None, None, None, 1)).save(path)
+    module = ".".join(loader.split(".")[:2])  # only the loader's own module, which must register the layers
+    code = f"import lib.config, {module}; path = {str(path)!r}; {loader}; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
