@@ -31,6 +31,7 @@ CATEGORICAL_LOSSES = {"bce": "ce", "bce_dice": "ce_dice", "ce": "ce", "ce_dice":
 BINARY_LOSSES = {"ce": "bce", "ce_dice": "bce_dice"}
 MAX_CLASSES = 255  # class ids are kept in uint8 masks
 UPSAMPLINGS = ("transpose", "resize")
+STEM_HEADS = ("conv", "linear")
 ACTIVATIONS = ("relu", "elu", "leaky_relu", "gelu", "swish")
 WINDOWS = ("gaussian", "spline")
 PROB_DTYPES = ("uint8", "float16")
@@ -253,6 +254,11 @@ class ModelConfig:
                                                 "per axis) with a strided convolution and learn the upsampling "
                                                 "back: 2 makes the network about 4x (2D) / 8x (3D) cheaper; "
                                                 "1: none", range="each >= 1")
+    stem_head: str = option("conv", "with a stem (model.stem_stride > 1), the way back to full resolution: conv "
+                            "(upsample to model.filters channels, norm, activation, 1 x 1 output convolution) or "
+                            "linear (upsample straight to the output, a linear read-out of the stem's features: "
+                            "nothing else runs at full resolution; with a z stem such as [8, 1, 1], a 2.5D network)",
+                            STEM_HEADS)
     planar_levels: int = option(0, "3D: the first N levels (full resolution first; N >= model.depth: all) convolve "
                                 "within each section (3 x 3, as 2D convolutions), the deeper ones and the bottom "
                                 "block in 3D (3 x 3 x 3); 2: about 2x faster on a CPU; 0: all 3D", range="[0, inf)")
@@ -282,6 +288,7 @@ class ModelConfig:
             _shape("model.stem_stride", self.stem_stride, low=1)
         else:
             _range("model.stem_stride", self.stem_stride, 1, None)
+        _choice("model.stem_head", self.stem_head, STEM_HEADS)
         _range("model.planar_levels", self.planar_levels, 0, None)
         if self.deep_supervision and self.depth < 2:
             raise UserError(

@@ -24,7 +24,7 @@ CONFIG = {
         "val_split": "last",           # several volumes: random | last (the last volumes)
         "extra_train_dirs": [],        # more training folders with x/ and y/ (relative to DATA_DIR)
         "extra_train_shares": [],      # share of each epoch's crops from each extra folder; []: by area
-        "crop_shape": [8, 128, 128],   # training subvolume / inference tile (z, y, x); divisible by the network's downsampling
+        "crop_shape": [8, 256, 256],   # training subvolume / inference tile (z, y, x); divisible by the network's downsampling
         "random_crops": True,          # True: new random subvolumes each epoch; False: fixed grid of subvolumes
         "min_fg_fraction": 0.0,        # fixed subvolumes only: discard those with less foreground (0-1)
         "fg_sampling": 0.1,            # share of subvolumes centred on a foreground voxel (0 = uniform)
@@ -66,20 +66,22 @@ CONFIG = {
     },
     "model": {
         "name": "unet",                # unet | resunet (pre-activation residual) | attention_unet | seunet | multiresunet
-        "depth": 3,                    # number of downsampling levels
+        "depth": 4,                    # number of downsampling levels
         "filters": 16,                 # filters of the first level, doubled at each level
         "dropout": 0.0,                # dropout per level (depth + 1 values) or one number; 0: none (learns faster)
         "spatial_dropout": False,      # drop whole feature maps instead of voxels
         "batch_norm": True,            # batch normalisation after each convolution
         "activation": "elu",           # relu | elu | leaky_relu | gelu | swish
         "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
-        "pool_size": None,             # per-axis pooling (z, y, x); None = 2 everywhere (isotropic voxels),
-                                       # [1, 2, 2] when z sections are much thicker than the pixel size
+        "pool_size": [1, 2, 2],        # per-axis pooling (z, y, x); None = 2 everywhere; [1, 2, 2]: in-plane only
+                                       # (here the z stem has made each 8-section slab one section; also for thick sections)
         "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)
-        "stem_stride": 1,              # downsample the input first by this factor (strided convolution, learned upsampling
-                                       # back): 2 makes the network about 4x (2D) / 8x (3D) cheaper; 1: none
-        "planar_levels": 2,            # the first N levels (full resolution first) convolve within each section
-                                       # (3 x 3), deeper ones in 3D (3 x 3 x 3): 2 is about 2x faster on a CPU; 0: all 3D
+        "stem_stride": [8, 1, 1],      # downsample the input first by this factor (strided convolution, learned upsampling
+                                       # back); [8, 1, 1]: the levels see 8-section slabs, at 2D cost (2.5D); 1: none
+        "stem_head": "linear",         # with a stem, the way back: conv (features, norm, activation, 1 x 1 output)
+                                       # | linear (upsample straight to the output: nothing else at full resolution)
+        "planar_levels": 4,            # the first N levels (full resolution first) convolve within each section
+                                       # (3 x 3), deeper ones in 3D (3 x 3 x 3): about 2x faster on a CPU; 0: all 3D
         "classes": 1,                  # 1: binary (sigmoid); K > 1: masks hold class ids 0..K-1 (softmax)
     },
     "train": {
@@ -129,7 +131,7 @@ CONFIG = {
         "window": "gaussian",          # blending window: gaussian | spline
         "threshold": 0.5,              # probability threshold for binary masks (pick it on validation data)
         "batch_size": 8,               # windows per prediction batch (memory: the output volume plus one batch)
-        "tile_shape": None,            # largest prediction window (z, y, x); None: the subvolume
+        "tile_shape": [8, 1024, 1024], # largest prediction window (z, y, x); None: the subvolume; a 768 x 1024 slice fits whole
         "overlays": 3,                 # test slices drawn with outlines in charts/overlays.png (0 = none)
         "block_shape": [32, 1024, 1024],  # templates/predict.py with this run: blocks (z, y, x) predicted one at a time
         "prob_dtype": "uint8",         # templates/predict.py with this run: probabilities stored as uint8 (0-255) | float16

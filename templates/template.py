@@ -74,6 +74,8 @@ CONFIG = {
         "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)
         "stem_stride": 1,              # downsample the input first by this factor (strided convolution, learned upsampling
                                        # back): 2 makes the network about 4x (2D) / 8x (3D) cheaper; 1: none
+        "stem_head": "conv",           # with a stem, the way back: conv (features, norm, activation, 1 x 1 output)
+                                       # | linear (upsample straight to the output: nothing else at full resolution)
         "planar_levels": 0,            # 3D only (0 in 2D): the first N levels convolve within each z section
         "classes": 1,                  # 1: binary (sigmoid); K > 1: masks hold class ids 0..K-1 (softmax)
     },

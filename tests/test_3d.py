@@ -238,7 +238,7 @@ def test_several_volumes_are_split_as_whole_volumes(dataset_3d):
 def test_3d_template_end_to_end(dataset_3d, tmp_path):
     job = tmp_path / "jobs"
     args = [sys.executable, TEMPLATE, REPO, dataset_3d, str(job), "--id", "e3d", "--rid", "0", "--gpu", "cpu",
-            "--set", "train.epochs=10", "--set", "data.crop_shape=[8,32,32]", "--set", "train.steps_per_epoch=8",
+            "--set", "train.epochs=20", "--set", "data.crop_shape=[8,32,32]", "--set", "train.steps_per_epoch=8",
             "--set", "train.batch_size=4",
             "--set", "data.val_fraction=0.5", "--set", "model.depth=2", "--set", "model.filters=8",
             "--set", "model.dropout=0.0", "--set", "train.learning_rate=3e-3", "--set", "inference.overlays=1"]

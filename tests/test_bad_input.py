@@ -272,7 +272,7 @@ def test_3d_subvolume_larger_than_the_volume(tmp_path):
 def test_3d_tta_with_different_downsampling_in_y_and_x(tmp_path):
     job = tmp_path / "jobs"
     result = run_template(good_dataset(str(tmp_path / "data"), n_test=4), job, "--gpu", "cpu",
-                          "--set", "data.crop_shape=[4,32,32]", "--set", "model.depth=2",
+                          "--set", "data.crop_shape=[4,32,32]", "--set", "model.depth=2", "--set", "model.stem_stride=1",
                           "--set", "model.pool_size=[1,2,1]", "--set", "inference.tta=true", template="3D_template.py")
     assert_refused(result, job, "inference.tta=true turns tiles by 90 degrees, which needs the same downsampling "
                                 "in y and x; the network's is 4 in y and 1 in x")
@@ -347,7 +347,7 @@ def test_refusals_of_the_training_data_and_the_network_come_before_the_run_folde
     """Cutting the fixed crops and loading pretrained weights both happen before the run folder exists."""
     data = good_dataset(str(tmp_path / "data"), n_test=4)  # 4 test slices: a volume as deep as the 3D crop
     crop = CROP if "3D" not in script else ["--set", "data.crop_shape=[4,32,32]", "--set", "model.depth=2",
-                                            "--set", "data.val_fraction=0"]
+                                            "--set", "model.stem_stride=1", "--set", "data.val_fraction=0"]
     cases = [(["--set", "data.random_crops=false", "--set", "data.min_fg_fraction=0.99"],
               "data.min_fg_fraction=0.99 discards every training crop")]
     if "3D" not in script:

@@ -226,6 +226,45 @@ def test_stem_of_the_wrong_length_and_input_not_divisible_are_refused():
         build_model(tiny(stem_stride=2), (36, 36, 1))
 
 
+@pytest.mark.parametrize("ndim, stride, classes", [(3, [4, 1, 1], 1), (2, 2, 1), (2, 2, 3)])
+def test_linear_stem_head_runs_nothing_but_the_upsampling_at_full_resolution(ndim, stride, classes, tmp_path):
+    cfg = tiny(stem_stride=stride, stem_head="linear", classes=classes)
+    conv = build_model(tiny(stem_stride=stride, classes=classes), (None,) * ndim + (1,))
+    model = build_model(cfg, (None,) * ndim + (1,))
+    shape = tuple(2 * d for d in divisor(cfg, ndim)) + (1,)
+    x = np.random.default_rng(0).random((2, *shape), dtype=np.float32)
+    # Only the learned upsampling to the logits and the output activation see every voxel ...
+    full = _full_resolution_layers(model, x)
+    assert len(full) == 2 and "output" in full
+    # ... where the conv head runs five layers there (upsampling, norm, activation, 1 x 1 convolution, output).
+    assert len(_full_resolution_layers(conv, x)) == 5
+    out = np.asarray(model.predict_on_batch(x))
+    assert out.shape == (2, *shape[:-1], classes) and 0 <= out.min() and out.max() <= 1
+    if classes > 1:
+        np.testing.assert_allclose(out.sum(-1), 1, atol=1e-5)
+    y = synthetic_batch(shape, n=2)[1] if classes == 1 else keras.utils.to_categorical(
+        synthetic_batch(shape, n=2)[1][..., 0].astype(int), classes)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss="binary_crossentropy" if classes == 1 else "categorical_crossentropy")
+    losses = [float(model.train_on_batch(x, y)) for _ in range(5)]
+    assert losses[-1] < losses[0]
+    model.save(tmp_path / "linear.keras")
+    loaded = keras.models.load_model(tmp_path / "linear.keras")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(x)), keras.ops.convert_to_numpy(model(x)), atol=1e-6)
+
+
+def _full_resolution_layers(model, x):
+    """Names of ``model``'s layers (input aside) whose output has the spatial shape of ``x``."""
+    probe = keras.Model(model.inputs, [layer.output for layer in model.layers[1:]])
+    outputs = probe.predict_on_batch(x)
+    return {layer.name for layer, out in zip(model.layers[1:], outputs) if tuple(out.shape[1:-1]) == x.shape[1:-1]}
+
+
+def test_stem_head_is_one_of_its_choices():
+    with pytest.raises(UserError, match="model.stem_head: .*conv, linear"):
+        tiny(stem_stride=2, stem_head="pixelshuffle").validate()
+
+
 # --------------------------------------------------------------------------- in-plane levels (model.planar_levels)
 
 def test_section_conv_is_a_1x3x3_conv3d():

@@ -21,6 +21,10 @@ FAST = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "mode
         "inference.overlays=0", "post.z_filter=false"]
 
 
+# Volumes of 4 slices: thinner than the 3D template's 8-section z stem.
+NO_STEM = ("model.stem_stride=1",)
+
+
 def run_script(script, data_dir, job, *sets, run_id="o"):
     args = [a for kv in (*FAST, *sets) for a in ("--set", kv)]
     return run_here(script, str(data_dir), str(job), "--id", run_id, "--gpu", "cpu", *args)
@@ -181,7 +185,7 @@ def test_bad_extra_and_validation_folders_are_refused_before_the_run_folder(tmp_
     shutil.rmtree(root / "more")
     add_folder(root, "val", 2, seed=9)
     shutil.rmtree(root / "val" / "y")
-    result = run_script("templates/3D_template.py", root, job, "data.crop_shape=[4,32,32]")
+    result = run_script("templates/3D_template.py", root, job, "data.crop_shape=[4,32,32]", *NO_STEM)
     assert_refused(result, job, f"{root / 'val' / 'y'}: folder not found")
 
 
@@ -253,7 +257,7 @@ def test_3d_template_with_validation_and_extra_folders(tmp_path):
     root = dataset(tmp_path / "d", n_train=8, n_test=4)
     add_folder(root, "val", 4, seed=50)
     add_folder(root, "more", 4, seed=60)
-    result = run_script("templates/3D_template.py", root, tmp_path / "j", "data.crop_shape=[4,32,32]",
+    result = run_script("templates/3D_template.py", root, tmp_path / "j", "data.crop_shape=[4,32,32]", *NO_STEM,
                         "data.extra_train_dirs=['more']", "data.clip_percentiles=[1,99]", "train.optimizer=adabound")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Training on 2 volumes" in result.stdout and "Validation set: DATA_DIR/val (1 volume)" in result.stdout

@@ -68,8 +68,11 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
     stem : tuple of int, optional
         Downsampling per axis before the first level: a convolution with
         kernel = stride = ``stem`` (``filters`` channels, norm, activation);
-        after the last decoder level a transposed convolution of the same
-        shape brings the features back to the input size before the head.
+        after the last decoder level an upsampling of the same shape (``ops.up``)
+        brings the features back to the input size before the head, or with
+        ``model.stem_head = "linear"`` brings the logits back: every output voxel
+        is then a learned linear read-out of the features at the stem's
+        resolution, and nothing runs at full resolution but that upsampling.
         The levels then work on ``1 / prod(stem)`` of the voxels.
     softmax : bool
         Softmax over the ``n_outputs`` channels (classes) instead of a sigmoid per channel.
@@ -113,8 +116,11 @@ def encoder_decoder(ops, input_shape, depth, filters, rates, n_outputs, deep_sup
             aux.append(blocks.sigmoid_head(ops, x, n_outputs, f"aux_{level}", upsample=factor, softmax=softmax))
 
     ops.level = None
-    if stem is not None:
-        x = ops.act(ops.norm(ops.up(x, filters, factor=stem)))
-    main = blocks.sigmoid_head(ops, x, n_outputs, "output", softmax=softmax)
+    if stem is not None and ops.cfg.stem_head == "linear":
+        main = blocks.output_activation(ops.up(x, n_outputs, factor=stem), "output", softmax)
+    else:
+        if stem is not None:
+            x = ops.act(ops.norm(ops.up(x, filters, factor=stem)))
+        main = blocks.sigmoid_head(ops, x, n_outputs, "output", softmax=softmax)
     outputs = [main] + aux[::-1] if deep_supervision else main
     return keras.Model(inputs, outputs, name=name)

@@ -320,4 +320,9 @@ def sigmoid_head(ops, x, n_outputs, name, upsample=None, softmax=False):
     x = ops.conv(x, n_outputs, 1)
     if upsample is not None:
         x = ops.upsample_by(x, upsample)
-    return layers.Activation("softmax" if softmax else "sigmoid", dtype="float32", name=name)(x)
+    return output_activation(x, name, softmax)
+
+
+def output_activation(logits, name, softmax=False):
+    """The float32 sigmoid (``softmax``: over channels) of ``logits``, named ``name``."""
+    return layers.Activation("softmax" if softmax else "sigmoid", dtype="float32", name=name)(logits)
