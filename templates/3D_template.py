@@ -127,7 +127,8 @@ CONFIG = {
         "merged": False,               # non-overlapping subvolumes merged into whole volumes
         "tiled": True,                 # overlapping windows (reflect-padded borders) blended into whole volumes
         "tta": False,                  # tiled + test-time augmentation (16 flips/rotations: 16x the prediction time)
-        "overlap": [0.5, 0.5, 0.5],    # window overlap, one value or one per axis (z, y, x), each in [0, 1)
+        "overlap": [0.75, 0.5, 0.5],   # window overlap, one value or one per axis (z, y, x), each in [0, 1)
+                                       # (z 0.75: each section is predicted at 4 positions in the 8-section slab)
         "window": "gaussian",          # blending window: gaussian | spline
         "threshold": 0.5,              # probability threshold for binary masks (pick it on validation data)
         "batch_size": 8,               # windows per prediction batch (memory: the output volume plus one batch)
