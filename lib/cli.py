@@ -152,6 +152,24 @@ def select_device(gpu, threads, n_gpus=None):
             _limit_cores(threads)
 
 
+def check_precision(precision, ndim, gpu, n_gpus=None):
+    """Refuse ``train.precision=bfloat16`` for a 3D network on TensorFlow's CPU backend, before anything is written.
+
+    TensorFlow 2.21's oneDNN 3D convolutions in bfloat16 end the process with a
+    segmentation fault once a subvolume is as large as the 3D template's (8 x 256 x 256;
+    seen on an Intel Xeon with AVX-512 BF16 and AMX, 2026-12-02), and on CPUs without
+    bf16 hardware bfloat16 is emulated, several times slower. 2D networks and GPUs are
+    not affected. Call it after :func:`select_device`, with the network's spatial axes.
+    """
+    if precision != "bfloat16" or ndim != 3 or keras_backend() != "tensorflow":
+        return
+    on_cpu = gpu == "cpu" or bool(_virtual_cpus(gpu)) or (count_gpus() if n_gpus is None else n_gpus) == 0
+    if on_cpu:
+        raise UserError("train.precision=bfloat16: TensorFlow's 3D convolutions in bfloat16 crash on the CPU "
+                        "(segmentation fault, TensorFlow 2.21); use train.precision=float32 (the default) on a CPU, "
+                        "or bfloat16 on a GPU")
+
+
 def keras_backend():
     """The backend Keras will load, read as Keras reads it (``KERAS_BACKEND``, else ``keras.json``), without importing it."""
     if os.environ.get("KERAS_BACKEND"):

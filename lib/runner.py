@@ -75,6 +75,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     args = cli.parse_args(argv, description=description)
     cli.select_device(args.gpu, args.threads)
     cfg = cli.load_config(template_config, args, sections)
+    cli.check_precision(cfg.train.precision, ndim, args.gpu)
     if cfg.train.deterministic:
         cli.deterministic_environment()
 

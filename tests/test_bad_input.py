@@ -15,6 +15,8 @@ import pytest
 import tifffile
 
 from conftest import REPO, blob_pair, run_here, write_pairs
+from lib import cli
+from lib.errors import UserError
 
 TEMPLATES = os.path.join(REPO, "templates")
 CROP = ["--set", "data.crop_shape=[32,32]"]
@@ -276,6 +278,26 @@ def test_3d_tta_with_different_downsampling_in_y_and_x(tmp_path):
                           "--set", "model.pool_size=[1,2,1]", "--set", "inference.tta=true", template="3D_template.py")
     assert_refused(result, job, "inference.tta=true turns tiles by 90 degrees, which needs the same downsampling "
                                 "in y and x; the network's is 4 in y and 1 in x")
+
+
+@pytest.mark.skipif(cli.keras_backend() != "tensorflow", reason="TensorFlow's CPU backend only")
+def test_3d_bfloat16_on_tensorflow_cpu_is_refused_rather_than_crashing(tmp_path):
+    # TensorFlow 2.21's oneDNN Conv3D in bfloat16 ends the process with a segmentation fault at 8 x 256 x 256
+    job = tmp_path / "jobs"
+    result = run_template(good_dataset(str(tmp_path / "data")), job, "--gpu", "cpu",
+                          "--set", "train.precision=bfloat16", template="3D_template.py")
+    assert_refused(result, job, "train.precision=bfloat16: TensorFlow's 3D convolutions in bfloat16 crash on the CPU")
+
+
+def test_bfloat16_check_spares_2d_networks_gpus_and_other_backends(monkeypatch):
+    cli.check_precision("bfloat16", 2, "cpu")
+    cli.check_precision("bfloat16", 3, "0", n_gpus=1)
+    cli.check_precision("float32", 3, "cpu")
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    cli.check_precision("bfloat16", 3, "cpu")
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    with pytest.raises(UserError, match="bfloat16 on a GPU"):
+        cli.check_precision("bfloat16", 3, "0", n_gpus=0)  # --gpu 0 on a machine without one runs on the CPU
 
 
 def test_streamed_template_names_a_truncated_file(tmp_path):
