@@ -156,8 +156,8 @@ def check_precision(precision, ndim, gpu, n_gpus=None):
     """Refuse ``train.precision=bfloat16`` for a 3D network on TensorFlow's CPU backend, before anything is written.
 
     TensorFlow 2.21's oneDNN 3D convolutions in bfloat16 end the process with a
-    segmentation fault once a subvolume is as large as the 3D template's (8 x 256 x 256;
-    seen on an Intel Xeon with AVX-512 BF16 and AMX, 2026-12-02), and on CPUs without
+    segmentation fault from subvolumes of 8 x 128 x 128 up (8 x 64 x 64 ran; the 3D template's
+    are 8 x 256 x 256; seen on an Intel Xeon with AVX-512 BF16 and AMX, 2026-12-02), and on CPUs without
     bf16 hardware bfloat16 is emulated, several times slower. 2D networks and GPUs are
     not affected. Call it after :func:`select_device`, with the network's spatial axes.
     """

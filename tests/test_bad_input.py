@@ -282,7 +282,7 @@ def test_3d_tta_with_different_downsampling_in_y_and_x(tmp_path):
 
 @pytest.mark.skipif(cli.keras_backend() != "tensorflow", reason="TensorFlow's CPU backend only")
 def test_3d_bfloat16_on_tensorflow_cpu_is_refused_rather_than_crashing(tmp_path):
-    # TensorFlow 2.21's oneDNN Conv3D in bfloat16 ends the process with a segmentation fault at 8 x 256 x 256
+    # TensorFlow 2.21's oneDNN Conv3D in bfloat16 ends the process with a segmentation fault from 8 x 128 x 128 up
     job = tmp_path / "jobs"
     result = run_template(good_dataset(str(tmp_path / "data")), job, "--gpu", "cpu",
                           "--set", "train.precision=bfloat16", template="3D_template.py")
