@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime
 import errno
+import importlib.util
 import json
 import os
 import platform
@@ -168,6 +169,18 @@ def check_precision(precision, ndim, gpu, n_gpus=None):
         raise UserError("train.precision=bfloat16: TensorFlow's 3D convolutions in bfloat16 crash on the CPU "
                         "(segmentation fault, TensorFlow 2.21); use train.precision=float32 (the default) on a CPU, "
                         "or bfloat16 on a GPU")
+
+
+def check_tensorboard(enabled):
+    """Refuse ``train.tensorboard=true`` where tensorboardX is not installed, before anything is written.
+
+    Training writes its TensorBoard event files with tensorboardX (``env/requirements-base.txt``); an
+    environment made without ``env/`` (a cluster's own Python, a lent GPU machine's image) may lack it,
+    and would otherwise stop at the first epoch with the run folder half written.
+    """
+    if enabled and importlib.util.find_spec("tensorboardX") is None:
+        raise UserError("train.tensorboard: the package tensorboardX is not installed; install it (pip install "
+                        "tensorboardX, pinned in env/requirements-base.txt) or set train.tensorboard=false")
 
 
 def keras_backend():

@@ -76,6 +76,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     cli.select_device(args.gpu, args.threads)
     cfg = cli.load_config(template_config, args, sections)
     cli.check_precision(cfg.train.precision, ndim, args.gpu)
+    cli.check_tensorboard(cfg.train.tensorboard)
     if cfg.train.deterministic:
         cli.deterministic_environment()
 

@@ -300,6 +300,16 @@ def test_bfloat16_check_spares_2d_networks_gpus_and_other_backends(monkeypatch):
         cli.check_precision("bfloat16", 3, "0", n_gpus=0)  # --gpu 0 on a machine without one runs on the CPU
 
 
+def test_missing_tensorboardx_is_refused_before_the_run_folder(tmp_path, monkeypatch):
+    # An environment made without env/ (a lent GPU machine's image, 2026-12-04) lacked tensorboardX: training
+    # stopped at its first epoch, after the run folder was written.
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX now fails, as where it is missing
+    job = tmp_path / "jobs"
+    result = run_template(good_dataset(str(tmp_path / "data")), job, "--gpu", "cpu", *CROP)
+    assert_refused(result, job, "train.tensorboard: the package tensorboardX is not installed; install it")
+    cli.check_tensorboard(False)  # without TensorBoard files the run needs no tensorboardX
+
+
 def test_streamed_template_names_a_truncated_file(tmp_path):
     data = good_dataset(str(tmp_path / "data"))
     _truncate(data, "test/x/001.tif")

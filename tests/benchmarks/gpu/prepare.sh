@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make what the GPU run (tests/benchmarks/gpu/run.sh) carries to the lent machine, in the ignored folder .gpu/:
-#   .gpu/whl/            Keras and the packages it needs that the machine's image lacks (namex, optree), as
+#   .gpu/whl/            Keras and the packages it needs that the machine's image lacks (namex, optree), and
+#                        tensorboardX (training's event files; its pin from env/requirements-base.txt), as
 #                        wheels for its Python 3.12; the machine has no network
 #   .gpu/lucchi_subset/  the first EMSEG_GPU_TRAIN_SLICES (32) training and EMSEG_GPU_TEST_SLICES (8) test
 #                        slices of lucchi_dev (768 x 1024 each), under the 64 MiB that travel with the checkout
@@ -22,5 +23,5 @@ done
 mkdir -p .gpu/whl
 "$PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d .gpu/whl keras==3.15.1 namex==0.1.0 optree==0.20.0
+    -d .gpu/whl keras==3.15.1 namex==0.1.0 optree==0.20.0 "$(grep -i '^tensorboardX==' env/requirements-base.txt)"
 du -sh .gpu/whl "$DEST"
