@@ -43,7 +43,7 @@ AUGMENT_PRESETS = {
     "original": {"flip_p": 0.5, "rot90_p": 0.0, "rotation_p": 1.0, "rotation_range": 180.0},
 }
 
-PRECISIONS = ("float32", "bfloat16", "float16")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 
 # model.name -> the module whose ``build_model(cfg, input_shape)`` builds that network. Names are checked
@@ -357,7 +357,8 @@ class TrainConfig:
                           "(foreground IoU of the validation crops, tracks the test metric) or val_loss", MONITORS)
     precision: str = option("float32", "computation in float32, or mixed: bfloat16 (on GPUs and CPUs with bf16) "
                             "or float16 (GPUs; with loss scaling); weights, sigmoid and loss stay float32; "
-                            "prediction too", PRECISIONS)
+                            "prediction too; auto: bfloat16 for a 2D network on TensorFlow on a CPU with bf16 "
+                            "hardware (AVX-512 BF16, AMX), float32 elsewhere", PRECISIONS)
     deterministic: bool = option(False, "deterministic kernels (TensorFlow op determinism, torch deterministic "
                                  "algorithms, JAX XLA deterministic GPU ops): identical reruns, slower (see README, "
                                  "Reliability)")

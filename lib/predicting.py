@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from . import blockwise, volumes
+from . import blockwise, cli, volumes
 from . import config as config_lib
 from .errors import UserError, options
 
@@ -59,6 +59,9 @@ def plan(args):
     normalization = _normalization(cfg, run_dir, args.model, volume)
     # The run's train.precision (or --set's); a bare .keras file predicts in the precision it was saved with.
     precision = cfg.train.precision if run_config is not None or _sets(args.overrides, "train.precision") else None
+    if precision is not None:  # auto: what this machine runs fastest (lib.cli.resolve_precision)
+        precision = cli.resolve_precision(precision, len(cfg.data.crop_shape), args.gpu)
+        cli.check_precision(precision, len(cfg.data.crop_shape), args.gpu)
     try:
         model, predict = blockwise.load_predictor(os.path.abspath(weights), precision)
     except Exception as exc:

@@ -94,7 +94,8 @@ def run_notes(info):
     if "epochs" in info:
         best = info.get("best_value")
         chosen = f" ({info['monitor']} {best:.4f})" if best is not None and "monitor" in info else ""
-        lines.append(f"Training: {info['epochs']} epochs, {info['seconds']:.0f} s, stopped by "
+        computed = f", computed in {info['precision']}" if "precision" in info else ""
+        lines.append(f"Training: {info['epochs']} epochs, {info['seconds']:.0f} s{computed}, stopped by "
                      f"{str(info.get('stopped_by')).replace('_', ' ')}; predicting with epoch "
                      f"{info['best_epoch']}{chosen}")
         if info["best_epoch"] == 1 and info["epochs"] > 1:

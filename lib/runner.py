@@ -25,6 +25,7 @@ for the paper folders, their option section (``sections``), their option checks
 variants (``variants``). Their networks are named in ``lib.config.MODELS``.
 """
 
+import dataclasses
 import gc
 import os
 
@@ -75,7 +76,8 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     args = cli.parse_args(argv, description=description)
     cli.select_device(args.gpu, args.threads)
     cfg = cli.load_config(template_config, args, sections)
-    cli.check_precision(cfg.train.precision, ndim, args.gpu)
+    precision = cli.resolve_precision(cfg.train.precision, ndim, args.gpu)  # auto: what this machine runs fastest
+    cli.check_precision(precision, ndim, args.gpu)
     cli.check_tensorboard(cfg.train.tensorboard)
     if cfg.train.deterministic:
         cli.deterministic_environment()
@@ -101,13 +103,15 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     print(f"Validation set: {validation}")
 
     with scope:
-        with training.precision(cfg.train.precision):
+        with training.precision(precision):
             model = networks.build_network(cfg.model, (None,) * ndim + (train_set.channels,))
         training.load_pretrained(model, pretrained, cfg.train.freeze_encoder)
         run_dir = cli.create_run_dir(args, cfg)
         experiment.record_training_data(train_set, train_data, cfg, run_dir)
         experiment.record_model(model, run_dir)
-        model, info = training.train(model, train_data, val_data, cfg.train, run_dir, class_weights, replicas)
+        model, info = training.train(model, train_data, val_data, dataclasses.replace(cfg.train, precision=precision),
+                                     run_dir, class_weights, replicas)
+    info["precision"] = precision
     if class_weights:
         info["class_weights"] = class_weights
     info["train_peak_rss_mb"] = experiment.peak_rss_mb()

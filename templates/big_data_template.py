@@ -77,7 +77,7 @@ CONFIG = {
         "filters": 16,                 # filters of the first level, doubled at each level
         "dropout": 0.0,                # dropout per level (depth + 1 values) or one number; 0: none (learns faster)
         "spatial_dropout": False,      # drop whole feature maps instead of pixels
-        "batch_norm": True,            # batch normalisation after each convolution
+        "batch_norm": False,           # batch normalisation after each convolution (off: 1.24x the crops per second, CPU, float32)
         "activation": "elu",           # relu | elu | leaky_relu | gelu | swish
         "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
         "pool_size": None,             # 3D only: per-axis pooling, e.g. [1, 2, 2] for anisotropic stacks
@@ -91,7 +91,7 @@ CONFIG = {
     },
     "train": {
         "epochs": 200,                 # maximum number of epochs
-        "batch_size": 4,               # crops per batch
+        "batch_size": 6,               # crops per batch
         "optimizer": "adam",           # sgd (with momentum) | adam | adamw | adabound
         "learning_rate": 1e-3,         # initial (peak) learning rate
         "momentum": 0.9,               # sgd only
@@ -122,7 +122,7 @@ CONFIG = {
         "workers": 2,                  # threads reading and augmenting crops beside training (1 = in the training loop)
         "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
-        "precision": "float32",        # float32 | bfloat16 | float16 (mixed; float16 with loss scaling); also for prediction
+        "precision": "auto",           # auto (bfloat16 on CPUs with bf16 hardware, else float32) | float32 | bfloat16 | float16 (mixed; float16 with loss scaling); also for prediction
         "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
         "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
         "tensorboard_images_every": 10,  # validation crops with predictions in TensorBoard every N epochs; 0: none

@@ -83,3 +83,39 @@ def test_set_precision_predicts_a_float32_model_in_bfloat16():
     assert half.dtype == np.float32
     np.testing.assert_allclose(half, full, atol=0.05)
     assert not np.array_equal(half, full)  # it did compute in bfloat16
+
+
+def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
+    from lib import cli
+
+    flags = tmp_path / "cpuinfo"
+    flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert cli.cpu_has_bf16(str(flags))
+    flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
+    assert cli.cpu_has_bf16(str(flags))
+    flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert not cli.cpu_has_bf16(str(flags))
+    assert not cli.cpu_has_bf16(str(tmp_path / "absent"))  # not Linux: no bfloat16 by guess
+
+
+@pytest.mark.parametrize("ndim, gpu, n_gpus, bf16_cpu, expected", [
+    (2, "cpu", 0, True, "bfloat16" if BACKEND == "tensorflow" else "float32"),  # measured on TensorFlow only
+    (2, "cpu", 0, False, "float32"),  # emulated bfloat16: several times slower
+    (3, "cpu", 0, True, "float32"),  # TensorFlow's 3D bfloat16 convolutions crash on the CPU
+    (2, "0", 1, True, "float32"),  # a GPU: not measured
+    (2, "0", 0, True, "bfloat16" if BACKEND == "tensorflow" else "float32"),  # --gpu 0 without one: the CPU
+])
+def test_auto_precision_is_bfloat16_only_where_it_was_measured_faster(ndim, gpu, n_gpus, bf16_cpu, expected):
+    from lib import cli
+
+    assert cli.resolve_precision("auto", ndim, gpu, n_gpus=n_gpus, bf16_cpu=bf16_cpu) == expected
+    for fixed in ("float32", "bfloat16", "float16"):
+        assert cli.resolve_precision(fixed, ndim, gpu, n_gpus=n_gpus, bf16_cpu=bf16_cpu) == fixed
+
+
+def test_the_run_table_says_which_precision_it_computed_in():
+    from lib import reports
+
+    info = {"epochs": 3, "seconds": 12.0, "stopped_by": "time_limit", "best_epoch": 2, "precision": "bfloat16"}
+    assert reports.run_notes(info)[0] == ("Training: 3 epochs, 12 s, computed in bfloat16, stopped by time limit; "
+                                          "predicting with epoch 2")

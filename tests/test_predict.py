@@ -423,3 +423,15 @@ def test_bad_input_is_one_error_line_exit_2_nothing_written(args, named, bad_inp
     assert stop.value.code == 2
     assert err[-1].startswith("error: ") and named in err[-1], err
     assert sorted(os.listdir(bad_inputs)) == before
+
+
+def test_auto_precision_of_a_run_is_decided_on_the_predicting_machine(run_2d, volume, tmp_path):
+    from lib import cli, predicting
+
+    tifffile.imwrite(tmp_path / "in.tif", volume)
+    args = cli.parse_predict_args([REPO, str(tmp_path / "in.tif"), str(tmp_path / "out.zarr"), "--model", str(run_2d),
+                                   "--gpu", "cpu", "--set", "train.precision=auto"])
+    plan = predicting.plan(args)
+    assert plan.job.precision == cli.resolve_precision("auto", 2, "cpu")  # bfloat16 only on a CPU with bf16 (TF)
+    assert plan.job.precision in ("float32", "bfloat16")
+    assert not os.path.exists(tmp_path / "out.zarr")  # planning writes nothing
