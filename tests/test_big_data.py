@@ -215,7 +215,9 @@ def test_template_end_to_end(dataset_2d, tmp_path):
     """As a user runs it: a subprocess, from an unrelated working directory."""
     job = tmp_path / "jobs"
     result = subprocess.run([sys.executable, TEMPLATE, REPO, dataset_2d, str(job), "--id", "big", "--gpu", "cpu",
-                             *FAST, "--set", "train.epochs=6", "--set", "augment.samples=2",
+                             # 12 steps per epoch: without batch norm (the default) 4 left the tiny network unlearnt
+                             *FAST, "--set", "train.steps_per_epoch=12", "--set", "train.epochs=6",
+                             "--set", "augment.samples=2",
                              "--set", "data.fg_sampling=0.5"],
                             capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
