@@ -164,8 +164,7 @@ def check_precision(precision, ndim, gpu, n_gpus=None):
     """
     if precision != "bfloat16" or ndim != 3 or keras_backend() != "tensorflow":
         return
-    on_cpu = gpu == "cpu" or bool(_virtual_cpus(gpu)) or (count_gpus() if n_gpus is None else n_gpus) == 0
-    if on_cpu:
+    if _on_cpu(gpu, n_gpus):
         raise UserError("train.precision=bfloat16: TensorFlow's 3D convolutions in bfloat16 crash on the CPU "
                         "(segmentation fault, TensorFlow 2.21); use train.precision=float32 (the default) on a CPU, "
                         "or bfloat16 on a GPU")
@@ -194,10 +193,14 @@ def resolve_precision(precision, ndim, gpu, n_gpus=None, bf16_cpu=None):
     """
     if precision != "auto":
         return precision
-    on_cpu = gpu == "cpu" or bool(_virtual_cpus(gpu)) or (count_gpus() if n_gpus is None else n_gpus) == 0
-    native = cpu_has_bf16() if bf16_cpu is None else bf16_cpu
-    fast = on_cpu and native and ndim == 2 and keras_backend() == "tensorflow"
-    return "bfloat16" if fast else "float32"
+    if ndim != 2 or keras_backend() != "tensorflow" or not (cpu_has_bf16() if bf16_cpu is None else bf16_cpu):
+        return "float32"
+    return "bfloat16" if _on_cpu(gpu, n_gpus) else "float32"
+
+
+def _on_cpu(gpu, n_gpus=None):
+    """True when ``--gpu`` runs on the CPU: ``cpu``, ``cpu:N``, or a GPU index on a machine without GPUs."""
+    return gpu == "cpu" or bool(_virtual_cpus(gpu)) or (count_gpus() if n_gpus is None else n_gpus) == 0
 
 
 def check_tensorboard(enabled):
