@@ -184,6 +184,9 @@ OPTION_CASES = [
     (["--set", "model.name=unet3"], "model.name: unknown value 'unet3' (did you mean 'unet'?)"),
     (["--set", "train.loss=dicee"], "train.loss: unknown value 'dicee' (did you mean 'dice'?)"),
     (["--set", "post.z_filter_size=4"], "post.z_filter_size: expected an odd number, got 4"),
+    # The 2D template trains without batch norm: Dice or Jaccard alone would collapse to all foreground.
+    (["--set", "train.loss=jaccard"], "train.loss=jaccard with model.batch_norm=false: a network without batch norm "
+                                      "trained on the Jaccard loss alone predicts every pixel as foreground"),
     (["--set", "train.freeze_encoder=true"], "train.freeze_encoder=true needs train.pretrained"),
     (["--config", "missing.json"], "--config missing.json: file not found"),
     (["--rid", "abc"], "--rid abc: expected a non-negative integer"),

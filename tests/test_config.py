@@ -68,6 +68,16 @@ def test_batch_overlap_needs_an_overlap_loss():
         config.apply_overrides(config.Config(), [f"train.loss={loss}", "train.batch_overlap=true"]).validate()
 
 
+def test_dice_or_jaccard_alone_need_batch_norm_in_lib_networks():
+    for loss in ("dice", "jaccard"):
+        with pytest.raises(UserError, match=f"train.loss={loss} with model.batch_norm=false: .* use train.loss=bce_dice"):
+            config.apply_overrides(config.Config(), [f"train.loss={loss}", "model.batch_norm=false"]).validate()
+        config.apply_overrides(config.Config(), [f"train.loss={loss}", "model.batch_norm=true"]).validate()
+    config.apply_overrides(config.Config(), ["train.loss=bce_dice", "model.batch_norm=false"]).validate()
+    # Multi-class Dice (softmax) was not measured: allowed.
+    config.apply_overrides(config.Config(), ["train.loss=dice", "model.batch_norm=false", "model.classes=3"]).validate()
+
+
 def test_unknown_section_in_file_is_named():
     with pytest.raises(UserError, match="unknown section 'trainn'.*did you mean 'train'"):
         config.from_dict({"trainn": {"epochs": 1}}, source="x.json")
