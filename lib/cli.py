@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import datetime
 import errno
+import functools
 import importlib.util
 import json
 import os
@@ -108,8 +109,9 @@ def parse_predict_args(argv=None, description="Segment new images or volumes wit
     return _check_device_args(p.parse_args(argv))
 
 
+@functools.cache
 def count_gpus():
-    """Number of NVIDIA GPUs on this machine (``nvidia-smi -L``), 0 when there is no driver."""
+    """Number of NVIDIA GPUs on this machine (``nvidia-smi -L``), 0 when there is no driver; asked once per process."""
     import shutil
     import subprocess
 
@@ -196,6 +198,14 @@ def resolve_precision(precision, ndim, gpu, n_gpus=None, bf16_cpu=None):
     if ndim != 2 or keras_backend() != "tensorflow" or not (cpu_has_bf16() if bf16_cpu is None else bf16_cpu):
         return "float32"
     return "bfloat16" if _on_cpu(gpu, n_gpus) else "float32"
+
+
+def run_precision(precision, ndim, gpu):
+    """The precision a run computes in: ``precision`` resolved (:func:`resolve_precision`) and checked
+    (:func:`check_precision`) for a network with ``ndim`` spatial axes under ``--gpu gpu``."""
+    precision = resolve_precision(precision, ndim, gpu)
+    check_precision(precision, ndim, gpu)
+    return precision
 
 
 def _on_cpu(gpu, n_gpus=None):

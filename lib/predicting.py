@@ -59,9 +59,8 @@ def plan(args):
     normalization = _normalization(cfg, run_dir, args.model, volume)
     # The run's train.precision (or --set's); a bare .keras file predicts in the precision it was saved with.
     precision = cfg.train.precision if run_config is not None or _sets(args.overrides, "train.precision") else None
-    if precision is not None:  # auto: what this machine runs fastest (lib.cli.resolve_precision)
-        precision = cli.resolve_precision(precision, len(cfg.data.crop_shape), args.gpu)
-        cli.check_precision(precision, len(cfg.data.crop_shape), args.gpu)
+    if precision is not None:  # auto: what this machine runs fastest (lib.cli.run_precision)
+        precision = cli.run_precision(precision, len(cfg.data.crop_shape), args.gpu)
     try:
         model, predict = blockwise.load_predictor(os.path.abspath(weights), precision)
     except Exception as exc:

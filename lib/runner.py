@@ -76,8 +76,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     args = cli.parse_args(argv, description=description)
     cli.select_device(args.gpu, args.threads)
     cfg = cli.load_config(template_config, args, sections)
-    precision = cli.resolve_precision(cfg.train.precision, ndim, args.gpu)  # auto: what this machine runs fastest
-    cli.check_precision(precision, ndim, args.gpu)
+    precision = cli.run_precision(cfg.train.precision, ndim, args.gpu)  # auto: what this machine runs fastest
     cli.check_tensorboard(cfg.train.tensorboard)
     if cfg.train.deterministic:
         cli.deterministic_environment()

@@ -303,6 +303,33 @@ def test_bfloat16_check_spares_2d_networks_gpus_and_other_backends(monkeypatch):
         cli.check_precision("bfloat16", 3, "0", n_gpus=0)  # --gpu 0 on a machine without one runs on the CPU
 
 
+def test_run_precision_resolves_then_checks(monkeypatch):
+    # The one call the templates and predict.py make: auto is resolved, a fixed bfloat16 in 3D is still refused
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    assert cli.run_precision("auto", 3, "cpu") == "float32"
+    assert cli.run_precision("float32", 2, "cpu") == "float32"
+    assert cli.run_precision("auto", 2, "cpu") == cli.resolve_precision("auto", 2, "cpu")
+    with pytest.raises(UserError, match="train.precision=bfloat16: TensorFlow's 3D convolutions"):
+        cli.run_precision("bfloat16", 3, "cpu")
+
+
+def test_nvidia_smi_is_asked_once_per_process(tmp_path, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    calls = tmp_path / "calls"
+    (fake / "nvidia-smi").write_text(f"#!/bin/sh\necho x >> {calls}\necho 'GPU 0: NVIDIA Fake (UUID: GPU-0)'\n")
+    (fake / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    cli.count_gpus.cache_clear()
+    try:
+        assert cli.resolve_precision("auto", 2, "0") == "float32"  # a GPU: auto stays float32
+        cli.check_precision("bfloat16", 3, "0")  # on that GPU, bfloat16 in 3D is allowed
+        assert cli.count_gpus() == 1
+        assert calls.read_text().splitlines() == ["x"]
+    finally:
+        cli.count_gpus.cache_clear()
+
+
 def test_missing_tensorboardx_is_refused_before_the_run_folder(tmp_path, monkeypatch):
     # An environment made without env/ (a lent GPU machine's image, 2026-12-04) lacked tensorboardX: training
     # stopped at its first epoch, after the run folder was written.
