@@ -49,7 +49,10 @@ def test_two_devices_train_as_one_and_resume_after_a_kill(data, tmp_path, monkey
     assert len(rows) == len(reference) == EPOCHS
     for row, ref in zip(rows, reference):
         for key in ("loss", "iou", "val_loss"):
-            assert float(row[key]) == pytest.approx(float(ref[key]), rel=RTOL[BACKEND]), (row["epoch"], key)
+            # iou counts thresholded pixels: near 0 early in training, a few pixels that cross 0.5 move it
+            # by 1e-3 (0.0120 against 0.0111 on TensorFlow), far beyond a relative tolerance
+            slack = dict(abs=2e-3) if key == "iou" else {}
+            assert float(row[key]) == pytest.approx(float(ref[key]), rel=RTOL[BACKEND], **slack), (row["epoch"], key)
     assert float(rows[-1]["loss"]) != pytest.approx(float(rows[0]["loss"]), rel=1e-3)  # it did train
 
 

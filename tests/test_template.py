@@ -19,7 +19,7 @@ pytestmark = pytest.mark.xdist_group("test_template")
 TEMPLATE = os.path.join(REPO, "templates", "template.py")
 FAST = ["--set", "train.epochs=8", "--set", "data.crop_shape=[64,64]", "--set", "data.replicate=4",
         "--set", "model.depth=2", "--set", "model.filters=8", "--set", "model.dropout=0.0",
-        "--set", "train.batch_size=8", "--set", "train.learning_rate=3e-3", "--set", "train.steps_per_epoch=4"]
+        "--set", "train.batch_size=8", "--set", "train.learning_rate=3e-3", "--set", "train.steps_per_epoch=6"]
 
 
 def run_template(*args, cwd=None):
