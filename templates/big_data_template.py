@@ -54,7 +54,7 @@ CONFIG = {
         "shift_range": 0.1,            # shift, fraction of the crop size
         "shear_p": 0.0,                # probability of a shear
         "shear_range": 10.0,           # shear angle, degrees
-        "brightness_p": 0.3,           # probability of a brightness change (on, like contrast to noise: README, defaults)
+        "brightness_p": 0.3,           # probability of a brightness change (on with contrast, gamma, blur, noise: README, "How the defaults were chosen")
         "brightness_range": 0.1,       # additive brightness change
         "contrast_p": 0.3,             # probability of a contrast change
         "contrast_range": [0.8, 1.2],  # contrast factor range
@@ -65,7 +65,7 @@ CONFIG = {
         "median_p": 0.0,               # probability of a median filter
         "median_size": 3,              # median filter size, pixels, or a list of odd sizes drawn per sample
         "noise_p": 0.5,                # probability of Gaussian noise
-        "noise_std": 0.08,             # noise standard deviation (images normalised to [0, 1])
+        "noise_std": 0.08,             # noise standard deviation, on the normalised image ([0, 1] with per_image)
         "missing_section_p": 0.0,      # 3D only: probability of a blank or duplicated slice
         "misalignment_p": 0.0,         # 3D only: probability of a shifted part of the stack
         "misalignment_max_shift": 10,  # 3D only: largest misalignment, pixels
