@@ -243,8 +243,8 @@ class ModelConfig:
     spatial_dropout: bool = option(False, "drop whole feature maps instead of pixels")
     batch_norm: bool = option(True, "batch normalisation after each convolution")
     activation: str = option("elu", "activation function", ACTIVATIONS)
-    upsampling: str = option("transpose", "decoder upsampling: transpose (learned) or resize (+ convolution)",
-                             UPSAMPLINGS)
+    upsampling: str = option("transpose", "decoder upsampling: transpose (learned) or resize (+ convolution; "
+                             "needs model.batch_norm=true in the lib networks)", UPSAMPLINGS)
     pool_size: Optional[List[int]] = option(None, "3D: pooling per axis (z, y, x), e.g. [1, 2, 2] when sections are "
                                             "much thicker than the pixel size; null: 2 on every axis",
                                             range="null, or 2 or 3 sizes, each >= 1")
@@ -274,6 +274,14 @@ class ModelConfig:
         _range("model.filters", self.filters, 1, None)
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.upsampling", self.upsampling, UPSAMPLINGS)
+        if self.upsampling == "resize" and not self.batch_norm and MODELS.get(self.name) == "lib.networks":
+            # Measured (2D template, ISBI 2012, Adam 1e-3): every pixel foreground within the first epoch, loss 1.9
+            # to 11.6; on synthetic crops the U-Net and the residual U-Net went to all background in 15 steps, the
+            # latter also with LeCun-initialised upsampling convolutions or an activation after them. With batch norm
+            # both learnt (tests/test_networks.py).
+            raise UserError("model.upsampling=resize with model.batch_norm=false: without batch norm the resize "
+                            "upsampling drives the network to one class for every pixel within its first training "
+                            "steps, and it never recovers; set model.upsampling=transpose, or model.batch_norm=true")
         rates = self.dropout if isinstance(self.dropout, list) else [self.dropout]
         if isinstance(self.dropout, list) and len(rates) != self.depth + 1:
             raise UserError(

@@ -72,7 +72,7 @@ CONFIG = {
         "spatial_dropout": False,      # drop whole feature maps instead of voxels
         "batch_norm": True,            # batch normalisation after each convolution
         "activation": "elu",           # relu | elu | leaky_relu | gelu | swish
-        "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
+        "upsampling": "transpose",     # transpose (learned) | resize (+ convolution; needs batch_norm)
         "pool_size": [1, 2, 2],        # per-axis pooling (z, y, x); None = 2 everywhere; [1, 2, 2]: in-plane only
                                        # (here the z stem has made each 8-section slab one section; also for thick sections)
         "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)

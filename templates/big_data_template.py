@@ -79,7 +79,7 @@ CONFIG = {
         "spatial_dropout": False,      # drop whole feature maps instead of pixels
         "batch_norm": False,           # batch normalisation after each convolution (off: 1.24x the crops per second, CPU, float32)
         "activation": "elu",           # relu | elu | leaky_relu | gelu | swish
-        "upsampling": "transpose",     # transpose (learned) | resize (+ convolution)
+        "upsampling": "transpose",     # transpose (learned) | resize (+ convolution; needs batch_norm)
         "pool_size": None,             # 3D only: per-axis pooling, e.g. [1, 2, 2] for anisotropic stacks
         "deep_supervision": False,     # also predict from each coarser decoder level (trained, not used to predict)
         "stem_stride": 1,              # downsample the input first by this factor (strided convolution, learned upsampling

@@ -187,6 +187,9 @@ OPTION_CASES = [
     # The 2D template trains without batch norm: Dice or Jaccard alone would collapse to all foreground.
     (["--set", "train.loss=jaccard"], "train.loss=jaccard with model.batch_norm=false: a network without batch norm "
                                       "trained on the Jaccard loss alone predicts every pixel as foreground"),
+    # ... and resize upsampling without batch norm would drive it to one class within its first steps.
+    (["--set", "model.upsampling=resize"], "model.upsampling=resize with model.batch_norm=false: without batch norm "
+                                           "the resize upsampling drives the network to one class"),
     (["--set", "train.freeze_encoder=true"], "train.freeze_encoder=true needs train.pretrained"),
     (["--config", "missing.json"], "--config missing.json: file not found"),
     (["--rid", "abc"], "--rid abc: expected a non-negative integer"),

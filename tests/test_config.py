@@ -68,6 +68,14 @@ def test_batch_overlap_needs_an_overlap_loss():
         config.apply_overrides(config.Config(), [f"train.loss={loss}", "train.batch_overlap=true"]).validate()
 
 
+def test_resize_upsampling_needs_batch_norm_in_lib_networks():
+    with pytest.raises(UserError, match="model.upsampling=resize with model.batch_norm=false: .* set "
+                                        "model.upsampling=transpose, or model.batch_norm=true"):
+        config.apply_overrides(config.Config(), ["model.upsampling=resize", "model.batch_norm=false"]).validate()
+    config.apply_overrides(config.Config(), ["model.upsampling=resize", "model.batch_norm=true"]).validate()
+    config.apply_overrides(config.Config(), ["model.upsampling=transpose", "model.batch_norm=false"]).validate()
+
+
 def test_dice_or_jaccard_alone_need_batch_norm_in_lib_networks():
     for loss in ("dice", "jaccard"):
         with pytest.raises(UserError, match=f"train.loss={loss} with model.batch_norm=false: .* use train.loss=bce_dice"):

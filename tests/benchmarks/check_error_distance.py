@@ -1,0 +1,79 @@
+"""Where a finished 2D run's errors lie, and what averaging several runs would give.
+
+Usage::
+
+    python tests/benchmarks/check_error_distance.py DATA_DIR RUN [RUN ...]
+
+Reads each run's ``predictions/tiled/prob`` (the test images' probabilities, written by
+the templates) and DATA_DIR/test/y, and prints one JSON line:
+
+- ``runs``: per run, the fg_iou at threshold 0.5 over the whole test set (the ``tiled``
+  variant of its metrics.json, recomputed from the stored probabilities);
+- ``errors``: per run, the false positives and false negatives counted by their distance
+  (pixels, Euclidean) to the nearest pixel of the other class in the annotation: ``1``
+  (touching the annotated edge), ``1-3``, ``3-6``, ``6+``. Errors within a pixel or two of
+  the edge are disagreements on an object's outline (how thick a membrane is drawn); the
+  farther ones are objects missed or invented;
+- with several runs, ``ensemble``: the fg_iou of the mean of their probabilities.
+
+The ISBI 2012 figures of README, "How the defaults were chosen", come from this script.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+from scipy import ndimage as ndi
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+BINS = ((0.0, 1.0, "1"), (1.0, 3.0, "1-3"), (3.0, 6.0, "3-6"), (6.0, np.inf, "6+"))
+
+
+def fg_iou(probs, truths, threshold=0.5):
+    """Foreground IoU over all images: ``probs`` float arrays in [0, 1], ``truths`` bool arrays."""
+    tp = fp = fn = 0
+    for p, t in zip(probs, truths):
+        b = p > threshold
+        tp += np.count_nonzero(b & t)
+        fp += np.count_nonzero(b & ~t)
+        fn += np.count_nonzero(~b & t)
+    return tp / max(tp + fp + fn, 1)
+
+
+def error_distances(probs, truths, threshold=0.5):
+    """False positives and negatives by their distance to the annotated edge, summed over the images."""
+    counts = {f"{kind} {name}": 0 for kind in ("fp", "fn") for _, _, name in BINS}
+    for p, t in zip(probs, truths):
+        b = p > threshold
+        for kind, wrong, distance in (("fp", b & ~t, ndi.distance_transform_edt(~t)),
+                                      ("fn", ~b & t, ndi.distance_transform_edt(t))):
+            for lo, hi, name in BINS:
+                counts[f"{kind} {name}"] += int(np.count_nonzero(wrong & (distance > lo) & (distance <= hi)))
+    return counts
+
+
+def main(data_dir, runs):
+    from lib import io
+
+    truths = [io.read_image(p, mask=True).squeeze() > 0
+              for p in io.list_images(os.path.join(data_dir, "test", "y"))]
+    probs = []
+    for run in runs:
+        paths = io.list_images(os.path.join(run, "predictions", "tiled", "prob"))
+        if len(paths) != len(truths):
+            sys.exit(f"{run}: {len(paths)} probability maps in predictions/tiled/prob, expected {len(truths)} "
+                     f"(the test images of {data_dir})")
+        probs.append([io.read_image(p).squeeze().astype(np.float32) for p in paths])
+    result = {"runs": {run: round(fg_iou(p, truths), 4) for run, p in zip(runs, probs)},
+              "errors": {run: error_distances(p, truths) for run, p in zip(runs, probs)}}
+    if len(runs) > 1:
+        result["ensemble"] = round(fg_iou([np.mean(ps, axis=0) for ps in zip(*probs)], truths), 4)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    main(sys.argv[1], sys.argv[2:])
