@@ -275,8 +275,8 @@ class ModelConfig:
         _choice("model.activation", self.activation, ACTIVATIONS)
         _choice("model.upsampling", self.upsampling, UPSAMPLINGS)
         if self.upsampling == "resize" and not self.batch_norm and MODELS.get(self.name) == "lib.networks":
-            # Measured (2D template, ISBI 2012, Adam 1e-3): every pixel foreground within the first epoch, loss 1.9
-            # to 11.6; on synthetic crops the U-Net and the residual U-Net went to all background in 15 steps, the
+            # Measured (2D template, ISBI 2012, Adam 1e-3): one class for every pixel within the first epoch, loss 1.9
+            # to 5-6; on synthetic crops the U-Net and the residual U-Net went to all background in 15 steps, the
             # latter also with LeCun-initialised upsampling convolutions or an activation after them. With batch norm
             # both learnt (tests/test_networks.py).
             raise UserError("model.upsampling=resize with model.batch_norm=false: without batch norm the resize "
