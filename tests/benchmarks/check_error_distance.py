@@ -7,7 +7,7 @@ Usage::
 Reads each run's ``predictions/tiled/prob`` (the test images' probabilities, written by
 the templates) and DATA_DIR/test/y, and prints one JSON line:
 
-- ``runs``: per run, the fg_iou at threshold 0.5 over the whole test set (the ``tiled``
+- ``runs``: per run, the fg_iou at threshold 0.5 (``p >= 0.5``) over the whole test set (the ``tiled``
   variant of its metrics.json, recomputed from the stored probabilities);
 - ``errors``: per run, the false positives and false negatives counted by their distance
   (pixels, Euclidean) to the nearest pixel of the other class in the annotation: ``1``
@@ -28,25 +28,23 @@ from scipy import ndimage as ndi
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
+from lib import io  # noqa: E402
+from lib.metrics import pixel_metrics  # noqa: E402
+from lib.postprocess import binarize  # noqa: E402
+
 BINS = ((0.0, 1.0, "1"), (1.0, 3.0, "1-3"), (3.0, 6.0, "3-6"), (6.0, np.inf, "6+"))
 
 
 def fg_iou(probs, truths, threshold=0.5):
-    """Foreground IoU over all images: ``probs`` float arrays in [0, 1], ``truths`` bool arrays."""
-    tp = fp = fn = 0
-    for p, t in zip(probs, truths):
-        b = p > threshold
-        tp += np.count_nonzero(b & t)
-        fp += np.count_nonzero(b & ~t)
-        fn += np.count_nonzero(~b & t)
-    return tp / max(tp + fp + fn, 1)
+    """Foreground IoU over all images, thresholded and pooled as the templates' evaluation does."""
+    return pixel_metrics([binarize(p, threshold) for p in probs], truths)["fg_iou"]
 
 
 def error_distances(probs, truths, threshold=0.5):
     """False positives and negatives by their distance to the annotated edge, summed over the images."""
     counts = {f"{kind} {name}": 0 for kind in ("fp", "fn") for _, _, name in BINS}
     for p, t in zip(probs, truths):
-        b = p > threshold
+        b = binarize(p, threshold)
         for kind, wrong, distance in (("fp", b & ~t, ndi.distance_transform_edt(~t)),
                                       ("fn", ~b & t, ndi.distance_transform_edt(t))):
             for lo, hi, name in BINS:
@@ -55,8 +53,6 @@ def error_distances(probs, truths, threshold=0.5):
 
 
 def main(data_dir, runs):
-    from lib import io
-
     truths = [io.read_image(p, mask=True).squeeze() > 0
               for p in io.list_images(os.path.join(data_dir, "test", "y"))]
     probs = []
