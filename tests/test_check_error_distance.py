@@ -42,6 +42,21 @@ def test_errors_are_counted_by_distance_to_the_edge_and_runs_averaged(tmp_path):
     assert result["ensemble"] == round(64 / 96, 4)
 
 
+def test_a_prediction_off_the_annotation_scores_higher_moved_back(tmp_path):
+    truth = np.zeros((32, 32), np.uint8)
+    truth[:, 10:13] = 255
+    _write(tmp_path / "data" / "test" / "y", [truth])
+    prob = np.zeros((32, 32), np.float32)
+    prob[:, 11:14] = 0.9  # the annotated membrane, one pixel to the right
+    _write(tmp_path / "run" / "predictions" / "tiled" / "prob", [prob])
+    out = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "data"), str(tmp_path / "run")],
+                         capture_output=True, text=True, check=True)
+    shifted = json.loads(out.stdout)["shifted"][str(tmp_path / "run")]
+    # 30 inner rows: unmoved, 2 of 4 columns overlap; moved left it is the annotation; right, 1 of 5.
+    assert shifted == {"none": 0.5, "left": 1.0, "right": 0.2, "up": 0.5, "down": 0.5}
+    assert "ensemble" not in json.loads(out.stdout)
+
+
 def test_a_run_without_the_test_probabilities_is_named(tmp_path):
     _write(tmp_path / "data" / "test" / "y", [np.zeros((8, 8), np.uint8)] * 2)
     _write(tmp_path / "run" / "predictions" / "tiled" / "prob", [np.zeros((8, 8), np.float32)])

@@ -14,6 +14,12 @@ the templates) and DATA_DIR/test/y, and prints one JSON line:
   (touching the annotated edge), ``1-3``, ``3-6``, ``6+``. Errors within a pixel or two of
   the edge are disagreements on an object's outline (how thick a membrane is drawn); the
   farther ones are objects missed or invented;
+- ``shifted``: per run, the fg_iou with every binary prediction moved by one pixel (``up``,
+  ``down``, ``left``, ``right``; ``none`` unmoved), the images' outermost rows and columns left
+  out of all five. A prediction centred on the annotation scores highest unmoved and about the
+  same moved either way along an axis; a higher score moved one way says that the annotation
+  sits off the centre of what the network predicts, e.g. half a pixel to one side of the
+  membranes, which a network trained with flips cannot learn;
 - with several runs, ``ensemble``: the fg_iou of the mean of their probabilities.
 
 The ISBI 2012 figures of README, "How the defaults were chosen", come from this script.
@@ -32,6 +38,7 @@ from lib import io  # noqa: E402
 from lib.metrics import pixel_metrics  # noqa: E402
 from lib.postprocess import binarize  # noqa: E402
 
+SHIFTS = {"none": (0, 0), "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 BINS = ((0.0, 1.0, "1"), (1.0, 3.0, "1-3"), (3.0, 6.0, "3-6"), (6.0, np.inf, "6+"))
 
 
@@ -52,6 +59,20 @@ def error_distances(probs, truths, threshold=0.5):
     return counts
 
 
+def shifted_ious(probs, truths, threshold=0.5):
+    """fg_iou of the binary predictions moved by one pixel each way (:data:`SHIFTS`), borders left out."""
+    result = {}
+    for name, shift in SHIFTS.items():
+        inter = union = 0
+        for p, t in zip(probs, truths):
+            moved = np.roll(binarize(p, threshold), shift, axis=(0, 1))[1:-1, 1:-1]
+            inner = t[1:-1, 1:-1]
+            inter += np.count_nonzero(moved & inner)
+            union += np.count_nonzero(moved | inner)
+        result[name] = round(inter / union, 4)
+    return result
+
+
 def main(data_dir, runs):
     truths = [io.read_image(p, mask=True).squeeze() > 0
               for p in io.list_images(os.path.join(data_dir, "test", "y"))]
@@ -63,7 +84,8 @@ def main(data_dir, runs):
                      f"(the test images of {data_dir})")
         probs.append([io.read_image(p).squeeze().astype(np.float32) for p in paths])
     result = {"runs": {run: round(fg_iou(p, truths), 4) for run, p in zip(runs, probs)},
-              "errors": {run: error_distances(p, truths) for run, p in zip(runs, probs)}}
+              "errors": {run: error_distances(p, truths) for run, p in zip(runs, probs)},
+              "shifted": {run: shifted_ious(p, truths) for run, p in zip(runs, probs)}}
     if len(runs) > 1:
         result["ensemble"] = round(fg_iou([np.mean(ps, axis=0) for ps in zip(*probs)], truths), 4)
     print(json.dumps(result))
