@@ -42,16 +42,15 @@ SHIFTS = {"none": (0, 0), "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right
 BINS = ((0.0, 1.0, "1"), (1.0, 3.0, "1-3"), (3.0, 6.0, "3-6"), (6.0, np.inf, "6+"))
 
 
-def fg_iou(probs, truths, threshold=0.5):
-    """Foreground IoU over all images, thresholded and pooled as the templates' evaluation does."""
-    return pixel_metrics([binarize(p, threshold) for p in probs], truths)["fg_iou"]
+def fg_iou(masks, truths):
+    """Foreground IoU over all images, pooled as the templates' evaluation does."""
+    return round(pixel_metrics(masks, truths)["fg_iou"], 4)
 
 
-def error_distances(probs, truths, threshold=0.5):
+def error_distances(masks, truths):
     """False positives and negatives by their distance to the annotated edge, summed over the images."""
     counts = {f"{kind} {name}": 0 for kind in ("fp", "fn") for _, _, name in BINS}
-    for p, t in zip(probs, truths):
-        b = binarize(p, threshold)
+    for b, t in zip(masks, truths):
         for kind, wrong, distance in (("fp", b & ~t, ndi.distance_transform_edt(~t)),
                                       ("fn", ~b & t, ndi.distance_transform_edt(t))):
             for lo, hi, name in BINS:
@@ -59,21 +58,14 @@ def error_distances(probs, truths, threshold=0.5):
     return counts
 
 
-def shifted_ious(probs, truths, threshold=0.5):
-    """fg_iou of the binary predictions moved by one pixel each way (:data:`SHIFTS`), borders left out."""
-    result = {}
-    for name, shift in SHIFTS.items():
-        inter = union = 0
-        for p, t in zip(probs, truths):
-            moved = np.roll(binarize(p, threshold), shift, axis=(0, 1))[1:-1, 1:-1]
-            inner = t[1:-1, 1:-1]
-            inter += np.count_nonzero(moved & inner)
-            union += np.count_nonzero(moved | inner)
-        result[name] = round(inter / union, 4)
-    return result
+def shifted_ious(masks, truths):
+    """fg_iou of the masks moved by one pixel each way (:data:`SHIFTS`), the outermost pixels left out."""
+    inner = [t[1:-1, 1:-1] for t in truths]
+    return {name: fg_iou([np.roll(b, shift, axis=(0, 1))[1:-1, 1:-1] for b in masks], inner)
+            for name, shift in SHIFTS.items()}
 
 
-def main(data_dir, runs):
+def main(data_dir, runs, threshold=0.5):
     truths = [io.read_image(p, mask=True).squeeze() > 0
               for p in io.list_images(os.path.join(data_dir, "test", "y"))]
     probs = []
@@ -83,11 +75,12 @@ def main(data_dir, runs):
             sys.exit(f"{run}: {len(paths)} probability maps in predictions/tiled/prob, expected {len(truths)} "
                      f"(the test images of {data_dir})")
         probs.append([io.read_image(p).squeeze().astype(np.float32) for p in paths])
-    result = {"runs": {run: round(fg_iou(p, truths), 4) for run, p in zip(runs, probs)},
-              "errors": {run: error_distances(p, truths) for run, p in zip(runs, probs)},
-              "shifted": {run: shifted_ious(p, truths) for run, p in zip(runs, probs)}}
+    masks = [[binarize(p, threshold) for p in ps] for ps in probs]
+    result = {"runs": {run: fg_iou(m, truths) for run, m in zip(runs, masks)},
+              "errors": {run: error_distances(m, truths) for run, m in zip(runs, masks)},
+              "shifted": {run: shifted_ious(m, truths) for run, m in zip(runs, masks)}}
     if len(runs) > 1:
-        result["ensemble"] = round(fg_iou([np.mean(ps, axis=0) for ps in zip(*probs)], truths), 4)
+        result["ensemble"] = fg_iou([binarize(np.mean(ps, axis=0), threshold) for ps in zip(*probs)], truths)
     print(json.dumps(result))
 
 
