@@ -44,7 +44,7 @@ $(JAX_STAMP) $(TORCH_STAMP): .venv-%/.installed: env/requirements-base.txt env/r
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m lib.synthetic demo_data/em2d --n-train 16 --n-test 4 --size 256 256 --seed 0
+	$(PY) -m lib.data.synthetic demo_data/em2d --n-train 16 --n-test 4 --size 256 256 --seed 0
 	$(PY) templates/template.py . demo_data/em2d demo_jobs --id demo --rid 0 --gpu cpu --overwrite \
 		--set train.epochs=25 --set train.patience=25 --set data.replicate=4 --set data.crop_shape=[128,128] \
 		--set post.z_filter=false  # the demo's test images are independent, not slices of one stack

@@ -75,13 +75,13 @@ import sys  # noqa: E402
 sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
 
 from cheng_2017 import options  # noqa: E402
-from lib import cli, runner  # noqa: E402
+from lib.run import cli, runner  # noqa: E402
 
 
 def main(argv=None):
     """Check the options and data (nothing is written until all pass), train, evaluate on the test set, report.
 
-    The steps of :func:`lib.runner.run`, with the Cheng options checked first (``cheng_2017.options``);
+    The steps of :func:`lib.run.runner.run`, with the Cheng options checked first (``cheng_2017.options``);
     ``model.name=cheng2d`` builds the network of :mod:`cheng_2017.networks`.
     """
     runner.run(CONFIG, argv, data="2d", description=__doc__.splitlines()[0],

@@ -23,14 +23,14 @@ decoder; widths 16 + 8k in the encoder, 64 and 32 in the decoder for
 ``filters=16``.
 
 Keras is imported here, so import this module only after the command line has
-chosen the device (:func:`lib.cli.select_device`).
+chosen the device (:func:`lib.run.devices.select_device`).
 """
 
 import keras
 from keras import layers
 
 from lib.errors import UserError
-from lib.networks.blocks import Ops
+from lib.model.networks.blocks import Ops
 
 from .layers import PadChannels, StochasticDownsampling
 from .options import AXES, T, check_options, divisor
@@ -50,7 +50,7 @@ def build_model(cfg, input_shape, t=T):
         (>= 2) sets the first width, the widening step (``filters // 2``) and
         the decoder widths (``4 filters``, ``2 filters``); ``dropout`` is one rate
         used inside every encoder block; ``batch_norm``, ``activation``,
-        ``spatial_dropout`` and ``upsampling`` apply as in :mod:`lib.networks`.
+        ``spatial_dropout`` and ``upsampling`` apply as in :mod:`lib.model.networks`.
         ``pool_size`` must be unset (every axis is halved) and
         ``deep_supervision`` false.
     input_shape : sequence

@@ -118,7 +118,7 @@ CONFIG = {
         "steps_per_epoch": 0,          # 0: an epoch covers the training volumes once (volume / subvolume x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
         "precision": "float32",        # float32 | bfloat16 | float16 (mixed; float16 with loss scaling); also for prediction
-        "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
+        "deterministic": False,        # deterministic kernels: identical reruns, slower (see docs/reliability.md)
         "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
         "tensorboard_images_every": 10,  # validation crops with predictions in TensorBoard every N epochs; 0: none
     },
@@ -153,13 +153,13 @@ import sys  # noqa: E402
 # CODE_DIR (first argument) holds lib/; fall back to this file's project so the template runs from anywhere.
 sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
 
-from lib import cli, runner  # noqa: E402
+from lib.run import cli, runner  # noqa: E402
 
 
 def main(argv=None):
     """Check the options and data (nothing is written until all pass), train, evaluate on the test set, report.
 
-    The steps, in order, are those of :func:`lib.runner.run` (see lib/runner.py).
+    The steps, in order, are those of :func:`lib.run.runner.run` (see lib/run/runner.py).
     """
     runner.run(CONFIG, argv, data="3d", description=__doc__.splitlines()[0])
 

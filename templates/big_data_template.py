@@ -54,7 +54,7 @@ CONFIG = {
         "shift_range": 0.1,            # shift, fraction of the crop size
         "shear_p": 0.0,                # probability of a shear
         "shear_range": 10.0,           # shear angle, degrees
-        "brightness_p": 0.3,           # probability of a brightness change (on with contrast, gamma, blur, noise: README, "How the defaults were chosen")
+        "brightness_p": 0.3,           # probability of a brightness change (on with contrast, gamma, blur, noise: docs/defaults.md)
         "brightness_range": 0.1,       # additive brightness change
         "contrast_p": 0.3,             # probability of a contrast change
         "contrast_range": [0.8, 1.2],  # contrast factor range
@@ -123,7 +123,7 @@ CONFIG = {
         "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps
         "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
         "precision": "auto",           # auto (bfloat16 on CPUs with bf16 hardware, else float32) | float32 | bfloat16 | float16 (mixed; float16 with loss scaling); also for prediction
-        "deterministic": False,        # deterministic kernels: identical reruns, slower (see README, Reliability)
+        "deterministic": False,        # deterministic kernels: identical reruns, slower (see docs/reliability.md)
         "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
         "tensorboard_images_every": 10,  # validation crops with predictions in TensorBoard every N epochs; 0: none
     },
@@ -158,13 +158,13 @@ import sys  # noqa: E402
 # CODE_DIR (first argument) holds lib/; fall back to this file's project so the template runs from anywhere.
 sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
 
-from lib import cli, runner  # noqa: E402
+from lib.run import cli, runner  # noqa: E402
 
 
 def main(argv=None):
     """Check the options and data (nothing is written until all pass), train, evaluate on the test set, report.
 
-    The steps, in order, are those of :func:`lib.runner.run` (see lib/runner.py).
+    The steps, in order, are those of :func:`lib.run.runner.run` (see lib/run/runner.py).
     """
     runner.run(CONFIG, argv, data="streamed", description=__doc__.splitlines()[0])
 

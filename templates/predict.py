@@ -14,7 +14,7 @@ images ``prob`` and ``mask``), ``OUT.tif`` (BigTIFF mask, with ``OUT_prob.tif``)
 or a folder (``prob/`` and ``mask/`` TIFF slices). A multi-class model
 (``model.classes`` K > 1) writes the label image (class ids 0..K-1) as ``mask`` and
 the probability of every class as ``prob`` (a channel axis first in zarr, K TIFF
-pages per slice). Killed and run again, it resumes; see README, "Segmenting new data".
+pages per slice). Killed and run again, it resumes; see docs/large-data.md.
 """
 
 import os
@@ -22,13 +22,13 @@ import sys
 
 sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
 
-from lib import cli  # noqa: E402
+from lib.run import cli, devices  # noqa: E402
 
 
 def main(argv=None):
     args = cli.parse_predict_args(argv, description=__doc__.splitlines()[0])
-    cli.select_device(args.gpu, args.threads)
-    from lib import predicting
+    devices.select_device(args.gpu, args.threads)
+    from lib.run import predicting
 
     plan = predicting.plan(args)  # every check; nothing is written before it returns
     predicting.run(plan)

@@ -44,11 +44,11 @@ def run_here(script, *args):
     """Run entry script ``script`` (a path under the repository) in this process, as bash would run it.
 
     ``args`` follow CODE_DIR. Returns a ``subprocess.CompletedProcess`` with the exit status (0, or
-    what :func:`lib.cli.user_errors` exits with) and the text the script printed. It saves a new
+    what :func:`lib.run.cli.user_errors` exits with) and the text the script printed. It saves a new
     Python and Keras start (about 10 s of CPU with TensorFlow) per run; only for runs that change no
     process-wide state (``train.deterministic``, ``train.precision``, ``--threads``, several devices).
     """
-    from lib import cli
+    from lib.run import cli
 
     module = load_script(script)
     out, err = io.StringIO(), io.StringIO()
@@ -66,7 +66,7 @@ def run_here(script, *args):
 @pytest.fixture(scope="session")
 def dataset_2d(tmp_path_factory):
     """A tiny 2D dataset in the template layout: 8 train and 2 test images of 128x128."""
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     return write_dataset(str(tmp_path_factory.mktemp("data") / "em2d"), n_train=8, n_test=2,
                          shape=(128, 128), seed=1)
@@ -91,11 +91,11 @@ def blob_pair(shape=(64, 64), seed=0):
 
 
 def record_tile_bars(monkeypatch, module):
-    """The tile progress bars ``module`` (lib.evaluation, lib.blockwise) opens, listed as they open.
+    """The tile progress bars ``module`` (lib.evaluate.evaluation, lib.predict.blockwise) opens, listed as they open.
 
     Bars are shown at once (no 2 s delay), so that a short test prints them.
     """
-    from lib import inference
+    from lib.predict import inference
 
     bars, real = [], module.tile_progress
 

@@ -12,9 +12,11 @@ import tifffile
 from scipy import ndimage as ndi
 
 from conftest import REPO
-from lib import config, data, experiment, io
+from lib import config
+from lib.data import layout, sets, splits, tiling
 from lib.errors import UserError
-from lib.inference import blend_window, predict_tiled, predict_tta, tta_transforms
+from lib.predict.inference import blend_window, predict_tiled, predict_tta, tta_transforms
+from lib.run import datasets, training_data
 
 # one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
 pytestmark = pytest.mark.xdist_group("test_3d")
@@ -25,7 +27,7 @@ TEMPLATE = os.path.join(REPO, "templates", "3D_template.py")
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def dataset_3d(tmp_path_factory):
     """One 16x64x64 training and one test volume, each a folder of sorted 2D slices."""
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     return write_dataset(str(tmp_path_factory.mktemp("data") / "em3d"), shape=(16, 64, 64), seed=3, volume=True)
 
@@ -49,24 +51,24 @@ def test_extract_merge_reproduces_the_volume_for_any_overlap(shape, tile, overla
     if len(tile) == 2 and not np.isscalar(overlap):
         overlap = overlap[1:]
     volume = np.random.default_rng(0).random(shape).astype(np.float32)
-    tiles, positions = data.extract_tiles(volume, tile, overlap)
+    tiles, positions = tiling.extract_tiles(volume, tile, overlap)
     assert tiles.shape == (len(positions), *tile, *shape[len(tile):])
-    merged = data.merge_tiles(tiles, positions, shape[:len(tile)])
+    merged = tiling.merge_tiles(tiles, positions, shape[:len(tile)])
     assert merged.dtype == np.float32 and np.array_equal(merged, volume)
     mask = (volume > 0.5).astype(np.uint8)
-    tiles, positions = data.extract_tiles(mask, tile, overlap)
-    assert np.array_equal(data.merge_tiles(tiles, positions, mask.shape[:len(tile)]), mask)
+    tiles, positions = tiling.extract_tiles(mask, tile, overlap)
+    assert np.array_equal(tiling.merge_tiles(tiles, positions, mask.shape[:len(tile)]), mask)
 
 
 def test_overlap_per_axis_sets_the_step_of_each_axis():
-    positions = data.tile_grid((16, 64, 64), (8, 32, 32), [0.0, 0.5, 0.75])
+    positions = tiling.tile_grid((16, 64, 64), (8, 32, 32), [0.0, 0.5, 0.75])
     assert sorted({p[0] for p in positions}) == [0, 8]
     assert sorted({p[1] for p in positions}) == [0, 16, 32]
     assert sorted({p[2] for p in positions}) == [0, 8, 16, 24, 32]
-    assert data.tile_grid((16, 64, 64), (8, 32, 32), 0.5) == data.tile_grid((16, 64, 64), (8, 32, 32),
-                                                                            [0.5, 0.5, 0.5])
+    assert tiling.tile_grid((16, 64, 64), (8, 32, 32), 0.5) == tiling.tile_grid((16, 64, 64), (8, 32, 32),
+                                                                                [0.5, 0.5, 0.5])
     with pytest.raises(ValueError, match=r"^overlap=\[0.5, 0.5\]: expected one value or 3 values"):
-        data.tile_grid((16, 64, 64), (8, 32, 32), [0.5, 0.5])
+        tiling.tile_grid((16, 64, 64), (8, 32, 32), [0.5, 0.5])
 
 
 def test_overlap_option_accepts_one_value_or_a_list():
@@ -84,7 +86,7 @@ def test_blending_weights_are_positive_and_normalise_to_one(kind, overlap):
     shape, tile = (20, 70, 50), (8, 32, 32)
     weights = blend_window(tile, kind)
     assert weights.shape == tile and weights.dtype == np.float32 and weights.min() > 0
-    windows = [tuple(slice(c, c + t) for c, t in zip(p, tile)) for p in data.tile_grid(shape, tile, overlap)]
+    windows = [tuple(slice(c, c + t) for c, t in zip(p, tile)) for p in tiling.tile_grid(shape, tile, overlap)]
     total = np.zeros(shape, np.float64)
     for w in windows:
         total[w] += weights
@@ -136,7 +138,7 @@ def write_slices(root, split, image, mask):
 
 
 def test_a_folder_of_slices_is_one_volume(dataset_3d):
-    images, masks, names = io.load_pairs_3d(io.dataset_pairs(dataset_3d, "test"), "test")
+    images, masks, names = layout.load_pairs_3d(layout.dataset_pairs(dataset_3d, "test"), "test")
     assert names == ["test"] and images[0].shape == (16, 64, 64, 1) and images[0].dtype == np.uint8
     assert masks[0].shape == (16, 64, 64) and set(np.unique(masks[0])) == {0, 1}
     first = tifffile.imread(os.path.join(dataset_3d, "test", "x", "slice_0000.tif"))
@@ -152,7 +154,7 @@ def test_multipage_stacks_are_one_volume_each(tmp_path):
             image = rng.integers(0, 255, (depth, 20, 24), dtype=np.uint8)
             tifffile.imwrite(tmp_path / split / "x" / f"{name}.tif", image)
             tifffile.imwrite(tmp_path / split / "y" / f"{name}.tif", (image > 128).astype(np.uint8) * 255)
-    images, masks, names = io.load_pairs_3d(io.dataset_pairs(str(tmp_path), "train"), "train")
+    images, masks, names = layout.load_pairs_3d(layout.dataset_pairs(str(tmp_path), "train"), "train")
     assert names == ["a", "b"]
     assert [v.shape for v in images] == [(5, 20, 24, 1), (7, 20, 24, 1)]
     assert np.array_equal(masks[1], (images[1][..., 0] > 128).astype(np.uint8))
@@ -164,7 +166,7 @@ def test_non_binary_mask_slice_is_named(tmp_path):
     mask[2, :4, :4] = [[0, 1, 2, 3]] * 4
     write_slices(str(tmp_path), "train", image, mask)
     with pytest.raises(UserError, match=r"y/s002.tif: mask is not binary, found 4 values"):
-        io.load_pairs_3d(io.dataset_pairs(str(tmp_path), "train"), "train")
+        layout.load_pairs_3d(layout.dataset_pairs(str(tmp_path), "train"), "train")
 
 
 def test_slices_of_different_sizes_are_refused(tmp_path):
@@ -172,49 +174,49 @@ def test_slices_of_different_sizes_are_refused(tmp_path):
     tifffile.imwrite(tmp_path / "train" / "x" / "s003.tif", np.zeros((16, 20), np.uint8))
     tifffile.imwrite(tmp_path / "train" / "y" / "s003.tif", np.zeros((16, 20), np.uint8))
     with pytest.raises(UserError, match=r"x/s003.tif: slice size 16x20x1 differs from .*s000.tif \(16x16x1\)"):
-        io.load_pairs_3d(io.dataset_pairs(str(tmp_path), "train"), "train")
+        layout.load_pairs_3d(layout.dataset_pairs(str(tmp_path), "train"), "train")
 
 
 def test_a_folder_mixing_stacks_and_slices_is_refused(tmp_path):
     write_slices(str(tmp_path), "train", np.zeros((2, 16, 16), np.uint8), np.zeros((2, 16, 16), np.uint8))
     tifffile.imwrite(tmp_path / "train" / "x" / "s001.tif", np.zeros((5, 16, 16), np.uint8))
     with pytest.raises(UserError, match=r"s001.tif is a stack but .*s000.tif a single image"):
-        io.load_pairs_3d(io.dataset_pairs(str(tmp_path), "train"), "train")
+        layout.load_pairs_3d(layout.dataset_pairs(str(tmp_path), "train"), "train")
 
 
 def test_load_3d_checks_the_configuration(dataset_3d):
-    train, test = experiment.load_3d(dataset_3d, small_config())
+    train, test = datasets.load_3d(dataset_3d, small_config())
     assert train.images[0].shape == (16, 64, 64, 1) and train.images[0].dtype == np.float32
     assert train.images[0].min() == 0 and train.images[0].max() == 1 and test.names == ["test"]
     with pytest.raises(UserError, match=r"the 3D template needs 3 sizes \(z, y, x\)"):
-        experiment.load_3d(dataset_3d, small_config(crop_shape=[32, 32]))
+        datasets.load_3d(dataset_3d, small_config(crop_shape=[32, 32]))
     cfg = small_config()
     cfg.inference.overlap = [0.5, 0.5]
     with pytest.raises(UserError, match="inference.overlap"):
-        experiment.load_3d(dataset_3d, cfg)
+        datasets.load_3d(dataset_3d, cfg)
     with pytest.raises(UserError, match=r"size 10 on axis z is not divisible by 4"):
-        experiment.load_3d(dataset_3d, small_config(crop_shape=[10, 32, 32]))
+        datasets.load_3d(dataset_3d, small_config(crop_shape=[10, 32, 32]))
 
 
 # --------------------------------------------------------------------------- training data
 
 def test_split_depth_keeps_a_block_at_the_end():
-    assert data.split_depth(125, 0.1, 16) == 109  # 12.5 slices round to 12, raised to one crop depth
-    assert data.split_depth(100, 0.3, 16) == 70
-    assert data.split_depth(40, 0.0, 16) == 40
+    assert splits.split_depth(125, 0.1, 16) == 109  # 12.5 slices round to 12, raised to one crop depth
+    assert splits.split_depth(100, 0.3, 16) == 70
+    assert splits.split_depth(40, 0.0, 16) == 40
     with pytest.raises(ValueError, match=r"^fraction=0.5: .* 20 slices"):
-        data.split_depth(20, 0.5, 16)
+        splits.split_depth(20, 0.5, 16)
 
 
 def test_training_subvolumes_and_validation_of_one_volume(dataset_3d):
     cfg = small_config(val_fraction=0.5, replicate=6, fg_sampling=0.5)
     cfg.train.batch_size = 3
-    train, _ = experiment.load_3d(dataset_3d, cfg)
-    dataset, (x_val, y_val) = experiment.training_data_3d(train, cfg)
+    train, _ = datasets.load_3d(dataset_3d, cfg)
+    dataset, (x_val, y_val) = training_data.training_data_3d(train, cfg)
     # 4 subvolumes cover the 8 x 64 x 64 training part; 6 passes of them are 8 steps of 3, below the floor
-    assert len(dataset) == experiment.MIN_AUTO_STEPS
+    assert len(dataset) == training_data.MIN_AUTO_STEPS
     cfg.train.steps_per_epoch = 2
-    assert len(experiment.training_data_3d(train, cfg)[0]) == 2
+    assert len(training_data.training_data_3d(train, cfg)[0]) == 2
     x, y = dataset[0]
     assert x.shape == (3, 8, 32, 32, 1) and x.dtype == np.float32 and y.shape == (3, 8, 32, 32, 1)
     assert set(np.unique(y)) <= {0.0, 1.0}
@@ -226,9 +228,9 @@ def test_training_subvolumes_and_validation_of_one_volume(dataset_3d):
 
 def test_several_volumes_are_split_as_whole_volumes(dataset_3d):
     cfg = small_config(val_fraction=0.5, val_split="last")
-    train, test = experiment.load_3d(dataset_3d, cfg)
-    both = experiment.ImageSet(train.images + test.images, train.masks + test.masks, ["a", "b"])
-    dataset, (x_val, _) = experiment.training_data_3d(both, cfg)
+    train, test = datasets.load_3d(dataset_3d, cfg)
+    both = sets.ImageSet(train.images + test.images, train.masks + test.masks, ["a", "b"])
+    dataset, (x_val, _) = training_data.training_data_3d(both, cfg)
     assert len(dataset.images) == 1 and dataset.images[0] is train.images[0]
     assert len(x_val) == 2 * 2 * 2
 

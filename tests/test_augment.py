@@ -1,4 +1,4 @@
-"""Tests of lib.augment on small synthetic images and volumes."""
+"""Tests of lib.data.augment on small synthetic images and volumes."""
 
 import dataclasses
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from lib.augment import Augmenter
 from lib.config import AugmentConfig
+from lib.data.augment import Augmenter
 from lib.errors import UserError
 
 PROBABILITIES = tuple(f.name for f in dataclasses.fields(AugmentConfig) if f.name.endswith("_p"))

@@ -15,8 +15,8 @@ import pytest
 import tifffile
 
 from conftest import REPO, blob_pair, run_here, write_pairs
-from lib import cli
 from lib.errors import UserError
+from lib.run import devices
 
 TEMPLATES = os.path.join(REPO, "templates")
 CROP = ["--set", "data.crop_shape=[32,32]"]
@@ -286,7 +286,7 @@ def test_3d_tta_with_different_downsampling_in_y_and_x(tmp_path):
                                 "in y and x; the network's is 4 in y and 1 in x")
 
 
-@pytest.mark.skipif(cli.keras_backend() != "tensorflow", reason="TensorFlow's CPU backend only")
+@pytest.mark.skipif(devices.keras_backend() != "tensorflow", reason="TensorFlow's CPU backend only")
 def test_3d_bfloat16_on_tensorflow_cpu_is_refused_rather_than_crashing(tmp_path):
     # TensorFlow 2.21's oneDNN Conv3D in bfloat16 ends the process with a segmentation fault from 8 x 128 x 128 up
     job = tmp_path / "jobs"
@@ -296,24 +296,24 @@ def test_3d_bfloat16_on_tensorflow_cpu_is_refused_rather_than_crashing(tmp_path)
 
 
 def test_bfloat16_check_spares_2d_networks_gpus_and_other_backends(monkeypatch):
-    cli.check_precision("bfloat16", 2, "cpu")
-    cli.check_precision("bfloat16", 3, "0", n_gpus=1)
-    cli.check_precision("float32", 3, "cpu")
+    devices.check_precision("bfloat16", 2, "cpu")
+    devices.check_precision("bfloat16", 3, "0", n_gpus=1)
+    devices.check_precision("float32", 3, "cpu")
     monkeypatch.setenv("KERAS_BACKEND", "jax")
-    cli.check_precision("bfloat16", 3, "cpu")
+    devices.check_precision("bfloat16", 3, "cpu")
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
     with pytest.raises(UserError, match="bfloat16 on a GPU"):
-        cli.check_precision("bfloat16", 3, "0", n_gpus=0)  # --gpu 0 on a machine without one runs on the CPU
+        devices.check_precision("bfloat16", 3, "0", n_gpus=0)  # --gpu 0 on a machine without one runs on the CPU
 
 
 def test_run_precision_resolves_then_checks(monkeypatch):
     # The one call the templates and predict.py make: auto is resolved, a fixed bfloat16 in 3D is still refused
     monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
-    assert cli.run_precision("auto", 3, "cpu") == "float32"
-    assert cli.run_precision("float32", 2, "cpu") == "float32"
-    assert cli.run_precision("auto", 2, "cpu") == cli.resolve_precision("auto", 2, "cpu")
+    assert devices.run_precision("auto", 3, "cpu") == "float32"
+    assert devices.run_precision("float32", 2, "cpu") == "float32"
+    assert devices.run_precision("auto", 2, "cpu") == devices.resolve_precision("auto", 2, "cpu")
     with pytest.raises(UserError, match="train.precision=bfloat16: TensorFlow's 3D convolutions"):
-        cli.run_precision("bfloat16", 3, "cpu")
+        devices.run_precision("bfloat16", 3, "cpu")
 
 
 def test_nvidia_smi_is_asked_once_per_process(tmp_path, monkeypatch):
@@ -323,14 +323,14 @@ def test_nvidia_smi_is_asked_once_per_process(tmp_path, monkeypatch):
     (fake / "nvidia-smi").write_text(f"#!/bin/sh\necho x >> {calls}\necho 'GPU 0: NVIDIA Fake (UUID: GPU-0)'\n")
     (fake / "nvidia-smi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    cli.count_gpus.cache_clear()
+    devices.count_gpus.cache_clear()
     try:
-        assert cli.resolve_precision("auto", 2, "0") == "float32"  # a GPU: auto stays float32
-        cli.check_precision("bfloat16", 3, "0")  # on that GPU, bfloat16 in 3D is allowed
-        assert cli.count_gpus() == 1
+        assert devices.resolve_precision("auto", 2, "0") == "float32"  # a GPU: auto stays float32
+        devices.check_precision("bfloat16", 3, "0")  # on that GPU, bfloat16 in 3D is allowed
+        assert devices.count_gpus() == 1
         assert calls.read_text().splitlines() == ["x"]
     finally:
-        cli.count_gpus.cache_clear()
+        devices.count_gpus.cache_clear()
 
 
 def test_missing_tensorboardx_is_refused_before_the_run_folder(tmp_path, monkeypatch):
@@ -340,7 +340,7 @@ def test_missing_tensorboardx_is_refused_before_the_run_folder(tmp_path, monkeyp
     job = tmp_path / "jobs"
     result = run_template(good_dataset(str(tmp_path / "data")), job, "--gpu", "cpu", *CROP)
     assert_refused(result, job, "train.tensorboard: the package tensorboardX is not installed; install it")
-    cli.check_tensorboard(False)  # without TensorBoard files the run needs no tensorboardX
+    devices.check_tensorboard(False)  # without TensorBoard files the run needs no tensorboardX
 
 
 def test_streamed_template_names_a_truncated_file(tmp_path):
@@ -360,16 +360,18 @@ def test_streamed_template_refuses_masks_without_foreground(tmp_path):
 
 
 def test_empty_test_masks_are_a_warning(tmp_path, capsys):
-    from lib import config, experiment
+    from lib import config
+    from lib.run import datasets
 
     data = good_dataset(str(tmp_path / "data"))
     _fill_masks(data, "test", 0)
-    experiment.load_2d(data, config.from_dict({"data": {"crop_shape": [32, 32]}}).validate())
+    datasets.load_2d(data, config.from_dict({"data": {"crop_shape": [32, 32]}}).validate())
     assert "test/y: the test masks hold no foreground (every pixel is 0)" in capsys.readouterr().err
 
 
 def test_16_bit_and_float_images_are_accepted(tmp_path):
-    from lib import config, experiment
+    from lib import config
+    from lib.run import datasets
 
     data = good_dataset(str(tmp_path / "data"))
     for i in range(10):
@@ -377,7 +379,7 @@ def test_16_bit_and_float_images_are_accepted(tmp_path):
     for i in range(2):
         _write(data, f"test/x/{i:03d}.tif", blob_pair(seed=i)[0].astype(np.float32) / 255)
     cfg = config.from_dict({"data": {"crop_shape": [32, 32]}}).validate()
-    train, test = experiment.load_2d(data, cfg)
+    train, test = datasets.load_2d(data, cfg)
     for image in train.images + test.images:
         assert image.dtype == np.float32 and image.min() == 0 and image.max() == 1
     np.testing.assert_allclose(train.images[0], test.images[0], atol=1e-6)
@@ -400,10 +402,10 @@ def test_bad_data_is_refused_before_keras_starts(tmp_path, script):
 
 def _other_architecture(path):
     """A .keras file of a 2-level U-Net with 4 filters: not the template's default network."""
-    from lib import networks, training
     from lib.config import ModelConfig
+    from lib.model import networks, saving
 
-    training.save_model_atomic(networks.build_model(ModelConfig(depth=2, filters=4), (None, None, 1)), str(path))
+    saving.save_model_atomic(networks.build_model(ModelConfig(depth=2, filters=4), (None, None, 1)), str(path))
     return str(path)
 
 

@@ -13,8 +13,11 @@ import skimage.io
 import tifffile
 
 from conftest import REPO, blob_pair, load_script, write_pairs
-from lib import config, experiment, io
+from lib import config
+from lib.data import io
+from lib.data import layout as data_layout
 from lib.errors import UserError
+from lib.run import datasets, record, training_data
 
 TEMPLATE = os.path.join(REPO, "templates", "big_data_template.py")
 FAST = ["--set", "data.crop_shape=[64,64]", "--set", "data.replicate=4", "--set", "model.depth=2",
@@ -75,14 +78,14 @@ def test_index_pairs_checks_headers(tmp_path):
                      photometric="minisblack")
     tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((4, 40, 50), np.uint8), photometric="minisblack")
     pairs = [(str(tmp_path / "x" / "s.tif"), str(tmp_path / "y" / "s.tif"))]
-    images, masks, names = io.index_pairs_2d(pairs)
+    images, masks, names = data_layout.index_pairs_2d(pairs)
     assert names == ["s_0000", "s_0001", "s_0002", "s_0003"] and [m.index for m in masks] == [0, 1, 2, 3]
     tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((3, 40, 50), np.uint8), photometric="minisblack")
     with pytest.raises(UserError, match="s.tif has 4 slices but its mask .* has 3"):
-        io.index_pairs_2d(pairs)
+        data_layout.index_pairs_2d(pairs)
     tifffile.imwrite(tmp_path / "y" / "s.tif", np.zeros((4, 40, 49), np.uint8), photometric="minisblack")
     with pytest.raises(UserError, match="image size 40x50 differs from its mask"):
-        io.index_pairs_2d(pairs)
+        data_layout.index_pairs_2d(pairs)
 
 
 # --------------------------------------------------------------------------- opening a dataset for streaming
@@ -99,8 +102,8 @@ def _cfg(**data):
 @pytest.mark.parametrize("normalization", ["per_image", "dtype_max", "zscore"])
 def test_streamed_sets_match_the_in_memory_ones(dataset_2d, normalization):
     cfg = _cfg(normalization=normalization)
-    train, test = experiment.open_2d_streamed(dataset_2d, cfg)
-    train_mem, test_mem = experiment.load_2d(dataset_2d, cfg)
+    train, test = datasets.open_2d_streamed(dataset_2d, cfg)
+    train_mem, test_mem = datasets.load_2d(dataset_2d, cfg)
     assert len(train) == len(train_mem) and len(test) == len(test_mem) and train.channels == 1
     for streamed, in_memory in ((train, train_mem), (test, test_mem)):
         for i in range(len(in_memory)):
@@ -113,11 +116,11 @@ def test_streamed_sets_match_the_in_memory_ones(dataset_2d, normalization):
 def test_streamed_training_data(dataset_2d, tmp_path):
     cfg = _cfg(fg_sampling=0.9, max_val_crops=5, val_fraction=0.25)
     cfg.augment.samples = 3
-    train, _ = experiment.open_2d_streamed(dataset_2d, cfg)
+    train, _ = datasets.open_2d_streamed(dataset_2d, cfg)
     assert len(train.foreground) == len(train) and len(train.foreground[0]) == np.asarray(train.masks[0]).sum()
-    dataset, (x_val, y_val) = experiment.training_data_streamed(train, cfg)
+    dataset, (x_val, y_val) = training_data.training_data_streamed(train, cfg)
     assert not os.listdir(tmp_path)  # the training data are made before the run folder, writing nothing
-    experiment.record_training_data(train, dataset, cfg, str(tmp_path))
+    record.record_training_data(train, dataset, cfg, str(tmp_path))
     # 2 of 8 images validate; 16 crops of 32 x 32 cover each 128 x 128 image: 96 crops, 24 steps of 4
     assert len(dataset.images) == 6 and len(dataset) == 24
     assert x_val.shape == (5, 32, 32, 1) and y_val.shape == (5, 32, 32, 1) and x_val.dtype == np.float32
@@ -130,14 +133,14 @@ def test_streamed_training_data(dataset_2d, tmp_path):
 def test_check_pictures_of_the_in_memory_template(dataset_2d, tmp_path):
     cfg = _cfg()
     cfg.augment.samples = 6
-    train, _ = experiment.load_2d(dataset_2d, cfg)
-    experiment.record_training_data(train, experiment.training_data_2d(train, cfg)[0], cfg, str(tmp_path))
+    train, _ = datasets.load_2d(dataset_2d, cfg)
+    record.record_training_data(train, training_data.training_data_2d(train, cfg)[0], cfg, str(tmp_path))
     samples = sorted(os.listdir(tmp_path / "samples" / "augmentation"))
     assert samples == [f"sample_{i:03d}.png" for i in range(6)]
     picture = skimage.io.imread(tmp_path / "samples" / "augmentation" / samples[0])
     assert picture.shape[:2] == (32, 32)
     crops = sorted(os.listdir(tmp_path / "samples" / "crops"))
-    assert crops == [f"img_{i:04d}.png" for i in range(experiment.CROP_CHECKS)]
+    assert crops == [f"img_{i:04d}.png" for i in range(record.CROP_CHECKS)]
     mosaic = skimage.io.imread(tmp_path / "samples" / "crops" / crops[0])[..., :3]
     assert mosaic.shape[:2] == (4 * 32 + 5 * 4, 4 * 32 + 5 * 4)  # 128 px: 4 x 4 crops, grid lines of 4 px
     assert (mosaic[:4] == 255).all() and (mosaic[:, 36:40] == 255).all()
@@ -152,7 +155,7 @@ def test_check_pictures_of_the_in_memory_template(dataset_2d, tmp_path):
 ])
 def test_streamed_refusals(dataset_2d, change, message):
     with pytest.raises(UserError, match=message):
-        experiment.open_2d_streamed(dataset_2d, _cfg(**change))
+        datasets.open_2d_streamed(dataset_2d, _cfg(**change))
 
 
 def test_float_images_refuse_dtype_max(tmp_path):
@@ -161,7 +164,7 @@ def test_float_images_refuse_dtype_max(tmp_path):
     for split in ("train", "test"):
         write_pairs(str(tmp_path), split, images, [p[1] for p in pairs])
     with pytest.raises(UserError, match="dtype_max needs integer images, got float32"):
-        experiment.open_2d_streamed(str(tmp_path), _cfg(normalization="dtype_max"))
+        datasets.open_2d_streamed(str(tmp_path), _cfg(normalization="dtype_max"))
 
 
 @pytest.fixture
@@ -240,7 +243,7 @@ def test_test_split_without_masks_is_predicted_not_scored(dataset_2d, tmp_path, 
     data_dir = tmp_path / "data"
     shutil.copytree(dataset_2d, data_dir)
     shutil.rmtree(data_dir / "test" / "y")
-    train, test = experiment.open_2d_streamed(str(data_dir), _cfg())
+    train, test = datasets.open_2d_streamed(str(data_dir), _cfg())
     assert test.masks == [None, None] and test[0][1] is None and test[0][0].shape == (128, 128, 1)
     template_main([REPO, str(data_dir), str(tmp_path / "jobs"), "--id", "big", "--gpu", "cpu", *FAST,
                    "--set", "train.epochs=2", "--set", "train.steps_per_epoch=2"])

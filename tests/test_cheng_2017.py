@@ -18,8 +18,8 @@ from cheng_2017.options import check_config, divisor
 from conftest import REPO
 from lib.config import Config, ModelConfig
 from lib.errors import UserError
-from lib.losses import BatchOverlap
-from lib.metrics import ForegroundIoU  # noqa: F401  registered for loading the checkpoints
+from lib.model.losses import BatchOverlap
+from lib.model.metrics import ForegroundIoU  # noqa: F401  registered for loading the checkpoints
 
 # one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
 pytestmark = pytest.mark.xdist_group("test_cheng_2017")
@@ -316,7 +316,7 @@ def test_2d_script_refuses_what_the_network_cannot_take(dataset_2d, tmp_path, op
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def volume_dataset(tmp_path_factory):
     """One 16x64x64 training and one test volume, each a folder of sorted 2D slices."""
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     return write_dataset(str(tmp_path_factory.mktemp("data") / "cheng3d"), shape=(16, 64, 64), seed=3, volume=True)
 

@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from lib import cli, reports
 from lib.errors import UserError
+from lib.evaluate import reports
+from lib.run import cli, devices, folders
 
 
 def test_parse_args_defaults_and_overrides():
@@ -31,15 +32,15 @@ def test_bad_command_lines(argv, message):
 def test_gpu_index_that_does_not_exist(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.raises(UserError, match=r"--gpu 3: no GPU 3 on this machine, which has 2 \(indices 0 to 1\)"):
-        cli.select_device("3", 0, n_gpus=2)
-    cli.select_device("1", 0, n_gpus=2)
+        devices.select_device("3", 0, n_gpus=2)
+    devices.select_device("1", 0, n_gpus=2)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
 
 
 def test_gpu_on_machine_without_gpu_warns_and_uses_cpu(monkeypatch, capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setattr(cli, "_limit_cores", lambda threads: None)  # on JAX: would keep this test process on 2 cores
-    cli.select_device("0", 2, n_gpus=0)
+    monkeypatch.setattr(devices, "_limit_cores", lambda threads: None)  # on JAX: would keep this test process on 2 cores
+    devices.select_device("0", 2, n_gpus=0)
     assert "no NVIDIA GPU; running on the CPU" in capsys.readouterr().err
     assert os.environ["OMP_NUM_THREADS"] == "2"
 
@@ -62,7 +63,7 @@ def test_unwritable_job_dir(tmp_path):
         target = str(locked / "job")
     args = cli.parse_args(["c", "d", target])
     with pytest.raises(UserError, match="JOB_DIR is not writable"):
-        cli.check_run_dir(args)
+        folders.check_run_dir(args)
 
 
 def _append(job_dir, i):
@@ -88,7 +89,8 @@ def test_threads_limit_the_cores_on_jax_and_the_thread_pools_elsewhere(backend):
     import subprocess
     import sys
 
-    code = ("import os; from lib import cli; before = len(os.sched_getaffinity(0)); cli.select_device('cpu', 1); "
+    code = ("import os; from lib.run import devices; before = len(os.sched_getaffinity(0)); "
+            "devices.select_device('cpu', 1); "
             "print(before, len(os.sched_getaffinity(0)), os.environ['OMP_NUM_THREADS'], 'keras' in __import__('sys').modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cli.__file__.rsplit("/lib/", 1)[0],
                          env={**os.environ, "KERAS_BACKEND": backend}, check=True).stdout.split()
@@ -98,7 +100,7 @@ def test_threads_limit_the_cores_on_jax_and_the_thread_pools_elsewhere(backend):
 def test_environment_records_the_backend_versions_and_devices():
     import keras
 
-    env = cli.environment(cli.parse_args(["c", "d", "j", "--gpu", "cpu"]))
+    env = folders.environment(cli.parse_args(["c", "d", "j", "--gpu", "cpu"]))
     backend = keras.backend.backend()
     assert env["backend"] == backend and env[{"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend]]
     assert env["devices"] and any("cpu" in d.lower() for d in env["devices"])

@@ -29,7 +29,7 @@ RTOL = {"jax": 1e-4, "tensorflow": 2e-2}
 
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def data(tmp_path_factory):
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     return write_dataset(str(tmp_path_factory.mktemp("data") / "em"), n_train=6, n_test=2, shape=(64, 64), seed=3)
 
@@ -70,18 +70,18 @@ def test_several_devices_refuse_what_they_cannot_run(data, tmp_path):
 
 @pytest.mark.parametrize("gpu", ["cpu:0", "cpu:x", "gpu:1"])
 def test_bad_device_lists_are_refused(gpu):
-    from lib import cli
     from lib.errors import UserError
+    from lib.run import cli
 
     with pytest.raises(UserError, match=f"--gpu {gpu}: expected 'cpu', an index .* or 'cpu:N'"):
         cli.parse_args([".", "data", "jobs", "--gpu", gpu])
 
 
 def test_virtual_cpus_set_the_jax_flag_and_hide_gpus(monkeypatch):
-    from lib import cli
+    from lib.run import devices
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_foo=1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    cli.select_device("cpu:2", 0)
+    devices.select_device("cpu:2", 0)
     assert os.environ["XLA_FLAGS"].split() == ["--xla_cpu_foo=1", "--xla_force_host_platform_device_count=2"]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "-1"

@@ -1,4 +1,4 @@
-"""The six entry scripts run one pipeline (lib.runner): the same steps, options and run folder for each."""
+"""The six entry scripts run one pipeline (lib.run.runner): the same steps, options and run folder for each."""
 
 import ast
 import json
@@ -30,7 +30,7 @@ COMMON = ["train.epochs=0", "inference.overlays=1", "augment.samples=2"]
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def volume_16(tmp_path_factory):
     """One 16x64x64 training and one test volume, each a folder of sorted 2D slices."""
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     return write_dataset(str(tmp_path_factory.mktemp("data") / "vol16"), shape=(16, 64, 64), seed=3, volume=True)
 
@@ -56,7 +56,7 @@ def channels_last_input(cfg):
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def runs(request, tmp_path_factory):
     """Each script run with train.epochs=0 and train.pretrained=a .keras file of its network (built here)."""
-    from lib import networks, training
+    from lib.model import networks, saving
 
     out = {}
     root = tmp_path_factory.mktemp("runs")
@@ -65,7 +65,7 @@ def runs(request, tmp_path_factory):
         name = os.path.basename(script).replace(".py", "")
         cfg = script_config(script, options)
         weights = str(root / f"{name}.keras")
-        training.save_model_atomic(networks.build_network(cfg.model, channels_last_input(cfg)), weights)
+        saving.save_model_atomic(networks.build_network(cfg.model, channels_last_input(cfg)), weights)
         sets = [a for kv in options + COMMON + [f"train.pretrained={weights}"] for a in ("--set", kv)]
         result = run_here(script, data, str(root / "jobs"), "--id", name, "--gpu", "cpu", *sets)
         out[script] = (result, root / "jobs" / f"{name}_0", weights)
@@ -106,7 +106,7 @@ def test_every_script_writes_the_same_metrics_keys(runs):
 
 
 def test_entry_scripts_share_no_copied_steps():
-    """Each main() is one call of lib.runner.run: the order of the steps is written once, there."""
+    """Each main() is one call of lib.run.runner.run: the order of the steps is written once, there."""
     for script in SCRIPTS:
         with open(os.path.join(REPO, script)) as fh:
             tree = ast.parse(fh.read())

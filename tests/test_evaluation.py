@@ -13,10 +13,16 @@ import tifffile
 
 from lib import config
 from lib.errors import UserError
-from lib.evaluation import VARIANTS, enabled_variants, evaluate_test_set
-from lib.metrics import mean_per_item_metrics, object_metrics, object_metrics_set, pixel_metrics, threshold_sweep
-from lib.inference import crop_windows
-from lib.postprocess import oztel, z_filter
+from lib.evaluate.evaluation import VARIANTS, enabled_variants, evaluate_test_set
+from lib.evaluate.metrics import (
+    mean_per_item_metrics,
+    object_metrics,
+    object_metrics_set,
+    pixel_metrics,
+    threshold_sweep,
+)
+from lib.predict.inference import crop_windows
+from lib.predict.postprocess import oztel, z_filter
 
 
 def passthrough(batch):
@@ -230,7 +236,7 @@ def test_predictions_of_variants_switched_off_are_removed(tmp_path):
 
 
 def test_run_notes_say_which_checkpoint_and_warn_when_it_means_little():
-    from lib.reports import run_notes
+    from lib.run.record import run_notes
 
     info = {"epochs": 9, "seconds": 300.0, "stopped_by": "time_limit", "best_epoch": 1, "monitor": "val_iou",
             "best_value": 0.41, "val_crops": 4, "predict_seconds": 12.5, "predict_megavoxels": 31.46,
@@ -245,7 +251,7 @@ def test_run_notes_say_which_checkpoint_and_warn_when_it_means_little():
 
 
 def test_an_image_of_many_tiles_shows_the_progress_of_its_tiles(tmp_path, monkeypatch, capsys):
-    import lib.evaluation as evaluation
+    import lib.evaluate.evaluation as evaluation
     from conftest import record_tile_bars
 
     bars = record_tile_bars(monkeypatch, evaluation)

@@ -1,4 +1,4 @@
-"""Tests of lib.export: a run folder written as a BioImage Model Zoo package, validated and reproduced."""
+"""Tests of lib.run.export: a run folder written as a BioImage Model Zoo package, validated and reproduced."""
 
 import importlib.util
 import json
@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from lib import export
-from lib.config import Config, apply_overrides
-from lib.networks import build_network
-
 from conftest import REPO
+from lib.config import Config, apply_overrides
+from lib.model.networks import build_network
+from lib.run import export, folders
 
 # The SavedModel weights are converted by TensorFlow: a package made without it holds keras_v3 weights only.
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
@@ -110,7 +109,7 @@ def test_bioimageio_core_reproduces_the_test_output_with_each_weight_format(tmp_
 
 
 def run_export(*args):
-    return subprocess.run([sys.executable, "-m", "lib.export", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "lib.run.export", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
 
 
@@ -139,16 +138,16 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, case, 
 
 
 def test_a_package_is_a_pretrained_model(tmp_path):
-    from lib import training
+    from lib.train import finetune
 
     run, image_path, _ = make_run(str(tmp_path), 2)
     out = str(tmp_path / "model.zip")
     export.export(export.parse_args([run, out, "--image", image_path]))
-    path = training.resolve_pretrained(out, str(tmp_path))
+    path = folders.resolve_pretrained(out, str(tmp_path))
     cfg = Config()
     apply_overrides(cfg, ["model.depth=2", "model.filters=4"])
     keras.utils.set_random_seed(5)
-    model = training.load_pretrained(build_network(cfg.model, (None, None, 1)), path)
+    model = finetune.load_pretrained(build_network(cfg.model, (None, None, 1)), path)
     trained = keras.models.load_model(os.path.join(run, "checkpoints", "best.keras"), compile=False)
     for ours, theirs in zip(model.get_weights(), trained.get_weights()):
         np.testing.assert_array_equal(ours, theirs)

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from lib import data, io
-from lib.augment import Augmenter
 from lib.config import AugmentConfig
+from lib.data import intensity, io
+from lib.data.augment import Augmenter
+from lib.data.disk import DiskImage, DiskMask, ForegroundIndex
+from lib.data.generators import CropDataset, DiskCropDataset
 from lib.errors import UserError
-from lib.generators import CropDataset, DiskCropDataset
-from lib.io import DiskImage, DiskMask, ForegroundIndex
 
 
 def _images(n=5, shape=(48, 64), seed=0):
@@ -128,7 +128,7 @@ def test_disk_image_and_mask_read_windows_as_normalised_arrays(tmp_path):
     mask = (rng.random((70, 90)) < 0.3).astype(np.uint8)
     (x_src,), (y_src,) = _disk_pairs(tmp_path, [raw], [mask], compression="zlib", rowsperstrip=16)
     image, disk_mask = DiskImage(x_src, raw.min(), raw.max() - raw.min()), DiskMask(y_src)
-    expected = data.normalize(raw[..., None], "per_image")
+    expected = intensity.normalize(raw[..., None], "per_image")
     assert image.shape == (70, 90, 1) and disk_mask.shape == (70, 90)
     assert np.allclose(image[5:40, 60:200], expected[5:40, 60:]) and image[5:40, 60:200].dtype == np.float32
     assert np.array_equal(disk_mask[33:70, 0:17], mask[33:, :17]) and disk_mask[0:1, 0:1].dtype == np.uint8
@@ -167,7 +167,7 @@ def test_disk_dataset_gives_the_in_memory_batches(tmp_path):
     options = dict(crop_shape=(32, 32), batch_size=3, augmenter=augment, replicate=2, seed=5)
     streamed = DiskCropDataset([DiskImage(x, r.min(), r.max() - r.min()) for x, r in zip(xs, raws)],
                                [DiskMask(y) for y in ys], **options)
-    in_memory = CropDataset([data.normalize(r[..., None], "per_image") for r in raws], masks, **options)
+    in_memory = CropDataset([intensity.normalize(r[..., None], "per_image") for r in raws], masks, **options)
     assert len(streamed) == len(in_memory) == 3
     for _ in range(2):
         for (xs_, ys_), (xm, ym) in zip(_batches(streamed), _batches(in_memory)):

@@ -19,7 +19,7 @@ TINY = ("data.crop_shape=[32,32] model.depth=2 model.filters=4 train.batch_size=
 
 
 def test_gpu_run_script_measures_both_precisions(tmp_path):
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     data = write_dataset(str(tmp_path / "em"), n_train=5, n_test=2, shape=(64, 64), seed=4)
     env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, EMSEG_GPU_DATA=data,

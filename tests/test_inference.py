@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lib.data import tile_grid
-from lib.inference import blend_window, predict_crops, predict_tiled, predict_tta, tta_transforms
+from lib.data.tiling import tile_grid
+from lib.predict.inference import blend_window, predict_crops, predict_tiled, predict_tta, tta_transforms
 
 
 def sigmoid(batch):
@@ -152,8 +152,8 @@ def test_predict_crops_predicts_the_crop_grid_once():
 
 
 def test_tile_count_is_what_predict_tiled_predicts():
-    from lib.data import tile_count
-    from lib.inference import predict_tiled
+    from lib.data.tiling import tile_count
+    from lib.predict.inference import predict_tiled
 
     calls = []
 
@@ -175,20 +175,20 @@ def test_tile_count_is_what_predict_tiled_predicts():
     ((40, 768, 1024), (16, 128, 128), (8, 8, 8), (16, 128, 128), [0.5, 0.5, 0.5]),
 ])
 def test_fit_tile(spatial, tile, divisor, tiles, overlaps):
-    from lib.inference import fit_tile
+    from lib.predict.inference import fit_tile
 
     assert fit_tile(spatial, tile, divisor, 0.5) == (tiles, overlaps)
 
 
 def test_fit_tile_refuses_a_tile_the_network_cannot_take():
-    from lib.inference import fit_tile
+    from lib.predict.inference import fit_tile
 
     with pytest.raises(ValueError, match="not a multiple of the downsampling 16"):
         fit_tile((100, 100), (100, 128), (16, 16))
 
 
 def test_tile_batch_keeps_the_pixels_of_a_batch_of_crops():
-    from lib.inference import tile_batch
+    from lib.predict.inference import tile_batch
 
     assert tile_batch(8, (256, 256), (256, 256)) == 8
     assert tile_batch(8, (256, 256), (768, 1024)) == 1
@@ -199,7 +199,7 @@ def test_tile_batch_keeps_the_pixels_of_a_batch_of_crops():
                                              ((16, 24), False, (slice(10, 40), slice(50, 90))),
                                              ((8, 16, 24), True, None)])
 def test_progress_advances_batch_by_batch_to_the_number_of_inputs(tile, tta, core):
-    from lib.inference import tiled_inputs
+    from lib.predict.inference import tiled_inputs
 
     image = _image((100, 130) if len(tile) == 2 else (12, 40, 50))
     rec = Recorder(sigmoid)
@@ -210,7 +210,7 @@ def test_progress_advances_batch_by_batch_to_the_number_of_inputs(tile, tta, cor
 
 
 def test_tile_progress_shows_a_bar_of_tiles_only_for_long_predictions(monkeypatch, capsys):
-    import lib.inference as inference
+    import lib.predict.inference as inference
 
     image = _image((200, 260))
     with inference.tile_progress(inference.tiled_inputs(image.shape[:-1], (32, 32)), "tiled") as bar:

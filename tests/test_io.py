@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 import tifffile
 
-from lib import io
-from lib.errors import UserError
 from conftest import blob_pair, write_pairs
+from lib.data import io, layout
+from lib.errors import UserError
 
 
 def test_pairs_sorted_and_binarised(tmp_path):
     pairs = [blob_pair(seed=i) for i in range(3)]
     write_pairs(str(tmp_path), "train", [p[0] for p in pairs], [p[1] for p in pairs])
-    found = io.dataset_pairs(str(tmp_path), "train")
+    found = layout.dataset_pairs(str(tmp_path), "train")
     assert [os.path.basename(x) for x, _ in found] == ["000.tif", "001.tif", "002.tif"]
-    images, masks, names = io.load_pairs_2d(found)
+    images, masks, names = layout.load_pairs_2d(found)
     assert images[0].shape == (64, 64, 1) and images[0].dtype == np.uint8
     assert set(np.unique(masks[0])) == {0, 1} and masks[0].dtype == np.uint8
     assert names == ["000", "001", "002"]
@@ -26,7 +26,7 @@ def test_multipage_tiff_is_split_into_slices(tmp_path):
     for kind, a in (("x", stack), ("y", labels)):
         os.makedirs(tmp_path / "train" / kind)
         tifffile.imwrite(tmp_path / "train" / kind / "vol.tif", a)
-    images, masks, names = io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+    images, masks, names = layout.load_pairs_2d(layout.dataset_pairs(str(tmp_path), "train"))
     assert len(images) == 5 and images[2].shape == (32, 40, 1)
     assert np.array_equal(masks[3], labels[3]) and names[4] == "vol_0004"
 
@@ -38,7 +38,7 @@ def test_png_images_are_read(tmp_path):
     for kind, a in (("x", image), ("y", mask)):
         os.makedirs(tmp_path / "train" / kind)
         skimage.io.imsave(tmp_path / "train" / kind / "a.png", a, check_contrast=False)
-    images, masks, _ = io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+    images, masks, _ = layout.load_pairs_2d(layout.dataset_pairs(str(tmp_path), "train"))
     assert np.array_equal(images[0][..., 0], image) and masks[0].sum() == (mask > 0).sum()
 
 
@@ -47,7 +47,7 @@ def test_nested_flow_from_directory_layout(tmp_path):
     for kind, a in (("x", image), ("y", mask)):
         os.makedirs(tmp_path / "train" / kind / kind)
         tifffile.imwrite(tmp_path / "train" / kind / kind / "a.tif", a)
-    assert len(io.dataset_pairs(str(tmp_path), "train")) == 1
+    assert len(layout.dataset_pairs(str(tmp_path), "train")) == 1
 
 
 def test_missing_mask_folder(tmp_path):
@@ -55,14 +55,14 @@ def test_missing_mask_folder(tmp_path):
     os.makedirs(tmp_path / "train" / "x")
     tifffile.imwrite(tmp_path / "train" / "x" / "a.tif", image)
     with pytest.raises(UserError, match=r"train/y: folder not found; expected masks"):
-        io.dataset_pairs(str(tmp_path), "train")
+        layout.dataset_pairs(str(tmp_path), "train")
 
 
 def test_count_mismatch_names_both_folders(tmp_path):
     pairs = [blob_pair(seed=i) for i in range(10)]
     write_pairs(str(tmp_path), "train", [p[0] for p in pairs], [p[1] for p in pairs[:9]])
     with pytest.raises(UserError, match=r"train/x has 10 images but .*train/y has 9 masks"):
-        io.dataset_pairs(str(tmp_path), "train")
+        layout.dataset_pairs(str(tmp_path), "train")
 
 
 def test_three_valued_mask_is_refused(tmp_path):
@@ -70,14 +70,14 @@ def test_three_valued_mask_is_refused(tmp_path):
     mask[:5, :5] = 128
     write_pairs(str(tmp_path), "train", [image], [mask])
     with pytest.raises(UserError, match=r"000.tif: mask is not binary, found 3 values \(0, 128, 255\)"):
-        io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+        layout.load_pairs_2d(layout.dataset_pairs(str(tmp_path), "train"))
 
 
 def test_size_mismatch_is_refused(tmp_path):
     image, mask = blob_pair()
     write_pairs(str(tmp_path), "train", [image], [mask[:, :60]])
     with pytest.raises(UserError, match=r"image size 64x64 differs from its mask .* \(64x60\)"):
-        io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+        layout.load_pairs_2d(layout.dataset_pairs(str(tmp_path), "train"))
 
 
 def test_corrupt_tiff_is_named(tmp_path):
@@ -86,13 +86,13 @@ def test_corrupt_tiff_is_named(tmp_path):
     path = tmp_path / "train" / "x" / "000.tif"
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(UserError, match=r"000.tif: cannot read image"):
-        io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+        layout.load_pairs_2d(layout.dataset_pairs(str(tmp_path), "train"))
 
 
 def test_rgb_mask_with_equal_channels_is_accepted(tmp_path):
     image, mask = blob_pair()
     write_pairs(str(tmp_path), "train", [image], [np.stack([mask] * 3, axis=-1)])
-    _, masks, _ = io.load_pairs_2d(io.dataset_pairs(str(tmp_path), "train"))
+    _, masks, _ = layout.load_pairs_2d(layout.dataset_pairs(str(tmp_path), "train"))
     assert masks[0].shape == (64, 64)
 
 
@@ -116,7 +116,7 @@ def test_pairs_follow_the_numbers_in_the_names(tmp_path):
         folder = tmp_path / "train" / kind
         for i in range(12):
             os.rename(folder / f"{i:03d}.tif", folder / pattern.format(i + 1))
-    found = io.dataset_pairs(str(tmp_path), "train")
+    found = layout.dataset_pairs(str(tmp_path), "train")
     assert [(os.path.basename(x), os.path.basename(y)) for x, y in found][8:] == [
         ("img9.tif", "mask_0009.tif"), ("img10.tif", "mask_0010.tif"), ("img11.tif", "mask_0011.tif"),
         ("img12.tif", "mask_0012.tif")]
@@ -124,7 +124,7 @@ def test_pairs_follow_the_numbers_in_the_names(tmp_path):
     tifffile.imwrite(tmp_path / "train" / "y" / "mask_0013.tif", pairs[0][1])
     with pytest.raises(UserError, match=r"img3.tif is paired with the mask .*mask_0004.tif, whose number differs "
                                         r"\(3 vs 4\)"):
-        io.dataset_pairs(str(tmp_path), "train")
+        layout.dataset_pairs(str(tmp_path), "train")
 
 
 def _png_pair(tmp_path, image_mode, image, mask_mode, mask, palette=None):
@@ -136,17 +136,17 @@ def _png_pair(tmp_path, image_mode, image, mask_mode, mask, palette=None):
         if mode == "P":
             picture.putpalette(palette)
         picture.save(tmp_path / "train" / kind / "000.png")
-    return io.dataset_pairs(str(tmp_path), "train")
+    return layout.dataset_pairs(str(tmp_path), "train")
 
 
 def test_grey_alpha_image_and_palette_mask_are_read_as_meant(tmp_path):
     image, mask = blob_pair()
     pairs = _png_pair(tmp_path, "LA", np.stack([image, np.full_like(image, 255)], -1),
                       "P", (mask > 0).astype(np.uint8), palette=[0, 0, 0, 255, 0, 0] + [0] * 762)
-    images, masks, _ = io.load_pairs_2d(pairs)
+    images, masks, _ = layout.load_pairs_2d(pairs)
     np.testing.assert_array_equal(images[0], image[..., None])
     np.testing.assert_array_equal(masks[0], mask > 0)
-    images, masks, _ = io.index_pairs_2d(pairs)  # streamed from disk
+    images, masks, _ = layout.index_pairs_2d(pairs)  # streamed from disk
     np.testing.assert_array_equal(images[0].read(), image[..., None])
     np.testing.assert_array_equal(io.read_mask(masks[0]), mask > 0)
 

@@ -1,13 +1,13 @@
-"""Tests of lib.losses against hand-computed values, and of lib.data.weight_map."""
+"""Tests of lib.model.losses against hand-computed values, and of lib.data.weightmaps.weight_map."""
 
 import keras
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from lib import losses
-from lib.data import weight_map
-from lib.metrics import ForegroundIoU
+from lib.data.weightmaps import weight_map
+from lib.model import losses
+from lib.model.metrics import ForegroundIoU
 
 # One sample of four pixels, shape (1, 2, 2, 1).
 T = np.array([1.0, 1.0, 0.0, 0.0], np.float32).reshape(1, 2, 2, 1)

@@ -2,9 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from lib import metrics
-from lib.metrics import (
-    ForegroundIoU,
+from lib.evaluate import metrics
+from lib.evaluate.metrics import (
     ObjectCounts,
     PixelCounts,
     SweepHistogram,
@@ -15,6 +14,7 @@ from lib.metrics import (
     pixel_metrics,
     threshold_sweep,
 )
+from lib.model.metrics import ForegroundIoU
 
 # Pair A: TP 2, FP 1, FN 1, TN 4.
 PRED_A = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], np.uint8)
@@ -199,7 +199,7 @@ def test_object_metrics_set_sums_costs_and_pools_references():
 
 
 def _brute_force_sweep(probs, gts, thresholds):
-    from lib.postprocess import binarize  # the sweep scores what binarize gives at each threshold
+    from lib.predict.postprocess import binarize  # the sweep scores what binarize gives at each threshold
 
     per_t = [pixel_metrics([binarize(p, float(t)) for p in probs], gts) for t in thresholds]
     return [m["fg_iou"] for m in per_t], [m["dice"] for m in per_t]
@@ -331,7 +331,7 @@ def test_sparse_ids_without_background_keep_every_object():
 
 
 def test_best_threshold_scores_what_a_rerun_with_it_scores():
-    from lib.postprocess import binarize
+    from lib.predict.postprocess import binarize
 
     t = 0.35  # float32(0.35) < 0.35: a pixel at float32(t) was foreground for binarize, not for the sweep
     prob = np.full((4, 4), np.float32(t), np.float32)

@@ -13,8 +13,12 @@ import tifffile
 from skimage.measure import label
 
 from conftest import REPO, run_here
-from lib import config, evaluation, io, losses, metrics, postprocess, reports, synthetic
+from lib import config
+from lib.data import io, synthetic
 from lib.errors import UserError
+from lib.evaluate import evaluation, reports
+from lib.model import losses, metrics
+from lib.predict import postprocess
 
 # one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
 pytestmark = pytest.mark.xdist_group("test_multiclass")
@@ -174,7 +178,7 @@ def test_z_filter_and_most_probable_class_of_probabilities():
 ])
 def test_every_network_has_a_softmax_head_of_the_classes(values, shape):
     from lib.config import ModelConfig
-    from lib.networks import build_network
+    from lib.model.networks import build_network
 
     model = build_network(ModelConfig(classes=3, **values), shape)
     outputs = model.predict_on_batch(np.random.default_rng(0).random((1, *shape), np.float32))
@@ -242,7 +246,10 @@ def test_3d_template_multiclass_run_finishes(tmp_path):
 def test_predict_writes_the_label_image_and_each_class_probability(tmp_path):
     import zarr
 
-    from lib import blockwise, data, inference, networks, predicting
+    from lib.data import intensity
+    from lib.model import networks
+    from lib.predict import blockwise, inference
+    from lib.run import predicting
 
     keras.utils.set_random_seed(0)
     cfg = config.from_dict({"data": {"crop_shape": [16, 16]}, "model": {"depth": 2, "filters": 4, "classes": 3},
@@ -264,7 +271,7 @@ def test_predict_writes_the_label_image_and_each_class_probability(tmp_path):
     assert [a["type"] for a in root["prob"].attrs["ome"]["multiscales"][0]["axes"]] == ["channel"] + ["space"] * 3
     _, predict = blockwise.load_predictor(str(run / "checkpoints" / "best.keras"))
     tile, overlap, batch = predicting.fitted_tiles(cfg, vol.shape[1:])
-    whole = np.stack([inference.predict_tiled(predict, data.normalize(s[..., None], "per_image"), tile, overlap,
+    whole = np.stack([inference.predict_tiled(predict, intensity.normalize(s[..., None], "per_image"), tile, overlap,
                                               batch_size=batch) for s in vol])
     np.testing.assert_allclose(np.moveaxis(prob.astype(np.float32), 0, -1), whole, atol=2e-3)
     np.testing.assert_array_equal(mask, postprocess.most_probable(whole))

@@ -1,4 +1,4 @@
-"""Tests of lib.networks on tiny 2D and 3D models (filters 4, depth 2)."""
+"""Tests of lib.model.networks on tiny 2D and 3D models (filters 4, depth 2)."""
 
 import re
 import subprocess
@@ -11,14 +11,7 @@ import pytest
 
 from lib.config import ModelConfig
 from lib.errors import UserError
-from lib.networks import (
-    MODEL_NAMES,
-    build_model,
-    count_params,
-    divisor,
-    encoder_layers,
-    summary_text,
-)
+from lib.model.networks import MODEL_NAMES, build_model, count_params, divisor, encoder_layers, summary_text
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = {2: (32, 32, 1), 3: (8, 32, 32, 1)}
@@ -55,7 +48,7 @@ def synthetic_batch(input_shape, n=2):
 
 
 def test_package_import_does_not_load_keras():
-    code = "import sys, lib.networks; print('keras' in sys.modules)"
+    code = "import sys, lib.model.networks; print('keras' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -165,7 +158,7 @@ def test_divisor():
     "cfg, shape, message",
     [
         (tiny(depth=4), (100, 96, 1), "input size 100 on axis y is not divisible by 16 "
-                                      "(2^depth for model.depth=4); choose data.crop_shape divisible by 16"),
+                                      "(2^depth for model.depth=4); choose input sizes divisible by 16"),
         (tiny(), (8, 32, 30, 1), "input size 30 on axis x is not divisible by 4"),
         (tiny(pool_size=[1, 2, 2]), (3, 32, 30, 1), "axis x"),
         (tiny(pool_size=[1, 2, 2]), (32, 32, 1), "model.pool_size: expected 2 sizes"),
@@ -268,7 +261,7 @@ def test_stem_head_is_one_of_its_choices():
 # --------------------------------------------------------------------------- in-plane levels (model.planar_levels)
 
 def test_section_conv_is_a_1x3x3_conv3d():
-    from lib.networks.blocks import SectionConv
+    from lib.model.networks.blocks import SectionConv
 
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 12, 5)).astype("float32")
     section = SectionConv(4)
@@ -283,7 +276,7 @@ def test_section_conv_is_a_1x3x3_conv3d():
 
 def _kernels(model):
     """The 3 x 3(x 3) convolutions of ``model``, in order: 'section' (in-plane) or '3d'."""
-    from lib.networks.blocks import SectionConv
+    from lib.model.networks.blocks import SectionConv
 
     kinds = []
     for layer in model.layers:
@@ -327,7 +320,7 @@ def test_planar_levels_are_3d_only():
 
 
 def test_initial_weights_follow_he_normal_and_the_seed():
-    from lib.networks.blocks import VarianceScaling, he_normal
+    from lib.model.networks.blocks import VarianceScaling, he_normal
 
     values = he_normal()((3, 3, 64, 128))  # fan_in 576
     assert values.dtype == np.float32 and values.shape == (3, 3, 64, 128)
@@ -364,14 +357,14 @@ def test_dropout_draws_from_the_seed_generators_on_every_backend(spatial):
     assert not np.array_equal(first, keras.ops.convert_to_numpy(model(x, training=True)))
 
 
-@pytest.mark.parametrize("loader", ["lib.blockwise.load_predictor(path)",
-                                    "lib.export.inference_model(path, lib.config.Config())",
-                                    "lib.training.keras.models.load_model(path)"])
+@pytest.mark.parametrize("loader", ["lib.predict.blockwise.load_predictor(path)",
+                                    "lib.run.export.inference_model(path, lib.config.Config())",
+                                    "lib.model.saving.load_model(path)"])
 def test_a_saved_planar_network_loads_in_a_fresh_process(loader, tmp_path):
-    """predict.py, lib.export and a resumed run read the checkpoint without having built a network first."""
+    """predict.py, the Model Zoo export and a resumed run read the checkpoint without having built a network first."""
     path = tmp_path / "planar.keras"
     build_model(tiny(planar_levels=1), (None, None, None, 1)).save(path)
-    module = ".".join(loader.split(".")[:2])  # only the loader's own module, which must register the layers
+    module = ".".join(loader.split(".")[:3])  # only the loader's own module, which must register the layers
     code = f"import lib.config, {module}; path = {str(path)!r}; {loader}; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
@@ -399,8 +392,8 @@ def test_without_batch_norm_every_network_starts_unsaturated(name):
 def test_the_upsamplings_allowed_learn_at_the_templates_size_and_rate(name, upsampling, batch_norm):
     # Resize upsampling without batch norm (refused by lib.config) sent these networks to one class for every
     # pixel within these 15 steps: all background, loss 2.4-2.5, more than 95 % of the output saturated.
-    from lib.losses import get_loss
-    from lib.synthetic import make_sample
+    from lib.data.synthetic import make_sample
+    from lib.model.losses import get_loss
 
     rng = np.random.default_rng(1)
     pairs = [make_sample((128, 128), rng) for _ in range(6)]

@@ -1,10 +1,10 @@
 """AdaBound against the published update rule, step by step, and through a checkpoint."""
 
-import numpy as np
 import keras
+import numpy as np
 import pytest
 
-from lib.optimizers import AdaBound
+from lib.model.optimizers import AdaBound
 
 
 def reference_adabound(w, grads_of, lrs, base_lr, final_lr, gamma, b1=0.9, b2=0.999, eps=1e-8):

@@ -1,7 +1,7 @@
-"""One source for every option: the help and allowed values of lib/config.py, and what must follow them.
+"""One source for every option: the help and allowed values of lib/config/, and what must follow them.
 
-The README's option reference and the templates' CONFIG blocks are checked against the
-config fields, so an option added to lib/config.py fails here until both list it.
+docs/options.md and the templates' CONFIG blocks are checked against the
+config fields, so an option added to lib/config/ fails here until both list it.
 """
 
 import ast
@@ -15,8 +15,9 @@ import typing
 
 import pytest
 
-from lib import cli, config, options
+from lib import config
 from lib.errors import UserError
+from lib.run import cli, options
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATES = ["templates/template.py", "templates/big_data_template.py", "templates/3D_template.py"]
@@ -100,13 +101,13 @@ def _validate_quietly(sub, dotted, refusal):
         assert not str(exc).startswith(f"{dotted}: {refusal}"), str(exc)
 
 
-def test_readme_option_reference_is_the_generated_table():
-    with open(os.path.join(REPO, "README.md")) as fh:
-        readme = fh.read()
-    assert readme.count(START) == 1 and readme.count(END) == 1, f"README.md: expected one {START} ... {END} section"
-    section = readme.split(START)[1].split(END)[0].strip()
+def test_docs_option_reference_is_the_generated_table():
+    with open(os.path.join(REPO, "docs", "options.md")) as fh:
+        page = fh.read()
+    assert page.count(START) == 1 and page.count(END) == 1, f"docs/options.md: expected one {START} ... {END} section"
+    section = page.split(START)[1].split(END)[0].strip()
     assert section == options.format_markdown(), (
-        "README.md option reference is out of date: replace it with the output of python -m lib.config --markdown")
+        "docs/options.md is out of date: replace its table with the output of python -m lib.run.options --markdown")
 
 
 @pytest.mark.parametrize("path", TEMPLATES)
@@ -158,14 +159,14 @@ def test_help_options_prints_the_options_and_exits_0(capsys):
 def test_help_options_and_module_from_the_command_line_without_keras():
     template = subprocess.run([sys.executable, "-X", "importtime", "templates/template.py", "--help-options"],
                               cwd=REPO, capture_output=True, text=True, timeout=120)
-    module = subprocess.run([sys.executable, "-m", "lib.config"], cwd=REPO, capture_output=True, text=True,
+    module = subprocess.run([sys.executable, "-m", "lib.run.options"], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert template.returncode == 0 and module.returncode == 0, template.stderr + module.stderr
     assert "train.batch_overlap" in template.stdout and "data.max_val_crops" in template.stdout
     assert template.stdout == module.stdout
     imported = {line.split("|")[-1].strip() for line in template.stderr.splitlines() if line.startswith("import time:")}
     assert not {"keras", "tensorflow"} & imported, "--help-options must not import Keras"
-    markdown = subprocess.run([sys.executable, "-m", "lib.config", "--markdown"], cwd=REPO, capture_output=True,
+    markdown = subprocess.run([sys.executable, "-m", "lib.run.options", "--markdown"], cwd=REPO, capture_output=True,
                               text=True, timeout=120)
     assert markdown.returncode == 0 and markdown.stdout == options.format_markdown() + "\n"
 

@@ -11,11 +11,13 @@ import shutil
 
 import numpy as np
 import pytest
-import tifffile
 
 from conftest import blob_pair, run_here, write_pairs
-from lib import cli, config, data, experiment
+from lib import config
+from lib.data import intensity, tiling, weightmaps
 from lib.errors import UserError
+from lib.run import cli, datasets, training_data
+from lib.run import record as run_record
 
 FAST = ["train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=2", "model.depth=2", "model.filters=4",
         "inference.overlays=0", "post.z_filter=false"]
@@ -47,7 +49,7 @@ def add_folder(root, name, n, seed):
 # --------------------------------------------------------------------------- augmentation
 
 def test_median_size_list_draws_one_odd_size_per_sample():
-    from lib.augment import Augmenter
+    from lib.data.augment import Augmenter
 
     probabilities = {f: 0.0 for f in config.AugmentConfig.__dataclass_fields__ if f.endswith("_p")}
     cfg = config.AugmentConfig(**{**probabilities, "median_p": 1.0, "median_size": [3, 7]})
@@ -96,16 +98,16 @@ def test_preset_original_sets_free_rotation_and_other_values_win():
 
 def test_fixed_normalisation_and_percentile_clipping():
     images = [np.arange(1000, dtype=np.uint16).reshape(10, 100), np.full((10, 100), 500, np.uint16)]
-    stats = data.fit_normalization(images, "fixed", [1, 99], (100.0, 20.0))
+    stats = intensity.fit_normalization(images, "fixed", [1, 99], (100.0, 20.0))
     values = np.concatenate([x.ravel() for x in images]).astype(np.float64)
     assert stats["clip"] == pytest.approx(list(np.percentile(values, [1, 99])))
     assert (stats["mean"], stats["std"]) == (100.0, 20.0)
-    out = data.normalize(images[0], "fixed", stats)
+    out = intensity.normalize(images[0], "fixed", stats)
     low, high = np.floor(stats["clip"][0]), np.ceil(stats["clip"][1])
     assert out.min() == pytest.approx((low - 100) / 20) and out.max() == pytest.approx((high - 100) / 20)
     # zscore statistics are those of the clipped pixels
-    z = data.fit_normalization(images, "zscore", [1, 99])
-    clipped = np.concatenate([data.clip_intensities(x, z["clip"]).ravel() for x in images]).astype(np.float64)
+    z = intensity.fit_normalization(images, "zscore", [1, 99])
+    clipped = np.concatenate([intensity.clip_intensities(x, z["clip"]).ravel() for x in images]).astype(np.float64)
     assert z["mean"] == pytest.approx(clipped.mean()) and z["std"] == pytest.approx(clipped.std())
 
 
@@ -121,7 +123,7 @@ def test_bad_values_are_refused(override, message):
 
 
 def test_shares_of_an_epoch_per_folder():
-    draws = data.share_draws([4, 4, 1, 1, 2], [0, 0, 1, 1, 2], [0.25, 0.25])
+    draws = tiling.share_draws([4, 4, 1, 1, 2], [0, 0, 1, 1, 2], [0.25, 0.25])
     totals = [draws[:2].sum(), draws[2:4].sum(), draws[4:].sum()]
     assert np.allclose(np.array(totals) / draws.sum(), [0.5, 0.25, 0.25], atol=0.01)
     assert draws[0] == draws[1] and draws[2] == draws[3]
@@ -133,9 +135,9 @@ def test_model_png_beside_model_txt(tmp_path, capsys):
     import keras
 
     model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(2, 3, name="conv")])
-    experiment.record_model(model, str(tmp_path))
+    run_record.record_model(model, str(tmp_path))
     assert (tmp_path / "model.txt").is_file()
-    missing = experiment.model_picture_missing()
+    missing = run_record.model_picture_missing()
     if missing:
         assert not (tmp_path / "model.png").exists() and f"No model.png: {missing}" in capsys.readouterr().out
         pytest.skip(f"no model.png here: {missing}")
@@ -151,22 +153,22 @@ def test_validation_folder_replaces_the_split_2d_and_streamed(tmp_path):
     add_folder(root, "more", 3, seed=60)
     cfg = config.apply_overrides(config.Config(), ["data.crop_shape=[32,32]", "model.depth=2",
                                                    "data.extra_train_dirs=['more']"]).validate()
-    for load, split in ((experiment.load_2d, experiment.training_data_2d),
-                        (experiment.open_2d_streamed, experiment.training_data_streamed)):
+    for load, split in ((datasets.load_2d, training_data.training_data_2d),
+                        (datasets.open_2d_streamed, training_data.training_data_streamed)):
         train, _ = load(str(root), cfg)
         assert len(train) == 9 and train.groups == [0] * 6 + [1] * 3 and len(train.validation) == 2
         dataset_, (x_val, y_val) = split(train, cfg)
         assert len(x_val) == 2 * 4  # the 32 x 32 grid of the two 64 x 64 images of DATA_DIR/val
         assert len(dataset_.images) == 9  # every training image trains: none held out
-        assert experiment.validation_source(train, cfg) == "DATA_DIR/val (2 images)"
+        assert training_data.validation_source(train, cfg) == "DATA_DIR/val (2 images)"
 
 
 def test_validation_folder_of_a_3d_run(tmp_path):
     root = dataset(tmp_path / "d", n_train=8, n_test=4)
     add_folder(root, "val", 4, seed=50)
     cfg = config.apply_overrides(config.Config(), ["data.crop_shape=[4,32,32]", "model.depth=2"]).validate()
-    train, _ = experiment.load_3d(str(root), cfg)
-    _, (x_val, _) = experiment.training_data_3d(train, cfg)
+    train, _ = datasets.load_3d(str(root), cfg)
+    _, (x_val, _) = training_data.training_data_3d(train, cfg)
     assert train.validation.images[0].shape[:3] == (4, 64, 64) and len(x_val) == 4  # not the z split of train
 
 
@@ -214,10 +216,10 @@ def test_template_with_every_new_option_and_predict_reuses_its_normalisation(tmp
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved["augment"]["rotation_p"] == 1.0 and saved["train"]["optimizer"] == "adabound"
     record = json.loads((run_dir / "normalization.json").read_text())
-    from lib import io
+    from lib.data import io
 
     train = [io.read_image(p) for folder in ("train", "more") for p in io.list_images(str(root / folder / "x"))]
-    expected = data.fit_normalization(train, "fixed", [1, 99], (120, 60))
+    expected = intensity.fit_normalization(train, "fixed", [1, 99], (120, 60))
     assert record == {"method": "fixed", "mean": 120.0, "std": 60.0, "clip": expected["clip"],
                       "clip_percentiles": [1.0, 99.0]}
     _predict_matches_tiled(root, run_dir, tmp_path)
@@ -243,14 +245,14 @@ def test_streamed_weight_maps_are_those_of_each_crop(tmp_path):
     root = dataset(tmp_path / "d")
     cfg = config.apply_overrides(config.Config(), ["data.crop_shape=[32,32]", "model.depth=2", "augment.enabled=false",
                                                    "train.loss=weighted_bce", "data.random_crops=false"]).validate()
-    train, _ = experiment.open_2d_streamed(str(root), cfg)
-    dataset_, (_, y_val) = experiment.training_data_streamed(train, cfg)
+    train, _ = datasets.open_2d_streamed(str(root), cfg)
+    dataset_, (_, y_val) = training_data.training_data_streamed(train, cfg)
     x, y = dataset_[0]
     assert y.shape[-1] == 2 and y_val.shape[-1] == 2
     fg = sum(f for f, _ in train.fg_counts) / sum(t for _, t in train.fg_counts)
     for mask, weight in zip(y[..., 0], y[..., 1]):
-        np.testing.assert_allclose(weight, data.weight_map(mask, cfg.train.weight_w0, cfg.train.weight_sigma,
-                                                           fg_fraction=fg), rtol=1e-6)
+        np.testing.assert_allclose(weight, weightmaps.weight_map(mask, cfg.train.weight_w0, cfg.train.weight_sigma,
+                                                                 fg_fraction=fg), rtol=1e-6)
 
 
 def test_3d_template_with_validation_and_extra_folders(tmp_path):

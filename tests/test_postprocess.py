@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from lib.metrics import pixel_metrics
-from lib.postprocess import ZFilterStream, binarize, oztel, refine_boundaries, remove_low_confidence, z_filter
+from lib.evaluate.metrics import pixel_metrics
+from lib.predict.postprocess import ZFilterStream, binarize, oztel, refine_boundaries, remove_low_confidence, z_filter
 
 
 def test_binarize_keeps_values_on_the_threshold():
@@ -155,7 +155,7 @@ def test_z_filter_removes_flicker_of_a_tube():
 
 
 def test_refine_boundaries_keeps_close_neighbours_apart():
-    from lib.metrics import object_metrics
+    from lib.evaluate.metrics import object_metrics
 
     truth = np.zeros((40, 40), np.uint8)
     truth[10:30, 5:18] = 1

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from lib import config as config_lib
-from lib import training
-from lib.generators import CropDataset
-from lib.networks import build_network
+from lib.data.generators import CropDataset
+from lib.model import mixed_precision
+from lib.model.networks import build_network
+from lib.train import loop
 
 BACKEND = keras.backend.backend()
 
@@ -22,7 +23,7 @@ def small_cfg(precision, epochs=1):
 
 
 def build(cfg):
-    with training.precision(cfg.train.precision):
+    with mixed_precision.precision(cfg.train.precision):
         return build_network(cfg.model, (None, None, 1))
 
 
@@ -54,18 +55,18 @@ def test_a_mixed_run_trains_resumes_and_predicts(precision, tmp_path):
     cfg = small_cfg(precision)
     x, y = crops()
     data = CropDataset(list(x), list(y[..., 0].astype(np.uint8)), (32, 32), 4, random_crops=False)
-    model, info = training.train(build(cfg), data, (x[:4], y[:4]), cfg.train, str(tmp_path))
+    model, info = loop.train(build(cfg), data, (x[:4], y[:4]), cfg.train, str(tmp_path))
     # float16 is trained with loss scaling: Keras wraps the optimiser when it compiles a mixed_float16 model
     scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert scaled == (precision == "float16")
-    rows = training.read_history(os.path.join(tmp_path, "history.csv"))
+    rows = loop.read_history(os.path.join(tmp_path, "history.csv"))
     assert np.isfinite([rows[0]["loss"], rows[0]["val_loss"]]).all()
     cfg.train.epochs = 2
-    resumed, _ = training.train(build(small_cfg("float32")), data, (x[:4], y[:4]), cfg.train, str(tmp_path))
-    assert len(training.read_history(os.path.join(tmp_path, "history.csv"))) == 2
+    resumed, _ = loop.train(build(small_cfg("float32")), data, (x[:4], y[:4]), cfg.train, str(tmp_path))
+    assert len(loop.read_history(os.path.join(tmp_path, "history.csv"))) == 2
     assert set(compute_dtypes(resumed).values()) == {precision, "float32"}  # the checkpoint's precision
     assert isinstance(resumed.optimizer, keras.optimizers.LossScaleOptimizer) == scaled
-    from lib.blockwise import load_predictor
+    from lib.predict.blockwise import load_predictor
 
     _, predict = load_predictor(os.path.join(tmp_path, "checkpoints", "last.keras"))
     prob = predict(x[:3])
@@ -76,7 +77,7 @@ def test_set_precision_predicts_a_float32_model_in_bfloat16():
     model = build(small_cfg("float32"))
     x, _ = crops(2)
     full = keras.ops.convert_to_numpy(model(x))
-    training.set_precision(model, "bfloat16")
+    mixed_precision.set_precision(model, "bfloat16")
     dtypes = compute_dtypes(model)
     assert dtypes.pop("output") == "float32" and set(dtypes.values()) == {"bfloat16"}
     half = model.predict_on_batch(x)
@@ -86,16 +87,16 @@ def test_set_precision_predicts_a_float32_model_in_bfloat16():
 
 
 def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
-    from lib import cli
+    from lib.run import devices
 
     flags = tmp_path / "cpuinfo"
     flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
-    assert cli.cpu_has_bf16(str(flags))
+    assert devices.cpu_has_bf16(str(flags))
     flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 amx_bf16 amx_tile\n")
-    assert cli.cpu_has_bf16(str(flags))
+    assert devices.cpu_has_bf16(str(flags))
     flags.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
-    assert not cli.cpu_has_bf16(str(flags))
-    assert not cli.cpu_has_bf16(str(tmp_path / "absent"))  # not Linux: no bfloat16 by guess
+    assert not devices.cpu_has_bf16(str(flags))
+    assert not devices.cpu_has_bf16(str(tmp_path / "absent"))  # not Linux: no bfloat16 by guess
 
 
 @pytest.mark.parametrize("ndim, gpu, n_gpus, bf16_cpu, expected", [
@@ -106,16 +107,16 @@ def test_cpu_has_bf16_reads_the_cpu_flags(tmp_path):
     (2, "0", 0, True, "bfloat16" if BACKEND == "tensorflow" else "float32"),  # --gpu 0 without one: the CPU
 ])
 def test_auto_precision_is_bfloat16_only_where_it_was_measured_faster(ndim, gpu, n_gpus, bf16_cpu, expected):
-    from lib import cli
+    from lib.run import devices
 
-    assert cli.resolve_precision("auto", ndim, gpu, n_gpus=n_gpus, bf16_cpu=bf16_cpu) == expected
+    assert devices.resolve_precision("auto", ndim, gpu, n_gpus=n_gpus, bf16_cpu=bf16_cpu) == expected
     for fixed in ("float32", "bfloat16", "float16"):
-        assert cli.resolve_precision(fixed, ndim, gpu, n_gpus=n_gpus, bf16_cpu=bf16_cpu) == fixed
+        assert devices.resolve_precision(fixed, ndim, gpu, n_gpus=n_gpus, bf16_cpu=bf16_cpu) == fixed
 
 
 def test_the_run_table_says_which_precision_it_computed_in():
-    from lib import reports
+    from lib.run import record
 
     info = {"epochs": 3, "seconds": 12.0, "stopped_by": "time_limit", "best_epoch": 2, "precision": "bfloat16"}
-    assert reports.run_notes(info)[0] == ("Training: 3 epochs, 12 s, computed in bfloat16, stopped by time limit; "
-                                          "predicting with epoch 2")
+    assert record.run_notes(info)[0] == ("Training: 3 epochs, 12 s, computed in bfloat16, stopped by time limit; "
+                                         "predicting with epoch 2")

@@ -37,7 +37,7 @@ def run_2d(tmp_path_factory):
     import keras
 
     from lib import config as config_lib
-    from lib import networks
+    from lib.model import networks
 
     keras.utils.set_random_seed(0)
     cfg = config_lib.from_dict({"data": {"crop_shape": [TILE, TILE]}, "inference": {"tile_shape": MAX_TILE},
@@ -67,20 +67,22 @@ def predict_cli(*args):
 def reference_probabilities(run, vol, z_filter=5):
     """The run's ``tiled`` variant on each whole slice (normalised per slice; its tiles fitted to the slice by the
     evaluation itself), z-filtered: what every block must equal."""
-    from lib import blockwise, data, evaluation, postprocess
     from lib import config as config_lib
+    from lib.data import intensity
+    from lib.evaluate import evaluation
+    from lib.predict import blockwise, postprocess
 
     cfg = config_lib.load_json(str(run / "config.json"))
     cfg = config_lib.from_dict(cfg).validate()
     model, predict = blockwise.load_predictor(str(run / "checkpoints" / "best.keras"))
     tiled = evaluation._Evaluation(cfg, tuple(cfg.data.crop_shape), None, len(vol))
-    probs = np.stack([tiled._blended(predict, data.normalize(s[..., None], "per_image")) for s in vol])
+    probs = np.stack([tiled._blended(predict, intensity.normalize(s[..., None], "per_image")) for s in vol])
     return postprocess.z_filter(probs, z_filter) if z_filter else probs
 
 
 def test_fitted_tiles_are_those_of_the_tiled_variant(run_2d, volume):
     from lib import config as config_lib
-    from lib import predicting
+    from lib.run import predicting
 
     cfg = config_lib.from_dict(config_lib.load_json(str(run_2d / "config.json"))).validate()
     # y (40) fits in the largest tile: one tile of the slice's height, no overlap; x (52) is tiled as configured.
@@ -100,7 +102,7 @@ def read_zarr_output(path):
 
 @pytest.mark.parametrize("tta, fitted", [(False, False), (True, False), (False, True), (True, True)])
 def test_blocks_equal_whole_volume_tiled_prediction_2d_model(tta, fitted):
-    from lib import blockwise, inference, postprocess
+    from lib.predict import blockwise, inference, postprocess
 
     rng = np.random.default_rng(0)
     image = rng.random((7, 45, 38, 1), dtype=np.float32)
@@ -119,7 +121,7 @@ def test_blocks_equal_whole_volume_tiled_prediction_2d_model(tta, fitted):
 
 @pytest.mark.parametrize("overlap", [0.5, [0.25, 0.5, 0.0]])
 def test_blocks_equal_whole_volume_tiled_prediction_3d_model(overlap):
-    from lib import blockwise, inference
+    from lib.predict import blockwise, inference
 
     rng = np.random.default_rng(1)
     image = rng.random((13, 30, 27, 2), dtype=np.float32)
@@ -133,7 +135,8 @@ def test_blocks_equal_whole_volume_tiled_prediction_3d_model(overlap):
 
 
 def test_per_slice_normalisation_matches_training(volume):
-    from lib import blockwise, data
+    from lib.data import intensity
+    from lib.predict import blockwise
 
     class Raw:
         shape, ndim = volume.shape + (1,), 3
@@ -146,11 +149,11 @@ def test_per_slice_normalisation_matches_training(volume):
     view = blockwise.NormalizedView(Raw(), blockwise.Normalization.from_ranges(lows, highs, per_slice=True))
     for z in (0, 5, 8):
         assert np.array_equal(view[(slice(z, z + 1), slice(None), slice(None))][0],
-                              data.normalize(volume[z][..., None], "per_image"))
+                              intensity.normalize(volume[z][..., None], "per_image"))
 
 
 def test_chunks_divide_blocks():
-    from lib.blockwise import output_chunks
+    from lib.predict.blockwise import output_chunks
 
     assert output_chunks((32, 1024, 1024)) == (32, 256, 256)
     assert output_chunks((128, 1000, 512)) == (64, 1000, 256)
@@ -158,8 +161,10 @@ def test_chunks_divide_blocks():
 
 
 def test_2d_model_blocks_are_whole_slices_and_predict_each_tile_once():
-    from lib import blockwise, data, predicting
     from lib import config as config_lib
+    from lib.data import tiling
+    from lib.predict import blockwise
+    from lib.run import predicting
 
     cfg = config_lib.Config()
     cfg.data.crop_shape = [TILE, TILE]
@@ -180,7 +185,7 @@ def test_2d_model_blocks_are_whole_slices_and_predict_each_tile_once():
         return fake_predict(batch)
 
     image = np.random.default_rng(2).random((5, 40, 100, 1), dtype=np.float32)
-    per_slice = data.tile_count((40, 100), (TILE, TILE), 0.5)
+    per_slice = tiling.tile_count((40, 100), (TILE, TILE), 0.5)
     for block, repeated in (((32, 40, 100), False), ((5, 24, 32), True)):
         tiles.clear()
         for _, core in blockwise.block_grid(image.shape[:-1], block)[1]:
@@ -189,7 +194,7 @@ def test_2d_model_blocks_are_whole_slices_and_predict_each_tile_once():
 
 
 def test_a_block_shows_one_bar_over_the_tiles_of_all_its_slices():
-    from lib import blockwise, inference
+    from lib.predict import blockwise, inference
 
     bars, tiles = [], []
 
@@ -313,7 +318,7 @@ def test_killed_then_rerun_skips_done_blocks_and_gives_the_same_output(zarr_run,
 
 def test_zscore_run_records_its_statistics_and_predict_matches_its_tiled_variant(dataset_2d, tmp_path):
     """A zscore template run writes normalization.json; predict.py then gives the run's tiled probabilities."""
-    from lib import data, io
+    from lib.data import intensity, io
 
     template = os.path.join(REPO, "templates", "template.py")
     run = subprocess.run([sys.executable, template, REPO, dataset_2d, str(tmp_path), "--id", "z", "--gpu", "cpu",
@@ -329,7 +334,7 @@ def test_zscore_run_records_its_statistics_and_predict_matches_its_tiled_variant
     run_dir = tmp_path / "z_0"
     stats = json.loads((run_dir / "normalization.json").read_text())
     train = [io.read_image(p) for p in io.list_images(os.path.join(dataset_2d, "train", "x"))]
-    expected = data.fit_normalization(train, "zscore")
+    expected = intensity.fit_normalization(train, "zscore")
     assert stats["method"] == "zscore"
     assert abs(stats["mean"] - expected["mean"]) < 1e-9 and abs(stats["std"] - expected["std"]) < 1e-9
     assert_predict_matches_tiled(dataset_2d, run_dir, tmp_path)
@@ -337,7 +342,7 @@ def test_zscore_run_records_its_statistics_and_predict_matches_its_tiled_variant
 
 def assert_predict_matches_tiled(data_dir, run_dir, tmp_path):
     """predict.py on the stack of the test images of ``data_dir`` gives the run's own tiled probabilities."""
-    from lib import io
+    from lib.data import io
 
     names = io.list_images(os.path.join(data_dir, "test", "x"))
     tifffile.imwrite(tmp_path / "test.tif", np.stack([io.read_image(p) for p in names]))
@@ -351,7 +356,7 @@ def assert_predict_matches_tiled(data_dir, run_dir, tmp_path):
 
 def test_in_process_each_block_shows_the_progress_of_its_tiles(zarr_run, run_2d, tmp_path, monkeypatch, capsys):
     from conftest import record_tile_bars
-    from lib import blockwise
+    from lib.predict import blockwise
 
     bars = record_tile_bars(monkeypatch, blockwise)
     root, _ = zarr_run
@@ -412,7 +417,7 @@ BAD = [
 def test_bad_input_is_one_error_line_exit_2_nothing_written(args, named, bad_inputs, run_2d, capsys):
     import dask
 
-    from lib import cli
+    from lib.run import cli
 
     before = sorted(os.listdir(bad_inputs))
     argv = [REPO] + [a.format(root=bad_inputs) if "{" in a else str(bad_inputs / a) if i < 2 else a
@@ -429,12 +434,12 @@ def test_bad_input_is_one_error_line_exit_2_nothing_written(args, named, bad_inp
 
 
 def test_auto_precision_of_a_run_is_decided_on_the_predicting_machine(run_2d, volume, tmp_path):
-    from lib import cli, predicting
+    from lib.run import cli, devices, predicting
 
     tifffile.imwrite(tmp_path / "in.tif", volume)
     args = cli.parse_predict_args([REPO, str(tmp_path / "in.tif"), str(tmp_path / "out.zarr"), "--model", str(run_2d),
                                    "--gpu", "cpu", "--set", "train.precision=auto"])
     plan = predicting.plan(args)
-    assert plan.job.precision == cli.resolve_precision("auto", 2, "cpu")  # bfloat16 only on a CPU with bf16 (TF)
+    assert plan.job.precision == devices.resolve_precision("auto", 2, "cpu")  # bfloat16 only on a CPU with bf16 (TF)
     assert plan.job.precision in ("float32", "bfloat16")
     assert not os.path.exists(tmp_path / "out.zarr")  # planning writes nothing

@@ -38,7 +38,7 @@ TIMEOUT = 300
 
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def data(tmp_path_factory):
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     return write_dataset(str(tmp_path_factory.mktemp("data") / "em"), n_train=6, n_test=4, shape=(64, 64), seed=3)
 
@@ -119,7 +119,7 @@ def reference(data, tmp_path_factory):
 
 
 def test_kill_during_an_epoch_then_diverge_then_resume(data, reference, tmp_path):
-    from lib import training
+    from lib.train import loop
 
     run_dir = str(tmp_path / "r_0")
     checkpoints = os.path.join(run_dir, "checkpoints")
@@ -130,7 +130,7 @@ def test_kill_during_an_epoch_then_diverge_then_resume(data, reference, tmp_path
     assert run_and_kill(command(data, tmp_path, "r"), training_epoch_3)
     rows = history(run_dir)
     assert 2 <= len(rows) < EPOCHS
-    training.recover_checkpoints(run_dir, len(rows))  # what a rerun does first, in case the kill fell later
+    loop.recover_checkpoints(run_dir, len(rows))  # what a rerun does first, in case the kill fell later
     last = os.path.join(checkpoints, "last.keras")
     saved = open(last, "rb").read()
 
@@ -227,22 +227,23 @@ def test_overwrite_replaces_a_finished_run_only_once_the_new_one_finishes(data, 
 # --------------------------------------------------------------------------- the same, in process
 
 def test_resume_refuses_a_changed_network(tmp_path):
-    from lib import cli, config
+    from lib import config
     from lib.errors import UserError
+    from lib.run import cli, folders
 
     args = cli.parse_args([REPO, "data", str(tmp_path), "--id", "net", "--gpu", "cpu"])
     cfg = config.from_dict({"model": {"filters": 4}})
-    cli.create_run_dir(args, cfg)  # then killed
+    folders.create_run_dir(args, cfg)  # then killed
     cfg.model.filters, cfg.train.epochs = 8, 300
     with pytest.raises(UserError, match=r"net_0: cannot resume with changed model.filters: 4 -> 8: its checkpoint "
                                         r"holds the network, loss and optimiser trained so far; undo the change to "
                                         r"resume, or use --rid 1 for a new run"):
-        cli.check_run_dir(args, cfg)
+        folders.check_run_dir(args, cfg)
     cfg.model.filters = 4
-    assert cli.check_run_dir(args, cfg)  # train.epochs may change: the run resumes
+    assert folders.check_run_dir(args, cfg)  # train.epochs may change: the run resumes
 
 def test_pending_checkpoints_follow_the_history(tmp_path):
-    from lib import training
+    from lib.train import loop
 
     checkpoints = tmp_path / "checkpoints"
     checkpoints.mkdir()
@@ -250,7 +251,7 @@ def test_pending_checkpoints_follow_the_history(tmp_path):
                        (".pending_3_best.keras", "epoch 3"), (".pending_4_last.keras", "epoch 4"),
                        (".last.keras.123.tmp.keras", "half")):
         (checkpoints / name).write_text(text)
-    training.recover_checkpoints(str(tmp_path), 3)  # killed after writing epoch 3's history row
+    loop.recover_checkpoints(str(tmp_path), 3)  # killed after writing epoch 3's history row
     assert sorted(os.listdir(checkpoints)) == ["best.keras", "last.keras"]
     assert (checkpoints / "last.keras").read_text() == "epoch 3" == (checkpoints / "best.keras").read_text()
 
@@ -265,44 +266,46 @@ def test_pending_checkpoints_follow_the_history(tmp_path):
     ([3, 2], 2, 1.0, None),
 ])
 def test_finished_by_repeats_the_callbacks(values, patience, minutes, expected):
-    from lib import training
     from lib.config import TrainConfig
+    from lib.train import loop
 
     rows = [{"epoch": i + 1, "seconds": 20.0, "val_loss": v} for i, v in enumerate(values)]
     cfg = TrainConfig(epochs=3, patience=patience, time_limit_minutes=minutes)
-    assert training.finished_by(rows, cfg, "val_loss") == expected
+    assert loop.finished_by(rows, cfg, "val_loss") == expected
 
 
 def test_resumed_run_counts_the_time_already_trained(tmp_path, capsys):
-    from lib import io, training
     from lib.config import ModelConfig, TrainConfig
-    from lib.generators import CropDataset
-    from lib.networks import build_model
+    from lib.data import io
+    from lib.data.generators import CropDataset
+    from lib.model import saving as model_saving
+    from lib.model.networks import build_model
+    from lib.train import loop
 
     def tiny():
         return build_model(ModelConfig(depth=2, filters=4, dropout=0.0), (None, None, 1))
 
-    model = training.compile_model(tiny(), TrainConfig())
+    model = loop.compile_model(tiny(), TrainConfig())
     model.optimizer.build(model.trainable_variables)
     (tmp_path / "checkpoints").mkdir()
-    for name in (training.BEST, training.LAST):
-        training.save_model_atomic(model, str(tmp_path / "checkpoints" / name))
+    for name in (model_saving.BEST, model_saving.LAST):
+        model_saving.save_model_atomic(model, str(tmp_path / "checkpoints" / name))
     rows = [{"epoch": 1, "seconds": 20.0, "loss": 0.5}, {"epoch": 2, "seconds": 20.0, "loss": 0.4}]
     io.write_text(str(tmp_path / "history.csv"), io.rows_to_csv(rows))
     images = [np.zeros((32, 32, 1), np.float32)] * 2
     data = CropDataset(images, [np.zeros((32, 32), np.uint8)] * 2, (32, 32), 2)
-    _, info = training.train(tiny(), data, None, TrainConfig(epochs=10, time_limit_minutes=0.5), str(tmp_path))
+    _, info = loop.train(tiny(), data, None, TrainConfig(epochs=10, time_limit_minutes=0.5), str(tmp_path))
     assert (info["epochs"], info["stopped_by"], info["best_epoch"]) == (2, "time_limit", 2)
     assert info["seconds"] >= 40
     assert "Training was over after epoch 2 (time limit)" in capsys.readouterr().out
 
 
 def test_divergence_in_the_first_epoch_saves_nothing(tmp_path):
-    from lib import training
     from lib.config import ModelConfig, TrainConfig
+    from lib.data.generators import CropDataset
     from lib.errors import UserError
-    from lib.generators import CropDataset
-    from lib.networks import build_model
+    from lib.model.networks import build_model
+    from lib.train import loop
 
     rng = np.random.default_rng(0)
     images = [rng.random((32, 32, 1), dtype=np.float32) for _ in range(2)]
@@ -311,12 +314,12 @@ def test_divergence_in_the_first_epoch_saves_nothing(tmp_path):
     model = build_model(ModelConfig(depth=2, filters=4, dropout=0.0), (None, None, 1))
     with pytest.raises(UserError, match=r"training diverged in epoch 1 \(the training loss is nan after batch 1\); "
                                         "no checkpoint was saved"):
-        training.train(model, CropDataset(images, masks, (32, 32), 2), None, TrainConfig(epochs=2), str(tmp_path))
+        loop.train(model, CropDataset(images, masks, (32, 32), 2), None, TrainConfig(epochs=2), str(tmp_path))
     assert not os.listdir(tmp_path / "checkpoints") and not (tmp_path / "history.csv").exists()
 
 
 def test_sigterm_ends_with_how_to_resume(capsys):
-    from lib import cli
+    from lib.run import cli
 
     with pytest.raises(SystemExit) as stop:
         with cli.user_errors():
@@ -330,7 +333,7 @@ def test_sigterm_ends_with_how_to_resume(capsys):
 def test_full_disk_ends_with_one_line(capsys):
     import errno
 
-    from lib import cli
+    from lib.run import cli
 
     with pytest.raises(SystemExit) as stop:
         with cli.user_errors():
@@ -341,28 +344,29 @@ def test_full_disk_ends_with_one_line(capsys):
 
 
 def test_a_run_folder_serves_one_process_at_a_time(tmp_path):
-    from lib import cli, config
+    from lib import config
     from lib.errors import UserError
+    from lib.run import cli, folders
 
     args = cli.parse_args([REPO, "data", str(tmp_path), "--id", "busy", "--gpu", "cpu"])
     cfg = config.Config()
     os.makedirs(tmp_path / "busy_0")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from lib import cli; cli._lock_run(sys.argv[1]); print('locked', "
+        [sys.executable, "-c", "import sys; from lib.run import folders; folders._lock_run(sys.argv[1]); print('locked', "
          "flush=True); sys.stdin.read()", str(tmp_path / "busy_0")],
         cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "locked\n"
         with pytest.raises(UserError, match="busy_0 is in use by another process running the same --id and --rid"):
-            cli.create_run_dir(args, cfg)
+            folders.create_run_dir(args, cfg)
     finally:
         holder.communicate("")
-    cli.create_run_dir(args, cfg)  # the other process has ended
-    cli.create_run_dir(args, cfg)  # this process may reopen its own run
+    folders.create_run_dir(args, cfg)  # the other process has ended
+    folders.create_run_dir(args, cfg)  # this process may reopen its own run
 
 
 def test_summary_keeps_one_row_per_run(tmp_path):
-    from lib import reports
+    from lib.evaluate import reports
 
     reports.append_summary(str(tmp_path), {"id": "a", "rid": "0", "fg_iou": 0.1})
     reports.append_summary(str(tmp_path), {"id": "a", "rid": "1", "fg_iou": 0.2})
@@ -372,7 +376,7 @@ def test_summary_keeps_one_row_per_run(tmp_path):
 
 
 def test_results_keep_the_users_file_mode(tmp_path):
-    from lib import io
+    from lib.data import io
 
     path = tmp_path / "a.txt"
     io.write_text(str(path), "x")
@@ -384,7 +388,8 @@ def test_results_keep_the_users_file_mode(tmp_path):
 def test_full_disk_names_the_file_being_written(tmp_path, capsys):
     import errno
 
-    from lib import cli, io
+    from lib.data import io
+    from lib.run import cli
 
     def full(tmp):
         raise OSError(errno.ENOSPC, "No space left on device")  # as a failing write() raises it: no file name

@@ -21,7 +21,7 @@ def python(code, *args, **env):
 def test_reports_leave_the_matplotlib_backend_and_pyplot_alone(tmp_path):
     out = python(
         "import sys, numpy as np, matplotlib\n"
-        "from lib import reports\n"
+        "from lib.evaluate import reports\n"
         "print(matplotlib.get_backend())\n"
         "reports.plot_history([{'epoch': 1, 'loss': 0.5, 'val_loss': 0.6}], sys.argv[1])\n"
         "reports.save_augmentation_samples([np.random.rand(16, 16, 1)], [np.eye(16)], sys.argv[1])\n"
@@ -38,7 +38,7 @@ def test_io_reads_the_umask_without_setting_it(tmp_path):
         "os.umask(0o027)\n"
         "calls, umask = [], os.umask\n"
         "os.umask = lambda mask: calls.append(mask) or umask(mask)\n"
-        "from lib import io\n"
+        "from lib.data import io\n"
         "print(len(calls))\n"
         "io.write_text(sys.argv[1], 'x')\n"
         "print(len(calls), oct(os.stat(sys.argv[1]).st_mode & 0o777))\n",

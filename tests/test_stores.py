@@ -11,9 +11,11 @@ import tifffile
 import zarr
 
 from conftest import REPO, load_script
-from lib import config, experiment, volumes
+from lib import config
+from lib.data import scanning, sets, volumes
+from lib.data.synthetic import make_sample
 from lib.errors import UserError
-from lib.synthetic import make_sample
+from lib.run import datasets, training_data
 
 SHAPE = (16, 64, 64)
 
@@ -72,9 +74,9 @@ def reads(monkeypatch):
 @pytest.mark.parametrize("normalization", ["per_image", "zscore"])
 def test_3d_store_volumes_match_the_tiff_ones(tmp_path, kind, normalization):
     cfg = _cfg(normalization)
-    train, test = experiment.load_3d(_dataset(tmp_path / kind, kind), cfg)
-    train_mem, test_mem = experiment.load_3d(_dataset(tmp_path / "tif", "tif"), cfg)
-    assert isinstance(train, experiment.DiskImageSet) and isinstance(train_mem, experiment.ImageSet)
+    train, test = datasets.load_3d(_dataset(tmp_path / kind, kind), cfg)
+    train_mem, test_mem = datasets.load_3d(_dataset(tmp_path / "tif", "tif"), cfg)
+    assert isinstance(train, sets.DiskImageSet) and isinstance(train_mem, sets.ImageSet)
     for disk, memory in ((train, train_mem), (test, test_mem)):
         image, mask, name = disk[0]
         assert name == "vol" and image.shape == SHAPE + (1,) and image.dtype == np.float32
@@ -87,8 +89,8 @@ def test_3d_store_volumes_match_the_tiff_ones(tmp_path, kind, normalization):
 def test_3d_subvolumes_read_only_their_window(tmp_path, kind, reads):
     cfg = _cfg(fg_sampling=0.5)
     cfg.train.workers = 1  # the batch asked for only: more workers also read the next batches ahead
-    train, _ = experiment.load_3d(_dataset(tmp_path, kind), cfg)
-    dataset, (x_val, y_val) = experiment.training_data_3d(train, cfg)
+    train, _ = datasets.load_3d(_dataset(tmp_path, kind), cfg)
+    dataset, (x_val, y_val) = training_data.training_data_3d(train, cfg)
     # one volume, split along z: slices 0-7 train, 8-15 validate (the 2 x 2 grid of 8 x 32 x 32)
     assert dataset.images[0].shape == (8, 64, 64, 1) and x_val.shape == (4, 8, 32, 32, 1)
     index, mask = dataset._fg[0], np.asarray(dataset.masks[0])  # the foreground of the training part only
@@ -106,11 +108,11 @@ def test_2d_slices_of_h5_volumes_are_read_window_by_window(tmp_path, reads):
     data_dir = _dataset(tmp_path, "h5")
     cfg = _cfg(fg_sampling=0.5, crop=(32, 32))
     cfg.data.val_fraction = 0.25
-    train, test = experiment.open_2d_streamed(data_dir, cfg)
+    train, test = datasets.open_2d_streamed(data_dir, cfg)
     assert len(train) == len(test) == 16 and train.names[3] == "vol_0003" and train.images[0].shape == (64, 64, 1)
     image = tifffile.imread(os.path.join(_dataset(tmp_path / "tif", "tif"), "train", "x", "vol.tif"))
     assert np.allclose(train[5][0][..., 0], (image[5] - image[5].min()) / np.ptp(image[5]), atol=1e-6)
-    dataset, _ = experiment.training_data_streamed(train, cfg)
+    dataset, _ = training_data.training_data_streamed(train, cfg)
     reads.clear()
     x, _ = dataset[0]
     assert x.shape == (4, 32, 32, 1)
@@ -119,9 +121,9 @@ def test_2d_slices_of_h5_volumes_are_read_window_by_window(tmp_path, reads):
 
 
 def test_scan_reads_a_large_volume_in_slabs(monkeypatch):
-    assert experiment._slabs((16, 64, 64), 32) == [None]
-    monkeypatch.setattr(experiment, "SLAB_VOXELS", 40 * 64 * 64)
-    slabs = experiment._slabs((100, 64, 64), 32)
+    assert scanning._slabs((16, 64, 64), 32) == [None]
+    monkeypatch.setattr(scanning, "SLAB_VOXELS", 40 * 64 * 64)
+    slabs = scanning._slabs((100, 64, 64), 32)
     assert [s[0] for s in slabs] == [(0, 32), (32, 64), (64, 96), (96, 100)] and slabs[0][1:] == ((0, 64), (0, 64))
 
 
@@ -130,7 +132,7 @@ def test_refusals_name_the_file(tmp_path):
     for sub in ("x", "y"):
         tifffile.imwrite(tmp_path / "test" / sub / "vol2.tif", np.zeros(SHAPE, np.uint8))
     with pytest.raises(UserError, match=r"x/vol2.tif: DATA_DIR/train/x holds zarr / HDF5 volumes"):
-        experiment.load_3d(data_dir, _cfg())
+        datasets.load_3d(data_dir, _cfg())
     for sub in ("x", "y"):
         os.remove(tmp_path / "test" / sub / "vol2.tif")
         with h5py.File(tmp_path / "train" / sub / "vol2.h5", "w") as fh:
@@ -138,7 +140,7 @@ def test_refusals_name_the_file(tmp_path):
             if sub == "x":
                 fh["b"] = np.zeros(SHAPE, np.uint8)
     with pytest.raises(UserError, match=r"vol2.h5: holds 2 datasets \(a, b\)"):
-        experiment.load_3d(data_dir, _cfg())
+        datasets.load_3d(data_dir, _cfg())
 
 
 def _main(name):

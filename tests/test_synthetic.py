@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from lib.data.synthetic import main, make_sample, write_dataset
 from lib.errors import UserError
-from lib.synthetic import main, make_sample, write_dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,7 +160,7 @@ def test_main_prints_one_line_and_fails_cleanly(tmp_path, capsys):
 def test_command_line_runs_as_a_module_without_keras(tmp_path):
     out = str(tmp_path / "vol")
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "lib.synthetic", out, "--volume", "16", "32", "32"],
+        [sys.executable, "-X", "importtime", "-m", "lib.data.synthetic", out, "--volume", "16", "32", "32"],
         cwd=REPO,
         capture_output=True,
         text=True,

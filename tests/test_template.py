@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,14 @@ def test_run_folder_has_every_output(finished_run):
         assert set(np.unique(b)) <= {0, 255}
 
 
+def test_a_log_file_gets_one_plain_line_per_epoch(finished_run):
+    """Written to a file (SLURM, ``> log``), training prints a line per epoch, not Keras' redrawn bar."""
+    _, result = finished_run
+    epochs = [line for line in result.stdout.splitlines() if re.match(r"^6/6 - \d+s - .*loss: ", line)]
+    assert len(epochs) == 8, result.stdout[-3000:]
+    assert "\x1b[" not in result.stdout and "\b" not in result.stdout and "\r" not in result.stdout
+
+
 def test_metrics_beat_all_background(finished_run, dataset_2d):
     job, result = finished_run
     metrics = json.loads((job / "e2e_0" / "metrics.json").read_text())
@@ -112,7 +121,7 @@ def test_time_limit_stops_training_and_still_evaluates(dataset_2d, tmp_path):
 
 def test_test_split_without_masks_is_predicted_not_scored(dataset_2d, tmp_path):
     """No DATA_DIR/test/y: the test images are predicted and written, and no metrics are made up."""
-    from lib.reports import NO_GROUND_TRUTH
+    from lib.evaluate.reports import NO_GROUND_TRUTH
 
     data = tmp_path / "data"
     shutil.copytree(dataset_2d, data)

@@ -1,4 +1,4 @@
-"""Tests of lib.tensorboard_log: the event files a run writes, read back as TensorBoard reads them; resume."""
+"""Tests of lib.train.tensorboard: the event files a run writes, read back as TensorBoard reads them; resume."""
 
 import os
 
@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lib import tensorboard_log, training
 from lib.config import ModelConfig, TrainConfig
-from lib.generators import CropDataset
-from lib.networks import build_model
+from lib.data.generators import CropDataset
+from lib.model.networks import build_model
+from lib.train import loop
+from lib.train import tensorboard as tensorboard_log
 
 
 def events(run_dir):
@@ -41,8 +42,8 @@ def fit(run_dir, epochs, **train):
     val = (np.stack(images[2:]), np.stack(masks[2:])[..., None].astype(np.float32))
     cfg = TrainConfig(epochs=epochs, batch_size=2, patience=50, **train)
     model = build_model(ModelConfig(depth=2, filters=4, dropout=0.0), (None, None, 1))
-    training.train(model, data, val, cfg, str(run_dir))
-    return training.read_history(os.path.join(run_dir, "history.csv"))
+    loop.train(model, data, val, cfg, str(run_dir))
+    return loop.read_history(os.path.join(run_dir, "history.csv"))
 
 
 def test_event_files_hold_every_epoch_of_the_history_images_and_graph(tmp_path):

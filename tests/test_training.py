@@ -1,4 +1,4 @@
-"""Tests of lib.training: optimisers, schedules, deep supervision, weight maps in the data, resume, fine-tuning."""
+"""Tests of lib.train: optimisers, schedules, deep supervision, weight maps in the data, resume, fine-tuning."""
 
 import math
 import re
@@ -7,13 +7,16 @@ import keras
 import numpy as np
 import pytest
 
-from lib import experiment, training
-from lib.augment import Augmenter
 from lib.config import AugmentConfig, Config, ModelConfig, TrainConfig, apply_overrides
-from lib.data import weight_map
+from lib.data import sets
+from lib.data.augment import Augmenter
+from lib.data.generators import CropDataset
+from lib.data.weightmaps import weight_map
 from lib.errors import UserError
-from lib.generators import CropDataset
-from lib.networks import build_model, encoder_layers
+from lib.model import saving
+from lib.model.networks import build_model, encoder_layers
+from lib.run import folders, training_data
+from lib.train import finetune, loop, schedules
 
 
 @pytest.fixture(autouse=True)
@@ -45,15 +48,15 @@ def blobs(n=3, shape=(32, 32), seed=0):
 # --------------------------------------------------------------------------- optimisers and schedules
 
 def test_optimizers():
-    sgd = training.make_optimizer(TrainConfig(optimizer="sgd", momentum=0.8, nesterov=True, learning_rate=0.1))
+    sgd = schedules.make_optimizer(TrainConfig(optimizer="sgd", momentum=0.8, nesterov=True, learning_rate=0.1))
     assert isinstance(sgd, keras.optimizers.SGD) and sgd.nesterov and sgd.momentum == 0.8
-    assert isinstance(training.make_optimizer(TrainConfig(optimizer="adam")), keras.optimizers.Adam)
-    adamw = training.make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.01))
+    assert isinstance(schedules.make_optimizer(TrainConfig(optimizer="adam")), keras.optimizers.Adam)
+    adamw = schedules.make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.01))
     assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 0.01
 
 
 def rates(cfg, history=(), monitor="val_loss"):
-    return [training.learning_rate_at(e, cfg, history[:e], monitor) for e in range(cfg.epochs)]
+    return [schedules.learning_rate_at(e, cfg, history[:e], monitor) for e in range(cfg.epochs)]
 
 
 def test_constant_and_warmup():
@@ -77,27 +80,27 @@ def test_cosine_from_peak_to_minimum():
 
 def test_cosine_under_a_time_limit_ends_at_the_limit():
     cfg = TrainConfig(epochs=200, learning_rate=1e-3, min_learning_rate=1e-6, schedule="cosine", time_limit_minutes=10)
-    assert training.learning_rate_at(0, cfg, elapsed=0.0) == pytest.approx(1e-3)
-    assert training.learning_rate_at(0, cfg, elapsed=0.5) == pytest.approx((1e-3 + 1e-6) / 2)
-    assert training.learning_rate_at(1, cfg, elapsed=1.0) == pytest.approx(1e-6)
+    assert schedules.learning_rate_at(0, cfg, elapsed=0.0) == pytest.approx(1e-3)
+    assert schedules.learning_rate_at(0, cfg, elapsed=0.5) == pytest.approx((1e-3 + 1e-6) / 2)
+    assert schedules.learning_rate_at(1, cfg, elapsed=1.0) == pytest.approx(1e-6)
     # the epochs still end it when they run out first
-    assert training.learning_rate_at(199, cfg, elapsed=0.1) == pytest.approx(1e-6)
+    assert schedules.learning_rate_at(199, cfg, elapsed=0.1) == pytest.approx(1e-6)
 
 
 def test_epoch_covers_the_training_area_within_bounds():
     cfg = Config()
     cfg.train.batch_size = 4
-    assert experiment.epoch_samples([16] * 10, cfg) == 40 * 4      # 160 crops: 40 steps
-    assert experiment.epoch_samples([1] * 5, cfg) == experiment.MIN_AUTO_STEPS * 4
-    assert experiment.epoch_samples([16] * 100, cfg) == experiment.MAX_AUTO_STEPS * 4
+    assert training_data.epoch_samples([16] * 10, cfg) == 40 * 4      # 160 crops: 40 steps
+    assert training_data.epoch_samples([1] * 5, cfg) == training_data.MIN_AUTO_STEPS * 4
+    assert training_data.epoch_samples([16] * 100, cfg) == training_data.MAX_AUTO_STEPS * 4
     cfg.data.replicate = 2
-    assert experiment.epoch_samples([16] * 10, cfg) == 80 * 4
+    assert training_data.epoch_samples([16] * 10, cfg) == 80 * 4
     cfg.train.steps_per_epoch = 7
-    assert experiment.epoch_samples([16] * 100, cfg) == 28
+    assert training_data.epoch_samples([16] * 100, cfg) == 28
     # validation: at most 20 % of an epoch's crops and data.max_val_crops, at least a batch
-    assert experiment.val_limit(400, cfg) == 80
-    assert experiment.val_limit(4000, cfg) == cfg.data.max_val_crops
-    assert experiment.val_limit(4, cfg) == 4
+    assert training_data.val_limit(400, cfg) == 80
+    assert training_data.val_limit(4000, cfg) == cfg.data.max_val_crops
+    assert training_data.val_limit(4, cfg) == 4
 
 
 def test_onecycle_rises_then_decays():
@@ -173,8 +176,8 @@ def test_training_data_carries_weight_maps(random_crops, tmp_path):
     images, masks = blobs(4, (32, 32))
     cfg = apply_overrides(Config(), ["train.loss=weighted_bce", "data.crop_shape=[16,16]", "data.val_fraction=0.25",
                                      f"data.random_crops={random_crops}", "model.depth=2", "model.dropout=0"])
-    train_set = experiment.ImageSet(images, masks, [f"{i}" for i in range(4)])
-    dataset, (x_val, y_val) = experiment.training_data_2d(train_set, cfg.validate())
+    train_set = sets.ImageSet(images, masks, [f"{i}" for i in range(4)])
+    dataset, (x_val, y_val) = training_data.training_data_2d(train_set, cfg.validate())
     x, y = dataset[0]
     fg_weights = set()
     for xs, ys in ((x, y), (x_val, y_val)):
@@ -183,7 +186,7 @@ def test_training_data_carries_weight_maps(random_crops, tmp_path):
         fg_weights |= set(np.unique(ys[..., 1][ys[..., 0] == 1]))
     assert len(fg_weights) == 1  # one class balance, from the training masks, for every image
     cfg.train.loss = "bce"
-    _, (_, y_val) = experiment.training_data_2d(train_set, cfg)
+    _, (_, y_val) = training_data.training_data_2d(train_set, cfg)
     assert y_val.shape[-1] == 1
 
 
@@ -198,18 +201,18 @@ def test_deep_supervision_weighted_bce_resumes_the_schedule(tmp_path, capsys):
     data = CropDataset(images[:2], masks[:2], (32, 32), 2, weights=weights[:2])
     val = (np.stack(images[2:]), np.stack([masks[2], weights[2]], -1)[None].astype(np.float32))
     model = build_model(tiny(deep_supervision=True), (None, None, 1))
-    _, info = training.train(model, data, val, cfg, str(tmp_path))
+    _, info = loop.train(model, data, val, cfg, str(tmp_path))
     assert info["stopped_by"] == "time_limit" and info["epochs"] == 1  # as if killed after epoch 1
 
     cfg.time_limit_minutes = 0.0
-    model, info = training.train(build_model(tiny(deep_supervision=True), (None, None, 1)), data, val, cfg,
-                                 str(tmp_path))
+    model, info = loop.train(build_model(tiny(deep_supervision=True), (None, None, 1)), data, val, cfg,
+                             str(tmp_path))
     assert "Resuming from" in capsys.readouterr().out
     assert info["epochs"] == 4 and len(model.outputs) == 2
-    rows = training.read_history(str(tmp_path / "history.csv"))
+    rows = loop.read_history(str(tmp_path / "history.csv"))
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert {"loss", "val_loss", "iou", "val_iou", "output_loss", "val_output_loss", "aux_1_loss"} <= set(rows[0])
-    expected = [training.learning_rate_at(e, cfg, rows[:e], "val_output_loss") for e in range(4)]
+    expected = [schedules.learning_rate_at(e, cfg, rows[:e], "val_output_loss") for e in range(4)]
     np.testing.assert_allclose([r["learning_rate"] for r in rows], expected, rtol=1e-6)
     for r in rows:  # the total is the weighted sum of the output losses
         assert r["val_loss"] == pytest.approx(r["val_output_loss"] + 0.3 * r["val_aux_1_loss"], rel=1e-4)
@@ -226,7 +229,7 @@ class _RecordingCrops(CropDataset):
         return super().__getitem__(index)
 
     def on_epoch_end(self):
-        pass  # the epoch changes only where training begins one (lib.training.EpochSeeds)
+        pass  # the epoch changes only where training begins one (lib.train.loop.EpochSeeds)
 
     def set_epoch(self, epoch):
         super().set_epoch(epoch)
@@ -235,12 +238,12 @@ class _RecordingCrops(CropDataset):
 
 
 def test_each_epoch_draws_its_own_batches_after_set_epoch(tmp_path):
-    # whatever feeds fit() (on TensorFlow, lib.training.fit_input's pipeline), an epoch's batches are asked
+    # whatever feeds fit() (on TensorFlow, lib.train.loop.fit_input's pipeline), an epoch's batches are asked
     # for in order, once the epoch has begun: a resumed run then sees the batches of an uninterrupted one
     images, masks = blobs(4, (32, 32))
     data = _RecordingCrops(images, masks, (16, 16), 2, samples_per_epoch=6, workers=1)
     model = build_model(tiny(), (None, None, 1))
-    training.train(model, data, None, TrainConfig(epochs=3, batch_size=2, tensorboard=False), str(tmp_path))
+    loop.train(model, data, None, TrainConfig(epochs=3, batch_size=2, tensorboard=False), str(tmp_path))
     assert data.requests == [(epoch, index) for epoch in range(3) for index in range(3)]
 
 
@@ -249,7 +252,7 @@ def test_tensorflow_trains_from_a_pipeline_without_autotuning():
     # destroyed: 16-29 s before a third of the demo's epochs
     images, masks = blobs(4, (32, 32))
     data = CropDataset(images, masks, (16, 16), 2, samples_per_epoch=5, workers=2)
-    fed = training.fit_input(data)
+    fed = loop.fit_input(data)
     if keras.backend.backend() != "tensorflow":
         assert fed is data
         return
@@ -272,7 +275,7 @@ class _Stoppable:
 def test_early_stopping_counts_from_the_history(monitor, values):
     # The rows of earlier sessions count: epoch 2 was the best, so the third epoch after it stops.
     rows = [{monitor: v} for v in values[:4]]
-    early = training._EarlyStopping(monitor, 3, rows)
+    early = loop._EarlyStopping(monitor, 3, rows)
     early.set_model(_Stoppable())
     early.on_epoch_end(3)
     assert not early.model.stop_training
@@ -283,25 +286,25 @@ def test_early_stopping_counts_from_the_history(monitor, values):
 
 def test_monitor_picks_the_best_epoch_by_iou_or_loss():
     rows = [{"val_iou": 0.2, "val_loss": 0.9}, {"val_iou": 0.6, "val_loss": 1.0}, {"val_iou": 0.4, "val_loss": 0.8}]
-    assert training._since_best(rows, "val_iou") == (-0.6, 1)
-    assert training._since_best(rows, "val_loss") == (0.8, 0)
-    assert training._best_value(rows, "val_iou") == 0.6
+    assert loop._since_best(rows, "val_iou") == (-0.6, 1)
+    assert loop._since_best(rows, "val_loss") == (0.8, 0)
+    assert loop._best_value(rows, "val_iou") == 0.6
 
 
 def test_per_output_repeats_targets():
     images, masks = blobs(2)
-    x, y = training.per_output(CropDataset(images, masks, (32, 32), 2), 3)[0]
+    x, y = loop.per_output(CropDataset(images, masks, (32, 32), 2), 3)[0]
     assert len(y) == 3 and all(t is y[0] for t in y)
-    assert training.per_output((x, y[0]), 2)[1] == (y[0], y[0])
-    assert training.deep_supervision_weights(TrainConfig(), 3) == [1.0, 0.5, 0.25]
+    assert loop.per_output((x, y[0]), 2)[1] == (y[0], y[0])
+    assert loop.deep_supervision_weights(TrainConfig(), 3) == [1.0, 0.5, 0.25]
 
 
 def test_compiled_bce_dice_survives_save_and_load(tmp_path):
     model = build_model(tiny(), (32, 32, 1))
-    training.compile_model(model, TrainConfig(loss="bce_dice", bce_weight=2.0, dice_weight=0.5))
+    loop.compile_model(model, TrainConfig(loss="bce_dice", bce_weight=2.0, dice_weight=0.5))
     model.optimizer.build(model.trainable_variables)
     path = str(tmp_path / "m.keras")
-    training.save_model_atomic(model, path)
+    saving.save_model_atomic(model, path)
     images, masks = blobs(2)
     x, y = np.stack(images), np.stack(masks)[..., None].astype(np.float32)
     loaded = keras.models.load_model(path)
@@ -318,41 +321,41 @@ def pretrained_run(tmp_path):
     model = build_model(tiny(), (None, None, 1))
     run = tmp_path / "jobs" / "src_0"
     (run / "checkpoints").mkdir(parents=True)
-    training.save_model_atomic(model, str(run / "checkpoints" / training.BEST))
+    saving.save_model_atomic(model, str(run / "checkpoints" / saving.BEST))
     return run, model
 
 
 def test_resolve_pretrained(pretrained_run, tmp_path):
     run, _ = pretrained_run
-    best = str(run / "checkpoints" / training.BEST)
+    best = str(run / "checkpoints" / saving.BEST)
     job = str(tmp_path / "jobs")
-    assert training.resolve_pretrained(None, job) is None
-    assert training.resolve_pretrained("src_0", job) == best  # a run name inside JOB_DIR
-    assert training.resolve_pretrained(str(run), "/elsewhere") == best  # a run folder
-    assert training.resolve_pretrained(best, "/elsewhere") == best  # a file
+    assert folders.resolve_pretrained(None, job) is None
+    assert folders.resolve_pretrained("src_0", job) == best  # a run name inside JOB_DIR
+    assert folders.resolve_pretrained(str(run), "/elsewhere") == best  # a run folder
+    assert folders.resolve_pretrained(best, "/elsewhere") == best  # a file
     with pytest.raises(UserError, match=r"train.pretrained=src_1: .*src_1 not found; expected a .keras file"):
-        training.resolve_pretrained("src_1", job)
-    (run / "checkpoints" / training.BEST).rename(run / "checkpoints" / training.LAST)
-    assert training.resolve_pretrained("src_0", job).endswith(training.LAST)
-    (run / "checkpoints" / training.LAST).unlink()
+        folders.resolve_pretrained("src_1", job)
+    (run / "checkpoints" / saving.BEST).rename(run / "checkpoints" / saving.LAST)
+    assert folders.resolve_pretrained("src_0", job).endswith(saving.LAST)
+    (run / "checkpoints" / saving.LAST).unlink()
     with pytest.raises(UserError, match="has no checkpoints/best.keras or checkpoints/last.keras"):
-        training.resolve_pretrained("src_0", job)
+        folders.resolve_pretrained("src_0", job)
 
 
 def test_load_pretrained_copies_weights_and_freezes_the_encoder(pretrained_run):
     run, source = pretrained_run
-    path = str(run / "checkpoints" / training.BEST)
+    path = str(run / "checkpoints" / saving.BEST)
     images, masks = blobs(2)
     x, y = np.stack(images), np.stack(masks)[..., None].astype(np.float32)
     keras.utils.set_random_seed(1)
-    model = training.load_pretrained(build_model(tiny(), (None, None, 1)), path, freeze_encoder=True)
+    model = finetune.load_pretrained(build_model(tiny(), (None, None, 1)), path, freeze_encoder=True)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x)), keras.ops.convert_to_numpy(source(x)), atol=1e-6)
 
     encoder = encoder_layers(model)
     assert encoder and not any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in encoder)
     frozen = [w.path for layer in encoder for w in layer.weights]
     before = {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
-    training.compile_model(model, TrainConfig(learning_rate=1e-2, freeze_encoder=True, pretrained=path))
+    loop.compile_model(model, TrainConfig(learning_rate=1e-2, freeze_encoder=True, pretrained=path))
     model.run_eagerly = True  # quicker than tracing for three steps
     for _ in range(3):
         model.train_on_batch(x, y)
@@ -370,12 +373,12 @@ def test_load_pretrained_copies_weights_and_freezes_the_encoder(pretrained_run):
 def test_load_pretrained_refuses_another_architecture(pretrained_run, model_cfg, channels, message):
     run, _ = pretrained_run
     with pytest.raises(UserError, match=re.escape(message)):
-        training.load_pretrained(build_model(model_cfg, (None, None, channels)),
-                                 str(run / "checkpoints" / training.BEST))
+        finetune.load_pretrained(build_model(model_cfg, (None, None, channels)),
+                                 str(run / "checkpoints" / saving.BEST))
 
 
 def test_load_pretrained_refuses_a_broken_file(tmp_path):
     path = tmp_path / "broken.keras"
     path.write_bytes(b"not a zip")
     with pytest.raises(UserError, match="could not be read as a Keras model"):
-        training.load_pretrained(build_model(tiny(), (None, None, 1)), str(path))
+        finetune.load_pretrained(build_model(tiny(), (None, None, 1)), str(path))

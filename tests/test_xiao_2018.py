@@ -12,9 +12,11 @@ import pytest
 import tifffile
 
 from conftest import REPO, load_script, run_here
-from lib import cli, training
 from lib.config import Config, ModelConfig
 from lib.errors import UserError
+from lib.model import saving
+from lib.run import cli
+from lib.train import loop
 from xiao_2018 import pipeline
 from xiao_2018.network import LOSS_WEIGHTS, OUTPUT_NAMES, build_model, level_widths
 from xiao_2018.options import check_config
@@ -48,7 +50,7 @@ def xiao_template_config():
 
 
 def bce(y, p):
-    """Binary cross-entropy by hand, probabilities clipped in float32 as lib.losses does."""
+    """Binary cross-entropy by hand, probabilities clipped in float32 as lib.model.losses does."""
     p = np.clip(np.asarray(p, np.float32), np.float32(1e-7), np.float32(1 - 1e-7)).astype(np.float64)
     return float(np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p))))
 
@@ -110,7 +112,7 @@ def test_save_and_load_keras_file_without_custom_objects(tmp_path):
     model = build_model(model_config(), (None, None, None, 1))
     x = np.random.default_rng(1).random((1, 4, 16, 16, 1)).astype("float32")
     path = str(tmp_path / "xiao.keras")
-    training.save_model_atomic(model, path)
+    saving.save_model_atomic(model, path)
     loaded = keras.models.load_model(path)
     for a, b in zip(model.predict_on_batch(x), loaded.predict_on_batch(x)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
@@ -156,7 +158,7 @@ def test_combined_loss_is_main_plus_015_aux1_plus_03_aux2_against_the_ground_tru
     cfg.train.loss = "bce"
     cfg.train.deep_supervision_weights = list(LOSS_WEIGHTS)
     cfg.train.check_model(model_config())
-    model = training.compile_model(build_model(model_config(), (None, None, None, 1)), cfg.train)
+    model = loop.compile_model(build_model(model_config(), (None, None, None, 1)), cfg.train)
     rng = np.random.default_rng(2)
     x = rng.random((2, 4, 32, 32, 1)).astype("float32")
     y = (rng.random((2, 4, 32, 32, 1)) > 0.7).astype("float32")
@@ -242,7 +244,7 @@ def test_bad_xiao_options_name_the_option(override, message):
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def dataset_3d(tmp_path_factory):
     """One 16x64x64 training and one test volume, each a folder of sorted 2D slices."""
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     return write_dataset(str(tmp_path_factory.mktemp("data") / "xiao3d"), shape=(16, 64, 64), seed=3, volume=True)
 

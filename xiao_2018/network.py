@@ -18,28 +18,28 @@ probabilities of the input's spatial shape:
     resolution, upsampled by ``pool``.
 
 Training weighs them ``1, 0.15, 0.3`` (:data:`LOSS_WEIGHTS`, passed as
-``train.deep_supervision_weights`` to :func:`lib.training.train`), every output
+``train.deep_supervision_weights`` to :func:`lib.train.loop.train`), every output
 against the ground truth. Which decoder stages feed ``aux_1`` and ``aux_2``
 follows the reproduction of Franco-Barranco et al. (2021), see xiao_2018/README.md.
 
 The blocks, the heads and the layer factory are lib's
-(:mod:`lib.networks.blocks`): pre-activation residual blocks with a 1x1x1
+(:mod:`lib.model.networks.blocks`): pre-activation residual blocks with a 1x1x1
 projection shortcut, ``model.activation``, ``model.batch_norm``,
 ``model.upsampling`` and ``model.dropout`` (one rate, or one per level, bottom
 last) apply as in the other networks. Only ``keras.layers`` are used, so the
 model runs on every Keras backend and saves to ``.keras`` without custom objects.
 
 Keras is imported here, so import this module only after the command line has
-chosen the device (:func:`lib.cli.select_device`).
+chosen the device (:func:`lib.run.devices.select_device`).
 """
 
 import keras
 from keras import layers
 
 from lib.errors import UserError
-from lib.networks import divisor, pool_size
-from lib.networks.architectures import BOTTLENECK
-from lib.networks.blocks import Ops, first_residual_block, residual_block, sigmoid_head
+from lib.model.networks import divisor, pool_size
+from lib.model.networks.architectures import BOTTLENECK
+from lib.model.networks.blocks import Ops, first_residual_block, residual_block, sigmoid_head
 
 from . import MODEL_NAME
 from .options import DEPTH, check_model
@@ -109,7 +109,7 @@ def build_model(cfg, input_shape):
         skips.append(x)
         x = ops.pool_down(x)
     x = ops.dropout(residual_block(ops, x, widths[DEPTH]), rates[DEPTH])
-    # lib.networks.encoder_layers finds the end of the encoder by this name (train.freeze_encoder).
+    # lib.model.networks.encoder_layers finds the end of the encoder by this name (train.freeze_encoder).
     x = layers.Identity(name=BOTTLENECK)(x)
 
     heads = {}

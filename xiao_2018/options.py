@@ -6,7 +6,7 @@ reads data or imports Keras, so that a wrong option is refused at once
 """
 
 from lib.errors import UserError
-from lib.networks import pool_size
+from lib.model.networks import pool_size
 
 from . import MODEL_NAME
 

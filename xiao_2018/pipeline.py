@@ -1,7 +1,7 @@
 """The steps of Xiao et al. (2018) around the network: options, histogram equalisation, 3D connection.
 
 The method's own options form a ``xiao`` configuration section beside lib's
-six (:class:`XiaoConfig`, given to :func:`lib.runner.run` as ``sections``): it is
+six (:class:`XiaoConfig`, given to :func:`lib.run.runner.run` as ``sections``): it is
 read from the entry script's ``CONFIG`` block, from a ``--config`` file and from
 ``--set xiao.key=value``, like the others, and recorded in the run's ``config.json``.
 The other functions given to the runner are :func:`check_options`,
@@ -19,10 +19,10 @@ from skimage import exposure
 from skimage.measure import label
 from skimage.segmentation import relabel_sequential
 
-from lib import io
 from lib import config as config_lib
+from lib.data import io
 from lib.errors import UserError
-from lib.postprocess import binarize
+from lib.predict.postprocess import binarize
 
 SECTION = "xiao"
 EQUALIZATIONS = ("none", "hist", "adapthist")
@@ -102,13 +102,13 @@ def equalize(volume, method, clip_limit=0.01):
 def equalize_sets(cfg, *image_sets):
     """Apply :func:`equalize` (``cfg.xiao.equalize``) to every volume of each ImageSet, in place.
 
-    Volumes read from zarr / HDF5 stores (lib.experiment.DiskImageSet) are never loaded whole, so they
+    Volumes read from zarr / HDF5 stores (lib.data.sets.DiskImageSet) are never loaded whole, so they
     cannot be equalised: refused, naming the option.
     """
     xcfg = cfg.xiao
     if xcfg.equalize == "none":
         return
-    from lib.experiment import DiskImageSet
+    from lib.data.sets import DiskImageSet
 
     if any(isinstance(image_set, DiskImageSet) for image_set in image_sets):
         raise UserError(f"{SECTION}.equalize={xcfg.equalize}: volumes read from zarr / HDF5 stores are not "
@@ -162,7 +162,7 @@ def evaluate_connected(test_set, cfg, xcfg, pred_dir):
     """The ``connected_3d`` variant: 3D connection of the tiled predictions, written and scored.
 
     Reads ``predictions/tiled/prob/<name>.tif`` (written by
-    :func:`lib.evaluation.evaluate_test_set`), binarises it at
+    :func:`lib.evaluate.evaluation.evaluate_test_set`), binarises it at
     ``inference.threshold``, applies :func:`connect_3d` and writes
     ``predictions/connected_3d/labels/<name>.tif`` (uint32 objects) and
     ``.../binary/<name>.tif``.
@@ -173,8 +173,8 @@ def evaluate_connected(test_set, cfg, xcfg, pred_dir):
         The pixel metrics, ``det``, ``seg`` and ``objects`` (the number of 3D
         objects) over the test set, as the other variants in ``metrics.json``.
     """
-    from lib.evaluation import OBJECT_METRICS, save_prediction
-    from lib.metrics import ObjectCounts, PixelCounts
+    from lib.evaluate.evaluation import OBJECT_METRICS, save_prediction
+    from lib.evaluate.metrics import ObjectCounts, PixelCounts
 
     pixels, objects, count = PixelCounts(), ObjectCounts(), 0
     for i in range(len(test_set)):

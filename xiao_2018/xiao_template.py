@@ -87,14 +87,14 @@ import sys  # noqa: E402
 # CODE_DIR (first argument) holds lib/; fall back to this file's project so the script runs from anywhere.
 sys.path[:0] = [os.path.abspath(p) for p in sys.argv[1:2] + [os.path.join(os.path.dirname(__file__), "..")]]
 
-from lib import cli, runner  # noqa: E402
+from lib.run import cli, runner  # noqa: E402
 from xiao_2018 import pipeline  # noqa: E402
 
 
 def main(argv=None):
     """Check the options and data (nothing is written until all pass), train, evaluate on the test set, report.
 
-    The steps of :func:`lib.runner.run`, with the method's own: its ``xiao`` option section
+    The steps of :func:`lib.run.runner.run`, with the method's own: its ``xiao`` option section
     (:class:`xiao_2018.pipeline.XiaoConfig`), its checks, the histogram equalisation of every slice before
     training, and the ``connected_3d`` variant after lib's; ``model.name=xiao2018`` builds the network of
     :mod:`xiao_2018.network`.

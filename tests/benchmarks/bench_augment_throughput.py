@@ -36,16 +36,16 @@ TARGET = 0.90
 
 def load_images():
     """Normalised images ``(H, W, 1)`` and masks: lucchi_dev slices when present, else random ones."""
-    from lib import data, io
+    from lib.data import intensity, layout
 
     if os.path.isdir(DATA):
-        pairs = io.dataset_pairs(os.path.dirname(os.path.dirname(DATA)), "train")[:IMAGES]
-        images, masks, _ = io.load_pairs_2d(pairs)
+        pairs = layout.dataset_pairs(os.path.dirname(os.path.dirname(DATA)), "train")[:IMAGES]
+        images, masks, _ = layout.load_pairs_2d(pairs)
     else:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (768, 1024, 1), dtype=np.uint8) for _ in range(IMAGES)]
         masks = [(rng.random((768, 1024)) < 0.06).astype(np.uint8) for _ in range(IMAGES)]
-    return [data.normalize(x, "per_image") for x in images], masks
+    return [intensity.normalize(x, "per_image") for x in images], masks
 
 
 def run(epochs):
@@ -53,11 +53,11 @@ def run(epochs):
     sys.path.insert(0, REPO)
     import keras
 
-    from lib.augment import Augmenter
     from lib.config import AugmentConfig, ModelConfig, TrainConfig
-    from lib.generators import CropDataset
-    from lib.networks import build_model
-    from lib.training import compile_model
+    from lib.data.augment import Augmenter
+    from lib.data.generators import CropDataset
+    from lib.model.networks import build_model
+    from lib.train.loop import compile_model
 
     class PreMade(keras.utils.PyDataset):
         def __init__(self, batches):

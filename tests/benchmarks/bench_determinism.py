@@ -42,7 +42,7 @@ def run(data, job, rid, deterministic):
 
 def measure():
     sys.path.insert(0, REPO)
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_dataset(os.path.join(tmp, "data"), n_train=8, n_test=2, shape=(256, 256), seed=0)

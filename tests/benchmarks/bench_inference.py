@@ -33,14 +33,14 @@ REPEATS = 2
 
 
 def load_slices(n):
-    from lib import data, io
+    from lib.data import intensity, io
 
-    return [data.normalize(io.read_image(p), "per_image")[..., None] for p in io.list_images(DATA)[:n]]
+    return [intensity.normalize(io.read_image(p), "per_image")[..., None] for p in io.list_images(DATA)[:n]]
 
 
 def tiles_of(image):
     """The batches ``predict_tiled`` gives its predictor for ``image``, captured with a dummy predictor."""
-    from lib.inference import predict_tiled
+    from lib.predict.inference import predict_tiled
 
     batches = []
 
@@ -56,8 +56,8 @@ def run(n_slices):
     """Time bare and blended prediction of ``n_slices`` slices; return the JSON record."""
     sys.path.insert(0, REPO)
     from lib.config import ModelConfig
-    from lib.inference import make_predictor, predict_tiled
-    from lib.networks import build_model
+    from lib.model.networks import build_model
+    from lib.predict.inference import make_predictor, predict_tiled
 
     images = load_slices(n_slices)
     model = build_model(ModelConfig(depth=4, filters=16, dropout=0.0), (None, None, 1))

@@ -1,7 +1,7 @@
 """bfloat16 against float32: the 2D template on lucchi_dev, trained for the same time in each precision.
 
 For each precision (``train.precision``) a new process runs ``templates/template.py``
-(in-process there, through :func:`lib.runner.run`) with ``train.time_limit_minutes``
+(in-process there, through :func:`lib.run.runner.run`) with ``train.time_limit_minutes``
 set to the budget, then predicts the test images again with the run's best
 checkpoint in that precision, timed alone. Each prints, and appends to the
 output file, one JSON line:
@@ -67,13 +67,13 @@ def predict_voxels_per_s(run_dir, data_dir, precision):
     import numpy as np
 
     from lib import config as config_lib
-    from lib import experiment
-    from lib.blockwise import load_predictor
-    from lib.predicting import fitted_tiles
-    from lib.inference import predict_tiled
+    from lib.predict.blockwise import load_predictor
+    from lib.predict.inference import predict_tiled
+    from lib.run import datasets
+    from lib.run.predicting import fitted_tiles
 
     cfg = config_lib.from_dict(config_lib.load_json(os.path.join(run_dir, "config.json")))
-    _, test_set = experiment.load_2d(data_dir, cfg)
+    _, test_set = datasets.load_2d(data_dir, cfg)
     _, predict = load_predictor(os.path.join(run_dir, "checkpoints", "best.keras"), precision)
     images = [np.asarray(image) for image in test_set.images]
     tile, overlap, batch = fitted_tiles(cfg, images[0].shape[:2])
@@ -116,7 +116,7 @@ def measure(precision, s, job_dir):
     wall = time.perf_counter() - start
     import keras
 
-    from lib.training import read_history
+    from lib.train.loop import read_history
 
     run_dir = os.path.join(job_dir, f"{precision}_0")
     config = json.load(open(os.path.join(run_dir, "config.json")))
@@ -182,7 +182,7 @@ def test_precision():
 if __name__ == "__main__":
     sys.path.insert(0, REPO)
     if sys.argv[1:2] == ["--one"]:
-        from lib import cli
+        from lib.run import cli
 
         with cli.user_errors():
             record = measure(sys.argv[2], settings(), sys.argv[3])

@@ -6,7 +6,7 @@ the default 16 runs in a few minutes on a 2-core CPU under ``make bench``;
 the issue's size is ``EMSEG_BENCH_PREDICT_SLICES=64``.
 
 - ``bare``: ``model.predict_on_batch`` on every tile of the whole-slice tiled
-  grid of every slice (what :func:`lib.inference.predict_tiled` predicts), from
+  grid of every slice (what :func:`lib.predict.inference.predict_tiled` predicts), from
   a volume already in memory: voxels / second;
 - ``predict.py``: the same volume, in-process, blocks of whole slices, N/2 deep
   (at most 32: at least 2 blocks for the dask run, and no tile is
@@ -32,16 +32,16 @@ TARGET = 0.9
 
 
 def bare_seconds(model_path, volume):
-    from lib import data
-    from lib.blockwise import load_predictor
+    from lib.data import intensity, tiling
+    from lib.predict.blockwise import load_predictor
 
     _, predict = load_predictor(model_path)
-    padded = data.pad_to_tile(np.pad(np.zeros((SIDE, SIDE, 1), np.float32), ((64, 64), (64, 64), (0, 0)),
-                                     mode="reflect"), (TILE, TILE))[0]
-    positions = data.tile_grid(padded.shape[:2], (TILE, TILE), 0.5)
+    padded = tiling.pad_to_tile(np.pad(np.zeros((SIDE, SIDE, 1), np.float32), ((64, 64), (64, 64), (0, 0)),
+                                       mode="reflect"), (TILE, TILE))[0]
+    positions = tiling.tile_grid(padded.shape[:2], (TILE, TILE), 0.5)
     start = time.perf_counter()
     for z in range(len(volume)):
-        image = np.pad(data.normalize(volume[z][..., None], "per_image"), ((64, 64), (64, 64), (0, 0)), mode="reflect")
+        image = np.pad(intensity.normalize(volume[z][..., None], "per_image"), ((64, 64), (64, 64), (0, 0)), mode="reflect")
         tiles = [image[y:y + TILE, x:x + TILE] for y, x in positions]
         for i in range(0, len(tiles), 8):
             predict(np.stack(tiles[i:i + 8]))

@@ -63,7 +63,7 @@ def shares(run_dir, wall=None):
 
 def measure():
     sys.path.insert(0, REPO)
-    from lib.synthetic import write_dataset
+    from lib.data.synthetic import write_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         data = os.environ.get("EMSEG_BENCH_DATA") or write_dataset(

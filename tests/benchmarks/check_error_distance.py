@@ -22,7 +22,7 @@ the templates) and DATA_DIR/test/y, and prints one JSON line:
   membranes, which a network trained with flips cannot learn;
 - with several runs, ``ensemble``: the fg_iou of the mean of their probabilities.
 
-The ISBI 2012 figures of README, "How the defaults were chosen", come from this script.
+The ISBI 2012 figures of docs/benchmarks.md ("Where isbi2012 stops") come from this script.
 """
 
 import json
@@ -34,9 +34,9 @@ from scipy import ndimage as ndi
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
-from lib import io  # noqa: E402
-from lib.metrics import pixel_metrics  # noqa: E402
-from lib.postprocess import binarize  # noqa: E402
+from lib.data import io  # noqa: E402
+from lib.evaluate.metrics import pixel_metrics  # noqa: E402
+from lib.predict.postprocess import binarize  # noqa: E402
 
 SHIFTS = {"none": (0, 0), "up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
 BINS = ((0.0, 1.0, "1"), (1.0, 3.0, "1-3"), (3.0, 6.0, "3-6"), (6.0, np.inf, "6+"))

@@ -30,7 +30,7 @@ def main(run, data_dir=os.path.join(REPO, "..", "shared", "data", "lucchi_dev"),
     import h5py
     import zarr
 
-    from lib import io
+    from lib.data import io
 
     work = work or tempfile.mkdtemp(prefix="lucchi_predict_")
     xs = [io.read_image(p) for p in io.list_images(os.path.join(data_dir, "test", "x"))]

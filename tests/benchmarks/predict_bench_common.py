@@ -26,7 +26,7 @@ def tiny_run(folder):
     import keras
 
     from lib import config as config_lib
-    from lib import networks
+    from lib.model import networks
 
     keras.utils.set_random_seed(0)
     cfg = config_lib.from_dict({"data": {"crop_shape": [TILE, TILE]}, "inference": {"tile_shape": [TILE, TILE]},

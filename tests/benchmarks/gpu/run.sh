@@ -3,7 +3,7 @@
 # in bfloat16 with the JAX backend, then the test slices predicted (tests/benchmarks/bench_precision.py): one JSON
 # line per precision (train_crops_per_s, predict_voxels_per_s, fg_iou, device_peak_mb) and one of their ratios
 # in $OUT/gpu_run.jsonl, the log in $OUT/log.txt, nvidia-smi in $OUT/nvidia-smi.txt. About 6 minutes on the
-# lent H200 with the default budget. Make .gpu/ first with tests/benchmarks/gpu/prepare.sh; README, "A GPU run".
+# lent H200 with the default budget. Make .gpu/ first with tests/benchmarks/gpu/prepare.sh; docs/devices.md, "A GPU run".
 #
 # Environment: OUT (results folder; default /tmp/emseg-gpu), EMSEG_GPU_MINUTES, EMSEG_GPU_DATA (default
 # .gpu/lucchi_subset), EMSEG_GPU_SET (more --set options; default "train.batch_size=16 train.workers=4"),

@@ -1,0 +1,301 @@
+"""The steps of ``templates/predict.py``: check model, input, options and output, then predict block-wise.
+
+The top layer: it knows option names, run folders and :class:`UserError`;
+:mod:`lib.data.volumes`, :mod:`lib.predict.blockwise` and :mod:`lib.predict.writers` do the work. :func:`plan` makes
+every check before anything is written; :func:`run` writes.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+from .. import config as config_lib
+from ..data import volumes
+from ..errors import UserError, options
+from ..predict import blockwise, writers
+from . import devices
+
+NORMALIZATION_FILE = "normalization.json"  # a run's training mean and std (zscore)
+
+
+@dataclass
+class Plan:
+    args: object
+    job: blockwise.BlockJob
+    description: dict
+    kind: str         # output kind: zarr, tiff, folder
+    store: str        # the zarr store written (OUTPUT itself, or the staging store of TIFF outputs)
+    state: str        # new, resume, done, replace
+    client: object = None
+    cluster: object = None
+
+
+def resolve_model(model):
+    """``(.keras path, config dict or None, run folder or None)`` for ``--model``; UserError otherwise."""
+    if os.path.isdir(model):
+        config_path = os.path.join(model, "config.json")
+        for name in ("best.keras", "last.keras"):
+            weights = os.path.join(model, "checkpoints", name)
+            if os.path.isfile(weights) and os.path.isfile(config_path):
+                return weights, config_lib.load_json(config_path), model
+        raise UserError(f"--model {model}: a folder but not a run folder (expected config.json and "
+                        "checkpoints/best.keras in it)")
+    if os.path.isfile(model) and model.endswith(".keras"):
+        return model, None, None
+    raise UserError(f"--model {model}: " + ("not found" if not os.path.exists(model) else "neither a run folder nor "
+                                            "a .keras file") + "; expected a run folder JOB_DIR/ID_RID or a .keras file")
+
+
+def plan(args):
+    """Check everything (model, options, input, output, scheduler) and decide what to do; write nothing."""
+    weights, run_config, run_dir = resolve_model(args.model)
+    # A paper script's own sections (e.g. xiao) do not change how its network predicts.
+    cfg = config_lib.from_dict(run_config or {}, source=f"--model {args.model} config.json",
+                               ignore_unknown_sections=True)
+    config_lib.apply_overrides(cfg, args.overrides)
+    cfg.validate()
+    if any(o.replace(" ", "").lower() == "post.oztel=true" for o in args.overrides):
+        raise UserError("--set post.oztel=true: Oztel post-processing works on whole objects and cannot be done "
+                        "block by block; predict.py writes probabilities and masks (thresholded, z-filtered)")
+    volume = volumes.open_volume(args.input)
+    normalization = _normalization(cfg, run_dir, args.model, volume)
+    # The run's train.precision (or --set's); a bare .keras file predicts in the precision it was saved with.
+    precision = cfg.train.precision if run_config is not None or _sets(args.overrides, "train.precision") else None
+    if precision is not None:  # auto: what this machine runs fastest (lib.run.devices.run_precision)
+        precision = devices.run_precision(precision, len(cfg.data.crop_shape), args.gpu)
+    try:
+        model, predict = blockwise.load_predictor(os.path.abspath(weights), precision)
+    except Exception as exc:
+        raise UserError(f"--model {args.model}: cannot read {weights} as a Keras model ({exc})") from None
+    model_ndim, channels = len(model.input_shape) - 2, model.input_shape[-1]
+    classes = int(model.outputs[0].shape[-1])  # a multi-class model (softmax) has one output channel per class
+    tile = tuple(cfg.data.crop_shape)
+    if len(tile) != model_ndim:
+        raise UserError(f"data.crop_shape={list(tile)}: the model is {model_ndim}D; expected {model_ndim} tile sizes")
+    _check_tile(predict, tile, channels)
+    if channels > 1:  # an array (A, B, C) is a 2D image with channels when C is the model's channel count
+        volume = volumes.open_volume(args.input, channels)
+    if volume.ndim < model_ndim:
+        raise UserError(f"INPUT {args.input}: a 2D image ({'x'.join(map(str, volume.shape[:-1]))}) but the model is "
+                        "3D; expected a volume")
+    if volume.shape[-1] != channels:
+        raise UserError(f"INPUT {args.input}: {volume.shape[-1]} channels, but the model takes {channels}")
+    tile, overlap, batch_size = fitted_tiles(cfg, volume.shape[:-1][-model_ndim:])
+    if tile != tuple(cfg.data.crop_shape):
+        _check_tile(predict, tile, channels, f"the tile {list(tile)} fitted to the input (inference.tile_shape)")
+    if cfg.inference.tta and tile[-1] != tile[-2]:  # a quarter turn transposes a tile not square in y-x
+        turned = tile[:-2] + (tile[-1], tile[-2])
+        _check_tile(predict, turned, channels, f"inference.tta=true: the tile {list(tile)} turned by 90 degrees "
+                                               f"({list(turned)})")
+    block = block_shape(cfg, volume.shape[:-1], model_ndim, _sets(args.overrides, "inference.block_shape"))
+    z_size = cfg.post.z_filter_size if cfg.post.z_filter and volume.ndim == 3 else 0
+    kind = writers.output_kind(args.output)
+    store = args.output if kind == "zarr" else writers.staging_store(args.output)
+    job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, os.path.abspath(store),
+                             overlap, cfg.inference.window, batch_size,
+                             cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype, classes,
+                             precision)
+    description = describe(job, args.input)
+    state = _output_state(args, kind, store, description)
+    result = Plan(args, job, description, kind, store, state)
+    if args.scheduler and state != "done":
+        try:
+            result.client, result.cluster = blockwise.connect(args.scheduler, args.threads)
+        except ValueError as exc:
+            raise UserError(f"--scheduler {args.scheduler}: {str(exc).split(': ', 1)[-1]}") from None
+        except (OSError, TimeoutError) as exc:
+            raise UserError(f"--scheduler {args.scheduler}: cannot reach the Dask scheduler ({exc})") from None
+    if cfg.post.oztel:
+        print("note: post.oztel is not applied (object-level post-processing needs whole objects, not blocks)")
+    return result
+
+
+# A 2D model's default block: whole slices in y and x (no tile is then predicted for two blocks), as many as
+# fit in this many voxels, the size of the default inference.block_shape (32 x 1024 x 1024): memory as with it.
+SLICE_BLOCK_VOXELS = 32 * 1024 * 1024
+
+
+def block_shape(cfg, shape, model_ndim, overridden=False):
+    """The spatial block of an input of spatial ``shape`` (2 or 3 sizes) predicted by a ``model_ndim`` model.
+
+    ``inference.block_shape`` (its last 2 sizes for a 2D input), unless the model is 2D and the block shape
+    neither ``overridden`` (given with ``--set``) nor changed from its default: then whole slices in y and x,
+    at most ``inference.block_shape``'s z of them and at most :data:`SLICE_BLOCK_VOXELS` voxels, so that no tile
+    straddles two blocks. A slice larger than :data:`SLICE_BLOCK_VOXELS` keeps ``inference.block_shape``.
+    """
+    block = tuple(cfg.inference.block_shape[3 - len(shape):])
+    default = list(config_lib.InferenceConfig().block_shape)
+    plane = shape[-2] * shape[-1]
+    if model_ndim != 2 or overridden or list(cfg.inference.block_shape) != default or plane > SLICE_BLOCK_VOXELS:
+        return block
+    if len(shape) == 2:
+        return tuple(shape)
+    return (max(1, min(block[0], SLICE_BLOCK_VOXELS // plane)),) + tuple(shape[1:])
+
+
+def _sets(overrides, key):
+    """True when one of the ``--set`` ``overrides`` sets ``key``."""
+    return any(o.split("=", 1)[0].strip() == key for o in overrides)
+
+
+def fitted_tiles(cfg, image_shape):
+    """``(tile, per-axis overlap, tiles per batch)`` for images (a 2D model: slices) of ``image_shape``.
+
+    Exactly those of the run's ``tiled`` variant (``lib.evaluate.evaluation``): the largest tile
+    ``evaluation.inference_tile``, fitted to the whole image or slice (not to a block,
+    so that blocks are cut from the whole image's tile grid) by ``inference.fit_tile``.
+    """
+    from ..evaluate.evaluation import inference_divisor, inference_tile
+    from ..predict.inference import fit_tile, tile_batch
+
+    crop = tuple(cfg.data.crop_shape)
+    largest = inference_tile(cfg, crop)
+    if len(largest) != len(crop):
+        raise UserError(f"inference.tile_shape={list(largest)}: expected {len(crop)} sizes like "
+                        f"data.crop_shape={list(crop)}")
+    with options(overlap="inference.overlap", tile=f"inference.tile_shape={list(largest)}"):
+        tile, overlap = fit_tile(image_shape, largest, inference_divisor(cfg, crop), cfg.inference.overlap)
+    return tile, overlap, tile_batch(cfg.inference.batch_size, crop, tile)
+
+
+def _check_tile(predict, tile, channels, what=None):
+    import numpy as np
+
+    try:
+        predict(np.zeros((1,) + tile + (channels,), np.float32))
+    except Exception as exc:
+        raise UserError(f"{what or f'data.crop_shape={list(tile)}'}: the model cannot predict tiles of this shape "
+                        f"({type(exc).__name__}); use the run's tile shape or multiples of its downsampling") from None
+
+
+def _normalization(cfg, run_dir, model, volume):
+    method = cfg.data.normalization
+    if method == "dtype_max" and volume.dtype.kind not in "ui":
+        raise UserError(f"data.normalization=dtype_max needs integer pixels, but INPUT is {volume.dtype}")
+    record = {}
+    if method == "zscore" or cfg.data.clip_percentiles is not None:
+        what = ("the training mean and std" if method == "zscore" else
+                f"the clipping levels of data.clip_percentiles={cfg.data.clip_percentiles}")
+        path = os.path.join(run_dir, NORMALIZATION_FILE) if run_dir else None
+        if path is None or not os.path.isfile(path):
+            raise UserError(f"--model {model}: data.normalization={method} needs {what}, which "
+                            f"{'a .keras file does not hold' if path is None else f'this run lacks ({path})'}; "
+                            "give a run folder that records them")
+        with open(path) as fh:
+            record = json.load(fh)
+        if cfg.data.clip_percentiles is not None and "clip" not in record:
+            raise UserError(f"--model {model}: {path} lacks {what}; give the run folder trained with them")
+    clip = record.get("clip")
+    if method == "dtype_max":
+        return blockwise.Normalization("dtype_max", clip=clip)
+    if method == "zscore":
+        return blockwise.Normalization("zscore", float(record["mean"]), float(record["std"]), clip)
+    if method == "fixed":
+        return blockwise.Normalization("fixed", float(record.get("mean", cfg.data.norm_mean)),
+                                       float(record.get("std", cfg.data.norm_std)), clip)
+    return blockwise.Normalization("per_image", clip=clip)  # statistics filled in by the scan of run()
+
+
+def describe(job, input_spec):
+    """The job as JSON-able values: what makes two runs write the same output."""
+    stat = os.stat(job.model_path)
+    clip = {} if job.normalization.clip is None else {"clip": list(job.normalization.clip)}
+    return {
+        "input": os.path.abspath(input_spec) if "://" not in input_spec else input_spec,
+        "input_shape": list(job.volume.shape), "input_dtype": str(job.volume.dtype),
+        "model": job.model_path, "model_bytes": stat.st_size, "model_mtime": int(stat.st_mtime),
+        "normalization": job.normalization.method if job.normalization.method in ("per_image", "dtype_max") else
+        [job.normalization.method, job.normalization.offset, job.normalization.scale],
+        **clip,
+        "tile": list(job.tile), "block": list(job.block), "overlap": job.overlap, "window": job.window,
+        "tta": job.tta, "z_filter_size": job.z_filter_size, "threshold": job.threshold,
+        "prob_dtype": job.prob_dtype, "classes": job.classes,
+    }
+
+
+def _output_state(args, kind, store, description):
+    """``new``, ``resume`` (the same job, unfinished), ``done`` (the same job, finished) or ``replace``."""
+    existing = args.output.rstrip("/")
+    if os.path.lexists(existing) and not (kind == "folder" and os.path.isdir(existing) and not os.listdir(existing)):
+        previous = writers.read_job(existing)
+        if previous == description:
+            return "done" if kind != "zarr" or writers.store_complete(store) else "resume"
+        return _refuse_or_replace(args, previous, description, existing)
+    if kind != "zarr" and os.path.lexists(store):
+        previous = writers.read_job(store)
+        if previous == description:
+            return "resume"
+        return _refuse_or_replace(args, previous, description, f"{store} (an unfinished prediction into {existing})")
+    parent = os.path.dirname(os.path.abspath(existing))
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise UserError(f"OUTPUT {args.output}: cannot write in {parent} (" +
+                        ("no such folder)" if not os.path.isdir(parent) else "no write permission)"))
+    return "new"
+
+
+def _refuse_or_replace(args, previous, description, what):
+    if args.overwrite:
+        return "replace"
+    if previous is None:
+        raise UserError(f"OUTPUT {args.output}: already exists and is not an output of predict.py; "
+                        "use --overwrite to replace it or choose another OUTPUT")
+    changed = [k for k in description if previous.get(k) != description[k]]
+    raise UserError(f"OUTPUT {what}: holds another job (differs in {', '.join(changed)}); use --overwrite to "
+                    "replace it, or choose another OUTPUT")
+
+
+def run(plan):
+    """Create or reopen the output, scan intensities if needed, predict the pending blocks, export TIFFs."""
+    args, job = plan.args, plan.job
+    if plan.state == "done":
+        print(f"{args.output} is complete (the same job ran before); nothing to do")
+        return
+    run_tasks = blockwise.run_tasks_on(plan.client) if plan.client else blockwise.run_tasks_in_process
+    try:
+        if plan.state == "replace":
+            writers.remove_output(args.output)
+        spatial = job.volume.shape[:-1]
+        grid, blocks = blockwise.block_grid(spatial, job.block)
+        if plan.state in ("new", "replace"):
+            writers.create_store(job.store, spatial, blockwise.output_chunks(job.block, spatial), grid,
+                                 job.prob_dtype, plan.description, job.volume.voxel_size, job.volume.unit,
+                                 job.classes)
+        else:
+            print(f"Resuming the unfinished prediction in {job.store}")
+        job = _with_statistics(job, blocks, run_tasks)
+        total, skipped, seconds = blockwise.run_job(job, run_tasks)
+    finally:
+        if plan.client is not None:
+            plan.client.close()
+            plan.cluster is not None and plan.cluster.close()
+    if plan.kind == "tiff":
+        writers.export_tiff(job.store, args.output, plan.description, job.prob_dtype)
+    elif plan.kind == "folder":
+        writers.export_slices(job.store, args.output, plan.description, job.prob_dtype)
+    if plan.kind != "zarr":
+        writers.remove_output(job.store)
+    print(f"Predicted {total - skipped} blocks ({skipped} already done) in {seconds:.1f} s")
+    outputs = {"zarr": [f"{args.output}/prob/0", f"{args.output}/mask/0"],
+               "tiff": [args.output, writers.prob_tiff_path(args.output)],
+               "folder": [os.path.join(args.output, "prob"), os.path.join(args.output, "mask")]}[plan.kind]
+    print("Outputs: " + ", ".join(outputs))
+
+
+def _with_statistics(job, blocks, run_tasks):
+    """``job`` with its per_image minima and maxima: from the store when a previous run scanned, else scanned now."""
+    import dataclasses
+
+    import zarr
+
+    if job.normalization.method != "per_image":
+        return job
+    root = zarr.open_group(job.store, mode="r+")
+    record = dict(root.attrs)[writers.JOB_KEY]
+    if "ranges" not in record:
+        lows, highs = blockwise.intensity_ranges(job.volume, blocks, run_tasks)
+        record = {**record, "ranges": {"lows": lows, "highs": highs}}
+        root.attrs[writers.JOB_KEY] = record
+    ranges = record["ranges"]
+    per_slice = len(job.tile) == 2  # a 2D model was trained on 2D images, each normalised by itself
+    return dataclasses.replace(job, normalization=blockwise.Normalization.from_ranges(
+        ranges["lows"], ranges["highs"], per_slice, job.normalization.clip, job.volume.dtype))
