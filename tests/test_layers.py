@@ -147,3 +147,22 @@ def test_entry_scripts_import_the_run_stage_only(script):
     """Templates are copied by users: they use the run stage, which may move the rest."""
     targets = {t for _, t in imports(os.path.join(REPO, script))}
     assert targets and all(stage(t) == "run" for t in targets), targets
+
+
+def test_a_template_copied_before_the_layout_still_runs(dataset_2d, tmp_path):
+    """``from lib import cli, runner``, as templates copied from earlier releases import them, gives the run stage."""
+    import subprocess
+    import sys
+
+    with open(os.path.join(REPO, "templates", "template.py")) as fh:
+        source = fh.read()
+    assert "from lib.run import cli, runner" in source
+    old = tmp_path / "my_old_template.py"
+    old.write_text(source.replace("from lib.run import cli, runner", "from lib import cli, runner"))
+    result = subprocess.run([sys.executable, str(old), REPO, dataset_2d, str(tmp_path / "jobs"), "--id", "old",
+                             "--gpu", "cpu", "--set", "train.epochs=1", "--set", "train.steps_per_epoch=1",
+                             "--set", "data.crop_shape=[32,32]", "--set", "model.depth=2", "--set", "model.filters=4",
+                             "--set", "inference.overlays=0"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "jobs" / "old_0" / "metrics.json").is_file()
