@@ -15,7 +15,7 @@ from skimage.measure import label
 from conftest import REPO, run_here
 from lib import config
 from lib.data import io, synthetic
-from lib.errors import UserError
+from lib.errors import UserError, options
 from lib.evaluate import evaluation, reports
 from lib.model import losses, metrics
 from lib.predict import postprocess
@@ -47,9 +47,13 @@ def test_class_masks_accepted_and_values_outside_refused_naming_the_file():
     assert io.class_mask(mask, "m.tif", 3).dtype == np.uint8
     # K = 2 takes binary masks as they come (0/255: class 1 on class 0), as K = 1 does
     np.testing.assert_array_equal(io.class_mask(np.array([0, 255]), "b.tif", 2), [0, 1])
-    with pytest.raises(UserError, match=r"m\.tif: mask values 3, 7 are not class ids 0-2 \(model\.classes=3\); "
+    with pytest.raises(UserError, match=r"m\.tif: mask values 3, 7 are not class ids 0-2 \(classes=3\); "
                                         r"found 5 values \(0, 1, 2, 3, 7\)"):
         io.class_mask(np.array([0, 1, 2, 3, 7]), "m.tif", 3)
+    # the run stage names the option (lib.errors.options), the data stage its parameter
+    with pytest.raises(UserError, match=r"^m\.tif: mask values 3, 7 are not class ids 0-2 \(model\.classes=3\); "):
+        with options(classes="model.classes"):
+            io.class_mask(np.array([0, 1, 2, 3, 7]), "m.tif", 3)
     with pytest.raises(UserError, match=r"m\.tif: mask is not binary, found 3 values \(0, 1, 2\); expected class "
                                         r"ids 0 and 1"):
         io.class_mask(np.array([0, 1, 2]), "m.tif", 2)
