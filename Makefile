@@ -1,4 +1,4 @@
-# make demo   -> set up .venv, make a small synthetic EM dataset, train and evaluate the 2D template on it
+# make demo   -> set up .venv, train and evaluate the 2D template on real SEM (examples/axondeepseg_sem), segment an image with predict.py
 # make test   -> set up .venv and run the test suite
 # make bench  -> benchmarks (tests/benchmarks/), one JSON line each
 # make test-jax -> set up .venv-jax (JAX backend, no TensorFlow) and run the JAX subset below
@@ -44,11 +44,15 @@ $(JAX_STAMP) $(TORCH_STAMP): .venv-%/.installed: env/requirements-base.txt env/r
 	touch $@
 
 demo: $(STAMP)
-	$(PY) -m lib.data.synthetic demo_data/em2d --n-train 16 --n-test 4 --size 256 256 --seed 0
-	$(PY) templates/template.py . demo_data/em2d demo_jobs --id demo --rid 0 --gpu cpu --overwrite \
-		--set train.epochs=25 --set train.patience=25 --set data.replicate=4 --set data.crop_shape=[128,128] \
-		--set post.z_filter=false  # the demo's test images are independent, not slices of one stack
-	@echo "Demo finished: results in demo_jobs/demo_0/ (metrics.json, charts/*.png, predictions/), summary in demo_jobs/summary.csv"
+	$(PY) templates/template.py . examples/axondeepseg_sem demo_jobs --id demo --rid 0 --gpu cpu --overwrite \
+		--set model.classes=3 --set train.epochs=35 --set train.patience=35 --set data.replicate=4 \
+		--set data.crop_shape=[128,128] --set post.z_filter=false  # 0 background, 1 myelin, 2 axon; independent test images
+	$(PY) templates/predict.py . examples/axondeepseg_sem/test/x/sub-rat3_sample-data9_SEM_y0002_x0006.tif \
+		demo_jobs/demo_predict.tif --model demo_jobs/demo_0 --gpu cpu --overwrite
+	$(PY) examples/axondeepseg_sem/draw_outlines.py examples/axondeepseg_sem/test/x/sub-rat3_sample-data9_SEM_y0002_x0006.tif \
+		demo_jobs/demo_predict.tif demo_jobs/demo_outlines.png --box 0 0 448 448
+	@echo "Demo finished: run in demo_jobs/demo_0/ (metrics.json, charts/*.png, predictions/), summary in demo_jobs/summary.csv;"
+	@echo "predict.py's segmentation of a test image in demo_jobs/demo_predict.tif (+ _prob.tif), drawn in demo_jobs/demo_outlines.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks  # two workers, one core each; loadgroup: a file whose fixtures run templates stays on one worker

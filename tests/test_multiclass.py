@@ -299,3 +299,15 @@ def test_xiao_3d_connection_of_binary_objects_is_refused_for_several_classes():
         pipeline.check_options(cfg.validate())
     cfg.xiao.connect_3d = False
     pipeline.check_options(cfg)
+
+
+def test_overlays_of_several_classes_name_each_row(tmp_path, monkeypatch):
+    figures, save = [], reports._save_figure
+    monkeypatch.setattr(reports, "_save_figure", lambda fig, path: (figures.append(fig), save(fig, path)))
+    mask = np.zeros((16, 16), np.uint8)
+    mask[2:6, 2:6], mask[9:13, 9:13] = 1, 2
+    samples = [{"name": name, "image": np.random.default_rng(0).random((16, 16)), "mask": mask,
+                "preds": {"tiled": mask}} for name in ("slice_a", "slice_b")]
+    path = reports.plot_overlays(samples, ["tiled", "tta"], str(tmp_path), classes=3)
+    assert os.path.isfile(path)
+    assert [ax.get_ylabel() for ax in figures[0].axes] == ["slice_a", "", "slice_b", ""]

@@ -284,6 +284,16 @@ def test_folder_of_slices_and_tiff_stack(run_2d, volume, tmp_path):
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # the staging store is gone
 
 
+def test_one_2d_image_normalised_by_itself(run_2d, volume, tmp_path):
+    """A single 2D image (not a stack of one): per_image statistics of that image, the run's tiled variant."""
+    tifffile.imwrite(tmp_path / "image.tif", volume[4])
+    expected = reference_probabilities(run_2d, volume[4:5], z_filter=0)[0]
+    result = predict_cli(tmp_path / "image.tif", tmp_path / "seg.tif", "--model", run_2d)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mask = tifffile.imread(tmp_path / "seg.tif")
+    assert np.array_equal(mask.reshape(expected.shape), (expected >= 0.5).astype(np.uint8) * 255)
+
+
 def test_local_cluster_gives_the_in_process_result(zarr_run, run_2d, tmp_path):
     root, _ = zarr_run
     result = predict_cli(root / "vol.zarr", tmp_path / "b.zarr", "--model", run_2d, "--scheduler", "local:2")

@@ -181,10 +181,10 @@ def plot_overlays(samples, variants, charts_dir, filename="overlays.png", classe
                 _outline(ax, sample["mask"], "lime")
                 if variant in sample["preds"]:
                     _outline(ax, sample["preds"][variant], "magenta")
-            for c in range(1, classes):
-                _outline(ax, sample["mask"] == c, CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)], "dashed")
+            for k in range(1, classes):
+                _outline(ax, sample["mask"] == k, CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)], "dashed")
                 if variant in sample["preds"]:
-                    _outline(ax, sample["preds"][variant] == c, CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)])
+                    _outline(ax, sample["preds"][variant] == k, CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)])
             if r == 0:
                 ax.set_title(variant, fontsize=9)
             if c == 0:

@@ -296,6 +296,7 @@ def _with_statistics(job, blocks, run_tasks):
         record = {**record, "ranges": {"lows": lows, "highs": highs}}
         root.attrs[writers.JOB_KEY] = record
     ranges = record["ranges"]
-    per_slice = len(job.tile) == 2  # a 2D model was trained on 2D images, each normalised by itself
+    # A 2D model was trained on 2D images, each normalised by itself: per slice of a volume (one image: its own).
+    per_slice = len(job.tile) == 2 and job.volume.ndim == 3
     return dataclasses.replace(job, normalization=blockwise.Normalization.from_ranges(
         ranges["lows"], ranges["highs"], per_slice, job.normalization.clip, job.volume.dtype))
