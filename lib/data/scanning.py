@@ -119,7 +119,7 @@ def zscore_stats(moments):
 
 
 def normalization_affine(source, image_stats, method, stats):
-    """``(offset, scale)`` with ``(x - offset) / scale`` equal to ``data.normalize(x, method, stats)``."""
+    """``(offset, scale)`` with ``(x - offset) / scale`` equal to ``lib.data.intensity.normalize(x, method, stats)``."""
     lo, hi = image_stats[:2]
     if method == "per_image":
         return lo, (hi - lo if hi > lo else 1.0)

@@ -7,8 +7,23 @@ from typing import List, Optional
 import numpy as np
 
 
+class _Items:
+    """What both kinds of set offer: ``len``, ``[i]`` ``(image, mask or None, name)`` as arrays, ``channels``."""
+
+    @property
+    def channels(self):
+        return self.images[0].shape[-1]
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        mask = self.masks[i]
+        return np.asarray(self.images[i]), None if mask is None else np.asarray(mask), self.names[i]
+
+
 @dataclass
-class ImageSet:
+class ImageSet(_Items):
     """Normalised images float32 ``(*spatial, C)`` (2D images or 3D volumes), masks ``spatial`` uint8, names.
 
     Masks are binary {0, 1}, or class ids ``0 .. model.classes - 1`` (multi-class segmentation).
@@ -29,32 +44,22 @@ class ImageSet:
     groups: Optional[List[int]] = None
     validation: Optional["ImageSet"] = None
 
-    @property
-    def channels(self):
-        return self.images[0].shape[-1]
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        return self.images[i], self.masks[i], self.names[i]
-
 
 @dataclass
-class DiskImageSet:
+class DiskImageSet(_Items):
     """2D images (or 3D volumes) and masks on disk, read one item at a time, and their names.
 
     ``[i]`` reads item ``i`` whole: ``(image (H, W, C) float32`` normalised like
     the training data, ``mask (H, W) uint8 {0, 1}`` or None without ground truth, ``name)``; nothing is kept, so a
-    set of any size is used in bounded memory (``evaluation.evaluate_test_set``
+    set of any size is used in bounded memory (``lib.evaluate.evaluation.evaluate_test_set``
     takes it as a test set). Volumes are ``(Z, Y, X, C)`` and ``(Z, Y, X)``.
 
     Attributes
     ----------
-    images : list of io.DiskImage
-    masks : list of io.DiskMask (None without ground truth)
+    images : list of lib.data.disk.DiskImage
+    masks : list of lib.data.disk.DiskMask (None without ground truth)
     names : list of str
-    foreground : list of io.ForegroundIndex, or None
+    foreground : list of lib.data.disk.ForegroundIndex, or None
         Per-block foreground index of each mask (training set with ``data.fg_sampling > 0``).
     normalization : dict or None
         The training statistics of ``zscore`` normalisation (mean and std), as :class:`ImageSet`.
@@ -75,14 +80,3 @@ class DiskImageSet:
     validation: Optional["DiskImageSet"] = None
     fg_counts: Optional[list] = None
     class_counts: Optional[list] = None  # model.classes > 1: pixels of each class in each mask, from the scan
-
-    @property
-    def channels(self):
-        return self.images[0].shape[-1]
-
-    def __len__(self):
-        return len(self.images)
-
-    def __getitem__(self, i):
-        mask = self.masks[i]
-        return np.asarray(self.images[i]), None if mask is None else np.asarray(mask), self.names[i]

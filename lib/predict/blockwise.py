@@ -63,7 +63,7 @@ def block_grid(shape, block):
 
 @dataclass(frozen=True)
 class Normalization:
-    """How raw pixels become network input: ``data.normalize`` with per-slice or global statistics.
+    """How raw pixels become network input: ``lib.data.intensity.normalize`` with per-slice or global statistics.
 
     ``method`` is ``per_image``, ``dtype_max``, ``zscore`` or ``fixed``; ``offset`` and
     ``scale`` are one number, or one per z slice (``per_image`` with a 2D model),
@@ -125,7 +125,7 @@ class NormalizedView:
 def block_ranges(volume, core):
     """``(first z, per-slice minima, per-slice maxima)`` of ``volume[core]`` (one "slice" for a 2D image).
 
-    Extremes are those of the float32 pixels that ``data.normalize`` sees.
+    Extremes are those of the float32 pixels that ``lib.data.intensity.normalize`` sees.
     """
     raw = volume[core]
     if volume.ndim == 2:

@@ -63,7 +63,7 @@ def load_3d(data_dir, cfg):
     """Read, check and normalise ``DATA_DIR/{train,test}`` as 3D volumes.
 
     Each folder holds sorted 2D slices (one volume) or multi-page TIFF stacks
-    (one volume each), see ``io.load_pairs_3d``; ``per_image`` normalisation is
+    (one volume each), see ``lib.data.layout.load_pairs_3d``; ``per_image`` normalisation is
     per volume. Returns ``(train, test)`` ImageSets of volumes ``(Z, Y, X, C)``
     float32 and masks ``(Z, Y, X)`` uint8. Raises UserError on any problem with
     the data, before anything is written.
@@ -207,7 +207,7 @@ def open_2d_streamed(data_dir, cfg):
     """Index and check ``DATA_DIR/{train,test}`` for training streamed from disk; keep no pixels.
 
     Pairing, counts, sizes, channels and pixel types are checked from the file
-    headers (``io.index_pairs_2d``; a zarr / HDF5 volume gives its z slices).
+    headers (``lib.data.layout.index_pairs_2d``; a zarr / HDF5 volume gives its z slices).
     Then every file is read once, one at a time
     per thread (``train.workers`` threads): this checks every mask, and computes
     each image's normalisation (its minimum and maximum for ``per_image``, the

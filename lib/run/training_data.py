@@ -181,7 +181,7 @@ def epoch_samples(draws, cfg):
     Parameters
     ----------
     draws : sequence of int
-        Crops covering each training image or volume (``data.crops_to_cover``), 1 for fixed crops.
+        Crops covering each training image or volume (``lib.data.tiling.crops_to_cover``), 1 for fixed crops.
     cfg : Config
 
     Returns
