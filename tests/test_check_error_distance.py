@@ -1,4 +1,4 @@
-"""tests/benchmarks/check_error_distance.py: docs/benchmarks.md's count of isbi2012 errors by distance to the annotated edge."""
+"""tests/benchmarks/check_error_distance.py: docs/benchmarks.md's isbi2012 errors by distance to the annotated edge."""
 
 import json
 import subprocess

@@ -359,7 +359,8 @@ class TrainConfig:
         if k > 1 and self.loss not in CATEGORICAL_LOSSES:
             raise UserError(f"train.loss={self.loss}: a binary loss, but model.classes={k}; expected ce, dice or "
                             "ce_dice (bce and bce_dice stand for ce and ce_dice)")
-        if k == 1 and self.loss in ("dice", "jaccard") and not model.batch_norm and MODELS.get(model.name) == "lib.model.networks":
+        if (k == 1 and self.loss in ("dice", "jaccard") and not model.batch_norm
+                and MODELS.get(model.name) == "lib.model.networks"):
             # Measured (2D template, ISBI 2012, 6 slices): both losses alone turned every pixel foreground in the
             # first epoch (fg_iou 0.20) and their saturated sigmoids never recovered; with batch norm, jaccard learnt.
             raise UserError(f"train.loss={self.loss} with model.batch_norm=false: a network without batch norm trained on "

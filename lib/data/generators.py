@@ -202,8 +202,9 @@ class DiskCropDataset(CropDataset):
         Fixed crops: each sample is the crop of ``images[item]`` at ``corner``, each seen once per pass
         (``draws`` and ``fg_sampling`` are then unused); None: random crops.
     weight_map : callable ``mask (*crop) uint8 -> weights (*crop) float32``, optional
-        Per-pixel loss weights computed from each crop's mask as it is read (e.g. :func:`lib.data.weightmaps.weight_map`),
-        moved by the same augmentation; the targets then have two channels, mask then weight.
+        Per-pixel loss weights computed from each crop's mask as it is read (e.g.
+        :func:`lib.data.weightmaps.weight_map`), moved by the same augmentation; the targets then have two
+        channels, mask then weight.
     """
 
     def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, fg_sampling=0.0,

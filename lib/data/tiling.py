@@ -25,7 +25,7 @@ def tile_starts(size, tile, overlap):
 
 
 def tile_count(shape, tile, overlap, margin=True):
-    """Number of tiles :func:`lib.predict.inference.predict_tiled` predicts for a spatial ``shape``, without listing them.
+    """Number of tiles :func:`lib.predict.inference.predict_tiled` predicts for a spatial ``shape``, not listing them.
 
     With ``margin``, as there, axes with overlap are first padded by a quarter
     tile on each side, and every axis up to at least the tile.

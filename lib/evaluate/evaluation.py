@@ -393,7 +393,8 @@ def evaluate_test_set(predict, test_set, tile, cfg, pred_dir, charts_dir=None, r
         variant, plus ``best_threshold`` (highest ``fg_iou`` of the sweep) for
         probability variants; empty without ground truth.
     sweeps : dict ``{variant: threshold sweep}``
-        For probability variants, as :func:`lib.evaluate.metrics.threshold_sweep` returns it; empty without ground truth.
+        For probability variants, as :func:`lib.evaluate.metrics.threshold_sweep` returns it; empty without
+        ground truth.
     """
     tile = tuple(int(t) for t in tile)
     if not len(test_set):
