@@ -82,18 +82,26 @@ def load_pairs_2d(pairs, classes=1):
     Multi-page files are split into slices, which must match in number and size.
     A pair without a mask (``y_path`` None) gives None masks. ``classes``: see :func:`class_mask`.
     """
+    return _slice_pairs(pairs, lambda path: as_image_slices(read_image(path), path),
+                        lambda path: as_mask_slices(read_image(path, mask=True), path, classes))
+
+
+def _slice_pairs(pairs, image_slices, mask_slices):
+    """``(images, masks, names)`` of the 2D slices of each pair, ``image_slices(path)`` and ``mask_slices(path)``.
+
+    Refuses an image and its mask of other slice counts or sizes, and images of other channel counts or
+    pixel types; a pair without a mask gives None masks.
+    """
     images, masks, names = [], [], []
     for x_path, y_path in pairs:
-        xs = as_image_slices(read_image(x_path), x_path)
-        ys = [None] * len(xs) if y_path is None else as_mask_slices(read_image(y_path, mask=True), y_path, classes)
+        xs = image_slices(x_path)
+        ys = [None] * len(xs) if y_path is None else mask_slices(y_path)
         if len(xs) != len(ys):
             raise UserError(f"{x_path} has {len(xs)} slices but its mask {y_path} has {len(ys)}")
         for x, y in zip(xs, ys):
-            if y is not None and x.shape[:2] != y.shape:
-                raise UserError(
-                    f"{x_path}: image size {x.shape[0]}x{x.shape[1]} differs from its mask "
-                    f"{y_path} ({y.shape[0]}x{y.shape[1]})"
-                )
+            if y is not None and x.shape[:2] != y.shape[:2]:
+                raise UserError(f"{x_path}: image size {x.shape[0]}x{x.shape[1]} differs from its mask "
+                                f"{y_path} ({y.shape[0]}x{y.shape[1]})")
         images += xs
         masks += ys
         names += _slice_names(x_path, len(xs))
@@ -188,20 +196,4 @@ def index_pairs_2d(pairs):
     images, masks : lists of FileSlice, aligned; masks are None for pairs without one (``mask_path`` None)
     names : list of str, file stems (``stem_0003`` for slice 3 of a stack)
     """
-    images, masks, names = [], [], []
-    for x_path, y_path in pairs:
-        xs = _file_slices(x_path)
-        ys = [None] * len(xs) if y_path is None else _file_slices(y_path, mask=True)
-        if len(xs) != len(ys):
-            raise UserError(f"{x_path} has {len(xs)} slices but its mask {y_path} has {len(ys)}")
-        for x, y in zip(xs, ys):
-            if y is not None and x.shape[:2] != y.shape[:2]:
-                raise UserError(
-                    f"{x_path}: image size {x.shape[0]}x{x.shape[1]} differs from its mask "
-                    f"{y_path} ({y.shape[0]}x{y.shape[1]})"
-                )
-        images += xs
-        masks += ys
-        names += _slice_names(x_path, len(xs))
-    check_same_kind(images)
-    return images, masks, names
+    return _slice_pairs(pairs, _file_slices, lambda path: _file_slices(path, mask=True))

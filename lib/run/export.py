@@ -37,6 +37,7 @@ import numpy as np
 from .. import config as config_lib
 from ..data import io, layout
 from ..errors import UserError
+from . import folders
 
 INPUT, OUTPUT = "raw", "probability"
 
@@ -110,8 +111,7 @@ def check_args(args):
     if not os.path.isdir(run_dir) or not os.path.isfile(config_path):
         raise UserError(f"RUN_DIR {run_dir}: " + ("not found" if not os.path.exists(run_dir) else
                         "not a run folder (no config.json)") + "; expected a run folder JOB_DIR/ID_RID")
-    checkpoint = next((p for p in (os.path.join(run_dir, "checkpoints", n) for n in ("best.keras", "last.keras"))
-                       if os.path.isfile(p)), None)
+    checkpoint = folders.run_checkpoint(run_dir)
     if checkpoint is None:
         raise UserError(f"RUN_DIR {run_dir}: no trained model (checkpoints/best.keras or last.keras); train the run "
                         "first")

@@ -228,13 +228,18 @@ def backend_environment(backend):
     return {}
 
 
+def run_checkpoint(run_dir):
+    """The checkpoint a run folder predicts with: ``checkpoints/best.keras``, else ``last.keras``, else None."""
+    return next((path for path in (os.path.join(run_dir, "checkpoints", name) for name in (BEST, LAST))
+                 if os.path.isfile(path)), None)
+
+
 def resolve_pretrained(value, job_dir):
     """The ``.keras`` file (or zoo package) that ``train.pretrained`` names, or None when it is None.
 
     A value with a path separator or ending in ``.keras`` or ``.zip`` is a path (a
-    ``.keras`` file, a BioImage Model Zoo package with ``keras_v3`` weights, or a run folder); any other value is a run name ``ID_RID``
-    inside ``job_dir``. A run folder gives its ``checkpoints/best.keras``, or
-    ``checkpoints/last.keras`` when it has no best one.
+    ``.keras`` file, a BioImage Model Zoo package with ``keras_v3`` weights, or a run folder); any other value is a
+    run name ``ID_RID`` inside ``job_dir``. A run folder gives its :func:`run_checkpoint`.
 
     Raises
     ------
@@ -246,10 +251,9 @@ def resolve_pretrained(value, job_dir):
     is_path = os.sep in value or "/" in value or value.endswith((".keras", ".zip"))
     path = os.path.expanduser(value) if is_path else os.path.join(job_dir, value)
     if os.path.isdir(path):
-        for name in (BEST, LAST):
-            checkpoint = os.path.join(path, "checkpoints", name)
-            if os.path.isfile(checkpoint):
-                return checkpoint
+        checkpoint = run_checkpoint(path)
+        if checkpoint is not None:
+            return checkpoint
         raise UserError(f"train.pretrained={value}: the run folder {path} has no checkpoints/{BEST} "
                         f"or checkpoints/{LAST}")
     if not os.path.isfile(path):

@@ -13,7 +13,7 @@ from .. import config as config_lib
 from ..data import volumes
 from ..errors import UserError, options
 from ..predict import blockwise, writers
-from . import devices
+from . import devices, folders
 
 NORMALIZATION_FILE = "normalization.json"  # a run's training mean and std (zscore)
 
@@ -34,10 +34,9 @@ def resolve_model(model):
     """``(.keras path, config dict or None, run folder or None)`` for ``--model``; UserError otherwise."""
     if os.path.isdir(model):
         config_path = os.path.join(model, "config.json")
-        for name in ("best.keras", "last.keras"):
-            weights = os.path.join(model, "checkpoints", name)
-            if os.path.isfile(weights) and os.path.isfile(config_path):
-                return weights, config_lib.load_json(config_path), model
+        weights = folders.run_checkpoint(model)
+        if weights is not None and os.path.isfile(config_path):
+            return weights, config_lib.load_json(config_path), model
         raise UserError(f"--model {model}: a folder but not a run folder (expected config.json and "
                         "checkpoints/best.keras in it)")
     if os.path.isfile(model) and model.endswith(".keras"):
