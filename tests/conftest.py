@@ -72,6 +72,27 @@ def dataset_2d(tmp_path_factory):
                          shape=(128, 128), seed=1)
 
 
+def tiny_run_folder(run, options=None):
+    """``run``, made a run folder holding an untrained tiny 2D U-Net (crop 16 x 16, per_image normalisation) and its
+    ``config.json`` with more ``options`` (sections of values), as predict.py and the export read one."""
+    import json
+
+    import keras
+
+    from lib import config as config_lib
+    from lib.model import networks
+
+    keras.utils.set_random_seed(0)
+    values = {"data": {"crop_shape": [16, 16]}, "model": {"depth": 2, "filters": 4, "dropout": 0.0}}
+    for section, entries in (options or {}).items():
+        values.setdefault(section, {}).update(entries)
+    cfg = config_lib.from_dict(values).validate()
+    (run / "checkpoints").mkdir(parents=True)
+    networks.build_model(cfg.model, (None, None, 1)).save(run / "checkpoints" / "best.keras")
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    return run
+
+
 def write_pairs(root, split, images, masks):
     """Write images/masks as TIFFs under ``root/split/{x,y}``; returns root."""
     for kind, arrays in (("x", images), ("y", masks)):

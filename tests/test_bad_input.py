@@ -195,7 +195,7 @@ OPTION_CASES = [
     (["--rid", "abc"], "--rid abc: expected a non-negative integer"),
     (["--rid", "-1"], "--rid -1: expected a non-negative integer"),
     (["--id", "a/b"], "--id 'a/b': expected a plain name without slashes"),
-    (["--gpu", "first"], "--gpu first: expected 'cpu', an index such as 0, a list such as 0,1, or 'cpu:N'"),
+    (["--gpu", "first"], "--gpu first: expected 'auto', 'cpu', an index such as 0, a list such as 0,1, or 'cpu:N'"),
     (["--threads", "-2"], "--threads -2: expected 0 (all cores) or a positive number"),
     (["--epochs", "3"], "command line: unrecognized arguments: --epochs 3"),
     (["--set", "inference.overlap=0.99"], "inference.overlap=0.99: the tiled prediction of a 64x64 test image "
@@ -323,14 +323,14 @@ def test_nvidia_smi_is_asked_once_per_process(tmp_path, monkeypatch):
     (fake / "nvidia-smi").write_text(f"#!/bin/sh\necho x >> {calls}\necho 'GPU 0: NVIDIA Fake (UUID: GPU-0)'\n")
     (fake / "nvidia-smi").chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
-    devices.count_gpus.cache_clear()
+    devices.gpu_census.cache_clear()
     try:
         assert devices.resolve_precision("auto", 2, "0") == "float32"  # a GPU: auto stays float32
         devices.check_precision("bfloat16", 3, "0")  # on that GPU, bfloat16 in 3D is allowed
         assert devices.count_gpus() == 1
         assert calls.read_text().splitlines() == ["x"]
     finally:
-        devices.count_gpus.cache_clear()
+        devices.gpu_census.cache_clear()
 
 
 def test_missing_tensorboardx_is_refused_before_the_run_folder(tmp_path, monkeypatch):

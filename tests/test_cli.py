@@ -18,7 +18,7 @@ def test_parse_args_defaults_and_overrides():
 
 @pytest.mark.parametrize("argv, message", [
     (["c", "d", "j", "--rid", "x1"], "--rid x1: expected a non-negative integer"),
-    (["c", "d", "j", "--gpu", "first"], "--gpu first: expected 'cpu', an index"),
+    (["c", "d", "j", "--gpu", "first"], "--gpu first: expected 'auto', 'cpu', an index"),
     (["c", "d", "j", "--id", "a/b"], "--id 'a/b': expected a plain name"),
     (["c", "d"], "command line: the following arguments are required: job_dir"),
     (["c", "d", "j", "--epochs", "3"], "command line: unrecognized arguments: --epochs 3"),
@@ -37,12 +37,13 @@ def test_gpu_index_that_does_not_exist(monkeypatch):
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
 
 
-def test_gpu_on_machine_without_gpu_warns_and_uses_cpu(monkeypatch, capsys):
+def test_gpu_auto_runs_on_the_cpu_of_a_machine_without_gpu(monkeypatch, capsys):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    monkeypatch.setattr(devices, "_limit_cores", lambda threads: None)  # on JAX: would keep this test process on 2 cores
-    devices.select_device("0", 2, n_gpus=0)
-    assert "no NVIDIA GPU; running on the CPU" in capsys.readouterr().err
-    assert os.environ["OMP_NUM_THREADS"] == "2"
+    monkeypatch.setattr(devices, "_limit_cores", lambda threads: None)  # on JAX: keeps this process on 2 cores
+    assert devices.select_device("auto", 2, n_gpus=0) == "cpu"
+    assert "--gpu auto: the CPU" in capsys.readouterr().out
+    assert os.environ["OMP_NUM_THREADS"] == "2" and os.environ["CUDA_VISIBLE_DEVICES"] == "-1"
+    assert cli.parse_args(["c", "d", "j"]).gpu == "auto"  # the default
 
 
 def test_config_layers(tmp_path):

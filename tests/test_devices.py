@@ -73,7 +73,7 @@ def test_bad_device_lists_are_refused(gpu):
     from lib.errors import UserError
     from lib.run import cli
 
-    with pytest.raises(UserError, match=f"--gpu {gpu}: expected 'cpu', an index .* or 'cpu:N'"):
+    with pytest.raises(UserError, match=f"--gpu {gpu}: expected 'auto', 'cpu', an index .* or 'cpu:N'"):
         cli.parse_args([".", "data", "jobs", "--gpu", gpu])
 
 

@@ -249,6 +249,7 @@ def test_3d_template_multiclass_run_finishes(tmp_path):
 
 def test_predict_writes_the_label_image_and_each_class_probability(tmp_path):
     import zarr
+    from ome_zarr_models import open_ome_zarr
 
     from lib.data import intensity
     from lib.model import networks
@@ -270,9 +271,11 @@ def test_predict_writes_the_label_image_and_each_class_probability(tmp_path):
                              "--set", "inference.block_shape=[2,16,24]"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     root = zarr.open_group(str(out), mode="r")
-    prob, mask = np.asarray(root["prob"]["0"][...]), np.asarray(root["mask"]["0"][...])
+    prob, mask = np.asarray(root["0"][...]), np.asarray(root["labels/mask/0"][...])
     assert prob.shape == (3, 6, 24, 40) and mask.shape == (6, 24, 40)
-    assert [a["type"] for a in root["prob"].attrs["ome"]["multiscales"][0]["axes"]] == ["channel"] + ["space"] * 3
+    assert [a["type"] for a in root.attrs["ome"]["multiscales"][0]["axes"]] == ["channel"] + ["space"] * 3
+    assert type(open_ome_zarr(str(out))).__name__ == "Image"  # an independent validator: the image and its labels
+    assert type(open_ome_zarr(str(out / "labels" / "mask"))).__name__ == "ImageLabel"
     _, predict = blockwise.load_predictor(str(run / "checkpoints" / "best.keras"))
     tile, overlap, batch = predicting.fitted_tiles(cfg, vol.shape[1:])
     whole = np.stack([inference.predict_tiled(predict, intensity.normalize(s[..., None], "per_image"), tile, overlap,

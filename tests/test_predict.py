@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import REPO, load_script, run_here
+from conftest import REPO, load_script, run_here, tiny_run_folder
 
 # one pytest worker runs this file (make test: --dist loadgroup): its fixtures that run templates run once
 pytestmark = pytest.mark.xdist_group("test_predict")
@@ -34,19 +34,7 @@ def fake_predict(batch):
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
 def run_2d(tmp_path_factory):
     """A run folder with an untrained tiny 2D U-Net (crop 16, tiles of at most MAX_TILE, per_image normalisation)."""
-    import keras
-
-    from lib import config as config_lib
-    from lib.model import networks
-
-    keras.utils.set_random_seed(0)
-    cfg = config_lib.from_dict({"data": {"crop_shape": [TILE, TILE]}, "inference": {"tile_shape": MAX_TILE},
-                                "model": {"depth": 2, "filters": 4, "dropout": 0.0}}).validate()
-    run = tmp_path_factory.mktemp("job") / "tiny_0"
-    (run / "checkpoints").mkdir(parents=True)
-    networks.build_model(cfg.model, (None, None, 1)).save(run / "checkpoints" / "best.keras")
-    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
-    return run
+    return tiny_run_folder(tmp_path_factory.mktemp("job") / "tiny_0", {"inference": {"tile_shape": MAX_TILE}})
 
 
 @pytest.fixture(scope="session")  # once per worker, although other files run between its tests
@@ -95,7 +83,7 @@ def read_zarr_output(path):
     import zarr
 
     root = zarr.open_group(str(path), mode="r")
-    return root, np.asarray(root["prob"]["0"][...]), np.asarray(root["mask"]["0"][...])
+    return root, np.asarray(root["0"][...]), np.asarray(root["labels/mask/0"][...])
 
 
 # --------------------------------------------------------------------------- block-wise == whole volume
@@ -239,9 +227,9 @@ def test_zarr_v2_in_ome_zarr_out(zarr_run, run_2d, volume):
     expected = reference_probabilities(run_2d, volume)
     assert np.abs(prob / 255.0 - expected).max() <= 0.5 / 255 + 1e-5
     assert np.array_equal(mask, (expected >= 0.5).astype(np.uint8))
-    ome = dict(store["prob"].attrs)["ome"]
+    ome = dict(store.attrs)["ome"]
     assert ome["version"] == "0.5" and [a["name"] for a in ome["multiscales"][0]["axes"]] == ["z", "y", "x"]
-    assert store["prob"]["0"].chunks == (4, 24, 32)
+    assert store["0"].chunks == store["labels/mask/0"].chunks == (4, 24, 32)
     assert "blocks" in result.stderr  # the progress bar
 
 
@@ -257,7 +245,7 @@ def test_hdf5_in_float16_out_keeps_voxel_size(run_2d, volume, tmp_path):
     root, prob, _ = read_zarr_output(out)
     assert prob.dtype == np.float16
     assert np.abs(prob.astype(np.float32) - reference_probabilities(run_2d, volume, z_filter=0)).max() <= 1e-3
-    multiscale = dict(root["mask"].attrs)["ome"]["multiscales"][0]
+    multiscale = dict(root["labels/mask"].attrs)["ome"]["multiscales"][0]
     assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.05, 0.005, 0.005]
     assert multiscale["axes"][0]["unit"] == "micrometer"
 
@@ -411,7 +399,7 @@ BAD = [
     (["vol.h5:nope", "o.zarr"], "vol.h5:raw"),
     (["five.zarr", "o.zarr"], "five.zarr"),
     (["rgb.zarr", "o.zarr"], "3 channels"),
-    (["ok.zarr", "exists.zarr"], "--overwrite"),
+    (["ok.zarr", "exists.zarr"], "not an output of predict.py (a folder holding notes.txt)"),
     (["ok.zarr", "o.zarr", "--model", "{root}/model.h5"], "--model"),
     (["ok.zarr", "o.zarr", "--model", "{root}"], "not a run folder"),
     (["ok.zarr", "o.zarr", "--set", "post.oztel=true"], "post.oztel"),

@@ -401,6 +401,27 @@ def remove_partial_files(folder):
                 os.remove(os.path.join(root, name))
 
 
+def swap_into(new, path):
+    """Put the complete file or folder ``new`` at ``path``, replacing what is there; return ``path``.
+
+    The old ``path`` is renamed away first, ``new`` renamed into its place, and only then is the old one
+    deleted: a crash or kill before the second rename leaves the old one whole (under the hidden
+    name ``.<name>.removing.<pid>``, beside it); deletion is the last step, never the first.
+    """
+    import shutil
+
+    path = os.path.abspath(path)
+    trash = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.removing.{os.getpid()}")
+    if os.path.lexists(path):
+        os.rename(path, trash)
+    os.rename(new, path)
+    if os.path.isdir(trash) and not os.path.islink(trash):
+        shutil.rmtree(trash, ignore_errors=True)
+    elif os.path.lexists(trash):
+        os.remove(trash)
+    return path
+
+
 def write_tiff(path, array):
     """Write ``array`` as a zlib-compressed TIFF, atomically."""
     write_atomic(path, lambda tmp: tifffile.imwrite(tmp, array, compression="zlib"))

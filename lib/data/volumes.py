@@ -131,6 +131,19 @@ def open_volume(spec, channels=1):
     return Volume(spec, "slices", shape, slices[0].dtype, slices=slices, voxel_size=size, unit=unit)
 
 
+def input_path(spec):
+    """The file or folder that INPUT ``spec`` reads (``vol.zarr`` of ``vol.zarr/raw``, ``vol.h5`` of ``vol.h5:raw``);
+    None for a URL."""
+    if "://" in spec:
+        return None
+    hdf5 = _hdf5_parts(spec)
+    if hdf5 is not None:
+        return hdf5[0]
+    if ZARR_SUFFIX in spec:
+        return spec[:spec.index(ZARR_SUFFIX) + len(ZARR_SUFFIX)]
+    return spec
+
+
 def _hdf5_parts(spec):
     """``(file, key)`` when ``spec`` names an HDF5 file (``vol.h5`` or ``vol.h5:key``), else None."""
     path, _, key = spec.rpartition(":") if ":" in spec else (spec, "", "")

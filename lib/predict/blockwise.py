@@ -29,6 +29,7 @@ import numpy as np
 
 from ..data.intensity import clip_bounds, normalize
 from ..progress import bar as progress_bar
+from . import writers
 from .inference import make_predictor, predict_tiled, tile_progress, tiled_inputs
 from .postprocess import binarize, most_probable, z_filter
 
@@ -282,11 +283,11 @@ def process_block(job, block, tile_bar=False):
     root = zarr.open_group(job.store, mode="r+")
     stored = np.rint(prob * 255).astype(np.uint8) if job.prob_dtype == "uint8" else prob.astype(np.float16)
     if job.classes == 1:
-        root["prob"]["0"][core] = stored
-        root["mask"]["0"][core] = binarize(prob, job.threshold)
+        writers.prob_array(root)[core] = stored
+        writers.mask_array(root)[core] = binarize(prob, job.threshold)
     else:
-        root["prob"]["0"][(slice(None),) + tuple(core)] = np.moveaxis(stored, -1, 0)
-        root["mask"]["0"][core] = most_probable(prob)
+        writers.prob_array(root)[(slice(None),) + tuple(core)] = np.moveaxis(stored, -1, 0)
+        writers.mask_array(root)[core] = most_probable(prob)
     root["blocks_done"][index] = 1  # after the data: a block is flagged only when completely written
     return int(np.prod(prob.shape[:len(core)]))
 

@@ -1,7 +1,9 @@
 """The outputs of block-wise prediction: zarr stores of OME-Zarr images, and their TIFF exports.
 
-A zarr v3 store holds two OME-Zarr 0.5 images, ``prob`` (uint8 0-255 or float16) and ``mask``
-(uint8), and records the job that wrote it (:data:`JOB_KEY`), so that a rerun resumes it and a
+A zarr v3 store is laid out as OME-Zarr 0.5 lays out a segmentation of an image: the probabilities
+(uint8 0-255 or float16) are the image at its root (``OUT.zarr/0``), and the mask (uint8) is its label
+image ``OUT.zarr/labels/mask`` (``image-label`` metadata), so that a viewer opening ``OUT.zarr`` shows
+both. The store records the job that wrote it (:data:`JOB_KEY`), so that a rerun resumes it and a
 foreign folder is never taken for one.
 """
 
@@ -16,6 +18,12 @@ from ..data import io
 from ..data.volumes import OME_VERSION, ZARR_SUFFIX
 
 JOB_KEY = "em_segmentation"  # root attribute of an output store: the job and its normalisation statistics
+# The layout of the outputs, recorded in the job: 2 is the probabilities at the root and the mask under labels/;
+# 1 (before 2026-12) held two images prob/ and mask/ side by side. A rerun on an output of another layout
+# is another job (replaced with --overwrite, never resumed).
+LAYOUT = 2
+PROB = "0"                # the probabilities, in an output store
+MASK_IMAGE = "labels/mask"  # the mask's label image; its array is MASK_IMAGE/0
 
 
 # --------------------------------------------------------------------------- outputs
@@ -65,15 +73,26 @@ def store_complete(path):
     return bool(np.all(zarr.open_group(path, mode="r")["blocks_done"][...]))
 
 
-def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, unit=None, classes=1):
-    """Create the output store: OME-Zarr images ``prob`` and ``mask`` of spatial ``shape``, ``blocks_done``.
+def prob_array(root):
+    """The probabilities of an output store's root group (:func:`create_store`)."""
+    return root[PROB]
 
-    A multi-class model's (``classes`` K > 1): ``prob`` has a channel axis first, ``(K, *shape)``, one
-    channel per class, and ``mask`` is the label image (class ids ``0 .. K-1``).
+
+def mask_array(root):
+    """The mask (class ids for a multi-class job) of an output store's root group (:func:`create_store`)."""
+    return root[MASK_IMAGE]["0"]
+
+
+def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, unit=None, classes=1):
+    """Create the output store at a new ``path``: the OME-Zarr image of the probabilities with the mask as
+    its label image, and ``blocks_done``.
+
+    A multi-class model's (``classes`` K > 1): the probabilities have a channel axis first, ``(K, *shape)``,
+    one channel per class, and the mask is the label image of class ids ``0 .. K-1``.
 
     Parameters
     ----------
-    path : str, a new folder ending in ``.zarr``
+    path : str, a folder ending in ``.zarr`` that does not exist, or an empty one
     shape, chunks : tuple of int, spatial (2 or 3 values)
     grid : tuple of int, the number of blocks per axis
     prob_dtype : {'uint8', 'float16'}
@@ -84,17 +103,24 @@ def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, un
 
     if prob_dtype not in ("uint8", "float16"):
         raise ValueError(f"prob_dtype: expected 'uint8' or 'float16', got {prob_dtype!r}")
+    if os.path.lexists(path) and not (os.path.isdir(path) and not os.listdir(path)):
+        raise FileExistsError(f"{path}: the output store must be new (or an empty folder)")  # never replaces anything
     names = "zyx"[3 - len(shape):]
     root = zarr.open_group(path, mode="w", zarr_format=3)
-    for name, dtype in (("prob", prob_dtype), ("mask", "uint8")):
-        image = root.create_group(name)
-        channels = name == "prob" and classes > 1
-        axes = ("c" if channels else "") + names
-        image.create_array("0", shape=((classes,) if channels else ()) + tuple(shape),
-                           chunks=((1,) if channels else ()) + tuple(chunks), dtype=dtype, fill_value=0,
-                           dimension_names=tuple(axes))
-        image.attrs["ome"] = ome_metadata(name, axes, (1.0,) + tuple(voxel_size) if channels and voxel_size else
-                                          voxel_size, unit)
+    channels = classes > 1
+    axes = ("c" if channels else "") + names
+    root.create_array(PROB, shape=((classes,) if channels else ()) + tuple(shape),
+                      chunks=((1,) if channels else ()) + tuple(chunks), dtype=prob_dtype, fill_value=0,
+                      dimension_names=tuple(axes))
+    root.attrs["ome"] = ome_metadata("prob", axes, (1.0,) + tuple(voxel_size) if channels and voxel_size else
+                                     voxel_size, unit)
+    labels = root.create_group("labels")
+    labels.attrs["ome"] = {"version": OME_VERSION, "labels": [MASK_IMAGE.split("/")[1]]}
+    mask = root.create_group(MASK_IMAGE)
+    mask.create_array("0", shape=tuple(shape), chunks=tuple(chunks), dtype="uint8", fill_value=0,
+                      dimension_names=tuple(names))
+    mask.attrs["ome"] = {**ome_metadata("mask", names, voxel_size, unit),
+                         "image-label": {"source": {"image": "../../"}}}  # the image it labels: OUT.zarr itself
     root.create_array("blocks_done", shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0)
     root.attrs[JOB_KEY] = {"job": job}
     return root
@@ -126,7 +152,7 @@ def export_tiff(store, path, job, prob_dtype):
     description = json.dumps({JOB_KEY: {"job": job}})
     classes = job.get("classes", 1)
     for name, target in (("prob", prob_tiff_path(path)), ("mask", path)):
-        array = root[name]["0"]
+        array = prob_array(root) if name == "prob" else mask_array(root)
         channels = name == "prob" and classes > 1
         slices = [array] if array.ndim == (3 if channels else 2) else _slices(array, channels)
 
@@ -147,7 +173,7 @@ def export_slices(store, folder, job, prob_dtype):
     os.makedirs(folder, exist_ok=True)
     classes = job.get("classes", 1)
     for name in ("prob", "mask"):
-        array = root[name]["0"]
+        array = prob_array(root) if name == "prob" else mask_array(root)
         channels = name == "prob" and classes > 1  # (K, [Z,] Y, X): each file holds the K classes of its slice
         os.makedirs(os.path.join(folder, name), exist_ok=True)
         flat = array.ndim == (3 if channels else 2)
@@ -171,13 +197,12 @@ def _tiff_values(name, values, prob_dtype, classes=1):
     return values.astype(np.float32) if prob_dtype == "float16" else values
 
 
-def remove_output(path):
-    """Delete an output (a store, a TIFF pair or a folder) and its staging store, renaming it away first."""
-    for target in (path, prob_tiff_path(path) if output_kind(path) == "tiff" else None, staging_store(path)):
-        if target is None or not os.path.lexists(target):
-            continue
-        trash = os.path.join(os.path.dirname(os.path.abspath(target)), f".{os.path.basename(target)}.removing")
-        if os.path.lexists(trash):
-            shutil.rmtree(trash) if os.path.isdir(trash) else os.remove(trash)
-        os.rename(target, trash)
-        shutil.rmtree(trash) if os.path.isdir(trash) else os.remove(trash)
+def remove_store(path):
+    """Delete a store this job wrote (a staging store, or one of ours that is being recreated), renamed away first."""
+    if not os.path.lexists(path):
+        return
+    trash = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.removing")
+    if os.path.lexists(trash):
+        shutil.rmtree(trash)
+    os.rename(path, trash)
+    shutil.rmtree(trash)

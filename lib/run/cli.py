@@ -1,6 +1,6 @@
 """The command line shared by every template and entry script, and the one way errors reach the user.
 
-``python TEMPLATE CODE_DIR DATA_DIR JOB_DIR --id ID --rid RID --gpu 0 [--set k=v ...]``
+``python TEMPLATE CODE_DIR DATA_DIR JOB_DIR --id ID --rid RID [--gpu auto|cpu|0] [--set k=v ...]``
 
 This module must not import Keras: ``--gpu`` and the thread limits only take
 effect when they are set before Keras (and TensorFlow) are first imported.
@@ -42,8 +42,9 @@ def build_parser(description):
     p.add_argument("job_dir", help="folder for results; the run goes to JOB_DIR/<id>_<rid>/")
     p.add_argument("--id", default="job", help="experiment name (default: job)")
     p.add_argument("--rid", default="0", help="run number, a non-negative integer (default: 0)")
-    p.add_argument("--gpu", default="0", help="GPU index or list ('0', '0,1': data-parallel training on both), 'cpu', "
-                   "or 'cpu:N' (N virtual CPU devices, to try several devices without GPUs) (default: 0)")
+    p.add_argument("--gpu", default="auto", help="GPU index or list ('0', '0,1': data-parallel training on both; "
+                   "refused where this machine lacks them), 'cpu', 'cpu:N' (N virtual CPU devices, to try several "
+                   "devices without GPUs), or 'auto' (default: GPU 0 where there is one, else the CPU)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for Keras/NumPy (default: all)")
     p.add_argument("--config", help="JSON file with configuration sections, applied after the template's block")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -67,9 +68,9 @@ def parse_args(argv=None, description="EM segmentation experiment"):
 def _check_device_args(args):
     """Check and normalise ``--gpu`` and ``--threads`` of any of our command lines."""
     gpu = args.gpu.replace(" ", "").lower()
-    if not (gpu == "cpu" or _virtual_cpus(gpu) or all(p.isdigit() for p in gpu.split(","))):
-        raise UserError(f"--gpu {args.gpu}: expected 'cpu', an index such as 0, a list such as 0,1, or 'cpu:N' "
-                        "(N >= 1 virtual CPU devices)")
+    if not (gpu in ("cpu", "auto") or _virtual_cpus(gpu) or all(p.isdigit() for p in gpu.split(","))):
+        raise UserError(f"--gpu {args.gpu}: expected 'auto', 'cpu', an index such as 0, a list such as 0,1, or "
+                        "'cpu:N' (N >= 1 virtual CPU devices)")
     if args.threads < 0:
         raise UserError(f"--threads {args.threads}: expected 0 (all cores) or a positive number")
     args.gpu = gpu
@@ -89,7 +90,8 @@ def parse_predict_args(argv=None, description="Segment new images or volumes wit
     p.add_argument("input", help="image, TIFF stack, folder of slices, vol.zarr[/array] or vol.h5:dataset")
     p.add_argument("output", help="OUT.zarr (OME-Zarr), OUT.tif (BigTIFF) or a folder of TIFF slices")
     p.add_argument("--model", required=True, help="a run folder (JOB_DIR/ID_RID) or a .keras file")
-    p.add_argument("--gpu", default="0", help="GPU index or 'cpu' (default: 0)")
+    p.add_argument("--gpu", default="auto", help="GPU index (refused where this machine lacks it), 'cpu', or 'auto' "
+                   "(default: GPU 0 where there is one, else the CPU)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for Keras/NumPy (default: all)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override an option of the run, e.g. --set inference.block_shape=[16,2048,2048]")

@@ -16,16 +16,18 @@ from ..errors import UserError, options
 from .training_data import _check_split
 
 
-def check_crop_shape(cfg, shapes, where):
-    """The crop must fit in every image and be divisible by the network's downsampling."""
+def check_crop_shape(cfg, shapes, where, fit=True):
+    """The crop must be divisible by the network's downsampling, and fit in every image that is cut into crops
+    (``fit``: training and validation images; test images are predicted whole or in tiles, padded as needed)."""
     from ..model.networks import check_planar_levels, divisor
 
     crop = tuple(cfg.data.crop_shape)
     ndim = len(crop)
     check_planar_levels(cfg.model, ndim)
-    smallest = tuple(min(s[i] for s in shapes) for i in range(ndim))
-    with options(crop="data.crop_shape"):
-        tiling.check_crop_fits(smallest, crop, f"the smallest image of {where}")
+    if fit:
+        smallest = tuple(min(s[i] for s in shapes) for i in range(ndim))
+        with options(crop="data.crop_shape"):
+            tiling.check_crop_fits(smallest, crop, f"the smallest image of {where}")
     factors = divisor(cfg.model, ndim)
     shapes = [("data.crop_shape", crop)]
     if cfg.inference.tile_shape:
@@ -116,7 +118,7 @@ def _read_folders(data_dir, cfg, ndim, read):
     for role, parent, name in data_folders(data_dir, cfg):
         images, masks, names = read(layout.dataset_pairs(parent, name, masks_optional=role == "test"), name)
         folder = os.path.join(parent, name)
-        check_crop_shape(cfg, [x.shape[:ndim] for x in images], folder)
+        check_crop_shape(cfg, [x.shape[:ndim] for x in images], folder, fit=role != "test")
         loaded.append((role, folder, (images, masks, names)))
     check_channels([(folder, images[0].shape[-1]) for _, folder, (images, _, _) in loaded])
     sets = {role: items for role, _, items in loaded if role != "extra"}

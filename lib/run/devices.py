@@ -17,39 +17,54 @@ from .cli import _virtual_cpus
 
 
 @functools.cache
-def count_gpus():
-    """Number of NVIDIA GPUs on this machine (``nvidia-smi -L``), 0 when there is no driver; asked once per process."""
+def gpu_census():
+    """``(number of NVIDIA GPUs, why none)`` on this machine, from ``nvidia-smi -L``; asked once per process."""
     import shutil
     import subprocess
 
     if shutil.which("nvidia-smi") is None:
-        return 0
+        return 0, "no NVIDIA driver (nvidia-smi not found)"
     try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in out.splitlines())
+        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return 0, f"nvidia-smi failed ({type(exc).__name__})"
+    count = sum(line.startswith("GPU ") for line in result.stdout.splitlines())
+    if count == 0:
+        said = (result.stderr or result.stdout).strip().splitlines()
+        return 0, "nvidia-smi lists no GPU" + (f" ({said[0][:120]})" if said else "")
+    return count, ""
+
+
+def count_gpus():
+    """Number of NVIDIA GPUs on this machine (``nvidia-smi -L``), 0 when there is no driver; asked once per process."""
+    return gpu_census()[0]
 
 
 def select_device(gpu, threads, n_gpus=None):
-    """Set the environment that Keras/TensorFlow read at import time.
+    """Set the environment that Keras/TensorFlow read at import time; return the ``--gpu`` value it resolved.
 
-    A GPU index that this machine does not have is an error; asking for a GPU on
-    a machine without any prints a warning and runs on the CPU, so the default
-    ``--gpu 0`` works on laptops too. ``cpu:N`` makes N virtual CPU devices
-    (JAX reads its flag at start; TensorFlow's are made by :func:`distribution`).
+    ``auto`` (the default) is GPU 0 on a machine with an NVIDIA GPU, else the CPU. A GPU asked for by
+    index is an error where this machine lacks it (no driver, no GPU, or fewer GPUs): on a cluster
+    node whose CUDA setup is broken, a run asked for a GPU must not run 50-100x slower on the CPU
+    without anyone noticing. ``cpu`` runs on the CPU; ``cpu:N`` makes N virtual CPU devices (JAX reads its
+    flag at start; TensorFlow's are made by :func:`distribution`).
     """
     cpus = _virtual_cpus(gpu)
     if cpus > 1:
         flag = f"--xla_force_host_platform_device_count={cpus}"
         os.environ["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
                                            if not f.startswith("--xla_force_host_platform_device_count")) + " " + flag
-    if gpu != "cpu" and not cpus:
-        n_gpus = count_gpus() if n_gpus is None else n_gpus
+    if gpu == "auto":
+        n_gpus, why = gpu_census() if n_gpus is None else (n_gpus, "no NVIDIA GPU")
+        gpu = "0" if n_gpus else "cpu"
+        print("--gpu auto: " + ("GPU 0" if n_gpus else f"the CPU ({why})"))
+    elif gpu != "cpu" and not cpus:
+        n_gpus, why = (gpu_census() if n_gpus is None else (n_gpus, "no NVIDIA GPU"))
         indices = [int(i) for i in gpu.split(",")]
         if n_gpus == 0:
-            print(f"warning: --gpu {gpu}: this machine has no NVIDIA GPU; running on the CPU", file=sys.stderr)
-        elif max(indices) >= n_gpus:
+            raise UserError(f"--gpu {gpu}: this machine has no GPU to run on: {why}; use --gpu cpu to run on the "
+                            "CPU (or --gpu auto: a GPU where there is one, else the CPU)")
+        if max(indices) >= n_gpus:
             raise UserError(f"--gpu {gpu}: no GPU {max(indices)} on this machine, which has {n_gpus} "
                             f"(indices 0 to {n_gpus - 1}); use one of those or 'cpu'")
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1" if gpu == "cpu" or cpus else gpu
@@ -60,6 +75,7 @@ def select_device(gpu, threads, n_gpus=None):
             os.environ[var] = str(threads)
         if keras_backend() == "jax":
             _limit_cores(threads)
+    return gpu
 
 
 def check_precision(precision, ndim, gpu, n_gpus=None):
@@ -206,6 +222,44 @@ def distribution(gpu, batch_size):
 
         return tf.distribute.MirroredStrategy(devices).scope(), len(devices)
     return keras.distribution.DataParallel(devices=devices).scope(), len(devices)
+
+
+def backend_gpus(backend):
+    """The GPUs that the Keras backend ``backend`` sees now (after ``CUDA_VISIBLE_DEVICES``), as it names them."""
+    if backend == "jax":
+        import jax
+
+        try:
+            return [d for d in jax.devices() if d.platform == "gpu"]
+        except RuntimeError:
+            return []
+    if backend == "torch":
+        import torch
+
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    import tensorflow as tf
+
+    return tf.config.list_physical_devices("GPU")
+
+
+def check_backend_gpus(gpu, found=None):
+    """Refuse a ``--gpu`` index that the Keras backend cannot run on, although the machine has that GPU.
+
+    A CPU-only build of the backend, or a CUDA that does not match the driver, shows no GPU to it:
+    refused before anything is written, instead of running on the CPU. ``found`` (the backend's GPUs)
+    is for tests. Call it after :func:`select_device`, once Keras may be imported.
+    """
+    if gpu in ("cpu", "auto") or _virtual_cpus(gpu):  # auto: resolved by select_device where it is called
+        return
+    import keras
+
+    backend = keras.backend.backend()
+    found = backend_gpus(backend) if found is None else found
+    if len(found) < len(gpu.split(",")):
+        raise UserError(f"--gpu {gpu}: this machine has {count_gpus()} NVIDIA GPU(s), but Keras's {backend} backend "
+                        f"sees {len(found) or 'none'} (a {backend} build without CUDA, or a CUDA that does not match "
+                        "the driver); install the backend's GPU build (env/requirements-gpu.txt for TensorFlow), "
+                        "or use --gpu cpu")
 
 
 def _devices(backend, gpu):

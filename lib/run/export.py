@@ -37,7 +37,7 @@ import numpy as np
 from .. import config as config_lib
 from ..data import io, layout
 from ..errors import UserError
-from . import folders
+from . import folders, paths
 
 INPUT, OUTPUT = "raw", "probability"
 
@@ -120,8 +120,13 @@ def check_args(args):
                         f"not {''.join(sorted(set(args.name) - NAME_CHARACTERS)) or 'an empty name'}")
     if not args.output.endswith(".zip"):
         raise UserError(f"OUT.zip {args.output}: expected a file name ending in .zip")
-    if os.path.exists(args.output) and not args.overwrite:
-        raise UserError(f"OUT.zip {args.output}: already exists; use --overwrite to replace it")
+    paths.check_apart(("OUT.zip", args.output), [("RUN_DIR", run_dir), ("--image", args.image)])
+    if os.path.lexists(args.output):
+        if not is_package(args.output):
+            raise UserError(f"OUT.zip {args.output}: already exists and is not a BioImage Model Zoo package (no "
+                            "rdf.yaml in a zip); it is never replaced, even with --overwrite; choose another OUT.zip")
+        if not args.overwrite:
+            raise UserError(f"OUT.zip {args.output}: already exists; use --overwrite to replace it")
     parent = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise UserError(f"OUT.zip {args.output}: cannot write in {parent}")
@@ -133,6 +138,17 @@ def check_args(args):
         raise UserError(f"RUN_DIR {run_dir}: data.normalization=zscore but normalization.json (the training mean "
                         "and std) is missing")
     return cfg, checkpoint, environment
+
+
+def is_package(path):
+    """True when ``path`` is a zip file holding ``rdf.yaml``: a model package, which ``--overwrite`` may replace."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "rdf.yaml" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def test_image_path(args, environment):

@@ -44,6 +44,9 @@ def check_run_dir(args, cfg=None):
     if not os.access(parent, os.W_OK):
         raise UserError(f"{args.job_dir}: JOB_DIR is not writable (no write permission on {parent})")
     _check_name_length(args, parent)
+    check_apart(args)
+    for folder in (run_dir, _work_dir(args)):
+        check_ours(folder)
     if os.path.exists(os.path.join(run_dir, DONE_FILE)) and not args.overwrite:
         raise UserError(
             f"{run_dir} holds a finished run; use --rid {next_free_rid(args.job_dir, args.id)} "
@@ -53,6 +56,39 @@ def check_run_dir(args, cfg=None):
     if cfg is not None:
         _resume_changes(args, work_dir, cfg)
     return os.path.isdir(work_dir)
+
+
+# What a run folder holds from its start (:func:`create_run_dir`): an existing folder without them is not a run's.
+RUN_MARKERS = ("config.json", ".lock")
+
+
+def check_ours(folder):
+    """Refuse a ``folder`` that exists but is not a run folder (nor an empty one): it is never written in or replaced.
+
+    A run folder holds ``config.json`` from its first second (``.lock`` just before); anything else at
+    that path, a file or a folder of other files, is the user's, with or without ``--overwrite``.
+    """
+    if not os.path.lexists(folder):
+        return
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder}: exists and is a file, not a run folder; nothing was changed; choose another "
+                        "--id, --rid or JOB_DIR")
+    names = sorted(os.listdir(folder))
+    if names and not any(os.path.exists(os.path.join(folder, marker)) for marker in RUN_MARKERS):
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        raise UserError(f"{folder}: exists and is not a run folder (it holds {shown}, but no config.json); "
+                        "it is never written in or replaced, even with --overwrite; choose another --id, --rid or "
+                        "JOB_DIR")
+
+
+def check_apart(args):
+    """Refuse a JOB_DIR that is or lies inside DATA_DIR, and a DATA_DIR inside the run folder (real paths)."""
+    from .paths import check_apart as apart
+
+    apart(("JOB_DIR", args.job_dir), [("DATA_DIR", args.data_dir)], allow="contains",
+          choose="choose a JOB_DIR outside DATA_DIR")
+    apart(("the run folder", run_dir_for(args)), [("DATA_DIR", args.data_dir)], allow="inside",
+          choose="choose another JOB_DIR, --id or --rid")
 
 
 def _check_name_length(args, parent):
@@ -116,16 +152,12 @@ def commit_run(args, run_dir):
     is swapped with it now: the old run is renamed away, the new one renamed to
     the run's name, then the old one deleted. Other runs are already in place.
     """
-    import shutil
+    from ..data import io
 
     final = run_dir_for(args)
     if os.path.abspath(run_dir) == os.path.abspath(final):
         return final
-    trash = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.removing.{os.getpid()}")
-    if os.path.exists(final):
-        os.rename(final, trash)
-    os.rename(run_dir, final)
-    shutil.rmtree(trash, ignore_errors=True)
+    io.swap_into(run_dir, final)
     return final
 
 

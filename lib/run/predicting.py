@@ -5,6 +5,7 @@ The top layer: it knows option names, run folders and :class:`UserError`;
 every check before anything is written; :func:`run` writes.
 """
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from .. import config as config_lib
 from ..data import volumes
 from ..errors import UserError, options
 from ..predict import blockwise, writers
-from . import devices, folders
+from . import devices, folders, paths
 
 NORMALIZATION_FILE = "normalization.json"  # a run's training mean and std (zscore)
 
@@ -24,8 +25,9 @@ class Plan:
     job: blockwise.BlockJob
     description: dict
     kind: str         # output kind: zarr, tiff, folder
-    store: str        # the zarr store written (OUTPUT itself, or the staging store of TIFF outputs)
-    state: str        # new, resume, done, replace
+    store: str        # the zarr store written (OUTPUT itself, or a staging store beside it)
+    state: str        # new, resume (an unfinished store of the same job), done (OUTPUT holds this job, complete)
+    replace: bool = False  # OUTPUT holds another job of ours (--overwrite): swapped for the new one at the end
     client: object = None
     cluster: object = None
 
@@ -48,6 +50,7 @@ def resolve_model(model):
 def plan(args):
     """Check everything (model, options, input, output, scheduler) and decide what to do; write nothing."""
     weights, run_config, run_dir = resolve_model(args.model)
+    check_paths(args, run_dir or weights)
     # A paper script's own sections (e.g. xiao) do not change how its network predicts.
     cfg = config_lib.from_dict(run_config or {}, source=f"--model {args.model} config.json",
                                ignore_unknown_sections=True)
@@ -62,6 +65,7 @@ def plan(args):
     precision = cfg.train.precision if run_config is not None or _sets(args.overrides, "train.precision") else None
     if precision is not None:  # auto: what this machine runs fastest (lib.run.devices.run_precision)
         precision = devices.run_precision(precision, len(cfg.data.crop_shape), args.gpu)
+    devices.check_backend_gpus(args.gpu)
     try:
         model, predict = blockwise.load_predictor(os.path.abspath(weights), precision)
     except Exception as exc:
@@ -89,14 +93,14 @@ def plan(args):
     block = block_shape(cfg, volume.shape[:-1], model_ndim, _sets(args.overrides, "inference.block_shape"))
     z_size = cfg.post.z_filter_size if cfg.post.z_filter and volume.ndim == 3 else 0
     kind = writers.output_kind(args.output)
-    store = args.output if kind == "zarr" else writers.staging_store(args.output)
-    job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, os.path.abspath(store),
+    job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, None,
                              overlap, cfg.inference.window, batch_size,
                              cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype, classes,
                              precision)
     description = describe(job, args.input)
-    state = _output_state(args, kind, store, description)
-    result = Plan(args, job, description, kind, store, state)
+    store, state, replace = _output_state(args, kind, description)
+    job = dataclasses.replace(job, store=os.path.abspath(store))
+    result = Plan(args, job, description, kind, store, state, replace)
     if args.scheduler and state != "done":
         try:
             result.client, result.cluster = blockwise.connect(args.scheduler, args.threads)
@@ -208,54 +212,95 @@ def describe(job, input_spec):
         **clip,
         "tile": list(job.tile), "block": list(job.block), "overlap": job.overlap, "window": job.window,
         "tta": job.tta, "z_filter_size": job.z_filter_size, "threshold": job.threshold,
-        "prob_dtype": job.prob_dtype, "classes": job.classes,
+        "prob_dtype": job.prob_dtype, "classes": job.classes, "layout": writers.LAYOUT,
     }
 
 
-def _output_state(args, kind, store, description):
-    """``new``, ``resume`` (the same job, unfinished), ``done`` (the same job, finished) or ``replace``."""
-    existing = args.output.rstrip("/")
-    if os.path.lexists(existing) and not (kind == "folder" and os.path.isdir(existing) and not os.listdir(existing)):
-        previous = writers.read_job(existing)
+def check_paths(args, model):
+    """Refuse an OUTPUT that is, lies inside or contains INPUT or MODEL (real paths); before anything is read."""
+    written = [args.output]
+    if writers.output_kind(args.output) == "tiff":
+        written.append(writers.prob_tiff_path(args.output))
+    read = [("INPUT", volumes.input_path(args.input)), ("MODEL", model)]
+    for path in written:
+        paths.check_apart(("OUTPUT", path), read)
+
+
+def _output_state(args, kind, description):
+    """``(store, state, replace)``: the store to predict into, ``new``, ``resume`` or ``done``, and whether
+    OUTPUT, which holds another job of predict.py, is replaced at the end (``--overwrite``).
+
+    Only what predict.py wrote (its job description inside) is ever resumed or replaced; anything else
+    at OUTPUT, or at the staging store beside it, is refused, with or without ``--overwrite``.
+    """
+    output = args.output.rstrip("/")
+    staging = writers.staging_store(output)
+    targets = [output] + ([writers.prob_tiff_path(output)] if kind == "tiff" else [])
+    replace = False
+    for target in targets:
+        if not os.path.lexists(target) or (os.path.isdir(target) and not os.listdir(target)):
+            continue  # nothing there, or an empty folder
+        previous = writers.read_job(target)
+        if previous is None:
+            raise UserError(f"OUTPUT {target}: already exists and is not an output of predict.py ({_found(target)}); "
+                            "it is never written in or replaced, even with --overwrite; choose another OUTPUT")
         if previous == description:
-            return "done" if kind != "zarr" or writers.store_complete(store) else "resume"
-        return _refuse_or_replace(args, previous, description, existing)
-    if kind != "zarr" and os.path.lexists(store):
-        previous = writers.read_job(store)
+            if target == output and kind == "zarr" and not writers.store_complete(output):
+                return output, "resume", False
+            continue
+        if not args.overwrite:
+            changed = [k for k in description if previous.get(k) != description[k]]
+            raise UserError(f"OUTPUT {target}: holds another job of predict.py (differs in {', '.join(changed)}); "
+                            "use --overwrite to replace it, or choose another OUTPUT")
+        replace = True
+    if all(os.path.lexists(t) for t in targets) and not replace and not (os.path.isdir(output) and
+                                                                         not os.listdir(output)):
+        return (output if kind == "zarr" else staging), "done", False
+    if os.path.lexists(staging):  # a replacement or a TIFF export that a kill interrupted
+        previous = writers.read_job(staging)
+        if previous is None:
+            raise UserError(f"OUTPUT {args.output}: {staging} beside it is not predict.py's staging store "
+                            f"({_found(staging)}); it is never replaced; move it away or choose another OUTPUT")
         if previous == description:
-            return "resume"
-        return _refuse_or_replace(args, previous, description, f"{store} (an unfinished prediction into {existing})")
-    parent = os.path.dirname(os.path.abspath(existing))
+            return staging, "resume", replace
+        if not args.overwrite:
+            changed = [k for k in description if previous.get(k) != description[k]]
+            raise UserError(f"OUTPUT {args.output}: {staging}, an unfinished prediction into it, holds another job "
+                            f"(differs in {', '.join(changed)}); use --overwrite to replace it, or choose another "
+                            "OUTPUT")
+    parent = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
         raise UserError(f"OUTPUT {args.output}: cannot write in {parent} (" +
                         ("no such folder)" if not os.path.isdir(parent) else "no write permission)"))
-    return "new"
+    return (staging if replace or kind != "zarr" else output), "new", replace
 
 
-def _refuse_or_replace(args, previous, description, what):
-    if args.overwrite:
-        return "replace"
-    if previous is None:
-        raise UserError(f"OUTPUT {args.output}: already exists and is not an output of predict.py; "
-                        "use --overwrite to replace it or choose another OUTPUT")
-    changed = [k for k in description if previous.get(k) != description[k]]
-    raise UserError(f"OUTPUT {what}: holds another job (differs in {', '.join(changed)}); use --overwrite to "
-                    "replace it, or choose another OUTPUT")
+def _found(path):
+    """What is at ``path``, in a few words: ``a file of 12 bytes``, ``a folder holding a.txt, b/``."""
+    if not os.path.isdir(path):
+        return f"a file of {os.path.getsize(path):,} bytes"
+    names = sorted(n + ("/" if os.path.isdir(os.path.join(path, n)) else "") for n in os.listdir(path))
+    return "a folder holding " + ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
 
 
 def run(plan):
-    """Create or reopen the output, scan intensities if needed, predict the pending blocks, export TIFFs."""
+    """Create or reopen the store, scan intensities if needed, predict the pending blocks, then put the output
+    in place: a new zarr OUTPUT is the store itself; a replaced one is swapped for the store beside it only
+    now; TIFF outputs are exported from the staging store, which is then removed."""
     args, job = plan.args, plan.job
     if plan.state == "done":
         print(f"{args.output} is complete (the same job ran before); nothing to do")
         return
+    if plan.replace:
+        print(f"{args.output} holds another job of predict.py: it is replaced when this one is complete "
+              f"({job.store} until then)")
     run_tasks = blockwise.run_tasks_on(plan.client) if plan.client else blockwise.run_tasks_in_process
     try:
-        if plan.state == "replace":
-            writers.remove_output(args.output)
         spatial = job.volume.shape[:-1]
         grid, blocks = blockwise.block_grid(spatial, job.block)
-        if plan.state in ("new", "replace"):
+        if plan.state == "new":
+            if job.store == writers.staging_store(args.output):
+                writers.remove_store(job.store)  # a staging store of another job of ours (checked by plan)
             writers.create_store(job.store, spatial, blockwise.output_chunks(job.block, spatial), grid,
                                  job.prob_dtype, plan.description, job.volume.voxel_size, job.volume.unit,
                                  job.classes)
@@ -267,17 +312,34 @@ def run(plan):
         if plan.client is not None:
             plan.client.close()
             plan.cluster is not None and plan.cluster.close()
-    if plan.kind == "tiff":
-        writers.export_tiff(job.store, args.output, plan.description, job.prob_dtype)
-    elif plan.kind == "folder":
-        writers.export_slices(job.store, args.output, plan.description, job.prob_dtype)
-    if plan.kind != "zarr":
-        writers.remove_output(job.store)
+    _put_in_place(plan, job)
     print(f"Predicted {total - skipped} blocks ({skipped} already done) in {seconds:.1f} s")
-    outputs = {"zarr": [f"{args.output}/prob/0", f"{args.output}/mask/0"],
+    outputs = {"zarr": [args.output + " (probabilities; the mask in labels/mask)"],
                "tiff": [args.output, writers.prob_tiff_path(args.output)],
                "folder": [os.path.join(args.output, "prob"), os.path.join(args.output, "mask")]}[plan.kind]
     print("Outputs: " + ", ".join(outputs))
+
+
+def _put_in_place(plan, job):
+    """The complete store becomes OUTPUT: swapped in (zarr), or exported then removed (TIFF, folder)."""
+    from ..data import io
+
+    output = plan.args.output.rstrip("/")
+    if plan.kind == "zarr":
+        if plan.replace:
+            io.swap_into(job.store, output)
+        return
+    if plan.kind == "tiff":  # each file replaced atomically
+        writers.export_tiff(job.store, output, plan.description, job.prob_dtype)
+    elif plan.replace:  # a folder of slices: exported beside the old one, then swapped
+        fresh = os.path.join(os.path.dirname(os.path.abspath(output)), f".{os.path.basename(output)}.replacing")
+        if os.path.lexists(fresh):
+            writers.remove_store(fresh)
+        writers.export_slices(job.store, fresh, plan.description, job.prob_dtype)
+        io.swap_into(fresh, output)
+    else:
+        writers.export_slices(job.store, output, plan.description, job.prob_dtype)
+    writers.remove_store(job.store)
 
 
 def _with_statistics(job, blocks, run_tasks):

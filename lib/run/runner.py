@@ -75,7 +75,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     load, split, ndim = DATA[data]
 
     args = cli.parse_args(argv, description=description)
-    devices.select_device(args.gpu, args.threads)
+    args.gpu = devices.select_device(args.gpu, args.threads)  # auto becomes an index or cpu
     cfg = cli.load_config(template_config, args, sections)
     precision = devices.run_precision(cfg.train.precision, ndim, args.gpu)  # auto: what this machine runs fastest
     devices.check_tensorboard(cfg.train.tensorboard)
@@ -94,6 +94,7 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
     from ..predict.inference import make_predictor
     from ..train import finetune, loop
 
+    devices.check_backend_gpus(args.gpu)
     scope, replicas = devices.distribution(args.gpu, cfg.train.batch_size)  # before the backend runs anything
     pretrained = folders.resolve_pretrained(cfg.train.pretrained, args.job_dir)
     if prepare is not None:

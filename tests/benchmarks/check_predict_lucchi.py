@@ -50,7 +50,7 @@ def main(run, data_dir=os.path.join(REPO, "..", "shared", "data", "lucchi_dev"),
         subprocess.run([sys.executable, os.path.join(REPO, "templates", "predict.py"), REPO, source, out,
                         "--model", run, "--gpu", "cpu", "--overwrite", "--set", "post.z_filter=false", *extra],
                        check=True)
-        mask = zarr.open_group(out, mode="r")["mask"]["0"][...] > 0
+        mask = zarr.open_group(out, mode="r")["labels/mask/0"][...] > 0
         tp = np.count_nonzero(mask & truth)
         iou = tp / max(np.count_nonzero(mask | truth), 1)
         report[f"{name}_fg_iou"] = round(float(iou), 4)
