@@ -30,6 +30,8 @@ CONFIG = {
         "fg_sampling": 0.1,            # share of subvolumes centred on a foreground voxel (0 = uniform)
         "replicate": 1,                # passes over the training volumes per epoch (subvolumes covering them, times this)
         "max_val_crops": 256,          # most validation subvolumes (also at most 20 % of an epoch's training subvolumes)
+        "voxel_size": None,            # pixel size (y, x) / voxel size (z, y, x) for the table of objects
+        "voxel_unit": "pixel",         # its unit, e.g. "nm"
     },
     "augment": {
         "enabled": True,               # False: no augmentation at all
@@ -144,6 +146,8 @@ CONFIG = {
         "oztel": False,                # Oztel et al. 2017, slice by slice: drop unsure objects, snap boundaries to edges
         "oztel_min_mean_prob": 0.6,    # objects whose mean probability is below this are dropped
         "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
+        "instances": False,            # True: objects (connected components) and their table objects.csv
+        "min_size": 0,                 # objects smaller than this (pixels / voxels) are left out
     },
 }
 

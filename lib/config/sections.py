@@ -53,6 +53,10 @@ class DataConfig:
                             range="[1, inf)")
     max_val_crops: int = option(256, "most validation crops (also at most 20 % of an epoch's training crops); "
                                 "streamed data reads them once and keeps them in memory", range="[1, inf)")
+    voxel_size: Optional[List[float]] = option(None, "the size of a pixel (y, x) or voxel (z, y, x) in "
+                                               "data.voxel_unit, for the table of objects (post.instances); null: 1",
+                                               range="null, or 2 or 3 sizes, each > 0")
+    voxel_unit: str = option("pixel", "the unit of data.voxel_size, e.g. nm or micrometer", range="a unit name")
 
     def validate(self):
         _choice("data.normalization", self.normalization, NORMALIZATIONS)
@@ -63,6 +67,12 @@ class DataConfig:
                 raise UserError(f"data.clip_percentiles: expected [low, high] with 0 <= low < high <= 100, e.g. "
                                 f"[0.1, 99.9], or null; got {self.clip_percentiles}")
         _choice("data.val_split", self.val_split, VAL_SPLITS)
+        if self.voxel_size is not None and (len(self.voxel_size) not in (2, 3) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in self.voxel_size)):
+            raise UserError(f"data.voxel_size: expected null or 2 (y, x) or 3 (z, y, x) positive sizes, got "
+                            f"{self.voxel_size}")
+        if not self.voxel_unit.strip():
+            raise UserError("data.voxel_unit: expected a unit such as nm, got an empty string")
         _range("data.val_fraction", self.val_fraction, 0.0, 1.0, high_open=True)
         _shape("data.crop_shape", self.crop_shape)
         _range("data.min_fg_fraction", self.min_fg_fraction, 0.0, 1.0, high_open=True)
@@ -447,6 +457,11 @@ class PostConfig:
                                         range="[0, 1]")
     oztel_marker_radius: float = option(3.0, "oztel: how far (pixels) the watershed may move a boundary",
                                         range="(0, inf)")
+    instances: bool = option(False, "the objects of each variant: a label image of each test item "
+                             "(predictions/<variant>/instances/, connected components) and their table "
+                             "(objects.csv: size, shape, mean probability; objects_summary.csv: counts, density)")
+    min_size: int = option(0, "objects smaller than this (pixels or voxels) are left out of the instances and of the "
+                           "instance metrics (f1_50, ap_50 ...)", range="[0, inf)")
 
     def validate(self):
         _range("post.z_filter_size", self.z_filter_size, 1, None)
@@ -454,6 +469,7 @@ class PostConfig:
             raise UserError(f"post.z_filter_size: expected an odd number, got {self.z_filter_size}")
         _range("post.oztel_min_mean_prob", self.oztel_min_mean_prob, 0.0, 1.0)
         _range("post.oztel_marker_radius", self.oztel_marker_radius, 0.0, None, low_open=True)
+        _range("post.min_size", self.min_size, 0, None)
 
 
 @dataclass

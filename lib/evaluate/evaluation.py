@@ -62,7 +62,8 @@ from ..errors import UserError
 from ..predict.inference import (crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch, tile_progress,
                                  tiled_inputs)
 from ..predict.postprocess import ZFilterStream, binarize, most_probable, oztel, z_filter
-from . import reports
+from . import objects, reports
+from .matching import Matches
 from .metrics import PIXEL_METRICS, ObjectCounts, PixelCounts, SweepHistogram
 
 VARIANTS = ("per_crop", "merged", "tiled", "tta", "z_filter", "tta_z_filter", "oztel")
@@ -72,6 +73,34 @@ PROBABILITY_VARIANTS = ("merged", "tiled", "tta", "z_filter", "tta_z_filter")
 
 
 OBJECT_METRICS = ("det", "seg")
+
+
+# Instance metrics (lib.evaluate.matching) of the objects: connected components, without those smaller than
+# post.min_size
+INSTANCE_METRICS = ("f1_50", "f1_75", "ap_50", "ap_75", "map", "precision_50", "recall_50", "precision_75",
+                    "recall_75")
+
+
+def instances(binary, min_size=0):
+    """The objects of a binary mask: its connected components (full connectivity), numbered from 1, without those
+    of fewer than ``min_size`` pixels or voxels; uint32."""
+    labels = label(binary).astype(np.uint32)
+    if min_size > 1 and labels.max():
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        if small.any():
+            labels[small[labels]] = 0
+            labels = label(labels > 0).astype(np.uint32)
+    return labels
+
+
+def object_scores(pred, gt_labels, prob=None, min_size=0):
+    """``(ObjectCounts, Matches)`` of a binary prediction against reference objects: the CTC's DET/SEG on its
+    connected components, the instance metrics on its :func:`instances` scored by their mean ``prob``."""
+    components = label(pred)
+    found = instances(pred, min_size) if min_size > 1 else components
+    return ObjectCounts.from_labels(components, gt_labels), Matches.from_labels(found, gt_labels, prob)
 
 
 def inference_tile(cfg, crop):
@@ -132,23 +161,26 @@ def class_pairs(binary, mask, classes=1):
 
 
 def class_scores(pixels, objects, classes=1):
-    """Metrics from per-class counts: those of :meth:`PixelCounts.metrics` and ``det``, ``seg``.
+    """Metrics from per-class counts: those of :meth:`PixelCounts.metrics`, ``det``, ``seg`` and the instance metrics.
 
-    ``pixels`` and ``objects`` hold one count of each pair of :func:`class_pairs`. For ``classes`` > 1:
+    ``pixels`` and ``objects`` hold one count of each pair of :func:`class_pairs` (``objects``: the
+    ``(ObjectCounts, Matches)`` of :func:`object_scores`). For ``classes`` > 1:
     ``c<c>_<metric>`` of each class (the background's, ``c0_``, too: with two classes, e.g. cell interior
     against membrane, both are of interest), the macro means of the foreground classes 1 .. K-1 under
     the plain names, and ``mean_iou`` over all classes.
     """
     def one(c):
-        found = objects[c].metrics()
-        return {**pixels[c].metrics(), **{k: found[k] for k in OBJECT_METRICS}}
+        counts, matches = objects[c]
+        found = counts.metrics()
+        return {**pixels[c].metrics(), **{k: found[k] for k in OBJECT_METRICS}, **matches.metrics()}
 
     if classes == 1:
         return one(0)
     per_class = {c: one(c) for c in range(classes)}
-    keys = [k for k in PIXEL_METRICS + OBJECT_METRICS if k != "mean_iou"]
+    names = PIXEL_METRICS + OBJECT_METRICS + INSTANCE_METRICS
+    keys = [k for k in names if k != "mean_iou"]
     out = {k: float(np.mean([p.metrics()["fg_iou"] for p in pixels]) if k == "mean_iou" else
-                    np.mean([per_class[c][k] for c in range(1, classes)])) for k in PIXEL_METRICS + OBJECT_METRICS}
+                    np.mean([per_class[c][k] for c in range(1, classes)])) for k in names}
     for c, values in per_class.items():
         out.update({f"c{c}_{k}": values[k] for k in keys})
     return out
@@ -158,16 +190,18 @@ class _Score:
     """Pooled pixel and object counts (of each class) and, for binary probabilities, the threshold sweep of one
     variant."""
 
-    def __init__(self, sweep, classes=1):
-        self.classes = classes
+    def __init__(self, sweep, classes=1, min_size=0):
+        self.classes, self.min_size = classes, min_size
         self.pixels = [PixelCounts() for _ in range(max(classes, 1))]
-        self.objects = [ObjectCounts() for _ in range(max(classes, 1))]
+        self.objects = [(ObjectCounts(), Matches()) for _ in range(max(classes, 1))]
         self.sweep = SweepHistogram() if sweep and classes == 1 else None
 
     def add(self, binary, mask, gt_labels, prob=None):
         for c, (p, g) in enumerate(class_pairs(binary, mask, self.classes)):
             self.pixels[c] += PixelCounts.from_arrays(p, g)
-            self.objects[c] += ObjectCounts.from_masks(p, g, gt_labels=gt_labels[c])
+            score = None if prob is None else (prob if self.classes == 1 else prob[..., c])
+            counts, matches = object_scores(p, gt_labels[c], score, self.min_size)
+            self.objects[c] = (self.objects[c][0] + counts, self.objects[c][1] + matches)
         if self.sweep is not None:
             self.sweep.update(prob, mask)
 
@@ -178,8 +212,8 @@ class _Score:
 class _PerCropScore:
     """Pixel and object metrics (per class) of each crop of the grid, averaged over crops."""
 
-    def __init__(self, tile, classes=1):
-        self.tile, self.classes = tile, classes
+    def __init__(self, tile, classes=1, min_size=0):
+        self.tile, self.classes, self.min_size = tile, classes, min_size
         self.sums = {}
         self.count = 0
 
@@ -187,7 +221,8 @@ class _PerCropScore:
         for w in crop_windows(mask.shape, self.tile):
             pairs = class_pairs(binary[w], mask[w], self.classes)
             values = class_scores([PixelCounts.from_arrays(p, g) for p, g in pairs],
-                                  [ObjectCounts.from_masks(p, g) for p, g in pairs], self.classes)
+                                  [object_scores(p, label(g), None, self.min_size) for p, g in pairs],
+                                  self.classes)
             for k, v in values.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v
             self.count += 1
@@ -205,8 +240,11 @@ class _Evaluation:
         self.max_tile = inference_tile(cfg, tile)
         self.divisor = inference_divisor(cfg, tile)
         self.classes = cfg.model.classes
-        self.scores = {v: _PerCropScore(tile, self.classes) if v == "per_crop" else
-                       _Score(v in PROBABILITY_VARIANTS, self.classes) for v in enabled_variants(cfg)}
+        min_size = cfg.post.min_size
+        self.scores = {v: _PerCropScore(tile, self.classes, min_size) if v == "per_crop" else
+                       _Score(v in PROBABILITY_VARIANTS, self.classes, min_size) for v in enabled_variants(cfg)}
+        self.tables = {} if not cfg.post.instances else {v: ObjectTables(pred_dir, v, cfg)
+                                                          for v in self.scores if v != "per_crop"}
         self.streams = {}
         if self.ndim == 2:
             self.streams = {v: ZFilterStream(cfg.post.z_filter_size)
@@ -289,6 +327,8 @@ class _Evaluation:
         """Write one prediction of ``variant``, add it to the scores and to the overlay samples."""
         name, mask, gt_labels, index = item
         save_prediction(self.pred_dir, variant, name, binary, prob, self.classes)
+        if variant in self.tables:
+            self.tables[variant].add(name, binary, prob)
         if mask is not None:
             self.scores[variant].add(binary, mask, gt_labels, prob)
         for z, sample in self.samples.get(index, ()):
@@ -335,6 +375,8 @@ class _Evaluation:
         for variant, stream in self.streams.items():
             for filtered, item in stream.flush():
                 self.record(variant, item, self.segment(filtered), filtered)
+        for table in self.tables.values():
+            table.write()
         results, sweeps = {}, {}
         for variant, score in self.scores.items() if self.ground_truth else ():
             results[variant] = score.results()
@@ -346,6 +388,37 @@ class _Evaluation:
         if samples and columns:
             reports.plot_overlays(samples, columns, charts_dir, classes=self.classes)
         return results, sweeps
+
+
+class ObjectTables:
+    """The instances of one variant's predictions (``post.instances``): each item's label image, written as it
+    comes, and the rows of its objects, written as ``objects.csv`` and ``objects_summary.csv`` by :meth:`write`.
+
+    A multi-class prediction gives the objects of each foreground class (column ``class``), numbered per class.
+    """
+
+    def __init__(self, pred_dir, variant, cfg):
+        self.folder = os.path.join(pred_dir, variant)
+        self.min_size, self.classes = cfg.post.min_size, cfg.model.classes
+        self.voxel_size, self.unit = cfg.data.voxel_size, cfg.data.voxel_unit
+        self.rows, self.summaries = [], []
+
+    def add(self, name, mask, prob=None):
+        out = os.path.join(self.folder, "instances")
+        os.makedirs(out, exist_ok=True)
+        for c in range(1, max(self.classes, 2)):
+            labels = instances(mask == c if self.classes > 1 else mask, self.min_size)
+            score = None if prob is None else (prob if self.classes == 1 else prob[..., c])
+            found = objects.object_table(labels, self.voxel_size, self.unit, score)
+            head = {"image": name, **({"class": c} if self.classes > 1 else {})}
+            self.rows += [{**head, **row} for row in found]
+            self.summaries.append({**head, **objects.summary(found, labels.shape, self.voxel_size, self.unit)})
+            suffix = f"_c{c}" if self.classes > 1 else ""
+            io.write_tiff(os.path.join(out, f"{name}{suffix}.tif"), labels)
+
+    def write(self):
+        io.write_text(os.path.join(self.folder, "objects.csv"), io.rows_to_csv(self.rows))
+        io.write_text(os.path.join(self.folder, "objects_summary.csv"), io.rows_to_csv(self.summaries))
 
 
 def _check_item(image, mask, name, tile):

@@ -13,7 +13,7 @@ from matplotlib.image import imsave
 
 from ..data import io
 
-METRIC_ORDER = ("fg_iou", "mean_iou", "dice", "precision", "recall", "det", "seg")
+METRIC_ORDER = ("fg_iou", "mean_iou", "dice", "precision", "recall", "det", "seg", "f1_50", "ap_50")
 
 
 def _figure(figsize):

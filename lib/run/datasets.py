@@ -113,6 +113,9 @@ def _read_folders(data_dir, cfg, ndim, read):
                         f"({', '.join('zyx'[3 - ndim:])})")
     with options(overlap="inference.overlap"):
         tiling.per_axis(cfg.inference.overlap, ndim, "overlap")
+    if cfg.data.voxel_size is not None and len(cfg.data.voxel_size) != ndim:
+        raise UserError(f"data.voxel_size={cfg.data.voxel_size}: the {ndim}D template needs {ndim} sizes "
+                        f"({', '.join('zyx'[3 - ndim:])})")
     check_crop_options(cfg)
     loaded = []
     for role, parent, name in data_folders(data_dir, cfg):
