@@ -162,3 +162,96 @@ def test_evaluation_writes_instances_and_tables_and_scores_them(tmp_path):
     with open(pred_dir / "tiled" / "objects_summary.csv") as fh:
         summary = list(csv.DictReader(fh))
     assert [int(r["objects"]) for r in summary] == [2, 2] and summary[0]["unit"] == "nm^2"
+
+
+# --------------------------------------------------------------------------- objects of a store of any size
+
+def border_crossing_volume():
+    """A 12 x 40 x 48 mask whose blobs cross the borders of 2 x 2 x 2 blocks of 6 x 20 x 24, and specks."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(7)
+    mask = gaussian_filter(rng.random((12, 40, 48)), 1.5) > 0.53
+    mask[5:7, 18:22, 22:26] = True  # a small cube on the corner shared by all eight blocks
+    return mask.astype(np.uint8)
+
+
+def store_of(mask, path):
+    import zarr
+
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.create_array("mask", shape=mask.shape, chunks=(6, 20, 24), dtype="uint8")[:] = mask
+    root.create_array("prob", shape=mask.shape, chunks=(6, 20, 24), dtype="uint8")[:] = mask * 200 + 20
+    root.create_array("objects", shape=mask.shape, chunks=(6, 20, 24), dtype="uint32")
+    return root
+
+
+@pytest.mark.parametrize("where", ["in process", "2 dask workers"])
+def test_objects_cut_by_block_borders_get_one_id_and_one_row(tmp_path, where):
+    from lib.predict import blockwise, instances
+
+    mask = border_crossing_volume()
+    root = store_of(mask, tmp_path / "s.zarr")
+    whole = instances.connected_components(mask, min_size=4)
+    assert whole.max() >= 10
+    _, blocks = blockwise.block_grid(mask.shape, (6, 20, 24))
+    client = cluster = None
+    if where != "in process":
+        client, cluster = blockwise.connect("local:2", threads=1)
+    try:
+        count = instances.label_store(root["mask"], root["objects"], (6, 20, 24), min_size=4, client=client)
+        run_tasks = blockwise.run_tasks_on(client) if client else blockwise.run_tasks_in_process
+        rows = objects.store_table((str(tmp_path / "s.zarr"), "objects"), (str(tmp_path / "s.zarr"), "prob"),
+                                   blocks, run_tasks, voxel_size=(2.0, 1.0, 1.0), unit="nm")
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()
+    # the same objects with the same ids as in one piece (scikit-image numbers them by their first voxel)
+    assert count == whole.max() and np.array_equal(root["objects"][...], whole)
+    expected = objects.object_table(whole, (2.0, 1.0, 1.0), "nm", (mask * 200 + 20) / np.float32(255))
+    assert [r["id"] for r in rows] == list(range(1, count + 1))  # every object once
+    for got, want in zip(rows, expected):
+        assert got.keys() == want.keys()
+        for key, value in want.items():
+            assert got[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-5, nan_ok=True)), \
+                (want["id"], key)
+
+
+def test_predict_writes_the_objects_of_a_volume_and_their_table(tmp_path):
+    import csv
+
+    import tifffile
+    import zarr
+    from ome_zarr_models import open_ome_zarr
+
+    from conftest import run_here, tiny_run_folder
+    from lib.predict import instances
+
+    run = tiny_run_folder(tmp_path / "tiny_0")
+    volume = (np.random.default_rng(3).random((6, 40, 52)) * 200).astype(np.uint8)
+    zarr.save_array(str(tmp_path / "vol.zarr"), volume, zarr_format=2)
+    args = ["--model", str(run), "--gpu", "cpu", "--set", "inference.block_shape=[3,20,26]",
+            "--set", "post.instances=true", "--set", "post.min_size=3", "--set", "data.voxel_size=[40,5,5]",
+            "--set", "data.voxel_unit=nm"]
+    result = run_here("templates/predict.py", str(tmp_path / "vol.zarr"), str(tmp_path / "seg.zarr"), *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert type(open_ome_zarr(str(tmp_path / "seg.zarr" / "labels" / "instances"))).__name__ == "ImageLabel"
+    root = zarr.open_group(str(tmp_path / "seg.zarr"), mode="r")
+    found = root["labels/instances/0"][...]
+    assert found.max() >= 1
+    assert np.array_equal(found, instances.connected_components(root["labels/mask/0"][...], 3))
+    with open(tmp_path / "seg.zarr" / "objects.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["id"]) for r in rows] == list(range(1, found.max() + 1))
+    assert all(r["unit"] == "nm^3" and float(r["size"]) == 1000 * int(r["voxels"]) for r in rows)
+    again = run_here("templates/predict.py", str(tmp_path / "vol.zarr"), str(tmp_path / "seg.zarr"), *args)
+    assert "nothing to do" in again.stdout
+    folder = run_here("templates/predict.py", str(tmp_path / "vol.zarr"), str(tmp_path / "seg"), *args)
+    assert folder.returncode == 0, folder.stderr[-2000:]
+    assert np.array_equal(np.stack([tifffile.imread(tmp_path / "seg" / "instances" / f"slice_{z:05d}.tif")
+                                    for z in range(6)]), found)
+    assert (tmp_path / "seg" / "objects.csv").read_text() == (tmp_path / "seg.zarr" / "objects.csv").read_text()
+    refused = run_here("templates/predict.py", str(tmp_path / "vol.zarr"), str(tmp_path / "seg.tif"), *args)
+    assert refused.returncode == 2 and "post.instances=true: OUTPUT" in refused.stderr
+    assert not (tmp_path / "seg.tif").exists()

@@ -59,8 +59,16 @@ from tqdm import tqdm
 from .. import progress
 from ..data import io
 from ..errors import UserError
-from ..predict.inference import (crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch, tile_progress,
-                                 tiled_inputs)
+from ..predict.inference import (
+    crop_windows,
+    fit_tile,
+    predict_crops,
+    predict_tiled,
+    tile_batch,
+    tile_progress,
+    tiled_inputs,
+)
+from ..predict.instances import connected_components
 from ..predict.postprocess import ZFilterStream, binarize, most_probable, oztel, z_filter
 from . import objects, reports
 from .matching import Matches
@@ -81,25 +89,12 @@ INSTANCE_METRICS = ("f1_50", "f1_75", "ap_50", "ap_75", "map", "precision_50", "
                     "recall_75")
 
 
-def instances(binary, min_size=0):
-    """The objects of a binary mask: its connected components (full connectivity), numbered from 1, without those
-    of fewer than ``min_size`` pixels or voxels; uint32."""
-    labels = label(binary).astype(np.uint32)
-    if min_size > 1 and labels.max():
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size
-        small[0] = False
-        if small.any():
-            labels[small[labels]] = 0
-            labels = label(labels > 0).astype(np.uint32)
-    return labels
-
-
 def object_scores(pred, gt_labels, prob=None, min_size=0):
     """``(ObjectCounts, Matches)`` of a binary prediction against reference objects: the CTC's DET/SEG on its
-    connected components, the instance metrics on its :func:`instances` scored by their mean ``prob``."""
+    connected components, the instance metrics on its objects (:func:`lib.predict.instances.connected_components`,
+    without those smaller than ``min_size``) scored by their mean ``prob``."""
     components = label(pred)
-    found = instances(pred, min_size) if min_size > 1 else components
+    found = connected_components(pred, min_size) if min_size > 1 else components
     return ObjectCounts.from_labels(components, gt_labels), Matches.from_labels(found, gt_labels, prob)
 
 
@@ -407,7 +402,7 @@ class ObjectTables:
         out = os.path.join(self.folder, "instances")
         os.makedirs(out, exist_ok=True)
         for c in range(1, max(self.classes, 2)):
-            labels = instances(mask == c if self.classes > 1 else mask, self.min_size)
+            labels = connected_components(mask == c if self.classes > 1 else mask, self.min_size)
             score = None if prob is None else (prob if self.classes == 1 else prob[..., c])
             found = objects.object_table(labels, self.voxel_size, self.unit, score)
             head = {"image": name, **({"class": c} if self.classes > 1 else {})}

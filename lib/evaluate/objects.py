@@ -12,12 +12,14 @@ Measured with scikit-image's ``regionprops_table``, in voxels and in the physica
 the foreground fraction and the median size.
 """
 
+import warnings
+
 import numpy as np
 
 AXES = "zyx"
 
 
-def object_table(labels, voxel_size=None, unit="pixel", prob=None):
+def object_table(labels, voxel_size=None, unit="pixel", prob=None, origin=None):
     """The objects of ``labels`` (0 background) as a list of row dicts, sorted by id.
 
     Parameters
@@ -26,6 +28,7 @@ def object_table(labels, voxel_size=None, unit="pixel", prob=None):
     voxel_size : sequence of float, one per axis (default 1); the physical size of a voxel in ``unit``
     unit : str, the unit of ``voxel_size`` (``pixel`` when not known)
     prob : ndarray of float, the shape of ``labels``, optional: gives ``mean_probability``
+    origin : sequence of int, optional: where ``labels`` lies in a larger image (added to centroids and boxes)
     """
     from skimage.measure import marching_cubes, mesh_surface_area, regionprops, regionprops_table
 
@@ -43,16 +46,20 @@ def object_table(labels, voxel_size=None, unit="pixel", prob=None):
     extra = {} if prob is None else {"intensity_image": np.asarray(prob, np.float32)}
     if prob is not None:
         props.append("intensity_mean")
-    columns = regionprops_table(labels, properties=props, spacing=spacing, **extra)
+    with warnings.catch_warnings():  # the convex hull of a flat object (solidity): Qhull warns, the value stands
+        warnings.simplefilter("ignore")
+        columns = regionprops_table(labels, properties=props, spacing=spacing, **extra)
     axes = AXES[3 - ndim:]
+    origin = np.zeros(ndim, np.int64) if origin is None else np.asarray(origin, np.int64)
     rows = []
     for k in range(len(columns["label"])):
         size = float(columns["area"][k])  # with spacing: physical area or volume
         row = {"id": int(columns["label"][k]), "voxels": int(round(size / voxel)), "size": size,
                "unit": f"{unit}^{ndim}"}
-        row.update({f"centroid_{a}": float(columns[f"centroid-{i}"][k] / spacing[i]) for i, a in enumerate(axes)})
-        row.update({f"bbox_{a}_start": int(columns[f"bbox-{i}"][k]) for i, a in enumerate(axes)})
-        row.update({f"bbox_{a}_stop": int(columns[f"bbox-{i + ndim}"][k]) for i, a in enumerate(axes)})
+        row.update({f"centroid_{a}": float(columns[f"centroid-{i}"][k] / spacing[i] + origin[i])
+                    for i, a in enumerate(axes)})
+        row.update({f"bbox_{a}_start": int(columns[f"bbox-{i}"][k] + origin[i]) for i, a in enumerate(axes)})
+        row.update({f"bbox_{a}_stop": int(columns[f"bbox-{i + ndim}"][k] + origin[i]) for i, a in enumerate(axes)})
         row["equivalent_diameter"] = float((size / np.pi) ** 0.5 * 2 if ndim == 2 else (6 * size / np.pi) ** (1 / 3))
         row["solidity"] = float(columns["solidity"][k])
         row["major_axis"] = float(columns["axis_major_length"][k])
@@ -92,3 +99,82 @@ def summary(rows, labels_shape, voxel_size=None, unit="pixel"):
     return {"objects": len(rows), "extent": extent, "unit": f"{unit}^{ndim}",
             "density": len(rows) / extent, "foreground_fraction": float(sum(sizes)) / extent,
             "median_size": float(np.median(sizes)) if sizes else 0.0}
+
+
+def store_table(labels, prob, blocks, run_tasks, voxel_size=None, unit="pixel"):
+    """:func:`object_table` of a label array of any size (zarr), measured block by block; each object once.
+
+    Parameters
+    ----------
+    labels, prob : ``(store path, array path)`` of the zarr label array and of the probabilities (uint8 0-255 or
+        float; None for no ``mean_probability``)
+    blocks : list of ``(index, core)``, the blocks (tuples of slices) that tile the array
+    run_tasks : ``run_tasks(fn, items, sizes, desc)`` (:mod:`lib.predict.blockwise`): in process or on Dask
+
+    Each block measures the objects that lie within it whole (none of their voxels on a face it shares with
+    another block) and gives the boxes of the others; an object cut by block borders is then measured from its
+    box, read once. Memory: a block, or the box of the largest object cut by a border.
+    """
+    import functools
+    import math
+
+    shape = _open(labels).shape
+    sizes = [math.prod(s.stop - s.start for s in core) for _, core in blocks]
+    rows, boxes = [], {}
+    measure = functools.partial(_measure_block, labels, prob, shape, voxel_size, unit)
+    for found, cut in run_tasks(measure, [core for _, core in blocks], sizes, "measuring objects"):
+        rows += found
+        for i, (start, stop) in cut.items():
+            old = boxes.get(i, (start, stop))
+            boxes[i] = (np.minimum(old[0], start), np.maximum(old[1], stop))
+    whole = functools.partial(_measure_box, labels, prob, voxel_size, unit)
+    items = sorted(boxes.items())
+    for row in run_tasks(whole, items, [1] * len(items), "measuring objects cut by block borders"):
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def _open(where):
+    import zarr
+
+    return zarr.open_group(where[0], mode="r")[where[1]]
+
+
+def _read_prob(prob, window):
+    if prob is None:
+        return None
+    values = np.asarray(_open(prob)[window])
+    return values / np.float32(255) if values.dtype == np.uint8 else values.astype(np.float32)
+
+
+def _measure_block(labels, prob, shape, voxel_size, unit, core):
+    """``(rows of the objects whole in block core, {id: (start, stop)} of those on a face shared with a neighbour)``."""
+    from scipy.ndimage import find_objects
+
+    block = np.asarray(_open(labels)[core])
+    start = np.array([s.start for s in core])
+    cut = {}
+    inner = np.zeros(block.shape, bool)  # the voxels on a face that another block shares
+    for axis, s in enumerate(core):
+        if s.start > 0:
+            inner[(slice(None),) * axis + (0,)] = True
+        if s.stop < shape[axis]:
+            inner[(slice(None),) * axis + (-1,)] = True
+    for i in np.unique(block[inner]):
+        if i:
+            cut[int(i)] = None
+    for i, box in enumerate(find_objects(block), start=1):
+        if box is not None and i in cut:
+            cut[i] = (start + [b.start for b in box], start + [b.stop for b in box])
+    whole = np.where(np.isin(block, list(cut)), 0, block) if cut else block
+    rows = object_table(whole, voxel_size, unit, _read_prob(prob, core), origin=start) if whole.any() else []
+    return rows, cut
+
+
+def _measure_box(labels, prob, voxel_size, unit, item):
+    """The row of object ``id`` measured from its box ``(start, stop)`` in the whole array."""
+    i, (start, stop) = item
+    window = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+    crop = np.asarray(_open(labels)[window])
+    alone = np.where(crop == i, crop, 0)
+    return object_table(alone, voxel_size, unit, _read_prob(prob, window), origin=start)[0]

@@ -24,6 +24,9 @@ JOB_KEY = "em_segmentation"  # root attribute of an output store: the job and it
 LAYOUT = 2
 PROB = "0"                # the probabilities, in an output store
 MASK_IMAGE = "labels/mask"  # the mask's label image; its array is MASK_IMAGE/0
+INSTANCES_IMAGE = "labels/instances"  # the objects' label image (post.instances), INSTANCES_IMAGE/0
+TABLES = ("objects.csv", "objects_summary.csv")  # the table of objects and its summary, in the store's folder
+INSTANCES_DONE = "instances_done"  # in the job record: the objects are labelled and measured
 
 
 # --------------------------------------------------------------------------- outputs
@@ -67,10 +70,14 @@ def read_job(path):
 
 
 def store_complete(path):
-    """True when every block of the output store at ``path`` is flagged done."""
+    """True when every block of the output store at ``path`` is flagged done, and its objects too when asked."""
     import zarr
 
-    return bool(np.all(zarr.open_group(path, mode="r")["blocks_done"][...]))
+    root = zarr.open_group(path, mode="r")
+    record = dict(root.attrs)[JOB_KEY]
+    if record["job"].get("instances") and not record.get(INSTANCES_DONE):
+        return False
+    return bool(np.all(root["blocks_done"][...]))
 
 
 def prob_array(root):
@@ -83,7 +90,13 @@ def mask_array(root):
     return root[MASK_IMAGE]["0"]
 
 
-def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, unit=None, classes=1):
+def instances_array(root):
+    """The objects (uint32 label image) of an output store made with ``instances=True``."""
+    return root[INSTANCES_IMAGE]["0"]
+
+
+def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, unit=None, classes=1,
+                 instances=False):
     """Create the output store at a new ``path``: the OME-Zarr image of the probabilities with the mask as
     its label image, and ``blocks_done``.
 
@@ -98,6 +111,7 @@ def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, un
     prob_dtype : {'uint8', 'float16'}
     job : dict, JSON-serialisable description of the job, kept in the root attributes
     voxel_size : tuple of float per axis, optional; ``unit`` its unit
+    instances : bool, also a label image ``labels/instances`` for the objects (uint32)
     """
     import zarr
 
@@ -114,13 +128,15 @@ def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, un
                       dimension_names=tuple(axes))
     root.attrs["ome"] = ome_metadata("prob", axes, (1.0,) + tuple(voxel_size) if channels and voxel_size else
                                      voxel_size, unit)
-    labels = root.create_group("labels")
-    labels.attrs["ome"] = {"version": OME_VERSION, "labels": [MASK_IMAGE.split("/")[1]]}
-    mask = root.create_group(MASK_IMAGE)
-    mask.create_array("0", shape=tuple(shape), chunks=tuple(chunks), dtype="uint8", fill_value=0,
-                      dimension_names=tuple(names))
-    mask.attrs["ome"] = {**ome_metadata("mask", names, voxel_size, unit),
-                         "image-label": {"source": {"image": "../../"}}}  # the image it labels: OUT.zarr itself
+    images = [(MASK_IMAGE, "uint8")] + ([(INSTANCES_IMAGE, "uint32")] if instances else [])
+    root.create_group("labels").attrs["ome"] = {"version": OME_VERSION,
+                                                "labels": [name.split("/")[1] for name, _ in images]}
+    for name, dtype in images:
+        image = root.create_group(name)
+        image.create_array("0", shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0,
+                           dimension_names=tuple(names))
+        image.attrs["ome"] = {**ome_metadata(name.split("/")[1], names, voxel_size, unit),
+                              "image-label": {"source": {"image": "../../"}}}  # the image it labels: OUT.zarr
     root.create_array("blocks_done", shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0)
     root.attrs[JOB_KEY] = {"job": job}
     return root
@@ -181,6 +197,13 @@ def export_slices(store, folder, job, prob_dtype):
             io.write_atomic(os.path.join(folder, name, f"slice_{z:05d}.tif"),
                             lambda tmp, v=values, n=name: tifffile.imwrite(
                                 tmp, _tiff_values(n, v, prob_dtype, classes), compression="zlib"))
+    if job.get("instances"):  # the objects: uint32 label slices, and their tables
+        os.makedirs(os.path.join(folder, "instances"), exist_ok=True)
+        array = instances_array(root)
+        for z, values in enumerate([np.asarray(array)] if array.ndim == 2 else _slices(array, False)):
+            io.write_tiff(os.path.join(folder, "instances", f"slice_{z:05d}.tif"), np.asarray(values))
+        for name in TABLES:
+            shutil.copyfile(os.path.join(store, name), os.path.join(folder, name))
     io.write_text(os.path.join(folder, "job.json"), json.dumps({"job": job}, indent=2) + "\n")
 
 

@@ -8,6 +8,7 @@ every check before anything is written; :func:`run` writes.
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 
 from .. import config as config_lib
@@ -28,6 +29,7 @@ class Plan:
     store: str        # the zarr store written (OUTPUT itself, or a staging store beside it)
     state: str        # new, resume (an unfinished store of the same job), done (OUTPUT holds this job, complete)
     replace: bool = False  # OUTPUT holds another job of ours (--overwrite): swapped for the new one at the end
+    objects: dict = None   # post.instances: {"min_size", "voxel_size", "unit"} of the objects and their table
     client: object = None
     cluster: object = None
 
@@ -93,14 +95,17 @@ def plan(args):
     block = block_shape(cfg, volume.shape[:-1], model_ndim, _sets(args.overrides, "inference.block_shape"))
     z_size = cfg.post.z_filter_size if cfg.post.z_filter and volume.ndim == 3 else 0
     kind = writers.output_kind(args.output)
+    objects = _objects(cfg, args, kind, classes, volume)
     job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, None,
                              overlap, cfg.inference.window, batch_size,
                              cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype, classes,
                              precision)
     description = describe(job, args.input)
+    if objects is not None:
+        description.update(instances=True, min_size=objects["min_size"])
     store, state, replace = _output_state(args, kind, description)
     job = dataclasses.replace(job, store=os.path.abspath(store))
-    result = Plan(args, job, description, kind, store, state, replace)
+    result = Plan(args, job, description, kind, store, state, replace, objects)
     if args.scheduler and state != "done":
         try:
             result.client, result.cluster = blockwise.connect(args.scheduler, args.threads)
@@ -216,6 +221,28 @@ def describe(job, input_spec):
     }
 
 
+def _objects(cfg, args, kind, classes, volume):
+    """The objects asked for (``post.instances``): ``{min_size, voxel_size, unit}``, or None; UserError where they
+    cannot be made. Sizes are in ``data.voxel_size`` given with ``--set``, else in the input's voxel size."""
+    if not cfg.post.instances:
+        return None
+    if classes > 1:
+        raise UserError(f"post.instances=true: predict.py writes the objects of a binary mask; this model has "
+                        f"model.classes={classes}")
+    if kind == "tiff":
+        raise UserError(f"post.instances=true: OUTPUT {args.output} is a TIFF file; the objects (a label image and "
+                        "their tables) need an OUT.zarr or a folder")
+    ndim = volume.ndim
+    size, unit = volume.voxel_size, volume.unit
+    if _sets(args.overrides, "data.voxel_size") or _sets(args.overrides, "data.voxel_unit"):
+        size, unit = cfg.data.voxel_size, cfg.data.voxel_unit
+        if size is not None and len(size) != ndim:
+            raise UserError(f"data.voxel_size={size}: INPUT {args.input} has {ndim} spatial axes; expected {ndim} "
+                            "sizes")
+    return {"min_size": cfg.post.min_size, "voxel_size": None if size is None else [float(v) for v in size],
+            "unit": unit or "pixel"}
+
+
 def check_paths(args, model):
     """Refuse an OUTPUT that is, lies inside or contains INPUT or MODEL (real paths); before anything is read."""
     written = [args.output]
@@ -303,21 +330,51 @@ def run(plan):
                 writers.remove_store(job.store)  # a staging store of another job of ours (checked by plan)
             writers.create_store(job.store, spatial, blockwise.output_chunks(job.block, spatial), grid,
                                  job.prob_dtype, plan.description, job.volume.voxel_size, job.volume.unit,
-                                 job.classes)
+                                 job.classes, instances=plan.objects is not None)
         else:
             print(f"Resuming the unfinished prediction in {job.store}")
         job = _with_statistics(job, blocks, run_tasks)
         total, skipped, seconds = blockwise.run_job(job, run_tasks)
+        if plan.objects is not None:
+            _find_objects(plan, job, blocks, run_tasks)
     finally:
         if plan.client is not None:
             plan.client.close()
             plan.cluster is not None and plan.cluster.close()
     _put_in_place(plan, job)
     print(f"Predicted {total - skipped} blocks ({skipped} already done) in {seconds:.1f} s")
-    outputs = {"zarr": [args.output + " (probabilities; the mask in labels/mask)"],
+    outputs = {"zarr": [args.output + " (probabilities; the mask in labels/mask" +
+                        (", the objects in labels/instances and objects.csv)" if plan.objects else ")")],
                "tiff": [args.output, writers.prob_tiff_path(args.output)],
                "folder": [os.path.join(args.output, "prob"), os.path.join(args.output, "mask")]}[plan.kind]
     print("Outputs: " + ", ".join(outputs))
+
+
+def _find_objects(plan, job, blocks, run_tasks):
+    """Label the mask's objects block-wise (ids unique across block borders) and measure them, once per store."""
+    import zarr
+
+    from ..data import io
+    from ..evaluate import objects
+    from ..predict import instances
+
+    root = zarr.open_group(job.store, mode="r+")
+    record = dict(root.attrs)[writers.JOB_KEY]
+    if record.get(writers.INSTANCES_DONE):
+        return
+    start = time.perf_counter()
+    found = instances.label_store(writers.mask_array(root), writers.instances_array(root), job.block,
+                                  plan.objects["min_size"], plan.client)
+    size, unit = plan.objects["voxel_size"], plan.objects["unit"]
+    rows = objects.store_table((job.store, f"{writers.INSTANCES_IMAGE}/0"), (job.store, writers.PROB), blocks,
+                               run_tasks, size, unit)
+    spatial = job.volume.shape[:-1]
+    io.write_text(os.path.join(job.store, writers.TABLES[0]), io.rows_to_csv(rows))
+    io.write_text(os.path.join(job.store, writers.TABLES[1]),
+                  io.rows_to_csv([objects.summary(rows, spatial, size, unit)]))
+    root.attrs[writers.JOB_KEY] = {**record, writers.INSTANCES_DONE: True}
+    print(f"Objects: {found} (post.min_size={plan.objects['min_size']}), labelled and measured in "
+          f"{time.perf_counter() - start:.1f} s")
 
 
 def _put_in_place(plan, job):
