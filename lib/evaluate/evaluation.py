@@ -59,15 +59,8 @@ from tqdm import tqdm
 from .. import progress
 from ..data import io
 from ..errors import UserError
-from ..predict.inference import (
-    crop_windows,
-    fit_tile,
-    predict_crops,
-    predict_tiled,
-    tile_batch,
-    tile_progress,
-    tiled_inputs,
-)
+from ..predict.inference import (crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch, tile_progress,
+                                 tiled_inputs)
 from ..predict.instances import connected_components
 from ..predict.postprocess import ZFilterStream, binarize, most_probable, oztel, z_filter
 from . import objects, reports
