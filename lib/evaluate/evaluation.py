@@ -316,7 +316,9 @@ class _Evaluation:
         name, mask, gt_labels, index = item
         save_prediction(self.pred_dir, variant, name, binary, prob, self.classes)
         if variant in self.tables:
-            self.tables[variant].add(name, binary, prob)
+            found = self.tables[variant].add(name, binary, prob)
+            for z, sample in self.samples.get(index, ()) if found is not None else ():
+                sample.setdefault("objects", {})[variant] = (found if z is None else found[z]).copy()
         if mask is not None:
             self.scores[variant].add(binary, mask, gt_labels, prob)
         for z, sample in self.samples.get(index, ()):
@@ -365,6 +367,9 @@ class _Evaluation:
                 self.record(variant, item, self.segment(filtered), filtered)
         for table in self.tables.values():
             table.write()
+        if self.tables:
+            reports.plot_object_sizes({v: t.sizes() for v, t in self.tables.items()},
+                                      next(iter(self.tables.values())).size_unit, charts_dir)
         results, sweeps = {}, {}
         for variant, score in self.scores.items() if self.ground_truth else ():
             results[variant] = score.results()
@@ -375,6 +380,8 @@ class _Evaluation:
         columns = [v for v in self.scores if v != "per_crop"]  # per_crop's masks are merged's
         if samples and columns:
             reports.plot_overlays(samples, columns, charts_dir, classes=self.classes)
+        if samples and self.tables and self.classes == 1:
+            reports.plot_objects(samples, list(self.tables), charts_dir)
         return results, sweeps
 
 
@@ -389,9 +396,15 @@ class ObjectTables:
         self.folder = os.path.join(pred_dir, variant)
         self.min_size, self.classes = cfg.post.min_size, cfg.model.classes
         self.voxel_size, self.unit = cfg.data.voxel_size, cfg.data.voxel_unit
+        self.size_unit = f"{self.unit}^{len(cfg.data.crop_shape)}"
         self.rows, self.summaries = [], []
 
+    def sizes(self):
+        return [row["size"] for row in self.rows]
+
     def add(self, name, mask, prob=None):
+        """Label, write and measure the objects of one item's prediction; returns its label image (binary runs;
+        None for multi-class, whose objects are per class)."""
         out = os.path.join(self.folder, "instances")
         os.makedirs(out, exist_ok=True)
         for c in range(1, max(self.classes, 2)):
@@ -403,6 +416,7 @@ class ObjectTables:
             self.summaries.append({**head, **objects.summary(found, labels.shape, self.voxel_size, self.unit)})
             suffix = f"_c{c}" if self.classes > 1 else ""
             io.write_tiff(os.path.join(out, f"{name}{suffix}.tif"), labels)
+        return labels if self.classes == 1 else None
 
     def write(self):
         io.write_text(os.path.join(self.folder, "objects.csv"), io.rows_to_csv(self.rows))

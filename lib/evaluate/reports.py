@@ -200,6 +200,82 @@ def plot_overlays(samples, variants, charts_dir, filename="overlays.png", classe
     return path
 
 
+def plot_objects(samples, variants, charts_dir, filename="objects.png"):
+    """Write ``objects.png``: test slices with each predicted object in a colour of its own, one column per variant.
+
+    ``samples`` as :func:`plot_overlays`', with ``objects`` ``{variant: (Y, X) label image}``; the ground truth
+    is outlined in white. Returns the written path.
+    """
+    from skimage.color import label2rgb
+    from skimage.segmentation import find_boundaries
+
+    os.makedirs(charts_dir, exist_ok=True)
+    variants = list(variants)
+    height, width = samples[0]["image"].shape
+    panel = 3.2
+    fig = _figure((panel * len(variants), panel * height / width * len(samples) + 0.6))
+    axes = fig.subplots(len(samples), len(variants), squeeze=False)
+    for r, (row, sample) in enumerate(zip(axes, samples)):
+        image = sample["image"]
+        lo, hi = np.percentile(image, (0.5, 99.5))
+        gray = np.clip((image - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
+        for c, (ax, variant) in enumerate(zip(row, variants)):
+            labels = sample.get("objects", {}).get(variant)
+            shown = np.dstack([gray] * 3) if labels is None else label2rgb(
+                _shuffled(labels), gray, alpha=0.35, bg_label=0, colors=OBJECT_COLOURS)
+            if labels is not None:
+                shown[find_boundaries(labels, mode="inner")] = (1.0, 1.0, 0.0)
+            ax.imshow(shown, interpolation="nearest")
+            _outline(ax, sample["mask"] > 0, "white", "dashed")
+            if r == 0:
+                ax.set_title(f"{variant}: {0 if labels is None else len(np.unique(labels)) - 1} objects", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(sample["name"], fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle("objects in colours of their own\nwhite dashed: ground truth", fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(charts_dir, filename)
+    _save_figure(fig, path)
+    return path
+
+
+# Colours of neighbouring ids differ most when ids are shuffled (label2rgb cycles through its colours).
+OBJECT_COLOURS = ("red", "blue", "lime", "magenta", "cyan", "orange", "purple", "yellow", "teal", "pink")
+
+
+def _shuffled(labels):
+    ids = np.unique(labels)
+    lut = np.zeros(int(ids.max()) + 1, np.int64)
+    lut[ids] = np.concatenate([[0], np.random.default_rng(0).permutation(len(ids) - 1) + 1])
+    return lut[labels]
+
+
+def plot_object_sizes(sizes, unit, charts_dir, filename="object_sizes.png"):
+    """Write ``object_sizes.png``: the distribution of object sizes of each variant (``{variant: sizes}``), on a
+    logarithmic axis of ``unit``; returns the path, or None when there are no objects."""
+    values = {v: np.asarray(s, np.float64) for v, s in sizes.items() if len(s)}
+    if not values:
+        return None
+    os.makedirs(charts_dir, exist_ok=True)
+    fig = _figure((6, 4))
+    ax = fig.subplots()
+    low, high = min(v.min() for v in values.values()), max(v.max() for v in values.values())
+    bins = np.geomspace(low, high * 1.0001, 30) if high > low else 10
+    for variant, v in values.items():
+        ax.hist(v, bins=bins, histtype="step", linewidth=1.2, label=f"{variant} ({len(v)} objects, median "
+                                                                      f"{np.median(v):.4g})")
+    if high > low:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"object size ({unit})")
+    ax.set_ylabel("objects")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(charts_dir, filename)
+    _save_figure(fig, path)
+    return path
+
+
 # One colour per foreground class of a multi-class run's overlays (class 1 first).
 CLASS_COLOURS = ("lime", "magenta", "cyan", "yellow", "orange", "red", "blue", "white")
 

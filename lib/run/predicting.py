@@ -363,8 +363,8 @@ def _find_objects(plan, job, blocks, run_tasks):
     if record.get(writers.INSTANCES_DONE):
         return
     start = time.perf_counter()
-    found = instances.label_store(writers.mask_array(root), writers.instances_array(root), job.block,
-                                  plan.objects["min_size"], plan.client)
+    found = instances.label_store((job.store, f"{writers.MASK_IMAGE}/0"), (job.store, f"{writers.INSTANCES_IMAGE}/0"),
+                                  job.block, run_tasks, plan.objects["min_size"])
     size, unit = plan.objects["voxel_size"], plan.objects["unit"]
     rows = objects.store_table((job.store, f"{writers.INSTANCES_IMAGE}/0"), (job.store, writers.PROB), blocks,
                                run_tasks, size, unit)
