@@ -321,3 +321,17 @@ def test_predict_an_image_smaller_than_the_tile(tmp_path, tiny_run):
     result = predict(tmp_path / "small.tif", tmp_path / "seg.tif", "--model", tiny_run)
     assert result.returncode == 0, result.stderr[-2000:]
     assert tifffile.imread(tmp_path / "seg.tif").shape == (10, 13)
+
+
+def test_a_replacement_killed_between_its_two_renames_is_put_in_place_by_a_rerun(inputs, tiny_run):
+    from lib.predict import writers
+
+    out = inputs / "seg.zarr"
+    assert predict(inputs / "vol.zarr", out, "--model", tiny_run, "--set", "inference.threshold=0.3").returncode == 0
+    os.rename(out, inputs / ".seg.zarr.removing.1")  # killed after the old output was renamed away ...
+    staged = predict(inputs / "vol.zarr", inputs / "staged.zarr", "--model", tiny_run)
+    assert staged.returncode == 0
+    os.rename(inputs / "staged.zarr", writers.staging_store(str(out)))  # ... and before the new one was renamed in
+    result = predict(inputs / "vol.zarr", out, "--model", tiny_run)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert writers.read_job(str(out))["threshold"] == 0.5 and not os.path.exists(writers.staging_store(str(out)))

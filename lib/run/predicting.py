@@ -382,8 +382,8 @@ def _put_in_place(plan, job):
     from ..data import io
 
     output = plan.args.output.rstrip("/")
-    if plan.kind == "zarr":
-        if plan.replace:
+    if plan.kind == "zarr":  # a store predicted beside OUTPUT (a replacement, or one whose swap a kill cut short)
+        if os.path.abspath(job.store) != os.path.abspath(output):
             io.swap_into(job.store, output)
         return
     if plan.kind == "tiff":  # each file replaced atomically
