@@ -414,6 +414,7 @@ BAD = [
 @pytest.mark.parametrize("args, named", BAD, ids=[b[1] + str(i) for i, b in enumerate(BAD)])
 def test_bad_input_is_one_error_line_exit_2_nothing_written(args, named, bad_inputs, run_2d, capsys):
     import dask
+    import distributed  # noqa: F401  (its defaults first: else leaving the dask.config.set below drops them all)
 
     from lib.run import cli
 
