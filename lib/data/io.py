@@ -408,18 +408,35 @@ def swap_into(new, path):
     deleted: a crash or kill before the second rename leaves the old one whole (under the hidden
     name ``.<name>.removing.<pid>``, beside it); deletion is the last step, never the first.
     """
-    import shutil
-
     path = os.path.abspath(path)
-    trash = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.removing.{os.getpid()}")
+    trash = _trash_name(path)
     if os.path.lexists(path):
         os.rename(path, trash)
     os.rename(new, path)
-    if os.path.isdir(trash) and not os.path.islink(trash):
-        shutil.rmtree(trash, ignore_errors=True)
-    elif os.path.lexists(trash):
-        os.remove(trash)
+    _delete(trash)
     return path
+
+
+def remove_tree(path):
+    """Delete a file or folder that the toolkit wrote (a staging store), renamed away first: a kill part-way
+    leaves it whole under a hidden name, never half deleted at its own."""
+    if os.path.lexists(path):
+        trash = _trash_name(os.path.abspath(path))
+        os.rename(path, trash)
+        _delete(trash)
+
+
+def _trash_name(path):
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.removing.{os.getpid()}")
+
+
+def _delete(path):
+    import shutil
+
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def write_tiff(path, array):

@@ -61,7 +61,7 @@ from ..data import io
 from ..errors import UserError
 from ..predict.inference import (crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch, tile_progress,
                                  tiled_inputs)
-from ..predict.instances import connected_components
+from ..predict.instances import connected_components, drop_small
 from ..predict.postprocess import ZFilterStream, binarize, most_probable, oztel, z_filter
 from . import objects, reports
 from .matching import Matches
@@ -87,8 +87,8 @@ def object_scores(pred, gt_labels, prob=None, min_size=0):
     connected components, the instance metrics on its objects (:func:`lib.predict.instances.connected_components`,
     without those smaller than ``min_size``) scored by their mean ``prob``."""
     components = label(pred)
-    found = connected_components(pred, min_size) if min_size > 1 else components
-    return ObjectCounts.from_labels(components, gt_labels), Matches.from_labels(found, gt_labels, prob)
+    return ObjectCounts.from_labels(components, gt_labels), Matches.from_labels(drop_small(components, min_size),
+                                                                                gt_labels, prob)
 
 
 def inference_tile(cfg, crop):

@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from ..predict.instances import open_array
+
 AXES = "zyx"
 
 
@@ -118,7 +120,7 @@ def store_table(labels, prob, blocks, run_tasks, voxel_size=None, unit="pixel"):
     import functools
     import math
 
-    shape = _open(labels).shape
+    shape = open_array(labels).shape
     sizes = [math.prod(s.stop - s.start for s in core) for _, core in blocks]
     rows, boxes = [], {}
     measure = functools.partial(_measure_block, labels, prob, shape, voxel_size, unit)
@@ -134,16 +136,10 @@ def store_table(labels, prob, blocks, run_tasks, voxel_size=None, unit="pixel"):
     return sorted(rows, key=lambda r: r["id"])
 
 
-def _open(where):
-    import zarr
-
-    return zarr.open_group(where[0], mode="r")[where[1]]
-
-
 def _read_prob(prob, window):
     if prob is None:
         return None
-    values = np.asarray(_open(prob)[window])
+    values = np.asarray(open_array(prob)[window])
     return values / np.float32(255) if values.dtype == np.uint8 else values.astype(np.float32)
 
 
@@ -151,7 +147,7 @@ def _measure_block(labels, prob, shape, voxel_size, unit, core):
     """``(rows of the objects whole in block core, {id: (start, stop)} of those on a face shared with a neighbour)``."""
     from scipy.ndimage import find_objects
 
-    block = np.asarray(_open(labels)[core])
+    block = np.asarray(open_array(labels)[core])
     start = np.array([s.start for s in core])
     cut = {}
     inner = np.zeros(block.shape, bool)  # the voxels on a face that another block shares
@@ -175,6 +171,6 @@ def _measure_box(labels, prob, voxel_size, unit, item):
     """The row of object ``id`` measured from its box ``(start, stop)`` in the whole array."""
     i, (start, stop) = item
     window = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
-    crop = np.asarray(_open(labels)[window])
+    crop = np.asarray(open_array(labels)[window])
     alone = np.where(crop == i, crop, 0)
     return object_table(alone, voxel_size, unit, _read_prob(prob, window), origin=start)[0]

@@ -166,36 +166,49 @@ def plot_overlays(samples, variants, charts_dir, filename="overlays.png", classe
     -------
     str, the written path.
     """
-    os.makedirs(charts_dir, exist_ok=True)
+    def draw(ax, sample, variant, lo, hi):
+        ax.imshow(sample["image"], cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+        if classes == 1:
+            _outline(ax, sample["mask"], "lime")
+            if variant in sample["preds"]:
+                _outline(ax, sample["preds"][variant], "magenta")
+        for k in range(1, classes):
+            _outline(ax, sample["mask"] == k, CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)], "dashed")
+            if variant in sample["preds"]:
+                _outline(ax, sample["preds"][variant] == k, CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)])
+        return variant
+
+    title = ("green: ground truth, magenta: prediction" if classes == 1 else "dashed: ground truth, solid: "
+             "prediction; " + ", ".join(f"class {c} {CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]}"
+                                        for c in range(1, classes)))
+    return _sample_grid(samples, variants, draw, title, 9, os.path.join(charts_dir, filename))
+
+
+def _sample_grid(samples, variants, draw, title, title_size, path):
+    """Write a figure of one panel per test slice (rows) and variant (columns) to ``path``; return the path.
+
+    ``draw(ax, sample, variant, lo, hi)`` draws a panel, given the slice's grey levels ``lo`` and ``hi`` (its
+    0.5 and 99.5 percentiles), and returns the column's heading (shown above the first row).
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     variants = list(variants)
     height, width = samples[0]["image"].shape
     panel = 3.2
     fig = _figure((panel * len(variants), panel * height / width * len(samples) + 0.6))
     axes = fig.subplots(len(samples), len(variants), squeeze=False)
     for r, (row, sample) in enumerate(zip(axes, samples)):
-        image = sample["image"]
-        lo, hi = np.percentile(image, (0.5, 99.5))
+        lo, hi = np.percentile(sample["image"], (0.5, 99.5))
+        hi = hi if hi > lo else lo + 1
         for c, (ax, variant) in enumerate(zip(row, variants)):
-            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-            if classes == 1:
-                _outline(ax, sample["mask"], "lime")
-                if variant in sample["preds"]:
-                    _outline(ax, sample["preds"][variant], "magenta")
-            for k in range(1, classes):
-                _outline(ax, sample["mask"] == k, CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)], "dashed")
-                if variant in sample["preds"]:
-                    _outline(ax, sample["preds"][variant] == k, CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)])
+            heading = draw(ax, sample, variant, lo, hi)
             if r == 0:
-                ax.set_title(variant, fontsize=9)
+                ax.set_title(heading, fontsize=9)
             if c == 0:
                 ax.set_ylabel(sample["name"], fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("green: ground truth, magenta: prediction" if classes == 1 else "dashed: ground truth, solid: "
-                 "prediction; " + ", ".join(f"class {c} {CLASS_COLOURS[(c - 1) % len(CLASS_COLOURS)]}"
-                                            for c in range(1, classes)), fontsize=9)
+    fig.suptitle(title, fontsize=title_size)
     fig.tight_layout()
-    path = os.path.join(charts_dir, filename)
     _save_figure(fig, path)
     return path
 
@@ -209,35 +222,19 @@ def plot_objects(samples, variants, charts_dir, filename="objects.png"):
     from skimage.color import label2rgb
     from skimage.segmentation import find_boundaries
 
-    os.makedirs(charts_dir, exist_ok=True)
-    variants = list(variants)
-    height, width = samples[0]["image"].shape
-    panel = 3.2
-    fig = _figure((panel * len(variants), panel * height / width * len(samples) + 0.6))
-    axes = fig.subplots(len(samples), len(variants), squeeze=False)
-    for r, (row, sample) in enumerate(zip(axes, samples)):
-        image = sample["image"]
-        lo, hi = np.percentile(image, (0.5, 99.5))
-        gray = np.clip((image - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-        for c, (ax, variant) in enumerate(zip(row, variants)):
-            labels = sample.get("objects", {}).get(variant)
-            shown = np.dstack([gray] * 3) if labels is None else label2rgb(
-                _shuffled(labels), gray, alpha=0.35, bg_label=0, colors=OBJECT_COLOURS)
-            if labels is not None:
-                shown[find_boundaries(labels, mode="inner")] = (1.0, 1.0, 0.0)
-            ax.imshow(shown, interpolation="nearest")
-            _outline(ax, sample["mask"] > 0, "white", "dashed")
-            if r == 0:
-                ax.set_title(f"{variant}: {0 if labels is None else len(np.unique(labels)) - 1} objects", fontsize=9)
-            if c == 0:
-                ax.set_ylabel(sample["name"], fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle("objects in colours of their own\nwhite dashed: ground truth", fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(charts_dir, filename)
-    _save_figure(fig, path)
-    return path
+    def draw(ax, sample, variant, lo, hi):
+        gray = np.clip((sample["image"] - lo) / (hi - lo), 0, 1)
+        labels = sample.get("objects", {}).get(variant)
+        shown = np.dstack([gray] * 3) if labels is None else label2rgb(
+            _shuffled(labels), gray, alpha=0.35, bg_label=0, colors=OBJECT_COLOURS)
+        if labels is not None:
+            shown[find_boundaries(labels, mode="inner")] = (1.0, 1.0, 0.0)
+        ax.imshow(shown, interpolation="nearest")
+        _outline(ax, sample["mask"] > 0, "white", "dashed")
+        return f"{variant}: {0 if labels is None else len(np.unique(labels)) - 1} objects"
+
+    return _sample_grid(samples, variants, draw, "objects in colours of their own\nwhite dashed: ground truth", 8,
+                        os.path.join(charts_dir, filename))
 
 
 # Colours of neighbouring ids differ most when ids are shuffled (label2rgb cycles through its colours).

@@ -14,15 +14,22 @@ def connected_components(binary, min_size=0):
     """The objects of a binary mask, numbered from 1 (uint32), without those of fewer than ``min_size`` voxels."""
     from skimage.measure import label
 
-    labels = label(np.asarray(binary) > 0).astype(np.uint32)
+    return drop_small(label(np.asarray(binary) > 0), min_size)
+
+
+def drop_small(labels, min_size=0):
+    """``labels`` (uint32) without the objects of fewer than ``min_size`` voxels, the others numbered 1, 2 ... in
+    their order (scikit-image's ``relabel_sequential``)."""
+    from skimage.segmentation import relabel_sequential
+
+    labels = np.asarray(labels)
     if min_size > 1 and labels.max():
         sizes = np.bincount(labels.ravel())
         small = sizes < min_size
         small[0] = False
         if small.any():
-            labels[small[labels]] = 0
-            labels = label(labels > 0).astype(np.uint32)
-    return labels
+            labels = relabel_sequential(np.where(small[labels], 0, labels))[0]
+    return labels.astype(np.uint32, copy=False)
 
 
 def label_store(mask, out, block, run_tasks, min_size=0):
@@ -54,7 +61,7 @@ def label_store(mask, out, block, run_tasks, min_size=0):
 
     from .blockwise import block_grid
 
-    shape = _open(mask).shape
+    shape = open_array(mask).shape
     grid, blocks = block_grid(shape, block)
     cores = [core for _, core in blocks]
     sizes = [math.prod(s.stop - s.start for s in core) for core in cores]
@@ -66,7 +73,8 @@ def label_store(mask, out, block, run_tasks, min_size=0):
     first = offsets[:-1].reshape(grid)  # the global id before each block's first label
     faces = _faces(shape, block, grid)
     pairs = list(run_tasks(functools.partial(_face_pairs, out, first, block), faces,
-                           [math.prod(s.stop - s.start for s in f[1]) for f in faces], "joining objects across blocks"))
+                           [math.prod(s.stop - s.start for s in face) for face in faces],
+                           "joining objects across blocks"))
     pairs = np.concatenate([np.zeros((2, 0), np.int64)] + pairs, axis=1)
     n = len(voxels)
     graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(n, n))
@@ -80,7 +88,8 @@ def label_store(mask, out, block, run_tasks, min_size=0):
     return int(keep.sum())
 
 
-def _open(where, mode="r"):
+def open_array(where, mode="r"):
+    """The zarr array ``(store path, array path)``: opened where it is used, so that a Dask task can carry it."""
     import zarr
 
     return zarr.open_group(where[0], mode=mode)[where[1]]
@@ -90,29 +99,22 @@ def _label_block(mask, out, item):
     """Label block ``(k, core)`` on its own, store its labels (1, 2 ... in the block); return ``(k, the voxels of
     each label)``."""
     k, core = item
-    labels = connected_components(np.asarray(_open(mask)[core]))
-    _open(out, "r+")[core] = labels
+    labels = connected_components(np.asarray(open_array(mask)[core]))
+    open_array(out, "r+")[core] = labels
     return k, np.bincount(labels.ravel())
 
 
 def _faces(shape, block, grid):
-    """The borders between neighbouring blocks as ``(axis, window)``: the plane on either side of each border,
-    in pieces of one block across, each widened by one voxel on every side (diagonal neighbours)."""
+    """The borders between neighbouring blocks, as windows: the plane on either side of each border, in pieces
+    of one block across, each widened by one voxel on every side (diagonal neighbours)."""
     faces = []
-    for axis, n in enumerate(grid):
-        for k in range(1, n):
-            at = k * block[axis]
-            others = [range(m) for a, m in enumerate(grid) if a != axis]
-            for position in np.ndindex(*[len(r) for r in others]):
-                window, j = [], 0
-                for a in range(len(shape)):
-                    if a == axis:
-                        window.append(slice(at - 1, at + 1))
-                    else:
-                        start = position[j] * block[a]
-                        window.append(slice(max(start - 1, 0), min(start + block[a] + 1, shape[a])))
-                        j += 1
-                faces.append((axis, tuple(window)))
+    for axis in range(len(shape)):
+        for index in np.ndindex(*grid):  # the border before each block that has a neighbour before it on axis
+            if index[axis] == 0:
+                continue
+            faces.append(tuple(
+                slice(i * b - 1, i * b + 1) if a == axis else slice(max(i * b - 1, 0), min((i + 1) * b + 1, s))
+                for a, (i, b, s) in enumerate(zip(index, block, shape))))
     return faces
 
 
@@ -122,12 +124,11 @@ def _global_ids(local, window, first, block):
     return np.where(local > 0, local.astype(np.int64) + offset, 0)
 
 
-def _face_pairs(out, first, block, face):
+def _face_pairs(out, first, block, window):
     """``(2, M)`` pairs of global ids that touch across one border: the same component of its two planes."""
     from skimage.measure import label
 
-    _, window = face
-    ids = _global_ids(np.asarray(_open(out)[window]), window, first, block)
+    ids = _global_ids(np.asarray(open_array(out)[window]), window, first, block)
     joined = label(ids > 0)
     both = np.unique(np.stack([joined.ravel(), ids.ravel()]), axis=1)
     both = both[:, both[0] > 0]
@@ -137,6 +138,6 @@ def _face_pairs(out, first, block, face):
 
 def _renumber_block(out, first, lut, item):
     index, core = item
-    array = _open(out, "r+")
+    array = open_array(out, "r+")
     local = np.asarray(array[core]).astype(np.int64)
     array[core] = np.where(local > 0, lut[np.where(local > 0, local + first[index], 0)], 0).astype(np.uint32)

@@ -218,14 +218,3 @@ def _tiff_values(name, values, prob_dtype, classes=1):
     if name == "mask":
         return values * np.uint8(255) if classes == 1 else values
     return values.astype(np.float32) if prob_dtype == "float16" else values
-
-
-def remove_store(path):
-    """Delete a store this job wrote (a staging store, or one of ours that is being recreated), renamed away first."""
-    if not os.path.lexists(path):
-        return
-    trash = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.removing")
-    if os.path.lexists(trash):
-        shutil.rmtree(trash)
-    os.rename(path, trash)
-    shutil.rmtree(trash)

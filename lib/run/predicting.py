@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from .. import config as config_lib
-from ..data import volumes
+from ..data import io, volumes
 from ..errors import UserError, options
 from ..predict import blockwise, writers
 from . import devices, folders, paths
@@ -327,7 +327,7 @@ def run(plan):
         grid, blocks = blockwise.block_grid(spatial, job.block)
         if plan.state == "new":
             if job.store == writers.staging_store(args.output):
-                writers.remove_store(job.store)  # a staging store of another job of ours (checked by plan)
+                io.remove_tree(job.store)  # a staging store of another job of ours (checked by plan)
             writers.create_store(job.store, spatial, blockwise.output_chunks(job.block, spatial), grid,
                                  job.prob_dtype, plan.description, job.volume.voxel_size, job.volume.unit,
                                  job.classes, instances=plan.objects is not None)
@@ -354,7 +354,6 @@ def _find_objects(plan, job, blocks, run_tasks):
     """Label the mask's objects block-wise (ids unique across block borders) and measure them, once per store."""
     import zarr
 
-    from ..data import io
     from ..evaluate import objects
     from ..predict import instances
 
@@ -379,7 +378,6 @@ def _find_objects(plan, job, blocks, run_tasks):
 
 def _put_in_place(plan, job):
     """The complete store becomes OUTPUT: swapped in (zarr), or exported then removed (TIFF, folder)."""
-    from ..data import io
 
     output = plan.args.output.rstrip("/")
     if plan.kind == "zarr":  # a store predicted beside OUTPUT (a replacement, or one whose swap a kill cut short)
@@ -391,12 +389,12 @@ def _put_in_place(plan, job):
     elif plan.replace:  # a folder of slices: exported beside the old one, then swapped
         fresh = os.path.join(os.path.dirname(os.path.abspath(output)), f".{os.path.basename(output)}.replacing")
         if os.path.lexists(fresh):
-            writers.remove_store(fresh)
+            io.remove_tree(fresh)
         writers.export_slices(job.store, fresh, plan.description, job.prob_dtype)
         io.swap_into(fresh, output)
     else:
         writers.export_slices(job.store, output, plan.description, job.prob_dtype)
-    writers.remove_store(job.store)
+    io.remove_tree(job.store)
 
 
 def _with_statistics(job, blocks, run_tasks):
