@@ -85,6 +85,7 @@ CONFIG = {
         "planar_levels": 4,            # the first N levels (full resolution first) convolve within each section
                                        # (3 x 3), deeper ones in 3D (3 x 3 x 3): about 2x faster on a CPU; 0: all 3D
         "classes": 1,                  # 1: binary (sigmoid); K > 1: masks hold class ids 0..K-1 (softmax)
+        "targets": "mask",             # mask (semantic) | bc / bcd: objects from label masks (foreground, contour[, distance])
     },
     "train": {
         "epochs": 200,                 # maximum number of epochs
@@ -110,6 +111,7 @@ CONFIG = {
         "batch_overlap": False,        # dice / jaccard / bce_dice: sum the overlap over the whole batch, not per subvolume
         "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
         "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, voxels
+        "channel_weights": [],         # targets bc / bcd: loss weight per channel; [] = 1 each
         "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
         "pretrained": None,            # fine-tune: a .keras file, a zoo .zip, a run folder, or a run name "ID_RID" in JOB_DIR
         "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
@@ -118,7 +120,7 @@ CONFIG = {
         "seed": 42,                    # random seed (weights, split, subvolumes, augmentation)
         "workers": 1,                  # threads preparing batches beside training
         "steps_per_epoch": 0,          # 0: an epoch covers the training volumes once (volume / subvolume x data.replicate), 20-100 steps
-        "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
+        "monitor": "auto",             # auto (val_f1 for objects, else val_iou) | val_iou | val_f1 | val_loss
         "precision": "float32",        # float32 | bfloat16 | float16 (mixed; float16 with loss scaling); also for prediction
         "deterministic": False,        # deterministic kernels: identical reruns, slower (see docs/reliability.md)
         "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
@@ -146,8 +148,11 @@ CONFIG = {
         "oztel": False,                # Oztel et al. 2017, slice by slice: drop unsure objects, snap boundaries to edges
         "oztel_min_mean_prob": 0.6,    # objects whose mean probability is below this are dropped
         "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
-        "instances": False,            # True: objects (connected components) and their table objects.csv
+        "instances": False,            # True: objects (connected components; with targets bc/bcd always) and objects.csv
         "min_size": 0,                 # objects smaller than this (pixels / voxels) are left out
+        "seed_threshold": 0.5,         # targets bc / bcd: seeds where the foreground probability is above this,
+        "contour_threshold": 0.3,      # ... the contour probability below this,
+        "distance_threshold": 0.5,     # ... and (bcd) the distance to the border above this
     },
 }
 

@@ -90,6 +90,7 @@ CONFIG = {
                                        # | linear (upsample straight to the output: nothing else at full resolution)
         "planar_levels": 0,            # 3D only (0 in 2D): the first N levels convolve within each z section
         "classes": 1,                  # 1: binary (sigmoid); K > 1: masks hold class ids 0..K-1 (softmax)
+        "targets": "mask",             # mask (semantic) | bc / bcd: objects from label masks (foreground, contour[, distance])
     },
     "train": {
         "epochs": 200,                 # maximum number of epochs
@@ -115,6 +116,7 @@ CONFIG = {
         "batch_overlap": False,        # dice / jaccard / bce_dice: sum the overlap over the whole batch, not per crop
         "weight_w0": 10.0,             # weighted_bce: extra weight in narrow gaps between objects
         "weight_sigma": 5.0,           # weighted_bce: width of that extra weight, pixels
+        "channel_weights": [],         # targets bc / bcd: loss weight per channel; [] = 1 each
         "deep_supervision_weights": [],  # loss weight per output, main first (depth values); [] = 1, 1/2, 1/4...
         "pretrained": None,            # fine-tune: a .keras file, a zoo .zip, a run folder, or a run name "ID_RID" in JOB_DIR
         "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
@@ -123,7 +125,7 @@ CONFIG = {
         "seed": 42,                    # random seed (weights, split, crops, augmentation)
         "workers": 2,                  # threads reading and augmenting crops beside training (1 = in the training loop)
         "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps
-        "monitor": "val_iou",          # val_iou | val_loss: picks the best checkpoint, early stopping, plateau
+        "monitor": "auto",             # auto (val_f1 for objects, else val_iou) | val_iou | val_f1 | val_loss
         "precision": "auto",           # auto (bfloat16 on CPUs with bf16 hardware, else float32) | float32 | bfloat16 | float16 (mixed; float16 with loss scaling); also for prediction
         "deterministic": False,        # deterministic kernels: identical reruns, slower (see docs/reliability.md)
         "tensorboard": True,           # TensorBoard event files under RUN/tensorboard (tensorboard --logdir JOB_DIR)
@@ -150,8 +152,11 @@ CONFIG = {
         "oztel": False,                # Oztel et al. 2017: drop unsure objects, snap boundaries to image edges
         "oztel_min_mean_prob": 0.6,    # objects whose mean probability is below this are dropped
         "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
-        "instances": False,            # True: objects (connected components) and their table objects.csv
+        "instances": False,            # True: objects (connected components; with targets bc/bcd always) and objects.csv
         "min_size": 0,                 # objects smaller than this (pixels / voxels) are left out
+        "seed_threshold": 0.5,         # targets bc / bcd: seeds where the foreground probability is above this,
+        "contour_threshold": 0.3,      # ... the contour probability below this,
+        "distance_threshold": 0.5,     # ... and (bcd) the distance to the border above this
     },
 }
 

@@ -24,6 +24,7 @@ from .choices import (  # noqa: F401
     MAX_CLASSES,
     MODELS,
     MONITORS,
+    TARGETS,
     NORMALIZATIONS,
     OPTIMIZERS,
     PRECISIONS,

@@ -18,7 +18,11 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adabound")
 SCHEDULES = ("none", "step", "cosine", "plateau", "onecycle")
 
 
-MONITORS = ("val_iou", "val_loss")
+MONITORS = ("auto", "val_iou", "val_f1", "val_loss")
+
+
+# model.targets: what the network learns; bc and bcd are the instance modes (lib.data.targets.CHANNELS).
+TARGETS = ("mask", "bc", "bcd")
 
 
 # Defined here, not in lib.model.losses, so that checking a configuration does not import Keras.

@@ -10,8 +10,8 @@ from typing import List, Optional, Union
 
 from ..errors import UserError
 from .choices import (ACTIVATIONS, AUGMENT_PRESETS, CATEGORICAL_LOSSES, LOSS_NAMES, MAX_CLASSES, MODELS, MONITORS,
-                      NORMALIZATIONS, OPTIMIZERS, PRECISIONS, PROB_DTYPES, SCHEDULES, STEM_HEADS, UPSAMPLINGS,
-                      VAL_SPLITS, WINDOWS)
+                      NORMALIZATIONS, OPTIMIZERS, PRECISIONS, PROB_DTYPES, SCHEDULES, STEM_HEADS, TARGETS,
+                      UPSAMPLINGS, VAL_SPLITS, WINDOWS)
 from .values import _choice, _interval, _range, _shape, option
 
 
@@ -196,10 +196,22 @@ class ModelConfig:
     classes: int = option(1, "1: binary segmentation (sigmoid; masks 0 and one foreground value); K > 1: K classes "
                           "(softmax; masks hold class ids 0..K-1, 0 the background; K = 2 also takes binary masks)",
                           range=f"[1, {MAX_CLASSES}]")
+    targets: str = option("mask", "what the network learns: mask (semantic segmentation), or objects (instances) "
+                          "from label masks: bc (foreground + contour channels) or bcd (foreground + contour + "
+                          "distance to the object's border); the objects are then split by a watershed from seeds "
+                          "(post.seed_threshold, post.contour_threshold, post.distance_threshold)", TARGETS)
 
     def validate(self):
         _choice("model.name", self.name, tuple(MODELS))
         _range("model.classes", self.classes, 1, MAX_CLASSES)
+        _choice("model.targets", self.targets, TARGETS)
+        if self.targets != "mask" and self.classes > 1:
+            raise UserError(f"model.targets={self.targets}: objects of one kind from label masks, but "
+                            f"model.classes={self.classes}; set model.classes=1 (or model.targets=mask for classes)")
+        if self.targets != "mask" and MODELS.get(self.name) != "lib.model.networks":
+            raise UserError(f"model.targets={self.targets}: the {self.name} network of a paper folder has one output "
+                            "per class; instance channels need one of lib's networks (unet, resunet, "
+                            "attention_unet, seunet, multiresunet), or model.targets=mask")
         _range("model.depth", self.depth, 1, 8)
         _range("model.filters", self.filters, 1, None)
         _choice("model.activation", self.activation, ACTIVATIONS)
@@ -291,8 +303,13 @@ class TrainConfig:
                           range="[1, inf)")
     steps_per_epoch: int = option(0, "0: an epoch covers the training area once (area / crop area x "
                                   "data.replicate), 20-100 steps", range="[0, inf)")
-    monitor: str = option("val_iou", "picks the best checkpoint, early stopping and plateau drops: val_iou "
-                          "(foreground IoU of the validation crops, tracks the test metric) or val_loss", MONITORS)
+    monitor: str = option("auto", "picks the best checkpoint, early stopping and plateau drops: val_iou "
+                          "(foreground IoU of the validation crops, tracks the test metric), val_f1 (F1 of the "
+                          "objects of the validation crops at IoU 0.5; model.targets bc or bcd), val_loss, or auto "
+                          "(val_f1 for bc and bcd, else val_iou)", MONITORS)
+    channel_weights: List[float] = option([], "model.targets bc or bcd: the loss weight of each channel "
+                                          "(foreground, contour[, distance]); []: 1 each", range="[], or one "
+                                          "weight >= 0 per channel")
     precision: str = option("float32", "computation in float32, or mixed: bfloat16 (on GPUs and CPUs with bf16) "
                             "or float16 (GPUs; with loss scaling); weights, sigmoid and loss stay float32; "
                             "prediction too; auto: bfloat16 for a 2D network on TensorFlow on a CPU with bf16 "
@@ -348,6 +365,8 @@ class TrainConfig:
             _range("train.class_weights", w, 0.0, None)
         _range("train.weight_w0", self.weight_w0, 0.0, None)
         _range("train.weight_sigma", self.weight_sigma, 0.0, None, low_open=True)
+        for w in self.channel_weights:
+            _range("train.channel_weights", w, 0.0, None)
         for w in self.deep_supervision_weights:
             _range("train.deep_supervision_weights", w, 0.0, None)
         if self.pretrained is not None and not self.pretrained.strip():
@@ -366,6 +385,20 @@ class TrainConfig:
     def check_model(self, model):
         """Check the options that depend on the model section (``ModelConfig``)."""
         k = model.classes
+        channels = {"mask": 0, "bc": 2, "bcd": 3}[model.targets]
+        if self.monitor == "val_f1" and not channels:
+            raise UserError("train.monitor=val_f1: the F1 of objects needs an instance run (model.targets bc or "
+                            "bcd); use val_iou, val_loss or auto")
+        if self.channel_weights and len(self.channel_weights) != channels:
+            raise UserError(f"train.channel_weights: expected {channels} weights for model.targets={model.targets} "
+                            f"(foreground, contour{', distance' if channels == 3 else ''}), got "
+                            f"{self.channel_weights}" if channels else "train.channel_weights: weights of channels "
+                            "need model.targets bc or bcd; set train.channel_weights=[]")
+        if self.channel_weights and not any(self.channel_weights):
+            raise UserError("train.channel_weights: every weight is 0; expected at least one positive weight")
+        if channels and self.loss in ("weighted_bce", "ce", "ce_dice"):
+            raise UserError(f"train.loss={self.loss}: model.targets={model.targets} trains each channel with a binary "
+                            "loss (bce, dice, bce_dice or jaccard; the distance channel with squared error)")
         if k > 1 and self.loss not in CATEGORICAL_LOSSES:
             raise UserError(f"train.loss={self.loss}: a binary loss, but model.classes={k}; expected ce, dice or "
                             "ce_dice (bce and bce_dice stand for ce and ce_dice)")
@@ -462,6 +495,13 @@ class PostConfig:
                              "(objects.csv: size, shape, mean probability; objects_summary.csv: counts, density)")
     min_size: int = option(0, "objects smaller than this (pixels or voxels) are left out of the instances and of the "
                            "instance metrics (f1_50, ap_50 ...)", range="[0, inf)")
+    seed_threshold: float = option(0.5, "model.targets bc/bcd: a seed of an object is where the foreground "
+                                   "probability is above this ...", range="(0, 1)")
+    contour_threshold: float = option(0.3, "... and the contour probability below this; objects grow from their "
+                                      "seeds (a watershed) over the foreground (inference.threshold)",
+                                      range="(0, 1)")
+    distance_threshold: float = option(0.5, "model.targets=bcd: ... and the predicted distance to the border above "
+                                       "this (1 at an object's centre)", range="[0, 1)")
 
     def validate(self):
         _range("post.z_filter_size", self.z_filter_size, 1, None)
@@ -470,6 +510,9 @@ class PostConfig:
         _range("post.oztel_min_mean_prob", self.oztel_min_mean_prob, 0.0, 1.0)
         _range("post.oztel_marker_radius", self.oztel_marker_radius, 0.0, None, low_open=True)
         _range("post.min_size", self.min_size, 0, None)
+        _range("post.seed_threshold", self.seed_threshold, 0.0, 1.0, low_open=True, high_open=True)
+        _range("post.contour_threshold", self.contour_threshold, 0.0, 1.0, low_open=True, high_open=True)
+        _range("post.distance_threshold", self.distance_threshold, 0.0, 1.0, high_open=True)
 
 
 @dataclass
@@ -488,6 +531,10 @@ class Config:
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate()
         self.train.check_model(self.model)
+        if self.model.targets != "mask" and self.post.oztel:
+            raise UserError(f"post.oztel=true: Oztel post-processing refines connected components; "
+                            f"model.targets={self.model.targets} splits objects by its own watershed; set "
+                            "post.oztel=false")
         if self.model.classes > 1 and self.post.oztel:
             raise UserError(f"post.oztel=true: Oztel post-processing refines binary objects; with "
                             f"model.classes={self.model.classes} set post.oztel=false")

@@ -65,8 +65,9 @@ class Augmenter:
         image : ndarray, shape (*spatial, C)
             The image, ``(H, W, C)`` in 2D or ``(Z, Y, X, C)`` in 3D; converted
             to float32.
-        mask : ndarray of uint8, shape spatial
-            Binary mask with values in {0, 1}, aligned with ``image``.
+        mask : integer ndarray, shape spatial
+            Binary mask with values in {0, 1} (or class ids, or a label image of objects: its dtype is kept),
+            aligned with ``image``.
         rng : numpy.random.Generator
             Source of every random choice: the same generator state gives the
             same output, with or without ``weight``.
@@ -92,7 +93,8 @@ class Augmenter:
             If the shapes of ``image``, ``mask`` and ``weight`` do not match ``ndim``.
         """
         image = np.array(image, dtype=np.float32)
-        labels = [np.array(mask, dtype=np.uint8)]
+        mask = np.asarray(mask)
+        labels = [np.array(mask, dtype=mask.dtype if np.issubdtype(mask.dtype, np.integer) else np.uint8)]
         if weight is not None:
             labels.append(np.array(weight, dtype=np.float32))
         if image.ndim != self.ndim + 1 or any(a.shape != image.shape[:-1] for a in labels):

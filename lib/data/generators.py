@@ -53,12 +53,16 @@ class CropDataset(keras.utils.PyDataset):
         as the mask. With them the targets ``y`` have two
         channels, mask then weight, for :func:`lib.model.losses.weighted_bce`.
 
-    Batches are ``(x (N, *crop, C) float32, y (N, *crop, 1 or 2) float32)``.
+    targets : callable ``mask (*crop) -> (*crop, K) float32``, optional
+        The targets of each crop computed from its mask once cut and augmented (e.g. the instance channels of
+        :func:`lib.data.targets.instance_targets` of a label image); default the mask (and weight) itself.
+
+    Batches are ``(x (N, *crop, C) float32, y (N, *crop, 1 or 2) float32)`` (``K`` channels with ``targets``).
     """
 
     def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, random_crops=True,
                  fg_sampling=0.0, replicate=1, seed=0, shuffle=True, workers=1, weights=None, draws=None,
-                 samples_per_epoch=None):
+                 samples_per_epoch=None, targets=None):
         # Keras gets one worker, i.e. no enqueuer of its own: on JAX and torch, fit() peeks at a batch before the
         # first epoch, and the enqueuer keeps the batches it prepared then (with the dataset's state before
         # set_epoch) and serves them in the first epoch, so a resumed run would not see an uninterrupted one's
@@ -68,7 +72,7 @@ class CropDataset(keras.utils.PyDataset):
             raise UserError(f"training data: {len(images)} images and {len(masks)} masks; expected equal, non-zero counts")
         if weights is not None and [w.shape for w in weights] != [m.shape for m in masks]:
             raise ValueError("CropDataset: expected one weight map of the shape of each mask")
-        self.images, self.masks, self.weights = images, masks, weights
+        self.images, self.masks, self.weights, self.targets = images, masks, weights, targets
         self.crop_shape = tuple(crop_shape)
         self.batch_size = batch_size
         self.augmenter = augmenter
@@ -147,7 +151,7 @@ class CropDataset(keras.utils.PyDataset):
             rng = np.random.default_rng([self.seed, epoch, index * self.batch_size + k])
             x, *target = self.sample(item, rng)
             xs.append(x)
-            ys.append(np.stack(target, axis=-1))
+            ys.append(np.stack(target, axis=-1) if self.targets is None else self.targets(target[0]))
         return np.stack(xs), np.stack(ys).astype(np.float32)
 
     def sample(self, item, rng):
@@ -205,16 +209,18 @@ class DiskCropDataset(CropDataset):
         Per-pixel loss weights computed from each crop's mask as it is read (e.g.
         :func:`lib.data.weightmaps.weight_map`), moved by the same augmentation; the targets then have two
         channels, mask then weight.
+    targets : as :class:`CropDataset`'s
     """
 
     def __init__(self, images, masks, crop_shape, batch_size, augmenter=None, fg_sampling=0.0,
                  foreground=None, replicate=1, seed=0, shuffle=True, workers=1, draws=None,
-                 samples_per_epoch=None, windows=None, weight_map=None):
+                 samples_per_epoch=None, windows=None, weight_map=None, targets=None):
         # CropDataset would index the foreground by reading every mask whole;
         # the per-block ForegroundIndex takes the place of its pixel index.
         super().__init__(images, masks, crop_shape, batch_size, augmenter=augmenter, random_crops=True,
                          fg_sampling=0.0, replicate=replicate, seed=seed, shuffle=shuffle, workers=workers,
-                         draws=None if windows is not None else draws, samples_per_epoch=samples_per_epoch)
+                         draws=None if windows is not None else draws, samples_per_epoch=samples_per_epoch,
+                         targets=targets)
         if fg_sampling > 0 and windows is None and (foreground is None or len(foreground) != len(masks)):
             raise ValueError("DiskCropDataset: fg_sampling needs one ForegroundIndex per mask")
         self.windows, self.weight_map = windows, weight_map

@@ -179,20 +179,49 @@ def _shown(values):
     return ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
 
 
+# ``classes`` of the functions that read masks for instance runs (``model.targets`` bc or bcd): label images.
+LABELS = 0
+
+
+def label_mask(mask, path):
+    """Return a label image (0 background, each object its own id) as uint16, or uint32 when an id needs it.
+
+    A binary mask (e.g. 0/255) is a label image too: its objects are its connected components. Raises
+    UserError naming ``path`` for a float mask with fractions, negative ids or ids beyond uint32.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype == bool:
+        return mask.astype(np.uint16)
+    if not np.issubdtype(mask.dtype, np.number):
+        raise UserError(f"{path}: mask of type {mask.dtype}; expected a label image of integer ids (8, 16 or 32 "
+                        "bit), 0 the background")
+    if not np.issubdtype(mask.dtype, np.integer) and mask.size and not np.array_equal(mask, np.round(mask)):
+        raise UserError(f"{path}: float mask with fractional values (e.g. {_shown(np.unique(mask[mask != np.round(mask)]))}); "
+                        "expected a label image of integer ids (8, 16 or 32 bit), 0 the background")
+    low, high = (mask.min(), mask.max()) if mask.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.uint32).max:
+        raise UserError(f"{path}: label ids from {low} to {high}; expected ids 0 (background) to {np.iinfo(np.uint32).max}")
+    return mask.astype(np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32)
+
+
 def class_mask(mask, path, classes=1):
-    """Return ``mask`` as uint8: {0, 1} for ``classes`` 1 (binary), class ids ``0 .. classes - 1`` for more.
+    """Return ``mask`` as uint8: {0, 1} for ``classes`` 1 (binary), class ids ``0 .. classes - 1`` for more;
+    with ``classes`` :data:`LABELS`, a label image (:func:`label_mask`).
 
     With ``classes`` <= 2 a binary mask (at most two distinct values, one of which is 0 when
     there are two, e.g. 0/255) is accepted and becomes {0, 1}; with 2 a mask of class ids {0, 1}
     is such a mask. With ``classes`` > 2 every value must be an integer class id below ``classes``.
     Raises UserError naming ``path`` and the values found otherwise.
     """
+    if classes == LABELS:
+        return label_mask(mask, path)
     values = np.unique(mask)
     if classes <= 2:
         if len(values) > 2 or (len(values) == 2 and values[0] != 0):
             expected = ("expected background 0 and one foreground value (e.g. 0/1 or 0/255)" if classes == 1 else
                         "expected class ids 0 and 1, or background 0 and one foreground value (classes=2)")
-            raise UserError(f"{path}: mask is not binary, found {len(values)} values ({_shown(values)}); {expected}")
+            raise UserError(f"{path}: mask is not binary, found {len(values)} values ({_shown(values)}); {expected}"
+                            f"{'; a label image of objects needs model.targets=bc or bcd' if classes == 1 else ''}")
         return (mask > 0).astype(np.uint8)
     outside = values[(values < 0) | (values > classes - 1) | (values != np.round(values))]
     if len(outside):

@@ -44,7 +44,7 @@ SPLITS = ("train", "test")
 CLASSES = (1, 2, 3)  # binary (0/255 masks), mitochondria as class ids 0/1, or + membranes as class 2
 
 
-def make_sample(shape, rng, n_objects=None, classes=1):
+def make_sample(shape, rng, n_objects=None, classes=1, touching=False, labels=False):
     """Make one synthetic EM image or volume and its mitochondria mask (with ``classes=3``, and membranes).
 
     Parameters
@@ -61,6 +61,11 @@ def make_sample(shape, rng, n_objects=None, classes=1):
     classes : {1, 2, 3}
         3: the mask also marks the cell membranes drawn in the image as class 2. The image
         is the same whatever ``classes``.
+    touching : bool
+        Place most objects against another, so that they touch along a border (each keeps its own double
+        membrane there, as in EM); with ``classes`` 1 only.
+    labels : bool
+        Return a label image (uint16, each object its own id) instead of the binary mask; with ``classes`` 1.
 
     Returns
     -------
@@ -82,8 +87,12 @@ def make_sample(shape, rng, n_objects=None, classes=1):
 
     membrane_dist = _level_set_distance(shape, rng, cell_size=50 * scale)
     # Mitochondria sit inside cells, so cell membranes are obstacles for placement.
-    mask, along = _place_objects(shape, rng, n_objects, membrane_dist > 4 * px, scale)
-    fg = mask.astype(bool)
+    if (touching or labels) and classes != 1:
+        raise UserError(f"classes={classes}: touching objects and label images are of one kind of object; "
+                        "expected classes 1")
+    objects, along = _place_objects(shape, rng, n_objects, membrane_dist > 4 * px, scale, touching)
+    fg = objects > 0
+    mask = fg.astype(np.uint8)
 
     cytoplasm = 0.62 + 0.09 * _smooth_noise(shape, rng, 70 * scale)
     cytoplasm += 0.05 * _smooth_noise(shape, rng, 3 * px)
@@ -100,7 +109,8 @@ def make_sample(shape, rng, n_objects=None, classes=1):
     period = rng.uniform(5, 8) * px
     phase = 2 * np.pi * along / period + 1.5 * _smooth_noise(shape, rng, 8 * px)
     cristae = np.clip(np.cos(phase), 0, None) ** 2
-    depth = ndimage.distance_transform_edt(fg)
+    # Depth inside each object: where objects touch, each has its own border (and membranes) there.
+    depth = ndimage.distance_transform_edt(fg & ~_between(objects)) if touching else ndimage.distance_transform_edt(fg)
     double_membrane = sum(
         np.exp(-(((depth - d * px) / (0.7 * px)) ** 2)) for d in (0.8, 2.6)
     )
@@ -113,10 +123,19 @@ def make_sample(shape, rng, n_objects=None, classes=1):
     electrons = 80.0
     image = rng.poisson(np.clip(image, 0, None) * electrons) / electrons
     image += rng.normal(0, 0.03, shape)
-    return _to_uint8(image), mask
+    return _to_uint8(image), (objects if labels else mask)
 
 
-def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volume=False, classes=1):
+def _between(objects):
+    """The voxels of an object next to another object (not the background): where touching objects meet."""
+    size = (3,) * objects.ndim
+    others = np.where(objects > 0, objects, np.iinfo(objects.dtype).max)
+    return (objects > 0) & ((ndimage.grey_dilation(objects, size=size) != objects) |
+                            (ndimage.grey_erosion(others, size=size) != objects))
+
+
+def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volume=False, classes=1,
+                  touching=False):
     """Write a synthetic dataset in the template folder layout.
 
     Layout: ``out_dir/{train,test}/{x,y}/``, one zlib-compressed 2D TIFF per
@@ -142,6 +161,9 @@ def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volum
         ``slice_0000.tif``..., under the same names in ``x`` and ``y``.
     classes : {1, 2, 3}
         1: binary masks 0/255; 2: mitochondria as class ids 0/1; 3: and membranes as class 2.
+    touching : bool
+        Objects that touch (:func:`make_sample`), the masks label images (uint16, each object its own id;
+        ``model.targets`` bc or bcd); with ``classes`` 1.
 
     Returns
     -------
@@ -177,11 +199,11 @@ def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volum
             os.makedirs(x_dir)
             os.makedirs(y_dir)
             for x_name, y_name, image, mask in _split_pairs(
-                shape, seed, split_index, counts[split_index], volume, classes
+                shape, seed, split_index, counts[split_index], volume, classes, touching
             ):
                 tifffile.imwrite(os.path.join(x_dir, x_name), image, compression="zlib")
                 tifffile.imwrite(
-                    os.path.join(y_dir, y_name), mask * np.uint8(255) if classes == 1 else mask,
+                    os.path.join(y_dir, y_name), mask * np.uint8(255) if classes == 1 and not touching else mask,
                     compression="zlib",
                 )
         os.rename(tmp_dir, out_dir)
@@ -210,12 +232,15 @@ def main(argv=None):
     parser.add_argument("--classes", type=int, default=1, choices=CLASSES,
                         help="1: binary masks (0/255); 3: class ids 0 background, 1 mitochondria, 2 membranes "
                              "(model.classes=3); 2: mitochondria as class ids 0/1")
+    parser.add_argument("--touching", action="store_true",
+                        help="objects that touch, the masks label images (each object its own id) for instance "
+                             "runs (model.targets=bc or bcd)")
     args = parser.parse_args(argv)
     volume = args.volume is not None
     shape = tuple(args.volume if volume else args.size)
     try:
         out_dir = write_dataset(
-            args.out_dir, args.n_train, args.n_test, shape, args.seed, volume, args.classes
+            args.out_dir, args.n_train, args.n_test, shape, args.seed, volume, args.classes, args.touching
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -248,15 +273,16 @@ def _check_shape(shape, ndims):
     return tuple(int(n) for n in shape)
 
 
-def _split_pairs(shape, seed, split_index, count, volume, classes=1):
+def _split_pairs(shape, seed, split_index, count, volume, classes=1, touching=False):
     """Yield ``(image name, mask name, image, mask)`` for the 2D files of one split."""
+    more = dict(classes=classes, touching=touching, labels=touching)
     if volume:
-        image, mask = make_sample(shape, np.random.default_rng([seed, split_index]), classes=classes)
+        image, mask = make_sample(shape, np.random.default_rng([seed, split_index]), **more)
         for z in range(count):
             yield f"slice_{z:04d}.tif", f"slice_{z:04d}.tif", image[z], mask[z]
     else:
         for i in range(count):
-            image, mask = make_sample(shape, np.random.default_rng([seed, split_index, i]), classes=classes)
+            image, mask = make_sample(shape, np.random.default_rng([seed, split_index, i]), **more)
             yield f"img_{i:04d}.tif", f"mask_{i:04d}.tif", image, mask
 
 
@@ -321,17 +347,21 @@ def _rotation(ndim, rng):
     return q
 
 
-def _place_objects(shape, rng, n_objects, free, scale):
+def _place_objects(shape, rng, n_objects, free, scale, touching=False):
     """Place non-touching, slightly irregular ellipses/ellipsoids.
 
     Objects go where ``free`` is True for the first half of the attempts; the
     second half ignores it so that crowded images still reach the target
-    fraction. Returns the uint8 mask and, inside each object, the coordinate
+    fraction. Returns the label image (uint16, each object its own id) and, inside each object, the coordinate
     along its long axis (which orients the cristae).
+
+    With ``touching``, most objects are placed against one placed before (a part of it up to a third of its
+    size is left to the one before), so that they touch along a border, as mitochondria crowded in a cell do.
     """
     ndim = len(shape)
     size = int(np.prod(shape))
-    mask = np.zeros(shape, np.uint8)
+    mask = np.zeros(shape, np.uint16)
+    placed_at = []  # (centre, long axis) of each object
     along = np.zeros(shape)
     target = rng.uniform(*FG_TARGET)
     gap = max(3.0, 6 * scale)
@@ -347,6 +377,11 @@ def _place_objects(shape, rng, n_objects, free, scale):
         axes = np.maximum(axes, 3.0)
         rot = _rotation(ndim, rng)  # columns are the object's axes in image space
         centre = rng.uniform(0, shape)
+        if touching and placed_at and rng.random() < 0.7:
+            near, length = placed_at[int(rng.integers(len(placed_at)))]
+            direction = rng.standard_normal(ndim)
+            centre = near + direction / np.linalg.norm(direction) * 0.45 * (length + long_axis)
+            centre = np.clip(centre, 0, np.array(shape) - 1)
         # 1.2 > sqrt(1.4) keeps the most wobbled outline and halo inside the box.
         half = np.sqrt(((rot * 1.2 * (axes + gap)) ** 2).sum(axis=1))
         lo = np.maximum(np.floor(centre - half), 0).astype(int)
@@ -358,14 +393,21 @@ def _place_objects(shape, rng, n_objects, free, scale):
         ]
         inside = sum((q / a) ** 2 for q, a in zip(local, axes)) + wobble[box] <= 1
         halo = sum((q / (a + gap)) ** 2 for q, a in zip(local, axes)) + wobble[box] <= 1
+        if touching:  # against others: the part of it already taken stays theirs, if it is small
+            taken = inside & (mask[box] > 0)
+            if taken.sum() > inside.sum() / 3:
+                continue
+            inside &= ~taken
+            halo = halo & ~ndimage.binary_dilation(mask[box] > 0, iterations=int(gap) + 1)
         added = int(inside.sum())
         too_full = n_objects is None and filled + added > FG_MAX * size
         blocked = attempt < attempts // 2 and not free[box][inside].all()
         if not added or too_full or blocked or mask[box][halo].any():
             continue
-        mask[box][inside] = 1
+        mask[box][inside] = placed + 1
         along[box][inside] = np.broadcast_to(local[0], inside.shape)[inside]
         placed += 1
+        placed_at.append((centre, long_axis))
         filled += added
     return mask, along
 

@@ -283,10 +283,11 @@ def fixed_windows(masks, crop, min_fraction):
     return [w for w, k in zip(windows, keep) if k]
 
 
-def validation_crops(images, masks, crop, limit, seed, weight_map=None):
+def validation_crops(images, masks, crop, limit, seed, weight_map=None, targets=None):
     """At most ``limit`` grid crops of disk images: ``(x (N, *crop, C) float32, y (N, *crop, 1) float32)`` or None.
 
-    With ``weight_map`` (``mask -> weights``), ``y`` has a second channel: each crop's weights.
+    With ``weight_map`` (``mask -> weights``), ``y`` has a second channel: each crop's weights; with
+    ``targets`` (``mask -> (*crop, K) float32``), ``y`` is the targets of each crop's mask.
     """
     windows = [(i, corner) for i, m in enumerate(masks) for corner in tile_grid(m.shape, crop)]
     if not windows:
@@ -295,4 +296,6 @@ def validation_crops(images, masks, crop, limit, seed, weight_map=None):
     keys = [(i, _window(corner, crop)) for i, corner in windows]
     x = np.stack([images[i][key] for i, key in keys])
     y = np.stack([masks[i][key] for i, key in keys])
+    if targets is not None:
+        return x, np.stack([targets(m) for m in y])
     return x, np.stack([training_targets(m, None if weight_map is None else weight_map(m)) for m in y])

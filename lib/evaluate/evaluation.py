@@ -61,7 +61,7 @@ from ..data import io
 from ..errors import UserError
 from ..predict.inference import (crop_windows, fit_tile, predict_crops, predict_tiled, tile_batch, tile_progress,
                                  tiled_inputs)
-from ..predict.instances import connected_components, drop_small
+from ..predict.instances import connected_components, drop_small, from_channels
 from ..predict.postprocess import ZFilterStream, binarize, most_probable, oztel, z_filter
 from . import objects, reports
 from .matching import Matches
@@ -82,10 +82,13 @@ INSTANCE_METRICS = ("f1_50", "f1_75", "ap_50", "ap_75", "map", "precision_50", "
                     "recall_75")
 
 
-def object_scores(pred, gt_labels, prob=None, min_size=0):
+def object_scores(pred, gt_labels, prob=None, min_size=0, objects=None):
     """``(ObjectCounts, Matches)`` of a binary prediction against reference objects: the CTC's DET/SEG on its
     connected components, the instance metrics on its objects (:func:`lib.predict.instances.connected_components`,
-    without those smaller than ``min_size``) scored by their mean ``prob``."""
+    without those smaller than ``min_size``) scored by their mean ``prob``. Given ``objects`` (a label image: those
+    of an instance run, or the components already labelled), both are scored on them instead."""
+    if objects is not None:
+        return ObjectCounts.from_labels(objects, gt_labels), Matches.from_labels(objects, gt_labels, prob)
     components = label(pred)
     return ObjectCounts.from_labels(components, gt_labels), Matches.from_labels(drop_small(components, min_size),
                                                                                 gt_labels, prob)
@@ -184,11 +187,11 @@ class _Score:
         self.objects = [(ObjectCounts(), Matches()) for _ in range(max(classes, 1))]
         self.sweep = SweepHistogram() if sweep and classes == 1 else None
 
-    def add(self, binary, mask, gt_labels, prob=None):
+    def add(self, binary, mask, gt_labels, prob=None, objects=None):
         for c, (p, g) in enumerate(class_pairs(binary, mask, self.classes)):
             self.pixels[c] += PixelCounts.from_arrays(p, g)
             score = None if prob is None else (prob if self.classes == 1 else prob[..., c])
-            counts, matches = object_scores(p, gt_labels[c], score, self.min_size)
+            counts, matches = object_scores(p, gt_labels[c], score, self.min_size, objects)
             self.objects[c] = (self.objects[c][0] + counts, self.objects[c][1] + matches)
         if self.sweep is not None:
             self.sweep.update(prob, mask)
@@ -228,10 +231,11 @@ class _Evaluation:
         self.max_tile = inference_tile(cfg, tile)
         self.divisor = inference_divisor(cfg, tile)
         self.classes = cfg.model.classes
+        self.instance = cfg.model.targets != "mask"  # objects from instance channels (lib.predict.instances)
         min_size = cfg.post.min_size
         self.scores = {v: _PerCropScore(tile, self.classes, min_size) if v == "per_crop" else
                        _Score(v in PROBABILITY_VARIANTS, self.classes, min_size) for v in enabled_variants(cfg)}
-        self.tables = {} if not cfg.post.instances else {v: ObjectTables(pred_dir, v, cfg)
+        self.tables = {} if not (cfg.post.instances or self.instance) else {v: ObjectTables(pred_dir, v, cfg)
                                                           for v in self.scores if v != "per_crop"}
         self.streams = {}
         if self.ndim == 2:
@@ -257,10 +261,12 @@ class _Evaluation:
         if self.streams:
             self._check_stack(image.shape[:self.ndim], name)
         gray = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1)
+        gt_labels = None if mask is None else (
+            [objects.reference_objects(mask)] if self.classes == 1 else [label(mask == c) for c in range(self.classes)])
+        if mask is not None and self.instance:  # a label image: its foreground is scored as a mask
+            mask = (mask > 0).astype(np.uint8)
         if self.ground_truth:
             self._keep_samples(index, gray, mask, name)
-        gt_labels = None if mask is None else (
-            [label(mask)] if self.classes == 1 else [label(mask == c) for c in range(self.classes)])
         item = (name, mask, gt_labels, index)
         # One method per prediction: its arrays are freed before the next one is made.
         if "per_crop" in self.scores or "merged" in self.scores:
@@ -308,19 +314,37 @@ class _Evaluation:
         self._z_filter("tta_z_filter", prob, item)
 
     def segment(self, prob):
-        """The mask of probabilities: thresholded (binary), or the most probable class (``model.classes`` > 1)."""
+        """The mask of probabilities: thresholded (binary; the foreground channel of instance channels), or the
+        most probable class (``model.classes`` > 1)."""
+        if self.instance:
+            return binarize(prob[..., 0], self.cfg.inference.threshold)
         return binarize(prob, self.cfg.inference.threshold) if self.classes == 1 else most_probable(prob)
 
     def record(self, variant, item, binary, prob=None):
-        """Write one prediction of ``variant``, add it to the scores and to the overlay samples."""
+        """Write one prediction of ``variant``, add it to the scores and to the overlay samples.
+
+        The objects of a binary prediction are labelled once here, for its table and its scores: grown from the
+        seeds of the instance channels (instance runs), else the connected components (``post.instances``).
+        """
         name, mask, gt_labels, index = item
-        save_prediction(self.pred_dir, variant, name, binary, prob, self.classes)
+        found = None
+        if self.instance and prob is not None:
+            post = self.cfg.post
+            found = from_channels(prob, self.cfg.inference.threshold, post.seed_threshold, post.contour_threshold,
+                                  post.distance_threshold, post.min_size)
+            # The channels as ImageJ orders them: (K, Y, X) of an image, (Z, K, Y, X) of a volume.
+            save_prediction(self.pred_dir, variant, name, binary, np.moveaxis(prob, -1, -3))
+            prob = prob[..., 0]
+        else:
+            save_prediction(self.pred_dir, variant, name, binary, prob, self.classes)
+            if self.classes == 1 and (variant in self.tables or mask is not None):
+                found = connected_components(binary, self.cfg.post.min_size)
         if variant in self.tables:
-            found = self.tables[variant].add(name, binary, prob)
+            found = self.tables[variant].add(name, binary, prob, found)
             for z, sample in self.samples.get(index, ()) if found is not None else ():
                 sample.setdefault("objects", {})[variant] = (found if z is None else found[z]).copy()
         if mask is not None:
-            self.scores[variant].add(binary, mask, gt_labels, prob)
+            self.scores[variant].add(binary, mask, gt_labels, prob, found)
         for z, sample in self.samples.get(index, ()):
             sample["preds"][variant] = (binary if z is None else binary[z]).copy()
 
@@ -402,13 +426,14 @@ class ObjectTables:
     def sizes(self):
         return [row["size"] for row in self.rows]
 
-    def add(self, name, mask, prob=None):
-        """Label, write and measure the objects of one item's prediction; returns its label image (binary runs;
-        None for multi-class, whose objects are per class)."""
+    def add(self, name, mask, prob=None, labels=None):
+        """Label, write and measure the objects of one item's prediction (``labels``: its objects, already
+        labelled); returns its label image (binary runs; None for multi-class, whose objects are per class)."""
         out = os.path.join(self.folder, "instances")
         os.makedirs(out, exist_ok=True)
         for c in range(1, max(self.classes, 2)):
-            labels = connected_components(mask == c if self.classes > 1 else mask, self.min_size)
+            if labels is None or self.classes > 1:
+                labels = connected_components(mask == c if self.classes > 1 else mask, self.min_size)
             score = None if prob is None else (prob if self.classes == 1 else prob[..., c])
             found = objects.object_table(labels, self.voxel_size, self.unit, score)
             head = {"image": name, **({"class": c} if self.classes > 1 else {})}

@@ -21,6 +21,15 @@ from ..predict.instances import open_array
 AXES = "zyx"
 
 
+def reference_objects(mask):
+    """The objects of a reference mask: a label image's own ids, or the connected components of a binary mask
+    (one foreground value: touching objects stay one). uint32."""
+    from skimage.measure import label
+
+    mask = np.asarray(mask)
+    return (label(mask > 0) if mask.size and mask.max() <= 1 else mask).astype(np.uint32, copy=False)
+
+
 def object_table(labels, voxel_size=None, unit="pixel", prob=None, origin=None):
     """The objects of ``labels`` (0 background) as a list of row dicts, sorted by id.
 
@@ -109,7 +118,8 @@ def store_table(labels, prob, blocks, run_tasks, voxel_size=None, unit="pixel"):
     Parameters
     ----------
     labels, prob : ``(store path, array path)`` of the zarr label array and of the probabilities (uint8 0-255 or
-        float; None for no ``mean_probability``)
+        float; None for no ``mean_probability``; ``(store path, array path, channel)`` for one channel of an
+        array whose first axis is channels)
     blocks : list of ``(index, core)``, the blocks (tuples of slices) that tile the array
     run_tasks : ``run_tasks(fn, items, sizes, desc)`` (:mod:`lib.predict.blockwise`): in process or on Dask
 
@@ -139,7 +149,10 @@ def store_table(labels, prob, blocks, run_tasks, voxel_size=None, unit="pixel"):
 def _read_prob(prob, window):
     if prob is None:
         return None
-    values = np.asarray(open_array(prob)[window])
+    if len(prob) == 3:  # (store, array, channel) of probabilities with a channel axis first
+        values = np.asarray(open_array(prob[:2])[(prob[2],) + tuple(window)])
+    else:
+        values = np.asarray(open_array(prob)[window])
     return values / np.float32(255) if values.dtype == np.uint8 else values.astype(np.float32)
 
 

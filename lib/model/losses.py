@@ -262,6 +262,54 @@ class MultiClass(keras.losses.Loss):
                 "batch": self.batch, "class_weights": self.class_weights}
 
 
+@keras.saving.register_keras_serializable(package="emseg")
+class InstanceChannels(keras.losses.Loss):
+    """The loss of the instance channels (``model.targets`` bc or bcd), a weighted sum over the channels.
+
+    The foreground and contour channels each get the binary loss ``binary`` (a name of
+    :data:`LOSS_NAMES`: bce, dice, bce_dice or jaccard), the distance channel (bcd) the mean squared error.
+    ``y_true`` holds at least as many channels as ``y_pred`` (validation targets carry the crop's label
+    image after them, for the F1 of its objects); the extra ones are ignored.
+
+    Parameters
+    ----------
+    channels : int, 2 (bc) or 3 (bcd)
+    weights : list of float, one per channel, or None for 1 each
+    binary, bce_weight, dice_weight, batch : the binary loss and its options, as :func:`get_loss`
+    """
+
+    def __init__(self, channels=2, weights=None, binary="bce_dice", bce_weight=1.0, dice_weight=1.0, batch=False,
+                 name="instance_channels", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if channels not in (2, 3):
+            raise ValueError(f"InstanceChannels: channels must be 2 (bc) or 3 (bcd), got {channels}")
+        self.channels, self.binary = int(channels), binary
+        self.weights = [1.0] * self.channels if not weights else [float(w) for w in weights]
+        if len(self.weights) != self.channels:
+            raise ValueError(f"InstanceChannels: expected {self.channels} weights, got {self.weights}")
+        self.bce_weight, self.dice_weight, self.batch = float(bce_weight), float(dice_weight), bool(batch)
+        self._binary = get_loss(binary, bce_weight, dice_weight, batch)
+
+    def call(self, y_true, y_pred):
+        total = 0.0
+        for c, w in enumerate(self.weights):
+            if w == 0:
+                continue
+            t, p = y_true[..., c:c + 1], y_pred[..., c:c + 1]
+            if c == 2:
+                t, p = _flatten(t, p)
+                term = ops.mean(ops.square(t - p), axis=1)
+            else:
+                binary = self._binary
+                term = binary.call(t, p) if isinstance(binary, keras.losses.Loss) else binary(t, p)  # per sample
+            total = total + w * term
+        return total
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "weights": self.weights, "binary": self.binary,
+                "bce_weight": self.bce_weight, "dice_weight": self.dice_weight, "batch": self.batch}
+
+
 def get_loss(name, bce_weight=1.0, dice_weight=1.0, batch_overlap=False, classes=1, class_weights=None):
     """Return the loss registered under ``name`` (one of :data:`LOSS_NAMES`) for ``classes`` output classes.
 

@@ -24,11 +24,15 @@ class ForegroundIoU(keras.metrics.Metric):
         Name in the training logs.
     dtype : str, optional
         Dtype of the result.
+    channel : int, optional
+        Score this channel of ``y_pred`` (and of ``y_true``) alone, e.g. 0, the foreground of the
+        instance channels (``model.targets`` bc, bcd).
     """
 
-    def __init__(self, threshold=0.5, name="iou", dtype=None, **kwargs):
+    def __init__(self, threshold=0.5, name="iou", dtype=None, channel=None, **kwargs):
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.threshold = float(threshold)
+        self.channel = None if channel is None else int(channel)
         # float32 whatever the dtype policy: float16 cannot count past 2048 pixels.
         self.tp, self.fp, self.fn = (
             self.add_variable(shape=(), initializer="zeros", dtype="float32", name=n)
@@ -50,6 +54,8 @@ class ForegroundIoU(keras.metrics.Metric):
             Weights broadcastable to ``y_true`` after trailing axes are added,
             e.g. one weight per sample of shape (N,).
         """
+        if self.channel is not None:  # one channel of several (the foreground of model.targets bc, bcd)
+            y_true, y_pred = y_true[..., self.channel:self.channel + 1], y_pred[..., self.channel:self.channel + 1]
         y_true = y_true[..., :y_pred.shape[-1]]
         true = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
         pred = ops.cast(ops.cast(y_pred, "float32") >= self.threshold, "float32")
@@ -68,7 +74,7 @@ class ForegroundIoU(keras.metrics.Metric):
         return ops.cast(iou, self.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "threshold": self.threshold}
+        return {**super().get_config(), "threshold": self.threshold, "channel": self.channel}
 
 
 @keras.saving.register_keras_serializable(package="emseg")

@@ -236,6 +236,7 @@ class BlockJob:
     threshold: float = 0.5
     prob_dtype: str = "uint8"
     classes: int = 1  # a multi-class model's K: probabilities (K, *spatial) and a label image of class ids
+    targets: str = "mask"  # bc / bcd: K instance channels (K, *spatial), the mask their foreground (channel 0)
     precision: object = None  # train.precision to predict in (lib.model.mixed_precision.set_precision); None: as saved
 
 
@@ -287,7 +288,8 @@ def process_block(job, block, tile_bar=False):
         writers.mask_array(root)[core] = binarize(prob, job.threshold)
     else:
         writers.prob_array(root)[(slice(None),) + tuple(core)] = np.moveaxis(stored, -1, 0)
-        writers.mask_array(root)[core] = most_probable(prob)
+        writers.mask_array(root)[core] = most_probable(prob) if job.targets == "mask" else binarize(prob[..., 0],
+                                                                                                      job.threshold)
     root["blocks_done"][index] = 1  # after the data: a block is flagged only when completely written
     return int(np.prod(prob.shape[:len(core)]))
 

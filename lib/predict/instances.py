@@ -32,7 +32,58 @@ def drop_small(labels, min_size=0):
     return labels.astype(np.uint32, copy=False)
 
 
-def label_store(mask, out, block, run_tasks, min_size=0):
+def seeds_of(prob, seed_threshold=0.5, contour_threshold=0.3, distance_threshold=0.5):
+    """The seeds of objects in instance channels ``(*spatial, 2 or 3)`` (foreground, contour[, distance]): where
+    the foreground is above ``seed_threshold``, the contour below ``contour_threshold`` and (3 channels) the
+    distance above ``distance_threshold``. Bool, ``spatial``."""
+    prob = np.asarray(prob)
+    if prob.ndim < 3 or prob.shape[-1] not in (2, 3):
+        raise ValueError(f"prob: expected instance channels (*spatial, 2 or 3), got shape {prob.shape}")
+    seeds = (prob[..., 0] > seed_threshold) & (prob[..., 1] < contour_threshold)
+    if prob.shape[-1] == 3:
+        seeds &= prob[..., 2] > distance_threshold
+    return seeds
+
+
+def grow_seeds(prob, markers, threshold=0.5, origin=None):
+    """Grow labelled ``markers`` over the foreground (``prob[..., 0] > threshold``) of instance channels: a
+    watershed (scikit-image) on the contour probability (2 channels) or on the negated distance (3 channels), so
+    that touching objects meet at their predicted border. Foreground that no seed reaches stays 0.
+
+    scikit-image's flooding takes voxels of equal height in an order that depends on the whole array, so a part
+    of an image would not flood as the image does; each voxel's height gets a tiny tie-breaker drawn from its
+    position in the whole image (``origin``: where ``prob`` lies in it), which makes a block (with a halo) flood
+    as the whole image does there."""
+    from skimage.segmentation import watershed
+
+    prob = np.asarray(prob, np.float32)
+    elevation = (-prob[..., 2] if prob.shape[-1] == 3 else prob[..., 1]).astype(np.float64)
+    elevation += 1e-4 * _tie_breaker(elevation.shape, origin or (0,) * elevation.ndim)
+    return watershed(elevation, markers, mask=(prob[..., 0] > threshold) | (markers > 0)).astype(np.uint32)
+
+
+def _tie_breaker(shape, origin):
+    """A hash of each voxel's position ``origin + index`` in [0, 1): the same for a voxel wherever it is cut."""
+    grids = np.ogrid[tuple(slice(o, o + n) for o, n in zip(origin, shape))]
+    code = np.zeros(shape, np.uint64)
+    for grid, prime in zip(grids, (73856093, 19349663, 83492791)[-len(shape):]):
+        code ^= grid.astype(np.uint64) * np.uint64(prime)
+    code *= np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing spreads the bits
+    return (code >> np.uint64(40)).astype(np.float64) / float(1 << 24)
+
+
+def from_channels(prob, threshold=0.5, seed_threshold=0.5, contour_threshold=0.3, distance_threshold=0.5,
+                  min_size=0):
+    """The objects of one image or volume from its instance channels ``(*spatial, 2 or 3)``: seeds
+    (:func:`seeds_of`, each connected seed one object, face connectivity) grown over the foreground
+    (:func:`grow_seeds`), without those of fewer than ``min_size`` voxels, numbered 1, 2 ... (uint32)."""
+    from skimage.measure import label
+
+    markers = label(seeds_of(prob, seed_threshold, contour_threshold, distance_threshold), connectivity=1)
+    return drop_small(grow_seeds(prob, markers, threshold), min_size)
+
+
+def label_store(mask, out, block, run_tasks, min_size=0, connectivity=None):
     """Write the objects of a zarr mask (non-zero: foreground) of any size into a zarr array (uint32), block-wise.
 
     Parameters
@@ -42,6 +93,7 @@ def label_store(mask, out, block, run_tasks, min_size=0):
     block : tuple of int, the spatial block read, labelled and written at a time
     run_tasks : ``run_tasks(fn, items, sizes, desc)`` of :mod:`lib.predict.blockwise`: in process or on Dask workers
     min_size : int, objects of fewer voxels are dropped
+    connectivity : int, optional; scikit-image's (1: faces only); default full
 
     Three passes, each block or face a task: (1) each block labelled on its own (scikit-image), stored with its
     object count; (2) the objects that touch across each border between blocks, found by labelling the two
@@ -65,14 +117,14 @@ def label_store(mask, out, block, run_tasks, min_size=0):
     grid, blocks = block_grid(shape, block)
     cores = [core for _, core in blocks]
     sizes = [math.prod(s.stop - s.start for s in core) for core in cores]
-    done = dict(run_tasks(functools.partial(_label_block, mask, out), list(enumerate(cores)), sizes,
+    done = dict(run_tasks(functools.partial(_label_block, mask, out, connectivity), list(enumerate(cores)), sizes,
                           "labelling objects"))  # on Dask, in the order the blocks finish
     counts = [done[k] for k in range(len(cores))]
     offsets = np.concatenate([[0], np.cumsum([len(c) - 1 for c in counts])]).astype(np.int64)
     voxels = np.concatenate([[0]] + [c[1:] for c in counts]).astype(np.int64)  # of each object of each block
     first = offsets[:-1].reshape(grid)  # the global id before each block's first label
     faces = _faces(shape, block, grid)
-    pairs = list(run_tasks(functools.partial(_face_pairs, out, first, block), faces,
+    pairs = list(run_tasks(functools.partial(_face_pairs, out, first, block, connectivity), faces,
                            [math.prod(s.stop - s.start for s in face) for face in faces],
                            "joining objects across blocks"))
     pairs = np.concatenate([np.zeros((2, 0), np.int64)] + pairs, axis=1)
@@ -95,11 +147,13 @@ def open_array(where, mode="r"):
     return zarr.open_group(where[0], mode=mode)[where[1]]
 
 
-def _label_block(mask, out, item):
+def _label_block(mask, out, connectivity, item):
     """Label block ``(k, core)`` on its own, store its labels (1, 2 ... in the block); return ``(k, the voxels of
     each label)``."""
+    from skimage.measure import label
+
     k, core = item
-    labels = connected_components(np.asarray(open_array(mask)[core]))
+    labels = label(np.asarray(open_array(mask)[core]) > 0, connectivity=connectivity).astype(np.uint32)
     open_array(out, "r+")[core] = labels
     return k, np.bincount(labels.ravel())
 
@@ -124,12 +178,12 @@ def _global_ids(local, window, first, block):
     return np.where(local > 0, local.astype(np.int64) + offset, 0)
 
 
-def _face_pairs(out, first, block, window):
+def _face_pairs(out, first, block, connectivity, window):
     """``(2, M)`` pairs of global ids that touch across one border: the same component of its two planes."""
     from skimage.measure import label
 
     ids = _global_ids(np.asarray(open_array(out)[window]), window, first, block)
-    joined = label(ids > 0)
+    joined = label(ids > 0, connectivity=connectivity)
     both = np.unique(np.stack([joined.ravel(), ids.ravel()]), axis=1)
     both = both[:, both[0] > 0]
     same = np.flatnonzero(np.diff(both[0]) == 0)  # sorted by component: neighbours in a run are one object
@@ -141,3 +195,88 @@ def _renumber_block(out, first, lut, item):
     array = open_array(out, "r+")
     local = np.asarray(array[core]).astype(np.int64)
     array[core] = np.where(local > 0, lut[np.where(local > 0, local + first[index], 0)], 0).astype(np.uint32)
+
+
+
+def objects_of_channels(prob, out, block, halo, run_tasks, threshold=0.5, seed_threshold=0.5, contour_threshold=0.3,
+                        distance_threshold=0.5, min_size=0, work=None):
+    """The objects of a zarr store of instance channels, block-wise: :func:`from_channels` of a volume of any size.
+
+    Parameters
+    ----------
+    prob : ``(store path, array path)`` of the channels ``(K, *spatial)`` (K 2 or 3; uint8 0-255 or float)
+    out : ``(store path, array path)`` of the label array to write (uint32, ``spatial``; chunks divide ``block``)
+    block : tuple of int
+    halo : tuple of int, voxels read around each block as the seeds grow, so that an object cut by the block's
+        border grows as in one piece (where no seed farther than ``halo`` reaches a voxel first)
+    run_tasks, min_size : as :func:`label_store`'s
+    work : ``(store path, group path)`` for two scratch arrays (seeds, grown objects), removed at the end;
+        default a group ``_objects_work`` beside ``out`` in its store
+    threshold, seed_threshold, contour_threshold, distance_threshold : as :func:`from_channels`
+
+    Passes, each block a task: the seeds of each block (:func:`seeds_of`), written as a mask; the seeds labelled
+    over the whole store (:func:`label_store`, face connectivity, as :func:`from_channels`); each block with its
+    halo grown from them (:func:`grow_seeds`), its core written with the voxels of each object; the objects of
+    fewer than ``min_size`` voxels dropped and the rest numbered 1, 2 ... Returns the number of objects.
+    """
+    import functools
+    import math
+
+    import zarr
+
+    from .blockwise import block_grid
+
+    spatial = open_array(out).shape
+    work = work or (out[0], "_objects_work")
+    group = zarr.open_group(work[0], mode="r+").require_group(work[1])
+    chunks = open_array(out).chunks
+    for name, dtype in (("seeds", "uint8"), ("markers", "uint32"), ("grown", "uint32")):
+        if name in group:
+            del group[name]
+        group.create_array(name, shape=spatial, chunks=chunks, dtype=dtype, fill_value=0)
+    seeds, markers, grown = ((work[0], f"{work[1]}/{n}") for n in ("seeds", "markers", "grown"))
+    _, blocks = block_grid(spatial, block)
+    sizes = [math.prod(s.stop - s.start for s in core) for _, core in blocks]
+    thresholds = (seed_threshold, contour_threshold, distance_threshold)
+    list(run_tasks(functools.partial(_seed_block, prob, seeds, thresholds), blocks, sizes, "finding seeds"))
+    label_store(seeds, markers, block, run_tasks, connectivity=1)
+    counts = list(run_tasks(functools.partial(_grow_block, prob, markers, grown, tuple(halo), threshold), blocks,
+                            sizes, "growing objects"))
+    total = np.zeros(max(len(c) for c in counts), np.int64)
+    for c in counts:
+        total[:len(c)] += c
+    keep = total >= max(min_size, 1)
+    keep[0] = False
+    lut = np.where(keep, np.cumsum(keep), 0).astype(np.uint32)
+    list(run_tasks(functools.partial(_lookup_block, grown, out, lut), blocks, sizes, "numbering objects"))
+    del zarr.open_group(work[0], mode="r+")[work[1]]
+    return int(keep.sum())
+
+
+def _channels(prob, window):
+    """The channels ``(*window, K)`` float32 in [0, 1] of a stored ``(K, *spatial)`` array."""
+    array = open_array(prob)
+    values = np.moveaxis(np.asarray(array[(slice(None),) + tuple(window)]), 0, -1)
+    return values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values.astype(np.float32)
+
+
+def _seed_block(prob, seeds, thresholds, item):
+    _, core = item
+    open_array(seeds, "r+")[core] = seeds_of(_channels(prob, core), *thresholds).astype(np.uint8)
+
+
+def _grow_block(prob, markers, grown, halo, threshold, item):
+    """Grow the seeds of one block and its halo; write the core; return the voxels of each object id in it."""
+    _, core = item
+    shape = open_array(markers).shape
+    window = tuple(slice(max(c.start - h, 0), min(c.stop + h, n)) for c, h, n in zip(core, halo, shape))
+    labels = grow_seeds(_channels(prob, window), np.asarray(open_array(markers)[window]), threshold,
+                        [w.start for w in window])
+    inner = labels[tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(core, window))]
+    open_array(grown, "r+")[core] = inner
+    return np.bincount(inner.ravel())
+
+
+def _lookup_block(grown, out, lut, item):
+    _, core = item
+    open_array(out, "r+")[core] = lut[np.asarray(open_array(grown)[core])]

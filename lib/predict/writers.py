@@ -175,7 +175,7 @@ def export_tiff(store, path, job, prob_dtype):
         def write(tmp, slices=slices, name=name):
             with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
                 for i, s in enumerate(slices):
-                    tif.write(_tiff_values(name, np.asarray(s), prob_dtype, classes), compression="zlib",
+                    tif.write(_tiff_values(name, np.asarray(s), prob_dtype, mask_classes(job)), compression="zlib",
                               description=description if i == 0 else None, metadata=None)
 
         io.write_atomic(target, write)
@@ -196,7 +196,7 @@ def export_slices(store, folder, job, prob_dtype):
         for z, values in enumerate([np.asarray(array)] if flat else _slices(array, channels)):
             io.write_atomic(os.path.join(folder, name, f"slice_{z:05d}.tif"),
                             lambda tmp, v=values, n=name: tifffile.imwrite(
-                                tmp, _tiff_values(n, v, prob_dtype, classes), compression="zlib"))
+                                tmp, _tiff_values(n, v, prob_dtype, mask_classes(job)), compression="zlib"))
     if job.get("instances"):  # the objects: uint32 label slices, and their tables
         os.makedirs(os.path.join(folder, "instances"), exist_ok=True)
         array = instances_array(root)
@@ -212,6 +212,11 @@ def _slices(array, channels):
     if channels:
         return (np.asarray(array[:, z]) for z in range(array.shape[1]))
     return (array[z] for z in range(array.shape[0]))
+
+
+def mask_classes(job):
+    """The classes of a job's mask: its ``classes``, or 1 (binary: the foreground) for instance channels."""
+    return 1 if job.get("targets", "mask") != "mask" else job.get("classes", 1)
 
 
 def _tiff_values(name, values, prob_dtype, classes=1):

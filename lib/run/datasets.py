@@ -79,11 +79,26 @@ def load_3d(data_dir, cfg):
     return _load(data_dir, cfg, ndim=3)
 
 
+def mask_values(cfg):
+    """What the masks hold, as the readers' ``classes`` take it: ``model.classes``, or label images of objects
+    (:data:`lib.data.io.LABELS`) for an instance run (``model.targets`` bc or bcd)."""
+    return cfg.model.classes if cfg.model.targets == "mask" else io.LABELS
+
+
+def note_binary_objects(cfg, masks):
+    """Say when an instance run's training masks are binary: their objects are connected components."""
+    if cfg.model.targets != "mask" and all(m is None or not m.size or m.max() <= 1 for m in masks):
+        print(f"Note: model.targets={cfg.model.targets} with binary training masks: each connected component is "
+              "an object, so objects that touch stay one; label images (each object its own id) teach the "
+              "network to split them")
+
+
 @options(classes="model.classes")  # the masks' values are checked as they are read
 def _load(data_dir, cfg, ndim):
+    values = mask_values(cfg)
     sets, training, groups = _read_folders(data_dir, cfg, ndim, lambda pairs, name: (
-        layout.load_pairs_2d(pairs, cfg.model.classes) if ndim == 2 else
-        layout.load_pairs_3d(pairs, name, cfg.model.classes)))
+        layout.load_pairs_2d(pairs, values) if ndim == 2 else layout.load_pairs_3d(pairs, name, values)))
+    note_binary_objects(cfg, sets["train"][1])
     _check_split([x.shape for x in sets["train"][0]], cfg, ndim, "val" in sets)
     check_tile_count(cfg, [x.shape[:ndim] for x in sets["test"][0]])
     check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
@@ -288,7 +303,7 @@ def _open_streamed(data_dir, cfg, ndim, sources_of):
                             "use per_image or zscore for float images")
     fg = cfg.data.fg_sampling > 0
     cell = FG_BLOCK[ndim]
-    classes = cfg.model.classes
+    classes = mask_values(cfg)
     stats = {}
     if cfg.data.clip_percentiles is not None:  # a first pass for the levels, which the statistics depend on
         train_x, train_y = sources["train"][:2]

@@ -74,6 +74,7 @@ def plan(args):
         raise UserError(f"--model {args.model}: cannot read {weights} as a Keras model ({exc})") from None
     model_ndim, channels = len(model.input_shape) - 2, model.input_shape[-1]
     classes = int(model.outputs[0].shape[-1])  # a multi-class model (softmax) has one output channel per class
+    targets = model_targets(cfg, run_config, model, args.model)
     tile = tuple(cfg.data.crop_shape)
     if len(tile) != model_ndim:
         raise UserError(f"data.crop_shape={list(tile)}: the model is {model_ndim}D; expected {model_ndim} tile sizes")
@@ -95,14 +96,14 @@ def plan(args):
     block = block_shape(cfg, volume.shape[:-1], model_ndim, _sets(args.overrides, "inference.block_shape"))
     z_size = cfg.post.z_filter_size if cfg.post.z_filter and volume.ndim == 3 else 0
     kind = writers.output_kind(args.output)
-    objects = _objects(cfg, args, kind, classes, volume)
+    objects = _objects(cfg, args, kind, classes, volume, targets)
     job = blockwise.BlockJob(volume, normalization, os.path.abspath(weights), tile, block, None,
                              overlap, cfg.inference.window, batch_size,
                              cfg.inference.tta, z_size, cfg.inference.threshold, cfg.inference.prob_dtype, classes,
-                             precision)
+                             targets, precision)
     description = describe(job, args.input)
     if objects is not None:
-        description.update(instances=True, min_size=objects["min_size"])
+        description.update(instances=True, **{k: v for k, v in objects.items() if k not in ("voxel_size", "unit")})
     store, state, replace = _output_state(args, kind, description)
     job = dataclasses.replace(job, store=os.path.abspath(store))
     result = Plan(args, job, description, kind, store, state, replace, objects)
@@ -218,20 +219,40 @@ def describe(job, input_spec):
         "tile": list(job.tile), "block": list(job.block), "overlap": job.overlap, "window": job.window,
         "tta": job.tta, "z_filter_size": job.z_filter_size, "threshold": job.threshold,
         "prob_dtype": job.prob_dtype, "classes": job.classes, "layout": writers.LAYOUT,
+        **({"targets": job.targets} if job.targets != "mask" else {}),
     }
 
 
-def _objects(cfg, args, kind, classes, volume):
-    """The objects asked for (``post.instances``): ``{min_size, voxel_size, unit}``, or None; UserError where they
-    cannot be made. Sizes are in ``data.voxel_size`` given with ``--set``, else in the input's voxel size."""
-    if not cfg.post.instances:
+def model_targets(cfg, run_config, model, spec):
+    """What the model predicts: ``model.targets`` of its run, or for a bare ``.keras`` file ``bc`` / ``bcd`` when
+    its output is 2 / 3 sigmoid channels (instance channels), else ``mask``."""
+    channels = int(model.outputs[0].shape[-1])
+    if run_config is not None:
+        targets = cfg.model.targets
+    else:
+        layer = model.get_layer("output") if "output" in [layer.name for layer in model.layers] else None
+        sigmoid = getattr(getattr(layer, "activation", None), "__name__", "") == "sigmoid"
+        targets = {2: "bc", 3: "bcd"}.get(channels, "mask") if sigmoid else "mask"
+    expected = {"bc": 2, "bcd": 3}.get(targets)
+    if expected is not None and channels != expected:
+        raise UserError(f"--model {spec}: model.targets={targets} needs {expected} output channels, the model has "
+                        f"{channels}")
+    return targets
+
+
+def _objects(cfg, args, kind, classes, volume, targets="mask"):
+    """The objects asked for (``post.instances``, and always those of an instance model: ``targets`` bc or bcd):
+    ``{min_size, voxel_size, unit}`` (and the seed thresholds of instance channels), or None; UserError where
+    they cannot be made. Sizes are in ``data.voxel_size`` given with ``--set``, else in the input's voxel size."""
+    if not cfg.post.instances and targets == "mask":
         return None
-    if classes > 1:
+    if classes > 1 and targets == "mask":
         raise UserError(f"post.instances=true: predict.py writes the objects of a binary mask; this model has "
                         f"model.classes={classes}")
     if kind == "tiff":
-        raise UserError(f"post.instances=true: OUTPUT {args.output} is a TIFF file; the objects (a label image and "
-                        "their tables) need an OUT.zarr or a folder")
+        raise UserError(f"{'post.instances=true' if targets == 'mask' else f'model.targets={targets}'}: OUTPUT "
+                        f"{args.output} is a TIFF file; the objects (a label image and their tables) need an "
+                        "OUT.zarr or a folder")
     ndim = volume.ndim
     size, unit = volume.voxel_size, volume.unit
     if _sets(args.overrides, "data.voxel_size") or _sets(args.overrides, "data.voxel_unit"):
@@ -239,7 +260,11 @@ def _objects(cfg, args, kind, classes, volume):
         if size is not None and len(size) != ndim:
             raise UserError(f"data.voxel_size={size}: INPUT {args.input} has {ndim} spatial axes; expected {ndim} "
                             "sizes")
-    return {"min_size": cfg.post.min_size, "voxel_size": None if size is None else [float(v) for v in size],
+    post = cfg.post
+    seeds = {} if targets == "mask" else {"seed_threshold": post.seed_threshold,
+                                           "contour_threshold": post.contour_threshold,
+                                           "distance_threshold": post.distance_threshold}
+    return {"min_size": post.min_size, **seeds, "voxel_size": None if size is None else [float(v) for v in size],
             "unit": unit or "pixel"}
 
 
@@ -362,11 +387,20 @@ def _find_objects(plan, job, blocks, run_tasks):
     if record.get(writers.INSTANCES_DONE):
         return
     start = time.perf_counter()
-    found = instances.label_store((job.store, f"{writers.MASK_IMAGE}/0"), (job.store, f"{writers.INSTANCES_IMAGE}/0"),
-                                  job.block, run_tasks, plan.objects["min_size"])
+    out, found_by = (job.store, f"{writers.INSTANCES_IMAGE}/0"), plan.objects
+    if job.targets == "mask":
+        found = instances.label_store((job.store, f"{writers.MASK_IMAGE}/0"), out, job.block, run_tasks,
+                                      found_by["min_size"])
+        prob = (job.store, writers.PROB)
+    else:  # seeds grown block by block, each block read with a halo of a tile
+        halo = tuple(min(t, n) for t, n in zip((1,) * (len(job.block) - len(job.tile)) + tuple(job.tile),
+                                               job.volume.shape[:-1]))
+        found = instances.objects_of_channels(
+            (job.store, writers.PROB), out, job.block, halo, run_tasks, job.threshold, found_by["seed_threshold"],
+            found_by["contour_threshold"], found_by["distance_threshold"], found_by["min_size"])
+        prob = (job.store, writers.PROB, 0)
     size, unit = plan.objects["voxel_size"], plan.objects["unit"]
-    rows = objects.store_table((job.store, f"{writers.INSTANCES_IMAGE}/0"), (job.store, writers.PROB), blocks,
-                               run_tasks, size, unit)
+    rows = objects.store_table(out, prob, blocks, run_tasks, size, unit)
     spatial = job.volume.shape[:-1]
     io.write_text(os.path.join(job.store, writers.TABLES[0]), io.rows_to_csv(rows))
     io.write_text(os.path.join(job.store, writers.TABLES[1]),

@@ -113,7 +113,8 @@ def run(template_config, argv=None, *, data, description, sections=None, check=N
         record.record_training_data(train_set, train_data, cfg, run_dir)
         record.record_model(model, run_dir)
         model, info = loop.train(model, train_data, val_data, dataclasses.replace(cfg.train, precision=precision),
-                                 run_dir, class_weights, replicas)
+                                 run_dir, class_weights, replicas, cfg.model.targets,
+                                 training_data.object_f1(val_data, cfg))
     info["precision"] = precision
     if class_weights:
         info["class_weights"] = class_weights

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from .. import config as config_lib
-from ..data import splits, tiling, weightmaps
+from ..data import splits, targets, tiling, weightmaps
 from ..data.sets import DiskImageSet
 from ..data.tiling import fixed_windows, seeded_choice, training_targets, validation_crops
 from ..errors import options
@@ -147,7 +147,14 @@ def _crop_data(train, val, cfg, ndim):
     if draws is not None and cfg.data.extra_train_shares:
         draws = tiling.share_draws(draws, groups, cfg.data.extra_train_shares)
     val = None
-    if val_images:
+    instance, val_targets = crop_targets(cfg)
+    if val_images and instance is not None:
+        xs, ys = zip(*((tiling.crop_grid(x, crop)[0], np.stack([val_targets(c) for c in tiling.crop_grid(y, crop)[0]]))
+                       for x, y in zip(val_images, val_masks)))
+        val = (np.concatenate(xs), np.concatenate(ys))
+        keep = seeded_choice(len(val[0]), val_limit(samples, cfg), cfg.train.seed)
+        val = (val[0][keep], val[1][keep])
+    elif val_images:
         xs, ys = zip(*((tiling.crop_grid(x, crop)[0], tiling.crop_grid(training_targets(y, w), crop)[0])
                        for x, y, w in zip(val_images, val_masks, val_weights)))
         val = (np.concatenate(xs), np.concatenate(ys))
@@ -157,7 +164,7 @@ def _crop_data(train, val, cfg, ndim):
     dataset = CropDataset(images, masks, crop, cfg.train.batch_size, augmenter=augmenter,
                           random_crops=cfg.data.random_crops, fg_sampling=cfg.data.fg_sampling,
                           replicate=cfg.data.replicate, seed=cfg.train.seed, workers=cfg.train.workers,
-                          weights=weights, draws=draws, samples_per_epoch=samples)
+                          weights=weights, draws=draws, samples_per_epoch=samples, targets=instance)
     item, crops = ("images", "crops") if ndim == 2 else ("volumes", "subvolumes")
     print(f"Training on {len(images)} {f'{item} (random {crops})' if cfg.data.random_crops else crops}: "
           f"{len(dataset)} steps of {cfg.train.batch_size} per epoch; validating on "
@@ -173,6 +180,55 @@ MIN_AUTO_STEPS, MAX_AUTO_STEPS = 20, 100
 # Validation costs about a third of a training step per crop (forward pass only), so this share of an
 # epoch's training samples keeps validation under 10 % of the epoch.
 VAL_SHARE = 0.2
+
+
+def crop_targets(cfg):
+    """``(training targets, validation targets)`` of each crop's label image for instance runs (``model.targets``
+    bc or bcd; :func:`lib.data.targets.instance_targets`), or ``(None, None)``.
+
+    A validation crop's targets carry its label image as a last channel (float32, exact for ids below 2**24),
+    for the F1 of its objects (:func:`object_f1`); the loss reads only the network's channels.
+    """
+    import functools
+
+    kind = cfg.model.targets
+    if kind == "mask":
+        return None, None
+    train = functools.partial(targets.instance_targets, kind=kind)
+
+    def val(labels):
+        return np.concatenate([train(labels), labels[..., None].astype(np.float32)], axis=-1)
+
+    return train, val
+
+
+def object_f1(val_data, cfg):
+    """``model -> {"val_f1": F1}``: the F1 at IoU 0.5 of the objects of the validation crops (instance runs), the
+    objects found as the test set's (:func:`lib.predict.instances.from_channels`), pooled over the crops; None
+    without validation data or for a semantic run."""
+    if val_data is None or cfg.model.targets == "mask":
+        return None
+    import keras
+
+    from ..evaluate.matching import Matches
+    from ..evaluate.objects import reference_objects
+    from ..predict.instances import from_channels
+
+    x, y = val_data
+    post, threshold, batch = cfg.post, cfg.inference.threshold, cfg.train.batch_size
+
+    def score(model):
+        matches = Matches()
+        for start in range(0, len(x), batch):
+            out = model(x[start:start + batch], training=False)
+            prob = keras.ops.convert_to_numpy(out[0] if isinstance(out, (list, tuple)) else out)
+            for p, labels in zip(prob, y[start:start + batch, ..., -1]):
+                found = from_channels(p, threshold, post.seed_threshold, post.contour_threshold,
+                                      post.distance_threshold, post.min_size)
+                matches += Matches.from_labels(found, reference_objects(labels.astype(np.uint32)))
+        return {"val_f1": float(matches.metrics()["f1_50"])}
+
+    return score
 
 
 def epoch_samples(draws, cfg):
@@ -253,12 +309,14 @@ def training_data_streamed(train_set, cfg):
     samples = epoch_samples(draws if windows is None else [1] * len(windows), cfg)
     if cfg.data.extra_train_shares:
         draws = tiling.share_draws(draws, [groups[i] for i, _ in train], cfg.data.extra_train_shares)
-    val = validation_crops(val_images, val_masks, crop, val_limit(samples, cfg), cfg.train.seed, weights)
+    instance, val_targets = crop_targets(cfg)
+    val = validation_crops(val_images, val_masks, crop, val_limit(samples, cfg), cfg.train.seed, weights,
+                           val_targets)
     augmenter = Augmenter(cfg.augment, ndim=ndim) if cfg.augment.enabled else None
     dataset = DiskCropDataset(images, masks, crop, cfg.train.batch_size, augmenter=augmenter,
                               fg_sampling=cfg.data.fg_sampling, foreground=foreground, replicate=cfg.data.replicate,
                               seed=cfg.train.seed, workers=cfg.train.workers, draws=draws, samples_per_epoch=samples,
-                              windows=windows, weight_map=weights)
+                              windows=windows, weight_map=weights, targets=instance)
     item, crops = ("images", "crops") if ndim == 2 else ("volumes", "subvolumes")
     kind = f"random {crops}" if windows is None else f"{len(windows)} fixed {crops}"
     print(f"Training on {len(images)} {item} ({kind} read from disk): {len(dataset)} steps of "

@@ -18,7 +18,7 @@ import numpy as np
 from .. import progress
 from ..data import io
 from ..errors import UserError
-from ..model.losses import get_loss
+from ..model.losses import InstanceChannels, get_loss
 from ..model.metrics import ClassIoU, ForegroundIoU
 from ..model.mixed_precision import precision
 from ..model.saving import BEST, LAST, load_model, save_model_atomic
@@ -47,7 +47,7 @@ def deep_supervision_weights(cfg, n_outputs):
     return [0.5**k for k in range(n_outputs)]
 
 
-def compile_model(model, cfg, class_weights=None):
+def compile_model(model, cfg, class_weights=None, targets="mask"):
     """Compile ``model`` with the configured optimiser, loss and the foreground IoU metric.
 
     A model with several outputs (deep supervision) gets the loss on every
@@ -55,11 +55,18 @@ def compile_model(model, cfg, class_weights=None):
     main output only; its targets must be repeated per output (:func:`per_output`).
     A model of K > 1 output channels (``model.classes``: softmax) gets the loss of K classes
     (:func:`lib.model.losses.get_loss`, with ``class_weights``) and the mean IoU of its foreground classes.
+    An instance model (``targets`` bc or bcd) gets :class:`lib.model.losses.InstanceChannels` and the IoU of its
+    foreground channel.
     """
     classes = int(model.outputs[0].shape[-1])
-    loss = get_loss(cfg.loss, cfg.bce_weight, cfg.dice_weight, cfg.batch_overlap, classes, class_weights)
     n = len(model.outputs)
-    iou = ForegroundIoU(name="iou") if classes == 1 else ClassIoU(classes, name="iou")
+    if targets != "mask":
+        loss = InstanceChannels(classes, cfg.channel_weights, cfg.loss, cfg.bce_weight, cfg.dice_weight,
+                                cfg.batch_overlap)
+        iou = ForegroundIoU(name="iou", channel=0)
+    else:
+        loss = get_loss(cfg.loss, cfg.bce_weight, cfg.dice_weight, cfg.batch_overlap, classes, class_weights)
+        iou = ForegroundIoU(name="iou") if classes == 1 else ClassIoU(classes, name="iou")
     if n == 1:
         model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=[iou])
     else:
@@ -385,20 +392,36 @@ class EpochSeeds(keras.callbacks.Callback):
             self.data.set_epoch(epoch)
 
 
-def monitor_key(cfg, validation, main_output=None):
+def monitor_key(cfg, validation, main_output=None, targets="mask"):
     """The history column that picks the best checkpoint, stops early and drives ``plateau``.
 
-    ``train.monitor`` with validation data (``val_iou``: higher is better;
-    ``val_loss``: lower is better), else the training ``loss``. With deep
+    ``train.monitor`` with validation data (``val_iou``, ``val_f1``: higher is better;
+    ``val_loss``: lower is better; ``auto``: ``val_f1`` for instance ``targets``, else ``val_iou``), else
+    the training ``loss``. With deep
     supervision (``main_output`` named) the loss is the main output's,
     ``[val_]<main>_loss``; the IoU is the main output's already.
     """
-    if validation and cfg.monitor == "val_iou":
-        return "val_iou"
+    monitor = cfg.monitor if cfg.monitor != "auto" else "val_iou" if targets == "mask" else "val_f1"
+    if validation and monitor in ("val_iou", "val_f1"):
+        return monitor
     return ("val_" if validation else "") + (f"{main_output}_loss" if main_output else "loss")
 
 
-def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replicas=1):
+class ValidationScores(keras.callbacks.Callback):
+    """Adds ``score(model)`` (a dict, e.g. ``{"val_f1": ...}``) to the logs of each epoch, before the callbacks
+    after it (the recorder, the schedule, early stopping) read them."""
+
+    def __init__(self, score):
+        super().__init__()
+        self.score = score
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update(self.score(self.model))
+
+
+def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replicas=1, targets="mask",
+          val_score=None):
     """Fit ``model`` and return it with the best weights, plus a summary dict.
 
     Parameters
@@ -420,6 +443,10 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replica
         built in its scope): every batch must split evenly over them, so the
         validation crops are cut to a multiple of ``replicas`` and validated in
         batches of ``cfg.batch_size``.
+    targets : str, ``model.targets``: an instance model (bc, bcd) is compiled with its channels' loss
+    val_score : callable ``model -> {name: value}``, optional
+        Scores added to each epoch's logs with validation data (e.g. ``val_f1``, the F1 of the objects of the
+        validation crops), so that the monitor can pick them.
 
     Returns
     -------
@@ -458,7 +485,7 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replica
         keep = len(val_data[0]) // replicas * replicas
         val_data = (val_data[0][:keep], val_data[1][:keep]) if keep else None
     n_outputs = len(model.outputs)
-    monitor = monitor_key(cfg, val_data is not None, model.output_names[0] if n_outputs > 1 else None)
+    monitor = monitor_key(cfg, val_data is not None, model.output_names[0] if n_outputs > 1 else None, targets)
     history = read_history(os.path.join(run_dir, "history.csv"))
     recover_checkpoints(run_dir, len(history))
     last = os.path.join(run_dir, "checkpoints", LAST)
@@ -474,13 +501,15 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replica
             model = load_model(last, compile=True)
         print(f"Resuming from {last} after epoch {len(history)}")
     else:
-        compile_model(model, cfg, class_weights)
+        compile_model(model, cfg, class_weights, targets)
     earlier = sum(r.get("seconds", 0.0) for r in history)
     recorder = RunRecorder(run_dir, monitor, history)
     start = time.perf_counter()
     if not done:
         callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows), recorder,
                      _EarlyStopping(monitor, cfg.patience, recorder.rows)]
+        if val_score is not None and val_data is not None:
+            callbacks.insert(0, ValidationScores(val_score))
         if cfg.tensorboard:  # before the recorder: an epoch in history.csv is in the event files
             from .tensorboard import TensorBoardLogger
 
@@ -520,4 +549,4 @@ def _best_value(rows, monitor):
     best, _ = _since_best(rows, monitor)
     if not math.isfinite(best):
         return None
-    return -best if monitor.endswith("iou") else best
+    return -best if monitor.endswith(("iou", "f1")) else best

@@ -89,11 +89,11 @@ def _cosine(start, end, t):
 
 
 def to_minimise(row, monitor):
-    """The monitored value of a history ``row`` as a quantity to minimise (IoU negated); None when absent."""
+    """The monitored value of a history ``row`` as a quantity to minimise (IoU and F1 negated); None when absent."""
     value = row.get(monitor)
     if value is None:
         return None
-    return -value if monitor.endswith("iou") else value
+    return -value if monitor.endswith(("iou", "f1")) else value
 
 
 def _plateau_drops(values, patience):

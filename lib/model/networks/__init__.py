@@ -116,7 +116,8 @@ def build_model(cfg, input_shape, n_outputs=None, deep_supervision=None):
         a multiple of :func:`divisor`); the channel count must be given.
     n_outputs : int, optional
         Number of output channels (one sigmoid per channel); default ``cfg.classes``, which with
-        ``cfg.classes > 1`` are the classes of a softmax output.
+        ``cfg.classes > 1`` are the classes of a softmax output, or with ``cfg.targets`` bc (bcd) 2 (3)
+        sigmoid channels (foreground, contour[, distance]).
     deep_supervision : bool, optional
         Also output a prediction from each intermediate decoder level;
         default ``cfg.deep_supervision``.
@@ -151,7 +152,8 @@ def build_model(cfg, input_shape, n_outputs=None, deep_supervision=None):
     check_planar_levels(cfg, ndim)
     input_shape = tuple(None if s is None else int(s) for s in input_shape)
     softmax = n_outputs is None and cfg.classes > 1
-    n_outputs = cfg.classes if n_outputs is None else n_outputs
+    if n_outputs is None:  # one sigmoid per class, or per instance channel (model.targets bc, bcd)
+        n_outputs = {"bc": 2, "bcd": 3}.get(cfg.targets, cfg.classes)
     if not _positive_int(n_outputs):
         raise UserError(f"model: expected a positive number of output channels, got {n_outputs!r}")
     if deep_supervision and cfg.depth < 2:
