@@ -21,7 +21,9 @@ JAX_TESTS ?= tests/test_networks.py tests/test_losses.py tests/test_metrics.py t
 	tests/test_inference.py tests/test_generators.py \
 	tests/test_reliability.py::test_kill_during_an_epoch_then_diverge_then_resume \
 	tests/test_reliability.py::test_resumed_run_counts_the_time_already_trained \
-	tests/test_template.py::test_run_folder_has_every_output
+	tests/test_template.py::test_run_folder_has_every_output \
+	tests/test_instances.py::test_loss_of_the_channels_equals_its_numpy_reference \
+	tests/test_instances.py::test_template_trains_an_instance_model_and_writes_objects
 
 .PHONY: setup setup-jax setup-torch demo test test-jax test-torch bench clean
 

@@ -150,9 +150,9 @@ CONFIG = {
         "oztel_marker_radius": 3.0,    # how far (pixels) the watershed may move a boundary
         "instances": False,            # True: objects (connected components; with targets bc/bcd always) and objects.csv
         "min_size": 0,                 # objects smaller than this (pixels / voxels) are left out
-        "seed_threshold": 0.5,         # targets bc / bcd: seeds where the foreground probability is above this,
-        "contour_threshold": 0.3,      # ... the contour probability below this,
-        "distance_threshold": 0.5,     # ... and (bcd) the distance to the border above this
+        "contour_threshold": 0.5,      # targets bc / bcd: object interiors where the contour probability is below this
+        "distance_threshold": 0.5,     # ... and (bcd) the distance to the border above this;
+        "seed_height": 3.0,            # ... each peak of the distance inside them this high (pixels) seeds an object
     },
 }
 

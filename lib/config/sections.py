@@ -199,7 +199,7 @@ class ModelConfig:
     targets: str = option("mask", "what the network learns: mask (semantic segmentation), or objects (instances) "
                           "from label masks: bc (foreground + contour channels) or bcd (foreground + contour + "
                           "distance to the object's border); the objects are then split by a watershed from seeds "
-                          "(post.seed_threshold, post.contour_threshold, post.distance_threshold)", TARGETS)
+                          "(post.contour_threshold, post.distance_threshold, post.seed_height)", TARGETS)
 
     def validate(self):
         _choice("model.name", self.name, tuple(MODELS))
@@ -495,13 +495,14 @@ class PostConfig:
                              "(objects.csv: size, shape, mean probability; objects_summary.csv: counts, density)")
     min_size: int = option(0, "objects smaller than this (pixels or voxels) are left out of the instances and of the "
                            "instance metrics (f1_50, ap_50 ...)", range="[0, inf)")
-    seed_threshold: float = option(0.5, "model.targets bc/bcd: a seed of an object is where the foreground "
-                                   "probability is above this ...", range="(0, 1)")
-    contour_threshold: float = option(0.3, "... and the contour probability below this; objects grow from their "
-                                      "seeds (a watershed) over the foreground (inference.threshold)",
+    contour_threshold: float = option(0.5, "model.targets bc/bcd: the interior of the objects is the foreground "
+                                      "(inference.threshold) where the contour probability is below this ...",
                                       range="(0, 1)")
-    distance_threshold: float = option(0.5, "model.targets=bcd: ... and the predicted distance to the border above "
+    distance_threshold: float = option(0.5, "... and (model.targets=bcd) the predicted distance to the border above "
                                        "this (1 at an object's centre)", range="[0, 1)")
+    seed_height: float = option(3.0, "model.targets bc/bcd: each peak of the distance to the interior's border that "
+                                "rises this many pixels (voxels) above its surroundings seeds an object, which "
+                                "grows over the foreground (a watershed)", range="(0, inf)")
 
     def validate(self):
         _range("post.z_filter_size", self.z_filter_size, 1, None)
@@ -510,7 +511,7 @@ class PostConfig:
         _range("post.oztel_min_mean_prob", self.oztel_min_mean_prob, 0.0, 1.0)
         _range("post.oztel_marker_radius", self.oztel_marker_radius, 0.0, None, low_open=True)
         _range("post.min_size", self.min_size, 0, None)
-        _range("post.seed_threshold", self.seed_threshold, 0.0, 1.0, low_open=True, high_open=True)
+        _range("post.seed_height", self.seed_height, 0.0, None, low_open=True)
         _range("post.contour_threshold", self.contour_threshold, 0.0, 1.0, low_open=True, high_open=True)
         _range("post.distance_threshold", self.distance_threshold, 0.0, 1.0, high_open=True)
 

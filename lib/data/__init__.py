@@ -10,6 +10,7 @@ Modules:
 - ``intensity``: normalisation and clipping; ``splits``: training/validation splits
 - ``tiling``: crop and tile grids, cutting, padding, merging, crop sampling
 - ``weightmaps``: U-Net weight maps
+- ``targets``: instance targets (foreground, contour, distance) of a label image
 - ``augment``: paired image/mask augmentation, 2D and 3D
 - ``generators``: training batches as ``keras.utils.PyDataset`` (imports Keras)
 - ``synthetic``: small synthetic EM data sets (``python -m lib.data.synthetic``)

@@ -196,11 +196,13 @@ def label_mask(mask, path):
         raise UserError(f"{path}: mask of type {mask.dtype}; expected a label image of integer ids (8, 16 or 32 "
                         "bit), 0 the background")
     if not np.issubdtype(mask.dtype, np.integer) and mask.size and not np.array_equal(mask, np.round(mask)):
-        raise UserError(f"{path}: float mask with fractional values (e.g. {_shown(np.unique(mask[mask != np.round(mask)]))}); "
-                        "expected a label image of integer ids (8, 16 or 32 bit), 0 the background")
+        fractions = np.unique(mask[mask != np.round(mask)])
+        raise UserError(f"{path}: float mask with fractional values (e.g. {_shown(fractions)}); expected a label "
+                        "image of integer ids (8, 16 or 32 bit), 0 the background")
     low, high = (mask.min(), mask.max()) if mask.size else (0, 0)
     if low < 0 or high > np.iinfo(np.uint32).max:
-        raise UserError(f"{path}: label ids from {low} to {high}; expected ids 0 (background) to {np.iinfo(np.uint32).max}")
+        raise UserError(f"{path}: label ids from {low} to {high}; expected ids 0 (background) to "
+                        f"{np.iinfo(np.uint32).max}")
     return mask.astype(np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32)
 
 

@@ -330,8 +330,8 @@ class _Evaluation:
         found = None
         if self.instance and prob is not None:
             post = self.cfg.post
-            found = from_channels(prob, self.cfg.inference.threshold, post.seed_threshold, post.contour_threshold,
-                                  post.distance_threshold, post.min_size)
+            found = from_channels(prob, self.cfg.inference.threshold, post.contour_threshold,
+                                  post.distance_threshold, post.seed_height, post.min_size)
             # The channels as ImageJ orders them: (K, Y, X) of an image, (Z, K, Y, X) of a volume.
             save_prediction(self.pred_dir, variant, name, binary, np.moveaxis(prob, -1, -3))
             prob = prob[..., 0]

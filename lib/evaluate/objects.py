@@ -23,11 +23,20 @@ AXES = "zyx"
 
 def reference_objects(mask):
     """The objects of a reference mask: a label image's own ids, or the connected components of a binary mask
-    (one foreground value: touching objects stay one). uint32."""
+    (at most one foreground value, e.g. 0/255: touching objects stay one). uint32."""
     from skimage.measure import label
 
     mask = np.asarray(mask)
-    return (label(mask > 0) if mask.size and mask.max() <= 1 else mask).astype(np.uint32, copy=False)
+    return (label(mask > 0) if is_binary(mask) else mask).astype(np.uint32, copy=False)
+
+
+def is_binary(mask):
+    """Whether ``mask`` holds at most one value besides 0 (a binary mask rather than a label image of objects)."""
+    mask = np.asarray(mask)
+    if not mask.size:
+        return True
+    high = mask.max()
+    return not np.any((mask != 0) & (mask != high))
 
 
 def object_table(labels, voxel_size=None, unit="pixel", prob=None, origin=None):

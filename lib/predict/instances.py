@@ -32,23 +32,38 @@ def drop_small(labels, min_size=0):
     return labels.astype(np.uint32, copy=False)
 
 
-def seeds_of(prob, seed_threshold=0.5, contour_threshold=0.3, distance_threshold=0.5):
-    """The seeds of objects in instance channels ``(*spatial, 2 or 3)`` (foreground, contour[, distance]): where
-    the foreground is above ``seed_threshold``, the contour below ``contour_threshold`` and (3 channels) the
-    distance above ``distance_threshold``. Bool, ``spatial``."""
+def interior_distance(prob, threshold=0.5, contour_threshold=0.5, distance_threshold=0.5):
+    """``(foreground, distance)`` of instance channels ``(*spatial, 2 or 3)`` (foreground, contour[, distance]):
+    the foreground where its channel is above ``threshold``, and each voxel's distance (in voxels, scipy's
+    Euclidean distance transform) to the nearest voxel outside the interior: the foreground where the contour is
+    below ``contour_threshold`` (and, 3 channels, the predicted distance above ``distance_threshold``). Where
+    objects touch, the contour between them cuts the interior, and each object's distance peaks inside it."""
+    from scipy import ndimage as ndi
+
     prob = np.asarray(prob)
     if prob.ndim < 3 or prob.shape[-1] not in (2, 3):
         raise ValueError(f"prob: expected instance channels (*spatial, 2 or 3), got shape {prob.shape}")
-    seeds = (prob[..., 0] > seed_threshold) & (prob[..., 1] < contour_threshold)
+    foreground = prob[..., 0] > threshold
+    interior = foreground & (prob[..., 1] < contour_threshold)
     if prob.shape[-1] == 3:
-        seeds &= prob[..., 2] > distance_threshold
-    return seeds
+        interior &= prob[..., 2] > distance_threshold
+    return foreground, ndi.distance_transform_edt(interior)
 
 
-def grow_seeds(prob, markers, threshold=0.5, origin=None):
-    """Grow labelled ``markers`` over the foreground (``prob[..., 0] > threshold``) of instance channels: a
-    watershed (scikit-image) on the contour probability (2 channels) or on the negated distance (3 channels), so
-    that touching objects meet at their predicted border. Foreground that no seed reaches stays 0.
+def seeds_of(prob, threshold=0.5, contour_threshold=0.5, distance_threshold=0.5, seed_height=3.0):
+    """The seeds of objects: the peaks of :func:`interior_distance` that rise at least ``seed_height`` voxels
+    above the saddles around them (scikit-image's ``h_maxima``), so that a cut contour or a neck between two
+    touching objects gives two seeds and a bump on an outline none. Bool, ``spatial``."""
+    from skimage.morphology import h_maxima
+
+    _, distance = interior_distance(prob, threshold, contour_threshold, distance_threshold)
+    return (h_maxima(distance, seed_height) > 0) & (distance > 0) if distance.any() else distance > 0
+
+
+def grow_seeds(prob, markers, threshold=0.5, contour_threshold=0.5, distance_threshold=0.5, origin=None):
+    """Grow labelled ``markers`` over the foreground of instance channels: a watershed (scikit-image) on the
+    negated :func:`interior_distance`, so that touching objects meet where the interior narrows or is cut by
+    the contour. Foreground that no seed reaches stays 0.
 
     scikit-image's flooding takes voxels of equal height in an order that depends on the whole array, so a part
     of an image would not flood as the image does; each voxel's height gets a tiny tie-breaker drawn from its
@@ -56,10 +71,9 @@ def grow_seeds(prob, markers, threshold=0.5, origin=None):
     as the whole image does there."""
     from skimage.segmentation import watershed
 
-    prob = np.asarray(prob, np.float32)
-    elevation = (-prob[..., 2] if prob.shape[-1] == 3 else prob[..., 1]).astype(np.float64)
-    elevation += 1e-4 * _tie_breaker(elevation.shape, origin or (0,) * elevation.ndim)
-    return watershed(elevation, markers, mask=(prob[..., 0] > threshold) | (markers > 0)).astype(np.uint32)
+    foreground, distance = interior_distance(prob, threshold, contour_threshold, distance_threshold)
+    elevation = -distance + 1e-4 * _tie_breaker(distance.shape, origin or (0,) * distance.ndim)
+    return watershed(elevation, markers, mask=foreground | (markers > 0)).astype(np.uint32)
 
 
 def _tie_breaker(shape, origin):
@@ -72,15 +86,15 @@ def _tie_breaker(shape, origin):
     return (code >> np.uint64(40)).astype(np.float64) / float(1 << 24)
 
 
-def from_channels(prob, threshold=0.5, seed_threshold=0.5, contour_threshold=0.3, distance_threshold=0.5,
+def from_channels(prob, threshold=0.5, contour_threshold=0.5, distance_threshold=0.5, seed_height=3.0,
                   min_size=0):
     """The objects of one image or volume from its instance channels ``(*spatial, 2 or 3)``: seeds
-    (:func:`seeds_of`, each connected seed one object, face connectivity) grown over the foreground
-    (:func:`grow_seeds`), without those of fewer than ``min_size`` voxels, numbered 1, 2 ... (uint32)."""
+    (:func:`seeds_of`, each connected seed one object) grown over the foreground (:func:`grow_seeds`), without
+    those of fewer than ``min_size`` voxels, numbered 1, 2 ... (uint32)."""
     from skimage.measure import label
 
-    markers = label(seeds_of(prob, seed_threshold, contour_threshold, distance_threshold), connectivity=1)
-    return drop_small(grow_seeds(prob, markers, threshold), min_size)
+    markers = label(seeds_of(prob, threshold, contour_threshold, distance_threshold, seed_height))
+    return drop_small(grow_seeds(prob, markers, threshold, contour_threshold, distance_threshold), min_size)
 
 
 def label_store(mask, out, block, run_tasks, min_size=0, connectivity=None):
@@ -197,9 +211,8 @@ def _renumber_block(out, first, lut, item):
     array[core] = np.where(local > 0, lut[np.where(local > 0, local + first[index], 0)], 0).astype(np.uint32)
 
 
-
-def objects_of_channels(prob, out, block, halo, run_tasks, threshold=0.5, seed_threshold=0.5, contour_threshold=0.3,
-                        distance_threshold=0.5, min_size=0, work=None):
+def objects_of_channels(prob, out, block, halo, run_tasks, threshold=0.5, contour_threshold=0.5,
+                        distance_threshold=0.5, seed_height=3.0, min_size=0, work=None):
     """The objects of a zarr store of instance channels, block-wise: :func:`from_channels` of a volume of any size.
 
     Parameters
@@ -207,17 +220,17 @@ def objects_of_channels(prob, out, block, halo, run_tasks, threshold=0.5, seed_t
     prob : ``(store path, array path)`` of the channels ``(K, *spatial)`` (K 2 or 3; uint8 0-255 or float)
     out : ``(store path, array path)`` of the label array to write (uint32, ``spatial``; chunks divide ``block``)
     block : tuple of int
-    halo : tuple of int, voxels read around each block as the seeds grow, so that an object cut by the block's
-        border grows as in one piece (where no seed farther than ``halo`` reaches a voxel first)
+    halo : tuple of int, voxels read around each block, so that the seeds and the objects of a block are those
+        of the volume in one piece wherever an object (its interior) is smaller than the halo
     run_tasks, min_size : as :func:`label_store`'s
-    work : ``(store path, group path)`` for two scratch arrays (seeds, grown objects), removed at the end;
-        default a group ``_objects_work`` beside ``out`` in its store
-    threshold, seed_threshold, contour_threshold, distance_threshold : as :func:`from_channels`
+    threshold, contour_threshold, distance_threshold, seed_height : as :func:`from_channels`
+    work : ``(store path, group path)`` for three scratch arrays, removed at the end; default a group
+        ``_objects_work`` in ``out``'s store
 
-    Passes, each block a task: the seeds of each block (:func:`seeds_of`), written as a mask; the seeds labelled
-    over the whole store (:func:`label_store`, face connectivity, as :func:`from_channels`); each block with its
-    halo grown from them (:func:`grow_seeds`), its core written with the voxels of each object; the objects of
-    fewer than ``min_size`` voxels dropped and the rest numbered 1, 2 ... Returns the number of objects.
+    Passes, each block a task: the seeds of each block with its halo (:func:`seeds_of`), written as a mask; the
+    seeds labelled over the whole store (:func:`label_store`, so a seed cut by a border gets one id); each block
+    with its halo grown from them (:func:`grow_seeds`), its core written with the voxels of each object; the
+    objects of fewer than ``min_size`` voxels dropped and the rest numbered 1, 2 ... Returns the number of objects.
     """
     import functools
     import math
@@ -237,10 +250,11 @@ def objects_of_channels(prob, out, block, halo, run_tasks, threshold=0.5, seed_t
     seeds, markers, grown = ((work[0], f"{work[1]}/{n}") for n in ("seeds", "markers", "grown"))
     _, blocks = block_grid(spatial, block)
     sizes = [math.prod(s.stop - s.start for s in core) for _, core in blocks]
-    thresholds = (seed_threshold, contour_threshold, distance_threshold)
-    list(run_tasks(functools.partial(_seed_block, prob, seeds, thresholds), blocks, sizes, "finding seeds"))
-    label_store(seeds, markers, block, run_tasks, connectivity=1)
-    counts = list(run_tasks(functools.partial(_grow_block, prob, markers, grown, tuple(halo), threshold), blocks,
+    options = (threshold, contour_threshold, distance_threshold)
+    list(run_tasks(functools.partial(_seed_block, prob, seeds, tuple(halo), options, seed_height), blocks, sizes,
+                   "finding seeds"))
+    label_store(seeds, markers, block, run_tasks)
+    counts = list(run_tasks(functools.partial(_grow_block, prob, markers, grown, tuple(halo), options), blocks,
                             sizes, "growing objects"))
     total = np.zeros(max(len(c) for c in counts), np.int64)
     for c in counts:
@@ -260,21 +274,26 @@ def _channels(prob, window):
     return values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values.astype(np.float32)
 
 
-def _seed_block(prob, seeds, thresholds, item):
+def _with_halo(core, halo, shape):
+    """``(window, the core's place in it)``: ``core`` grown by ``halo`` within ``shape``."""
+    window = tuple(slice(max(c.start - h, 0), min(c.stop + h, n)) for c, h, n in zip(core, halo, shape))
+    return window, tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(core, window))
+
+
+def _seed_block(prob, seeds, halo, options, seed_height, item):
     _, core = item
-    open_array(seeds, "r+")[core] = seeds_of(_channels(prob, core), *thresholds).astype(np.uint8)
+    window, inner = _with_halo(core, halo, open_array(seeds).shape)
+    open_array(seeds, "r+")[core] = seeds_of(_channels(prob, window), *options, seed_height)[inner].astype(np.uint8)
 
 
-def _grow_block(prob, markers, grown, halo, threshold, item):
+def _grow_block(prob, markers, grown, halo, options, item):
     """Grow the seeds of one block and its halo; write the core; return the voxels of each object id in it."""
     _, core = item
-    shape = open_array(markers).shape
-    window = tuple(slice(max(c.start - h, 0), min(c.stop + h, n)) for c, h, n in zip(core, halo, shape))
-    labels = grow_seeds(_channels(prob, window), np.asarray(open_array(markers)[window]), threshold,
+    window, inner = _with_halo(core, halo, open_array(markers).shape)
+    labels = grow_seeds(_channels(prob, window), np.asarray(open_array(markers)[window]), *options,
                         [w.start for w in window])
-    inner = labels[tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(core, window))]
-    open_array(grown, "r+")[core] = inner
-    return np.bincount(inner.ravel())
+    open_array(grown, "r+")[core] = labels[inner]
+    return np.bincount(labels[inner].ravel())
 
 
 def _lookup_block(grown, out, lut, item):

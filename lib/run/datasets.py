@@ -87,7 +87,9 @@ def mask_values(cfg):
 
 def note_binary_objects(cfg, masks):
     """Say when an instance run's training masks are binary: their objects are connected components."""
-    if cfg.model.targets != "mask" and all(m is None or not m.size or m.max() <= 1 for m in masks):
+    from ..evaluate.objects import is_binary
+
+    if cfg.model.targets != "mask" and all(m is None or is_binary(m) for m in masks):
         print(f"Note: model.targets={cfg.model.targets} with binary training masks: each connected component is "
               "an object, so objects that touch stay one; label images (each object its own id) teach the "
               "network to split them")

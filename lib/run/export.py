@@ -35,7 +35,7 @@ import tempfile
 import numpy as np
 
 from .. import config as config_lib
-from ..data import io, layout
+from ..data import io, layout, targets
 from ..errors import UserError
 from . import folders, paths
 
@@ -316,6 +316,7 @@ def describe(cfg, args, environment, model, tile, halo, steps, classes, saved_mo
         "name": args.name or f"EM {network} {len(tile)}D ({run})",
         "run": run, "network": network, "model": cfg.model.name, "ndim": len(tile), "tile": list(tile),
         "halo": halo, "steps": list(steps), "classes": classes, "threshold": cfg.inference.threshold,
+        "targets": cfg.model.targets,
         "normalization": cfg.data.normalization, "channels": int(model.input_shape[-1]),
         "backend": environment.get("backend", "tensorflow"), "keras": environment.get("keras", "3"),
         "saved_model": saved_model, "overlap": cfg.inference.overlap,
@@ -331,16 +332,41 @@ NORMALIZATION_TEXT = {
 }
 
 
+def channel_names(info):
+    """The names of the output channels: foreground, the classes, or the instance channels."""
+    if info.get("targets", "mask") != "mask":
+        return list(targets.CHANNELS[info["targets"]])
+    return ["foreground"] if info["classes"] == 1 else [f"class{i}" for i in range(info["classes"])]
+
+
+def output_text(info):
+    if info.get("targets", "mask") != "mask":
+        return (f"{len(channel_names(info))} sigmoid channels for objects ({', '.join(channel_names(info))}; "
+                "model.targets=" + info["targets"] + "): the objects are grown from seeds where the foreground is "
+                "high and the contour low, as `lib.predict.instances.from_channels` does")
+    return ("the foreground probability (the sigmoid is the model's last layer)" if info["classes"] == 1 else
+            f"the probabilities of {info['classes']} classes (softmax); the label image is their argmax")
+
+
+def _task(info):
+    return "semantic segmentation" if info.get("targets", "mask") == "mask" else "instance segmentation"
+
+
+def _output_kind(info):
+    if info.get("targets", "mask") != "mask":
+        return f"instance channels ({', '.join(channel_names(info))})"
+    return "foreground probability" if info["classes"] == 1 else "class probabilities"
+
+
 def readme(info):
     axes = "z, y, x" if info["ndim"] == 3 else "y, x"
-    output = ("the foreground probability (the sigmoid is the model's last layer)" if info["classes"] == 1 else
-              f"the probabilities of {info['classes']} classes (softmax); the label image is their argmax")
+    output = output_text(info)
     weights = "`keras_v3` (`weights.keras`)" + (", `tensorflow_saved_model_bundle` (for deepImageJ)"
                                                  if info["saved_model"] else "")
     citation = CITATIONS.get(info["model"])
     return f"""# {info['name']}
 
-Semantic segmentation of electron-microscopy images with a {info['network']} ({info['ndim']}D), trained with the EM
+{_task(info).capitalize()} of electron-microscopy images with a {info['network']} ({info['ndim']}D), trained with the EM
 segmentation toolkit (run `{info['run']}`, Keras {info['keras']}, {info['backend']} backend).
 
 ## Input and output
@@ -389,7 +415,7 @@ def model_description(info, cfg, run_dir, dtype, files, keras_file, bundle, para
             id=v0_5.AxisId(axis), halo=halo,
             size=v0_5.SizeReference(tensor_id=v0_5.TensorId(INPUT), axis_id=v0_5.AxisId(axis))))
     in_axes.append(v0_5.ChannelAxis(channel_names=[v0_5.Identifier(f"channel{i}") for i in range(info["channels"])]))
-    names = ["foreground"] if info["classes"] == 1 else [f"class{i}" for i in range(info["classes"])]
+    names = channel_names(info)
     out_axes.append(v0_5.ChannelAxis(channel_names=[v0_5.Identifier(n) for n in names]))
     data_type = str(np.dtype(dtype)) if np.dtype(dtype).name in (
         "uint8", "uint16", "uint32", "int8", "int16", "int32", "float32", "float64") else "float32"
@@ -424,15 +450,15 @@ def _model_descr(v0_5, info, inputs, outputs, weights, parameters, files):
         v0_5.CiteEntry(text="Ronneberger, O. et al. U-Net, MICCAI 2015.", doi=v0_5.Doi(CITATIONS["unet"][1]))]
     return v0_5.ModelDescr(
         name=info["name"],
-        description=f"{info['network']} ({ndim}D) for semantic segmentation of electron-microscopy images; "
-                    f"output: {'foreground probability' if info['classes'] == 1 else 'class probabilities'}",
+        description=f"{info['network']} ({ndim}D) for {_task(info)} of electron-microscopy images; "
+                    f"output: {_output_kind(info)}",
         authors=[v0_5.Author(name=name) for name in info["authors"]],
         cite=cite, license=v0_5.LicenseId(info["license"]),
         documentation=v0_5.FileDescr(source=files["readme"]), covers=[v0_5.FileDescr(source=files["cover"])],
-        tags=["electron-microscopy", "semantic-segmentation", f"{ndim}d", info["model"], "keras"],
+        tags=["electron-microscopy", _task(info).replace(" ", "-"), f"{ndim}d", info["model"], "keras"],
         inputs=inputs, outputs=outputs, weights=v0_5.WeightsDescr(**weights),
         config=v0_5.Config(bioimageio=v0_5.BioimageioConfig(
-            model_parameter_count=int(parameters), task="semantic segmentation",
+            model_parameter_count=int(parameters), task=_task(info),
             modality="electron microscopy", architecture_type=info["network"][:32]),
             emseg={"run": info["run"], "threshold": info["threshold"], "tile": info["tile"],
                    "overlap": info["overlap"], "normalization": info["normalization"]}),

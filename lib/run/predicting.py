@@ -261,9 +261,9 @@ def _objects(cfg, args, kind, classes, volume, targets="mask"):
             raise UserError(f"data.voxel_size={size}: INPUT {args.input} has {ndim} spatial axes; expected {ndim} "
                             "sizes")
     post = cfg.post
-    seeds = {} if targets == "mask" else {"seed_threshold": post.seed_threshold,
-                                           "contour_threshold": post.contour_threshold,
-                                           "distance_threshold": post.distance_threshold}
+    seeds = {} if targets == "mask" else {"contour_threshold": post.contour_threshold,
+                                           "distance_threshold": post.distance_threshold,
+                                           "seed_height": post.seed_height}
     return {"min_size": post.min_size, **seeds, "voxel_size": None if size is None else [float(v) for v in size],
             "unit": unit or "pixel"}
 
@@ -392,12 +392,12 @@ def _find_objects(plan, job, blocks, run_tasks):
         found = instances.label_store((job.store, f"{writers.MASK_IMAGE}/0"), out, job.block, run_tasks,
                                       found_by["min_size"])
         prob = (job.store, writers.PROB)
-    else:  # seeds grown block by block, each block read with a halo of a tile
-        halo = tuple(min(t, n) for t, n in zip((1,) * (len(job.block) - len(job.tile)) + tuple(job.tile),
-                                               job.volume.shape[:-1]))
+    else:  # seeds found and grown block by block, each block read with a halo of half a tile (z: 4 for a 2D model)
+        halves = (4,) * (len(job.block) - len(job.tile)) + tuple(t // 2 for t in job.tile)
+        halo = tuple(min(t, n) for t, n in zip(halves, job.volume.shape[:-1]))
         found = instances.objects_of_channels(
-            (job.store, writers.PROB), out, job.block, halo, run_tasks, job.threshold, found_by["seed_threshold"],
-            found_by["contour_threshold"], found_by["distance_threshold"], found_by["min_size"])
+            (job.store, writers.PROB), out, job.block, halo, run_tasks, job.threshold, found_by["contour_threshold"],
+            found_by["distance_threshold"], found_by["seed_height"], found_by["min_size"])
         prob = (job.store, writers.PROB, 0)
     size, unit = plan.objects["voxel_size"], plan.objects["unit"]
     rows = objects.store_table(out, prob, blocks, run_tasks, size, unit)

@@ -223,8 +223,8 @@ def object_f1(val_data, cfg):
             out = model(x[start:start + batch], training=False)
             prob = keras.ops.convert_to_numpy(out[0] if isinstance(out, (list, tuple)) else out)
             for p, labels in zip(prob, y[start:start + batch, ..., -1]):
-                found = from_channels(p, threshold, post.seed_threshold, post.contour_threshold,
-                                      post.distance_threshold, post.min_size)
+                found = from_channels(p, threshold, post.contour_threshold, post.distance_threshold,
+                                      post.seed_height, post.min_size)
                 matches += Matches.from_labels(found, reference_objects(labels.astype(np.uint32)))
         return {"val_f1": float(matches.metrics()["f1_50"])}
 

@@ -56,13 +56,16 @@ def prediction_grid(x, y, probabilities):
     x : ndarray ``(N, *spatial, C)``, normalised images (3D: the middle slice is drawn)
     y : ndarray ``(N, *spatial, 1)``, masks (binary, or class ids when K > 1)
     probabilities : ndarray ``(N, *spatial, K)``: K = 1, the foreground probability;
-        K > 1, class probabilities, drawn as the class id over ``K - 1``.
+        K > 1, class probabilities, drawn as the class id over ``K - 1``; instance channels (``y`` of several
+        channels too), their foreground.
 
     Returns
     -------
     ndarray ``(N * H, 3 * W)`` float32
     """
     k = probabilities.shape[-1]
+    if k > 1 and np.shape(y)[-1] > 1:  # instance channels (model.targets bc, bcd): their foreground is drawn
+        y, probabilities, k = np.asarray(y)[..., :1], probabilities[..., :1], 1
     rows = [picture_row(image, mask if k == 1 else mask / (k - 1), prob)
             for image, mask, prob in zip(x, np.asarray(y, np.float32), probabilities)]
     return np.concatenate(rows, axis=0)
