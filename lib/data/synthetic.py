@@ -26,6 +26,7 @@ import tifffile
 from scipy import ndimage
 
 from ..errors import UserError
+from .targets import between_objects
 
 # Foreground fraction aimed at, and the ceiling an added object may not cross.
 FG_TARGET = (0.07, 0.11)
@@ -110,7 +111,7 @@ def make_sample(shape, rng, n_objects=None, classes=1, touching=False, labels=Fa
     phase = 2 * np.pi * along / period + 1.5 * _smooth_noise(shape, rng, 8 * px)
     cristae = np.clip(np.cos(phase), 0, None) ** 2
     # Depth inside each object: where objects touch, each has its own border (and membranes) there.
-    depth = ndimage.distance_transform_edt(fg & ~_between(objects)) if touching else ndimage.distance_transform_edt(fg)
+    depth = ndimage.distance_transform_edt(fg & ~between_objects(objects) if touching else fg)
     double_membrane = sum(
         np.exp(-(((depth - d * px) / (0.7 * px)) ** 2)) for d in (0.8, 2.6)
     )
@@ -124,14 +125,6 @@ def make_sample(shape, rng, n_objects=None, classes=1, touching=False, labels=Fa
     image = rng.poisson(np.clip(image, 0, None) * electrons) / electrons
     image += rng.normal(0, 0.03, shape)
     return _to_uint8(image), (objects if labels else mask)
-
-
-def _between(objects):
-    """The voxels of an object next to another object (not the background): where touching objects meet."""
-    size = (3,) * objects.ndim
-    others = np.where(objects > 0, objects, np.iinfo(objects.dtype).max)
-    return (objects > 0) & ((ndimage.grey_dilation(objects, size=size) != objects) |
-                            (ndimage.grey_erosion(others, size=size) != objects))
 
 
 def write_dataset(out_dir, n_train=12, n_test=4, shape=(256, 256), seed=0, volume=False, classes=1,

@@ -57,6 +57,15 @@ def instance_targets(labels, kind):
     return np.stack(out, axis=-1).astype(np.float32)
 
 
+def between_objects(labels):
+    """The voxels of an object next to a voxel of another object (not the background): where objects meet."""
+    labels = np.asarray(labels)
+    size = (3,) * labels.ndim
+    others = np.where(labels > 0, labels.astype(np.int64), int(labels.max()) + 1)  # the background never lowest
+    return (labels > 0) & ((ndi.grey_dilation(labels, size=size) != labels) |
+                           (ndi.grey_erosion(others, size=size) != labels))
+
+
 def normalized_distance(labels, foreground=None):
     """Each object voxel's distance to the nearest voxel outside its object, over the largest in that object.
 
@@ -69,10 +78,7 @@ def normalized_distance(labels, foreground=None):
         return np.zeros(labels.shape, np.float32)
     # Objects that touch: the voxels next to another object are left out, so that each object's distances
     # end at its own border (the background's voxels are outside already).
-    size = (3,) * labels.ndim
-    ids_only = np.where(foreground, labels, np.iinfo(np.int64).max).astype(np.int64)
-    touching = (ndi.grey_dilation(labels, size=size) != labels) | (ndi.grey_erosion(ids_only, size=size) != labels)
-    distance = ndi.distance_transform_edt(foreground & ~touching).astype(np.float32)
+    distance = ndi.distance_transform_edt(foreground & ~between_objects(labels)).astype(np.float32)
     ids, index = np.unique(labels[foreground], return_inverse=True)
     peak = np.ones(len(ids), np.float32)  # an object that is all border stays 0
     np.maximum.at(peak, index, distance[foreground])

@@ -54,9 +54,12 @@ def seeds_of(prob, threshold=0.5, contour_threshold=0.5, distance_threshold=0.5,
     """The seeds of objects: the peaks of :func:`interior_distance` that rise at least ``seed_height`` voxels
     above the saddles around them (scikit-image's ``h_maxima``), so that a cut contour or a neck between two
     touching objects gives two seeds and a bump on an outline none. Bool, ``spatial``."""
+    return _peaks(interior_distance(prob, threshold, contour_threshold, distance_threshold)[1], seed_height)
+
+
+def _peaks(distance, seed_height):
     from skimage.morphology import h_maxima
 
-    _, distance = interior_distance(prob, threshold, contour_threshold, distance_threshold)
     return (h_maxima(distance, seed_height) > 0) & (distance > 0) if distance.any() else distance > 0
 
 
@@ -69,9 +72,12 @@ def grow_seeds(prob, markers, threshold=0.5, contour_threshold=0.5, distance_thr
     of an image would not flood as the image does; each voxel's height gets a tiny tie-breaker drawn from its
     position in the whole image (``origin``: where ``prob`` lies in it), which makes a block (with a halo) flood
     as the whole image does there."""
+    return _grow(*interior_distance(prob, threshold, contour_threshold, distance_threshold), markers, origin)
+
+
+def _grow(foreground, distance, markers, origin=None):
     from skimage.segmentation import watershed
 
-    foreground, distance = interior_distance(prob, threshold, contour_threshold, distance_threshold)
     elevation = -distance + 1e-4 * _tie_breaker(distance.shape, origin or (0,) * distance.ndim)
     return watershed(elevation, markers, mask=foreground | (markers > 0)).astype(np.uint32)
 
@@ -93,8 +99,9 @@ def from_channels(prob, threshold=0.5, contour_threshold=0.5, distance_threshold
     those of fewer than ``min_size`` voxels, numbered 1, 2 ... (uint32)."""
     from skimage.measure import label
 
-    markers = label(seeds_of(prob, threshold, contour_threshold, distance_threshold, seed_height))
-    return drop_small(grow_seeds(prob, markers, threshold, contour_threshold, distance_threshold), min_size)
+    foreground, distance = interior_distance(prob, threshold, contour_threshold, distance_threshold)
+    markers = label(_peaks(distance, seed_height))
+    return drop_small(_grow(foreground, distance, markers), min_size)
 
 
 def label_store(mask, out, block, run_tasks, min_size=0, connectivity=None):

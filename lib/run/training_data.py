@@ -148,14 +148,13 @@ def _crop_data(train, val, cfg, ndim):
         draws = tiling.share_draws(draws, groups, cfg.data.extra_train_shares)
     val = None
     instance, val_targets = crop_targets(cfg)
-    if val_images and instance is not None:
-        xs, ys = zip(*((tiling.crop_grid(x, crop)[0], np.stack([val_targets(c) for c in tiling.crop_grid(y, crop)[0]]))
-                       for x, y in zip(val_images, val_masks)))
-        val = (np.concatenate(xs), np.concatenate(ys))
-        keep = seeded_choice(len(val[0]), val_limit(samples, cfg), cfg.train.seed)
-        val = (val[0][keep], val[1][keep])
-    elif val_images:
-        xs, ys = zip(*((tiling.crop_grid(x, crop)[0], tiling.crop_grid(training_targets(y, w), crop)[0])
+    if val_images:
+        def val_crops(y, w):  # instance targets from each crop's labels; masks (and weights) cut as they are
+            if val_targets is not None:
+                return np.stack([val_targets(c) for c in tiling.crop_grid(y, crop)[0]])
+            return tiling.crop_grid(training_targets(y, w), crop)[0]
+
+        xs, ys = zip(*((tiling.crop_grid(x, crop)[0], val_crops(y, w))
                        for x, y, w in zip(val_images, val_masks, val_weights)))
         val = (np.concatenate(xs), np.concatenate(ys))
         keep = seeded_choice(len(val[0]), val_limit(samples, cfg), cfg.train.seed)
@@ -216,16 +215,17 @@ def object_f1(val_data, cfg):
 
     x, y = val_data
     post, threshold, batch = cfg.post, cfg.inference.threshold, cfg.train.batch_size
+    references = [reference_objects(labels.astype(np.uint32)) for labels in y[..., -1]]  # fixed: once
 
     def score(model):
         matches = Matches()
         for start in range(0, len(x), batch):
             out = model(x[start:start + batch], training=False)
             prob = keras.ops.convert_to_numpy(out[0] if isinstance(out, (list, tuple)) else out)
-            for p, labels in zip(prob, y[start:start + batch, ..., -1]):
+            for p, reference in zip(prob, references[start:start + batch]):
                 found = from_channels(p, threshold, post.contour_threshold, post.distance_threshold,
                                       post.seed_height, post.min_size)
-                matches += Matches.from_labels(found, reference_objects(labels.astype(np.uint32)))
+                matches += Matches.from_labels(found, reference)
         return {"val_f1": float(matches.metrics()["f1_50"])}
 
     return score
