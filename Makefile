@@ -15,15 +15,18 @@ TORCH_STAMP := $(TORCH_VENV)/.installed
 JAX_VENV := .venv-jax
 JAX_PY := $(JAX_VENV)/bin/python
 JAX_STAMP := $(JAX_VENV)/.installed
-# The JAX backend's subset (CI): networks, losses, metrics, training with resume, tiled inference, one
-# end-to-end template run. `make test-jax JAX_TESTS=tests` runs the whole suite on JAX.
+# The JAX backend's subset (CI): networks, losses (with unannotated pixels too), metrics, training with resume,
+# tiled inference, one end-to-end template run. `make test-jax JAX_TESTS=tests` runs the whole suite on JAX.
 JAX_TESTS ?= tests/test_networks.py tests/test_losses.py tests/test_metrics.py tests/test_training.py \
 	tests/test_inference.py tests/test_generators.py \
 	tests/test_reliability.py::test_kill_during_an_epoch_then_diverge_then_resume \
 	tests/test_reliability.py::test_resumed_run_counts_the_time_already_trained \
 	tests/test_template.py::test_run_folder_has_every_output \
 	tests/test_instances.py::test_loss_of_the_channels_equals_its_numpy_reference \
-	tests/test_instances.py::test_template_trains_an_instance_model_and_writes_objects
+	tests/test_instances.py::test_template_trains_an_instance_model_and_writes_objects \
+	tests/test_ignore.py::test_binary_losses_with_unannotated_pixels_equal_those_of_the_annotated_pixels_alone \
+	tests/test_ignore.py::test_multiclass_and_instance_losses_leave_unannotated_pixels_out \
+	tests/test_ignore.py::test_iou_metrics_count_annotated_pixels_only
 
 .PHONY: setup setup-jax setup-torch demo test test-jax test-torch bench clean
 

@@ -32,6 +32,7 @@ CONFIG = {
         "max_val_crops": 256,          # most validation subvolumes (also at most 20 % of an epoch's training subvolumes)
         "voxel_size": None,            # pixel size (y, x) / voxel size (z, y, x) for the table of objects
         "voxel_unit": "pixel",         # its unit, e.g. "nm"
+        "ignore_value": None,          # mask value of unannotated pixels (e.g. 128), counted nowhere
     },
     "augment": {
         "enabled": True,               # False: no augmentation at all

@@ -139,7 +139,8 @@ def test_a_circle_is_found(tmp_path):
         with open(os.path.join(root, "lib", "data", f"{name}.py"), "a") as fh:
             fh.write(f"\nfrom . import {other}  # noqa: E402,F401\n")
     assert upward_imports(root) == []
-    assert import_cycles(root) == ["lib.data.splits -> lib.data.tiling -> lib.data.splits"]
+    cycles = import_cycles(root)  # one circle, told from whichever of the two the search reaches first
+    assert len(cycles) == 1 and sorted(set(cycles[0].split(" -> "))) == ["lib.data.splits", "lib.data.tiling"]
 
 
 @pytest.mark.parametrize("script", ["templates/template.py", "templates/predict.py"])

@@ -56,6 +56,12 @@ class DataConfig:
     voxel_size: Optional[List[float]] = option(None, "the size of a pixel (y, x) or voxel (z, y, x) in "
                                                "data.voxel_unit, for the table of objects (post.instances); null: 1",
                                                range="null, or 2 or 3 sizes, each > 0")
+    ignore_value: Optional[int] = option(None, "the mask value of pixels left unannotated: they count in no loss, "
+                                         "metric, statistic or weight (binary masks: 0, one foreground value and "
+                                         "this one, e.g. 0/1/255 or 0/255/128; K classes: a value >= K; label "
+                                         "images: any id); a 3D mask folder may then hold fewer slices than its "
+                                         "images, each named by the number of the image slice it annotates; null: "
+                                         "every pixel is annotated", range="null, or an integer >= 1")
     voxel_unit: str = option("pixel", "the unit of data.voxel_size, e.g. nm or micrometer", range="a unit name")
 
     def validate(self):
@@ -92,6 +98,8 @@ class DataConfig:
             if not path.strip():
                 raise UserError("data.extra_train_dirs: an empty folder name; expected folders with x/ and y/")
         _range("data.max_val_crops", self.max_val_crops, 1, None)
+        if self.ignore_value is not None:
+            _range("data.ignore_value", self.ignore_value, 1, None)
 
 
 @dataclass
@@ -536,6 +544,10 @@ class Config:
             raise UserError(f"post.oztel=true: Oztel post-processing refines connected components; "
                             f"model.targets={self.model.targets} splits objects by its own watershed; set "
                             "post.oztel=false")
+        ignore, k = self.data.ignore_value, self.model.classes
+        if ignore is not None and k > 1 and ignore < k:
+            raise UserError(f"data.ignore_value={ignore} is a class id of model.classes={k} (0-{k - 1}); expected "
+                            f"a value the classes do not use, >= {k} (e.g. 255)")
         if self.model.classes > 1 and self.post.oztel:
             raise UserError(f"post.oztel=true: Oztel post-processing refines binary objects; with "
                             f"model.classes={self.model.classes} set post.oztel=false")

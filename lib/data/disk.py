@@ -6,7 +6,7 @@ Training streamed from disk (the big-data template, 3D stores) cuts its crops fr
 
 import numpy as np
 
-from .io import read_mask
+from .io import foreground, read_mask
 
 # --------------------------------------------------------------------------- images read window by window
 
@@ -79,11 +79,14 @@ class DiskMask:
     source : lib.data.io.FileSlice or lib.data.volumes.StoreRegion
     classes : int
         The mask values accepted (:func:`class_mask`): with ``classes`` > 1 windows read class ids.
+    ignore : int, optional
+        ``data.ignore_value``: pixels of this value read as unannotated (:func:`lib.data.io.ignored`).
     """
 
-    def __init__(self, source, classes=1):
+    def __init__(self, source, classes=1, ignore=None):
         self.source = source
         self.classes = classes
+        self.ignore = ignore
 
     @property
     def shape(self):
@@ -94,10 +97,10 @@ class DiskMask:
 
     def part(self, start, stop):
         """The mask of the z range ``[start, stop)`` of a volume from a store."""
-        return DiskMask(self.source.part(start, stop), self.classes)
+        return DiskMask(self.source.part(start, stop), self.classes, self.ignore)
 
     def read(self, window=None):
-        return read_mask(self.source, window, self.classes)
+        return read_mask(self.source, window, self.classes, self.ignore)
 
     def __getitem__(self, key):
         return self.read(_bounds(key, self.shape))
@@ -132,11 +135,11 @@ class ForegroundIndex:
 
     @staticmethod
     def block_counts(mask, cell):
-        """Foreground (nonzero: any class but the background) pixels of a mask ``(H, W)`` or ``(Z, Y, X)`` in each
-        block of side ``cell``, int64."""
+        """Foreground (annotated and nonzero: any class but the background) pixels of a mask ``(H, W)`` or
+        ``(Z, Y, X)`` in each block of side ``cell``, int64."""
         grid = tuple(-(-n // cell) for n in mask.shape)
         padded = np.zeros(tuple(g * cell for g in grid), np.uint8)
-        padded[tuple(slice(0, n) for n in mask.shape)] = mask > 0
+        padded[tuple(slice(0, n) for n in mask.shape)] = foreground(mask)
         blocked = padded.reshape(tuple(n for g in grid for n in (g, cell)))
         return blocked.sum(axis=tuple(range(1, 2 * len(grid), 2)), dtype=np.int64)
 
@@ -160,5 +163,5 @@ class ForegroundIndex:
         rank = int(k) - (int(self.ends[block - 1]) if block else 0)
         corner = [int(b) * self.cell for b in np.unravel_index(self.blocks[block], self.counts.shape)]
         window = self.mask[tuple(slice(c, c + self.cell) for c in corner)]
-        inside = np.unravel_index(np.flatnonzero(window)[rank], window.shape)
+        inside = np.unravel_index(np.flatnonzero(foreground(window))[rank], window.shape)
         return int(np.ravel_multi_index(tuple(c + int(i) for c, i in zip(corner, inside)), self.mask.shape))

@@ -11,6 +11,8 @@ import keras
 import numpy as np
 
 from ..errors import UserError
+from .io import annotated, foreground, ignored
+from .tiling import training_targets
 
 
 class CropDataset(keras.utils.PyDataset):
@@ -88,7 +90,11 @@ class CropDataset(keras.utils.PyDataset):
         self.epoch = 0
         self.threads = workers
         self._pool, self._ahead, self._lock = None, {}, threading.Lock()
-        self._fg = [np.flatnonzero(m) for m in masks] if random_crops and fg_sampling > 0 else None
+        self._fg = [np.flatnonzero(foreground(m)) for m in masks] if random_crops and fg_sampling > 0 else None
+        # masks with unannotated pixels (data.ignore_value): their random crops must hold annotated ones
+        self._partial = ([isinstance(m, np.ndarray) and bool(ignored(m).any()) for m in masks] if random_crops
+                         else None)
+        self._annotated = {}  # item -> flat indices of its annotated pixels, made when rejection fails
         self._order = self._epoch_order()
 
     def __len__(self):
@@ -151,7 +157,7 @@ class CropDataset(keras.utils.PyDataset):
             rng = np.random.default_rng([self.seed, epoch, index * self.batch_size + k])
             x, *target = self.sample(item, rng)
             xs.append(x)
-            ys.append(np.stack(target, axis=-1) if self.targets is None else self.targets(target[0]))
+            ys.append(training_targets(*target) if self.targets is None else self.targets(target[0]))
         return np.stack(xs), np.stack(ys).astype(np.float32)
 
     def sample(self, item, rng):
@@ -174,12 +180,33 @@ class CropDataset(keras.utils.PyDataset):
         return (image, mask) if weight is None else (image, mask, weight)
 
     def _crop_corner(self, item, rng):
+        """The corner of a random crop of item ``item``: centred on a foreground pixel (``fg_sampling``), or
+        uniform; of a mask with unannotated pixels, a uniform crop holding annotated ones (drawn again until it
+        does, at most ``ANNOTATED_TRIES`` times, then centred on a uniform annotated pixel)."""
         shape = self.masks[item].shape
         fg = self._fg[item] if self._fg is not None else None
         if fg is not None and len(fg) and rng.random() < self.fg_sampling:
-            centre = np.unravel_index(fg[rng.integers(len(fg))], shape)
-            return [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, self.crop_shape, shape)]
-        return [int(rng.integers(0, n - s + 1)) for s, n in zip(self.crop_shape, shape)]
+            return self._centred(fg[rng.integers(len(fg))], shape)
+        for _ in range(ANNOTATED_TRIES):
+            corner = [int(rng.integers(0, n - s + 1)) for s, n in zip(self.crop_shape, shape)]
+            if not (self._partial and self._partial[item]):
+                return corner
+            window = tuple(slice(c, c + s) for c, s in zip(corner, self.crop_shape))
+            if annotated(self.masks[item][window]).any():
+                return corner
+        if item not in self._annotated:
+            self._annotated[item] = np.flatnonzero(annotated(np.asarray(self.masks[item])))
+        pixels = self._annotated[item]
+        return self._centred(pixels[rng.integers(len(pixels))], shape)
+
+    def _centred(self, pixel, shape):
+        """The corner of the crop centred on the flat index ``pixel`` of a mask of ``shape``, moved inside it."""
+        centre = np.unravel_index(pixel, shape)
+        return [int(np.clip(c - s // 2, 0, n - s)) for c, s, n in zip(centre, self.crop_shape, shape)]
+
+
+# Uniform random crops drawn for a crop that holds annotated pixels before one is centred on an annotated pixel.
+ANNOTATED_TRIES = 20
 
 
 # --------------------------------------------------------------------------- streamed from disk
@@ -233,6 +260,8 @@ class DiskCropDataset(CropDataset):
             fg_sampling = 0.0
         self.fg_sampling = fg_sampling
         self._fg = list(foreground) if fg_sampling > 0 else None
+        # streamed masks are not read whole: those read with data.ignore_value may hold unannotated pixels
+        self._partial = None if windows is not None else [getattr(m, "ignore", None) is not None for m in masks]
 
     def sample(self, item, rng):
         """One training pair ``(image (*crop, C) float32, mask (*crop) uint8)``, read from disk; with

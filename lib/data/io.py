@@ -151,7 +151,7 @@ def as_image_slices(array, path):
     raise UserError(f"{path}: expected a 2D image or a stack of 2D images, got shape {array.shape}")
 
 
-def as_mask_slices(array, path, classes=1):
+def as_mask_slices(array, path, classes=1, ignore=None):
     """Split a mask array into 2D masks ``(H, W)`` uint8: {0, 1}, or class ids (see :func:`class_mask`).
 
     RGB(A) masks are accepted when their colour channels are identical.
@@ -161,7 +161,7 @@ def as_mask_slices(array, path, classes=1):
     slices = [array] if array.ndim == 2 else list(array) if array.ndim == 3 else None
     if slices is None:
         raise UserError(f"{path}: expected a 2D mask or a stack of 2D masks, got shape {array.shape}")
-    return [class_mask(s, path, classes) for s in slices]
+    return [class_mask(s, path, classes, ignore) for s in slices]
 
 
 def mask_channel(array, path):
@@ -183,6 +183,58 @@ def _shown(values):
 LABELS = 0
 
 
+# --------------------------------------------------------------------------- unannotated pixels (data.ignore_value)
+
+def ignore_id(dtype):
+    """The value of the unannotated pixels of a mask of ``dtype`` as the readers return it: the type's largest
+    (255 of uint8 masks, 65535 or 4294967295 of label images), which no class id or object id takes."""
+    return np.iinfo(dtype).max
+
+
+def ignored(mask):
+    """Boolean array: the unannotated pixels of a mask as the readers return it (none in a float or bool array)."""
+    mask = np.asarray(mask)
+    if not np.issubdtype(mask.dtype, np.integer):
+        return np.zeros(mask.shape, bool)
+    return mask == ignore_id(mask.dtype)
+
+
+def annotated(mask):
+    """Boolean array: the annotated pixels of a mask (every pixel but the :func:`ignored` ones)."""
+    return ~ignored(mask)
+
+
+def foreground(mask):
+    """Boolean array: the annotated pixels of a mask that are not background (any class or object but 0)."""
+    mask = np.asarray(mask)
+    return (mask > 0) & ~ignored(mask)
+
+
+def check_annotated(mask, where):
+    """Raise UserError naming ``where`` (the mask's file) when every pixel of ``mask`` is unannotated."""
+    if np.asarray(mask).size and ignored(mask).all():
+        raise unannotated(where)
+
+
+def unannotated(where):
+    """The UserError of a mask (file ``where``) whose every pixel is unannotated."""
+    return UserError(f"{where}: every pixel of the mask is the ignore value (data.ignore_value: unannotated); "
+                     "expected some annotated pixels, or leave this image out")
+
+
+def as_mask_type(mask, dtype):
+    """``mask`` as ``dtype`` with its unannotated pixels still :func:`ignored` (e.g. 65535 of uint16 -> 4294967295
+    of uint32 when the slices of a volume are stacked)."""
+    mask = np.asarray(mask)
+    if mask.dtype == dtype:
+        return mask
+    hidden = ignored(mask)
+    out = mask.astype(dtype)
+    if hidden.any():
+        out[hidden] = ignore_id(dtype)
+    return out
+
+
 def label_mask(mask, path):
     """Return a label image (0 background, each object its own id) as uint16, or uint32 when an id needs it.
 
@@ -200,21 +252,30 @@ def label_mask(mask, path):
         raise UserError(f"{path}: float mask with fractional values (e.g. {_shown(fractions)}); expected a label "
                         "image of integer ids (8, 16 or 32 bit), 0 the background")
     low, high = (mask.min(), mask.max()) if mask.size else (0, 0)
-    if low < 0 or high > np.iinfo(np.uint32).max:
-        raise UserError(f"{path}: label ids from {low} to {high}; expected ids 0 (background) to "
-                        f"{np.iinfo(np.uint32).max}")
-    return mask.astype(np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32)
+    largest = ignore_id(np.uint32) - 1  # the type's largest marks unannotated pixels (data.ignore_value)
+    if low < 0 or high > largest:
+        raise UserError(f"{path}: label ids from {low} to {high}; expected ids 0 (background) to {largest}")
+    return mask.astype(np.uint16 if high < ignore_id(np.uint16) else np.uint32)
 
 
-def class_mask(mask, path, classes=1):
+def class_mask(mask, path, classes=1, ignore=None):
     """Return ``mask`` as uint8: {0, 1} for ``classes`` 1 (binary), class ids ``0 .. classes - 1`` for more;
     with ``classes`` :data:`LABELS`, a label image (:func:`label_mask`).
 
     With ``classes`` <= 2 a binary mask (at most two distinct values, one of which is 0 when
     there are two, e.g. 0/255) is accepted and becomes {0, 1}; with 2 a mask of class ids {0, 1}
     is such a mask. With ``classes`` > 2 every value must be an integer class id below ``classes``.
+    Pixels of the value ``ignore`` (``data.ignore_value``) are unannotated: they become the type's largest value
+    (:func:`ignored`), the other values are checked as above.
     Raises UserError naming ``path`` and the values found otherwise.
     """
+    if ignore is not None:
+        mask = np.asarray(mask)
+        hidden = mask == ignore
+        if hidden.any():
+            out = class_mask(np.where(hidden, 0, mask).astype(mask.dtype), path, classes)
+            out[hidden] = ignore_id(out.dtype)
+            return out
     if classes == LABELS:
         return label_mask(mask, path)
     values = np.unique(mask)
@@ -322,7 +383,7 @@ def file_slices(path, mask=False):
     return [FileSlice(path, i, s.shape, s.dtype, False, mask) for i, s in enumerate(slices)]
 
 
-def read_mask(source, window=None, classes=1):
+def read_mask(source, window=None, classes=1, ignore=None):
     """Read a mask ``FileSlice`` or store region (or its ``window``) as ``(h, w)`` (``(d, h, w)`` for a
     volume) uint8 {0, 1}, or class ids with ``classes`` > 1 (:func:`class_mask`).
 
@@ -330,7 +391,7 @@ def read_mask(source, window=None, classes=1):
     """
     array = source.read(window)
     return class_mask(mask_channel(array, source.path) if array.shape[-1] > 1 else array[..., 0], source.path,
-                      classes)
+                      classes, ignore)
 
 
 def _is_2d_page(page):

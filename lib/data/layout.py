@@ -16,7 +16,7 @@ import re
 import numpy as np
 
 from ..errors import UserError
-from . import volumes
+from . import io, volumes
 from .io import (IMAGE_EXTENSIONS, as_image_slices, as_mask_slices, check_same_kind, file_slices, is_store, list_images,
                  read_image)
 
@@ -53,11 +53,13 @@ def find_subfolder(data_dir, split, kind):
     return folder
 
 
-def dataset_pairs(data_dir, split, masks_optional=False):
+def dataset_pairs(data_dir, split, masks_optional=False, sparse=False):
     """Return sorted ``(image_path, mask_path)`` pairs of ``DATA_DIR/split``.
 
     With ``masks_optional`` (the test split), a split without a ``y/`` folder
     gives ``(image_path, None)`` pairs: images to predict without ground truth.
+    With ``sparse`` (3D slices with ``data.ignore_value``), ``y/`` may hold fewer masks than ``x/`` has images:
+    each is paired by number (:func:`sparse_pairs`), the other images get None, read as unannotated slices.
     """
     if not os.path.isdir(data_dir):
         raise UserError(f"{data_dir}: DATA_DIR not found")
@@ -66,24 +68,63 @@ def dataset_pairs(data_dir, split, masks_optional=False):
         return [(x, None) for x in list_images(x_dir)]
     y_dir = find_subfolder(data_dir, split, "y")
     xs, ys = list_images(x_dir), list_images(y_dir)
+    if sparse and 0 < len(ys) < len(xs):
+        return sparse_pairs(xs, ys)
     if len(xs) != len(ys):
         raise UserError(
             f"{x_dir} has {len(xs)} images but {y_dir} has {len(ys)} masks; "
             "every image needs one mask (paired in name order)"
+            + ("" if sparse or len(ys) > len(xs) else
+               "; a 3D volume annotated on some slices only needs data.ignore_value")
         )
     pairs = list(zip(xs, ys))
     check_numbers_agree(pairs)
     return pairs
 
 
-def load_pairs_2d(pairs, classes=1):
+def _last_number(path):
+    numbers = re.findall(r"\d+", os.path.splitext(os.path.basename(path))[0])
+    return int(numbers[-1]) if numbers else None
+
+
+def sparse_pairs(xs, ys):
+    """Pair the image slices ``xs`` of a volume with the masks ``ys`` of some of them: ``[(x, y or None)]``.
+
+    A mask annotates the image slice whose file name ends in the same number (``mask_0011.tif`` the slice
+    ``image_0011.tif``); when the image names carry no distinct numbers, the slice at that 0-based position.
+    Raises UserError naming a mask without a number, whose number names no slice, or that repeats another's.
+    """
+    numbers = [_last_number(x) for x in xs]
+    by_name = None not in numbers and len(set(numbers)) == len(numbers)
+    slot = {n: i for i, n in enumerate(numbers)} if by_name else {i: i for i in range(len(xs))}
+    paired = [None] * len(xs)
+    for y in ys:
+        n = _last_number(y)
+        where = "an image slice whose name ends in that number" if by_name else f"0 to {len(xs) - 1}"
+        if n is None or n not in slot:
+            raise UserError(f"{y}: {'no number in the name' if n is None else f'number {n} names no image slice'}; "
+                            f"with fewer masks than image slices (data.ignore_value), each mask is named by the "
+                            f"number of the slice it annotates ({where})")
+        if paired[slot[n]] is not None:
+            raise UserError(f"{y} and {paired[slot[n]]} both annotate the image slice {xs[slot[n]]}; expected one "
+                            "mask per slice")
+        paired[slot[n]] = y
+    return list(zip(xs, paired))
+
+
+def load_pairs_2d(pairs, classes=1, ignore=None):
     """Read image/mask pairs as lists of 2D images ``(H, W, C)`` and masks ``(H, W)``.
 
     Multi-page files are split into slices, which must match in number and size.
-    A pair without a mask (``y_path`` None) gives None masks. ``classes``: see :func:`class_mask`.
+    A pair without a mask (``y_path`` None) gives None masks. ``classes``, ``ignore``: see :func:`class_mask`.
     """
-    return _slice_pairs(pairs, lambda path: as_image_slices(read_image(path), path),
-                        lambda path: as_mask_slices(read_image(path, mask=True), path, classes))
+    def masks(path):
+        slices = as_mask_slices(read_image(path, mask=True), path, classes, ignore)
+        for k, mask in enumerate(slices) if ignore is not None else ():
+            io.check_annotated(mask, path if len(slices) == 1 else f"{path} (page {k + 1})")
+        return slices
+
+    return _slice_pairs(pairs, lambda path: as_image_slices(read_image(path), path), masks)
 
 
 def _slice_pairs(pairs, image_slices, mask_slices):
@@ -115,7 +156,7 @@ def _slice_names(path, count):
     return [stem] if count == 1 else [f"{stem}_{i:04d}" for i in range(count)]
 
 
-def load_pairs_3d(pairs, name, classes=1):
+def load_pairs_3d(pairs, name, classes=1, ignore=None):
     """Read image/mask pairs as volumes ``(Z, Y, X, C)`` and binary masks ``(Z, Y, X)``.
 
     Two layouts are accepted. When every file holds one 2D slice, the sorted
@@ -127,6 +168,9 @@ def load_pairs_3d(pairs, name, classes=1):
     pairs : list of ``(image_path, mask_path)``, from ``dataset_pairs``
     name : str, the name of a volume made of slices (e.g. the split, ``'test'``)
     classes : int, the mask values accepted (:func:`class_mask`)
+    ignore : int, optional
+        ``data.ignore_value``: pixels of this value are unannotated (:func:`lib.data.io.ignored`), and so is every
+        slice of a volume of slices whose mask is None while others have one (:func:`sparse_pairs`).
 
     Returns
     -------
@@ -149,8 +193,13 @@ def load_pairs_3d(pairs, name, classes=1):
             "image; expected a folder of 2D slices (one volume) or of multi-page stacks (one volume each)"
         )
     check_same_kind([s for x in xs for s in x])
-    masked = pairs[0][1] is not None
-    ys = [as_mask_slices(read_image(y, mask=True), y, classes) for _, y in pairs] if masked else [None] * len(pairs)
+    masked = any(y is not None for _, y in pairs)
+    ys = ([None if y is None else as_mask_slices(read_image(y, mask=True), y, classes, ignore) for _, y in pairs]
+          if masked else [None] * len(pairs))
+    if masked and None in ys:  # slices without a mask (sparse_pairs): unannotated
+        kind = next(y[0].dtype for y in ys if y is not None)
+        ys = [[np.full(x[0].shape[:2], io.ignore_id(kind), kind)] * len(x) if y is None else y for x, y in zip(xs, ys)]
+        pairs = [(x_path, y_path or f"(no mask: {x_path} unannotated)") for x_path, y_path in pairs]
     for (x_path, y_path), x, y in zip(pairs, xs, ys if masked else ()):
         if len(x) != len(y):
             raise UserError(f"{x_path} has {len(x)} slices but its mask {y_path} has {len(y)}")
@@ -159,6 +208,11 @@ def load_pairs_3d(pairs, name, classes=1):
                 f"{x_path}: image size {x[0].shape[0]}x{x[0].shape[1]} differs from its mask "
                 f"{y_path} ({y[0].shape[0]}x{y[0].shape[1]})"
             )
+    if ignore is not None and masked:  # each volume needs annotated voxels: a stack each, or the folder's slices
+        volumes_of = zip((q for _, q in pairs), ys) if all(stacked) else [(os.path.dirname(pairs[0][1]), sum(ys, []))]
+        for where, slices in volumes_of:
+            if all(io.ignored(s).all() for s in slices):
+                raise io.unannotated(where)
     if all(stacked):
         return ([_stack_slices(x, [p] * len(x)) for (p, _), x in zip(pairs, xs)],
                 [_stack_slices(y, [q] * len(y)) if masked else None for (_, q), y in zip(pairs, ys)],
@@ -169,13 +223,19 @@ def load_pairs_3d(pairs, name, classes=1):
 
 
 def _stack_slices(slices, paths):
-    """Stack same-sized 2D slices into one array; ``paths[i]`` is the file of slice ``i``, for messages."""
+    """Stack same-sized 2D slices into one array; ``paths[i]`` is the file of slice ``i``, for messages.
+
+    Masks of several integer types (label images of 16 and 32 bits) are stacked as the widest, their unannotated
+    pixels kept (:func:`lib.data.io.as_mask_type`)."""
     for s, path in zip(slices, paths):
         if s.shape != slices[0].shape:
             raise UserError(
                 f"{path}: slice size {'x'.join(map(str, s.shape))} differs from {paths[0]} "
                 f"({'x'.join(map(str, slices[0].shape))}); the slices of a volume must have one size"
             )
+    kind = np.result_type(*{s.dtype for s in slices})
+    if np.issubdtype(kind, np.integer):
+        slices = [io.as_mask_type(s, kind) for s in slices]
     return np.stack(slices)
 
 

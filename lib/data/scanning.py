@@ -41,7 +41,7 @@ class Scan(NamedTuple):
     per_class: Optional[np.ndarray]  # pixels of each class (classes > 1)
 
 
-def scan_pairs(images, masks, workers, moments, cell, split, classes=1, clip=None, sample=0):
+def scan_pairs(images, masks, workers, moments, cell, split, classes=1, clip=None, sample=0, ignore=None):
     """Read each image/mask pair once: a :class:`Scan` of each.
 
     An image without a mask (None) has no counts, fg or per_class. Pixels per class (int array of
@@ -52,13 +52,15 @@ def scan_pairs(images, masks, workers, moments, cell, split, classes=1, clip=Non
     (``m2``: sum of squared deviations from the mean, in float64 blocks of rows,
     so the memory used stays a few rows per image). Block counts (of blocks of side
     ``cell``) are made when ``cell`` is given. A large item is read in slabs (:func:`_slabs`).
+    With ``ignore`` (``data.ignore_value``) the masks' unannotated pixels count nowhere: ``fg`` is then
+    ``(foreground pixels, annotated pixels)``.
     """
     from concurrent.futures import ThreadPoolExecutor
 
 
     def one(pair):
         x_source, y_source = pair
-        parts, counts, fg, samples = [], [], 0, []
+        parts, counts, fg, annotated, samples = [], [], 0, 0, []
         per_class = np.zeros(classes, np.int64) if classes > 1 else None
         windows = _slabs(x_source.shape[:-1], cell or max(FG_BLOCK.values()))
         for window in windows:
@@ -77,10 +79,12 @@ def scan_pairs(images, masks, workers, moments, cell, split, classes=1, clip=Non
             parts.append(part)
             del x
             if y_source is not None:
-                y = io.read_mask(y_source, window, classes)
-                fg += int(np.count_nonzero(y))
+                y = io.read_mask(y_source, window, classes, ignore)
+                fg += int(np.count_nonzero(io.foreground(y)))
+                kept = io.annotated(y)
+                annotated += int(np.count_nonzero(kept))
                 if per_class is not None:
-                    per_class += np.bincount(y.ravel(), minlength=classes)
+                    per_class += np.bincount(y[kept], minlength=classes)
                 if cell:
                     counts.append(disk.ForegroundIndex.block_counts(y, cell))
         stats = (min(p[0] for p in parts), max(p[1] for p in parts))
@@ -89,8 +93,7 @@ def scan_pairs(images, masks, workers, moments, cell, split, classes=1, clip=Non
         samples = np.concatenate(samples) if sample else None
         if y_source is None:
             return Scan(stats, None, None, samples, None)
-        return Scan(stats, np.concatenate(counts) if cell else None, (fg, int(np.prod(x_source.shape[:-1]))),
-                    samples, per_class)
+        return Scan(stats, np.concatenate(counts) if cell else None, (fg, annotated), samples, per_class)
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
         return list(progress.bar(pool.map(one, zip(images, masks)), total=len(images),

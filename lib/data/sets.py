@@ -65,7 +65,7 @@ class DiskImageSet(_Items):
         The training statistics of ``zscore`` normalisation (mean and std), as :class:`ImageSet`.
     groups, validation
         As :class:`ImageSet`'s.
-    fg_counts : list of (foreground pixels, pixels), or None
+    fg_counts : list of (foreground pixels, annotated pixels), or None
         Of each training mask, as the scan counted them (the class balance of weight maps).
     class_counts : list of int ndarray (model.classes,), or None
         With ``model.classes > 1``: the pixels of each class in each mask (for ``train.class_weights=auto``).

@@ -18,6 +18,8 @@ contour between them only when they carry different ids, which is why touching o
 import numpy as np
 from scipy import ndimage as ndi
 
+from .io import ignored
+
 # The channels of each instance mode, in the order of the network's outputs.
 CHANNELS = {"bc": ("foreground", "contour"), "bcd": ("foreground", "contour", "distance")}
 
@@ -40,7 +42,8 @@ def instance_targets(labels, kind):
     Returns
     -------
     float32 ndarray ``(*labels.shape, 2 or 3)``: foreground {0, 1}, contour {0, 1}, and with ``bcd`` the distance
-    in [0, 1].
+    in [0, 1]; -1 in every channel on unannotated voxels (:func:`lib.data.io.ignored`), the channels elsewhere
+    computed as if each took the value of its nearest annotated voxel.
     """
     from skimage.segmentation import find_boundaries
 
@@ -48,13 +51,21 @@ def instance_targets(labels, kind):
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
         raise ValueError(f"labels: expected an integer label image, got dtype {labels.dtype}")
+    hidden = ignored(labels)
+    if hidden.all():
+        return np.full(labels.shape + (len(channels),), -1.0, np.float32)
+    if hidden.any():  # each unannotated voxel takes its nearest annotated value, so no border is made up there
+        nearest = ndi.distance_transform_edt(hidden, return_distances=False, return_indices=True)
+        labels = labels[tuple(nearest)]
     foreground = labels > 0
     # "inner": the object voxels next to another value; between two touching objects, one line in each.
     contour = find_boundaries(labels, mode="inner") & foreground
     out = [foreground, contour]
     if "distance" in channels:
         out.append(normalized_distance(labels, foreground))
-    return np.stack(out, axis=-1).astype(np.float32)
+    out = np.stack(out, axis=-1).astype(np.float32)
+    out[hidden] = -1.0  # unannotated: left out of the loss and the metrics
+    return out
 
 
 def between_objects(labels):

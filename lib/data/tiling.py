@@ -8,6 +8,8 @@ import itertools
 
 import numpy as np
 
+from .io import annotated, foreground, ignored
+
 # --------------------------------------------------------------------------- tiling
 
 def tile_starts(size, tile, overlap):
@@ -231,19 +233,20 @@ def _window(position, tile):
 
 
 def foreground_fraction(masks):
-    """Foreground (nonzero: any class but the background) fraction of each mask in a batch ``(N, ...)``, as float
-    array (N,)."""
+    """Foreground (annotated and nonzero: any class but the background) fraction of each mask in a batch
+    ``(N, ...)``, as float array (N,)."""
     masks = np.asarray(masks)
-    return (masks.reshape(len(masks), -1) > 0).mean(axis=1, dtype=np.float64)
+    return foreground(masks.reshape(len(masks), -1)).mean(axis=1, dtype=np.float64)
 
 
 def discard_low_foreground(images, masks, min_fraction):
-    """Keep the crops whose mask foreground fraction is >= ``min_fraction`` (0-1).
+    """Keep the crops whose mask foreground fraction is >= ``min_fraction`` (0-1), and that have annotated pixels.
 
     Raises ValueError (``min_fraction=...``) when no crop is left.
     """
     if min_fraction <= 0:
-        return images, masks
+        keep = annotated(np.asarray(masks).reshape(len(masks), -1)).any(axis=1)
+        return (images, masks) if keep.all() else (images[keep], masks[keep])
     keep = foreground_fraction(masks) >= min_fraction
     if not keep.any():
         raise ValueError(
@@ -260,9 +263,36 @@ def seeded_choice(n, limit, seed):
     return np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
 
 
-def training_targets(mask, weight):
-    """Training targets ``(*spatial, 1)``, or ``(*spatial, 2)`` (mask, weight) with a weight map, float32."""
-    return np.stack([mask] if weight is None else [mask, weight], axis=-1).astype(np.float32)
+def training_targets(mask, weight=None):
+    """Training targets ``(*spatial, 1)``, or ``(*spatial, 2)`` (mask, weight) with a weight map, float32.
+
+    Unannotated pixels (:func:`lib.data.io.ignored`) are -1 in the mask channel: the losses and metrics leave
+    out every negative target.
+    """
+    target = np.stack([mask] if weight is None else [mask, weight], axis=-1).astype(np.float32)
+    target[..., 0][ignored(mask)] = -1.0
+    return target
+
+
+def annotated_crops(x, y):
+    """``(x, y)`` without the crops whose targets ``y`` ``(N, *crop, K)`` are unannotated everywhere (-1 in the
+    first channel), or None when none is left."""
+    keep = (y[..., 0] >= 0).reshape(len(y), -1).any(axis=1)
+    return None if not keep.any() else (x, y) if keep.all() else (x[keep], y[keep])
+
+
+def annotated_draws(masks, crop, annotated_share=None):
+    """Draws of each mask in one pass over a training set: :func:`crops_to_cover` of its annotated area.
+
+    ``annotated_share``: the annotated share of each mask, when known (streamed masks, from their scan);
+    otherwise counted in the (in-memory) masks.
+    """
+    draws = []
+    for k, m in enumerate(masks):
+        share = (annotated_share[k] if annotated_share is not None else
+                 float(np.count_nonzero(annotated(m))) / max(1, m.size))
+        draws.append(max(1, int(np.ceil(crops_to_cover(m.shape, crop) * share))))
+    return draws
 
 
 def fixed_windows(masks, crop, min_fraction):
@@ -272,11 +302,12 @@ def fixed_windows(masks, crop, min_fraction):
     Raises ValueError naming ``min_fraction`` when no crop is left.
     """
     windows = [(i, corner) for i, m in enumerate(masks) for corner in tile_grid(m.shape, crop)]
-    if min_fraction <= 0:
+    if min_fraction <= 0 and all(getattr(m, "ignore", None) is None for m in masks):
         return windows
-    fractions = np.array([float(np.count_nonzero(masks[i][_window(corner, crop)])) / np.prod(crop)
-                          for i, corner in windows])
-    keep = fractions >= min_fraction
+    fractions, anything = np.array([(float(np.count_nonzero(foreground(window))) / np.prod(crop),
+                                     annotated(window).any())
+                                    for window in (masks[i][_window(corner, crop)] for i, corner in windows)]).T
+    keep = (fractions >= min_fraction) & (anything > 0)
     if not keep.any():
         raise ValueError(f"min_fraction={min_fraction} discards every training crop (largest foreground "
                          f"fraction {fractions.max():.3f}); lower it")
@@ -297,5 +328,6 @@ def validation_crops(images, masks, crop, limit, seed, weight_map=None, targets=
     x = np.stack([images[i][key] for i, key in keys])
     y = np.stack([masks[i][key] for i, key in keys])
     if targets is not None:
-        return x, np.stack([targets(m) for m in y])
-    return x, np.stack([training_targets(m, None if weight_map is None else weight_map(m)) for m in y])
+        return annotated_crops(x, np.stack([targets(m) for m in y]))
+    return annotated_crops(x, np.stack([training_targets(m, None if weight_map is None else weight_map(m))
+                                        for m in y]))

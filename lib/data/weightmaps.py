@@ -4,6 +4,8 @@
 import numpy as np
 from scipy import ndimage as ndi
 
+from .io import foreground, ignored
+
 # --------------------------------------------------------------------------- weight maps
 
 # Distances are computed only this many sigmas around each object: farther, the
@@ -28,7 +30,8 @@ def weight_map(mask, w0=10.0, sigma=5.0, fg_fraction=None):
 
     Parameters
     ----------
-    mask : ndarray ``spatial`` (2D or 3D), binary (nonzero is foreground)
+    mask : ndarray ``spatial`` (2D or 3D), binary (nonzero is foreground); unannotated pixels
+        (:func:`lib.data.io.ignored`) weigh 0 and count in no class share
     w0 : float
         Height of the border term, >= 0.
     sigma : float
@@ -42,16 +45,19 @@ def weight_map(mask, w0=10.0, sigma=5.0, fg_fraction=None):
     -------
     ndarray of float32, shape ``spatial``
     """
-    mask = np.asarray(mask) != 0
+    hidden = ignored(mask)
+    mask = foreground(mask)
     if w0 < 0 or sigma <= 0:
         raise ValueError(f"weight_map: expected w0 >= 0 and sigma > 0, got w0={w0}, sigma={sigma}")
-    f = float(mask.mean()) if fg_fraction is None else float(fg_fraction)
+    share = float(mask.sum()) / max(1, mask.size - int(hidden.sum()))  # of the annotated pixels
+    f = share if fg_fraction is None else float(fg_fraction)
     if not 0.0 <= f <= 1.0:
         raise ValueError(f"weight_map: fg_fraction must be in [0, 1], got {fg_fraction}")
     if 0.0 < f < 1.0:
         weights = np.where(mask, np.float32(0.5 / f), np.float32(0.5 / (1.0 - f)))
     else:
         weights = np.ones(mask.shape, np.float32)
+    weights[hidden] = 0.0  # unannotated pixels weigh nothing (their targets are left out of the loss too)
     labels, count = ndi.label(mask)
     if count < 2 or w0 == 0:
         return weights
@@ -66,5 +72,5 @@ def weight_map(mask, w0=10.0, sigma=5.0, fg_fraction=None):
         np.minimum(other, np.maximum(first, d), out=other)
         np.minimum(first, d, out=first)
     border = np.float32(w0) * np.exp(-((nearest + second) ** 2) / np.float32(2.0 * sigma ** 2))
-    weights[~mask] += border[~mask]
+    weights[~mask & ~hidden] += border[~mask & ~hidden]
     return weights

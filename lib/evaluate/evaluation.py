@@ -261,13 +261,18 @@ class _Evaluation:
         if self.streams:
             self._check_stack(image.shape[:self.ndim], name)
         gray = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1)
+        # Unannotated pixels (data.ignore_value) are background in the mask and in every prediction scored, so
+        # the foreground metrics are those of the annotated pixels.
+        unannotated = None if mask is None or not io.ignored(mask).any() else io.ignored(mask)
+        if unannotated is not None:
+            mask = np.where(unannotated, 0, mask).astype(mask.dtype)
         gt_labels = None if mask is None else (
             [objects.reference_objects(mask)] if self.classes == 1 else [label(mask == c) for c in range(self.classes)])
         if mask is not None and self.instance:  # a label image: its foreground is scored as a mask
             mask = (mask > 0).astype(np.uint8)
         if self.ground_truth:
             self._keep_samples(index, gray, mask, name)
-        item = (name, mask, gt_labels, index)
+        item = (name, mask, gt_labels, index, unannotated)
         # One method per prediction: its arrays are freed before the next one is made.
         if "per_crop" in self.scores or "merged" in self.scores:
             self._crops(predict, image, item)
@@ -282,7 +287,7 @@ class _Evaluation:
             prob = predict_crops(predict, image, self.tile, inf.batch_size, bar.update)
         binary = self.segment(prob)
         if "per_crop" in self.scores and self.ground_truth:
-            self.scores["per_crop"].add(binary, item[1])
+            self.scores["per_crop"].add(_scored(binary, item[4]), item[1])
         if "merged" in self.scores:
             self.record("merged", item, binary, prob)
 
@@ -326,7 +331,7 @@ class _Evaluation:
         The objects of a binary prediction are labelled once here, for its table and its scores: grown from the
         seeds of the instance channels (instance runs), else the connected components (``post.instances``).
         """
-        name, mask, gt_labels, index = item
+        name, mask, gt_labels, index, unannotated = item
         found = None
         if self.instance and prob is not None:
             post = self.cfg.post
@@ -344,7 +349,8 @@ class _Evaluation:
             for z, sample in self.samples.get(index, ()) if found is not None else ():
                 sample.setdefault("objects", {})[variant] = (found if z is None else found[z]).copy()
         if mask is not None:
-            self.scores[variant].add(binary, mask, gt_labels, prob, found)
+            self.scores[variant].add(_scored(binary, unannotated), mask, gt_labels, _scored(prob, unannotated),
+                                     None if found is None else objects.without_unannotated(found, unannotated))
         for z, sample in self.samples.get(index, ()):
             sample["preds"][variant] = (binary if z is None else binary[z]).copy()
 
@@ -446,6 +452,14 @@ class ObjectTables:
     def write(self):
         io.write_text(os.path.join(self.folder, "objects.csv"), io.rows_to_csv(self.rows))
         io.write_text(os.path.join(self.folder, "objects_summary.csv"), io.rows_to_csv(self.summaries))
+
+
+def _scored(array, unannotated):
+    """``array`` (a prediction) as scored against a mask with ``unannotated`` pixels: 0 there."""
+    if array is None or unannotated is None:
+        return array
+    return np.where(unannotated if array.ndim == unannotated.ndim else unannotated[..., None], 0, array
+                    ).astype(array.dtype)
 
 
 def _check_item(image, mask, name, tile):

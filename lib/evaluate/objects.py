@@ -30,6 +30,20 @@ def reference_objects(mask):
     return (label(mask > 0) if is_binary(mask) else mask).astype(np.uint32, copy=False)
 
 
+def without_unannotated(labels, unannotated):
+    """The objects of ``labels`` scored against a partly annotated reference (``data.ignore_value``): an object
+    with most of its voxels unannotated is left out (its reference there is unknown), the others keep their
+    annotated voxels only. Returns ``labels`` itself when ``unannotated`` is None or empty."""
+    if unannotated is None or not unannotated.any():
+        return labels
+    labels = np.asarray(labels)
+    inside = np.bincount(labels[unannotated].ravel(), minlength=int(labels.max()) + 1)
+    total = np.bincount(labels.ravel(), minlength=len(inside))
+    dropped = np.flatnonzero(2 * inside > total)
+    out = np.where(unannotated | np.isin(labels, dropped[dropped > 0]), 0, labels)
+    return out.astype(labels.dtype, copy=False)
+
+
 def is_binary(mask):
     """Whether ``mask`` holds at most one value besides 0 (a binary mask rather than a label image of objects)."""
     mask = np.asarray(mask)

@@ -293,7 +293,8 @@ def outline_rgb(image, mask, color=(0, 255, 0)):
     image : float ndarray ``(H, W, C)``
         Any range: grey levels are stretched between the 0.5 and 99.5 percentiles.
         Three channels are shown as colour, otherwise the first channel.
-    mask : ndarray ``(H, W)``, binary
+    mask : ndarray ``(H, W)``, binary; its unannotated pixels (``data.ignore_value``: :func:`lib.data.io.ignored`,
+        or negative targets) are shown darkened and blue, so that the annotated ones stand out
     color : RGB triple of the outline (default green)
 
     Returns
@@ -306,8 +307,15 @@ def outline_rgb(image, mask, color=(0, 255, 0)):
     lo, hi = np.percentile(shown, (0.5, 99.5))
     rgb = np.clip((shown - lo) * (255.0 / (hi - lo if hi > lo else 1.0)), 0, 255).astype(np.uint8)
     rgb = np.repeat(rgb, 3 // rgb.shape[-1], axis=-1)
-    rgb[find_boundaries(np.asarray(mask) > 0, mode="inner")] = color
+    mask = np.asarray(mask)
+    unannotated = mask < 0 if mask.dtype.kind == "f" else io.ignored(mask)
+    if unannotated.any():
+        rgb[unannotated] = rgb[unannotated] // 3 + np.array(UNANNOTATED, np.uint8)
+    rgb[find_boundaries(io.foreground(mask) if mask.dtype.kind != "f" else mask > 0, mode="inner")] = color
     return rgb
+
+
+UNANNOTATED = (0, 0, 110)  # added to a third of the grey level of unannotated pixels in the check pictures
 
 
 def _save_png(path, rgb):

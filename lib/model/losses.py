@@ -12,6 +12,10 @@ probabilities of the K classes ``(N, *spatial, K)`` and ``y_true`` the class ids
 Dice averaged over the foreground classes 1..K-1) and :class:`CeDice` take them,
 with optional per-class weights.
 
+Unannotated pixels (``data.ignore_value``) have a negative target (-1, :func:`lib.data.tiling.training_targets`):
+every loss leaves them out, per sample, as if the sample held only its annotated pixels (a mean over those
+pixels, sums over those pixels); a sample with none scores 0.
+
 Probabilities are clipped to ``[1e-7, 1 - 1e-7]`` before any logarithm, so a
 saturated prediction gives a large but finite loss, and every sum runs in
 float32 whatever the dtype policy.
@@ -33,6 +37,17 @@ def _flatten(y_true, y_pred):
     return ops.reshape(y_true, (n, -1)), ops.reshape(y_pred, (n, -1))
 
 
+def _annotated(t):
+    """``(t, v)``: the targets with unannotated pixels (negative) set to 0, and ``v`` 1 where annotated, else 0."""
+    v = ops.cast(t >= 0, "float32")
+    return t * v, v
+
+
+def _masked_mean(values, v):
+    """The mean of ``values`` ``(N, pixels)`` over the pixels where ``v`` is 1, per sample (0 where none)."""
+    return ops.sum(values * v, axis=1) / ops.maximum(ops.sum(v, axis=1), 1.0)
+
+
 def _pixel_bce(t, p):
     p = ops.clip(p, _EPS, 1.0 - _EPS)
     return -(t * ops.log(p) + (1.0 - t) * ops.log(1.0 - p))
@@ -52,7 +67,8 @@ def bce(y_true, y_pred):
     tensor ``(N,)`` float32
     """
     t, p = _flatten(y_true, y_pred)
-    return ops.mean(_pixel_bce(t, p), axis=1)
+    t, v = _annotated(t)
+    return _masked_mean(_pixel_bce(t, p), v)
 
 
 @keras.saving.register_keras_serializable(package="emseg")
@@ -82,12 +98,15 @@ def weighted_bce(y_true, y_pred):
     mask, weight = y_true[..., :channels], y_true[..., channels:]
     t, p = _flatten(mask, y_pred)
     w, _ = _flatten(weight, y_pred)
-    return ops.mean(w * _pixel_bce(t, p), axis=1)
+    t, v = _annotated(t)
+    return _masked_mean(w * _pixel_bce(t, p), v)
 
 
 def _overlap_sums(y_true, y_pred, batch):
     """``(sum(t p), sum(t), sum(p))`` per sample, shape ``(N,)``; with ``batch`` over the whole batch, a scalar."""
     t, p = _flatten(y_true, y_pred)
+    t, v = _annotated(t)
+    p = p * v
     axis = None if batch else 1
     return ops.sum(t * p, axis=axis), ops.sum(t, axis=axis), ops.sum(p, axis=axis)
 
@@ -171,12 +190,14 @@ class BceDice(keras.losses.Loss):
 
 
 def _one_hot(y_true, y_pred):
-    """Class ids ``(N, *spatial, 1)`` and probabilities ``(N, *spatial, K)`` -> ``(t, p)``, each ``(N, pixels, K)``
-    float32, ``t`` one-hot."""
+    """Class ids ``(N, *spatial, 1)`` and probabilities ``(N, *spatial, K)`` -> ``(t, p, v)``: ``t`` and ``p``
+    ``(N, pixels, K)`` float32, ``t`` one-hot (all 0 on unannotated pixels, whose ids are negative), ``v``
+    ``(N, pixels)`` 1 where annotated."""
     k = y_pred.shape[-1]
     n = ops.shape(y_pred)[0]
-    ids = ops.cast(ops.reshape(y_true[..., 0], (n, -1)), "int32")
-    return ops.one_hot(ids, k, dtype="float32"), ops.reshape(ops.cast(y_pred, "float32"), (n, -1, k))
+    ids, v = _annotated(ops.reshape(ops.cast(y_true[..., 0], "float32"), (n, -1)))
+    t = ops.one_hot(ops.cast(ids, "int32"), k, dtype="float32") * ops.expand_dims(v, -1)
+    return t, ops.reshape(ops.cast(y_pred, "float32"), (n, -1, k)), v
 
 
 def _class_weights(weights, k):
@@ -197,9 +218,9 @@ def ce(y_true, y_pred, class_weights=None):
     -------
     tensor ``(N,)`` float32; with two classes and no weights it equals :func:`bce` of class 1's probability.
     """
-    t, p = _one_hot(y_true, y_pred)
+    t, p, v = _one_hot(y_true, y_pred)
     w = _class_weights(class_weights, y_pred.shape[-1])
-    return ops.mean(-ops.sum(t * w * ops.log(ops.clip(p, _EPS, 1.0)), axis=-1), axis=1)
+    return _masked_mean(-ops.sum(t * w * ops.log(ops.clip(p, _EPS, 1.0)), axis=-1), v)
 
 
 def class_dice(y_true, y_pred, smooth=1.0, batch=False, class_weights=None):
@@ -214,8 +235,8 @@ def class_dice(y_true, y_pred, smooth=1.0, batch=False, class_weights=None):
     -------
     tensor ``(N,)`` float32
     """
-    t, p = _one_hot(y_true, y_pred)
-    t, p = t[..., 1:], p[..., 1:]
+    t, p, v = _one_hot(y_true, y_pred)
+    t, p = t[..., 1:], p[..., 1:] * ops.expand_dims(v, -1)
     axis = (0, 1) if batch else 1
     inter, st, sp = ops.sum(t * p, axis=axis), ops.sum(t, axis=axis), ops.sum(p, axis=axis)
     per_class = 1.0 - (2.0 * inter + smooth) / (st + sp + smooth)
@@ -298,7 +319,8 @@ class InstanceChannels(keras.losses.Loss):
             t, p = y_true[..., c:c + 1], y_pred[..., c:c + 1]
             if c == 2:
                 t, p = _flatten(t, p)
-                term = ops.mean(ops.square(t - p), axis=1)
+                t, v = _annotated(t)
+                term = _masked_mean(ops.square(t - p), v)
             else:
                 binary = self._binary
                 term = binary.call(t, p) if isinstance(binary, keras.losses.Loss) else binary(t, p)  # per sample

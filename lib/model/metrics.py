@@ -45,9 +45,9 @@ class ForegroundIoU(keras.metrics.Metric):
         Parameters
         ----------
         y_true : tensor, shape (N, ..., K)
-            Binary ground truth (values above 0.5 are foreground) in the first
-            ``C`` channels; further channels (the weight maps of
-            :func:`lib.model.losses.weighted_bce`) are ignored.
+            Binary ground truth (values above 0.5 are foreground, negative values unannotated pixels, which
+            count nowhere) in the first ``C`` channels; further channels (the weight maps of
+            :func:`lib.model.losses.weighted_bce`) are not read.
         y_pred : tensor, shape (N, ..., C)
             Foreground probabilities.
         sample_weight : tensor, optional
@@ -56,14 +56,15 @@ class ForegroundIoU(keras.metrics.Metric):
         """
         if self.channel is not None:  # one channel of several (the foreground of model.targets bc, bcd)
             y_true, y_pred = y_true[..., self.channel:self.channel + 1], y_pred[..., self.channel:self.channel + 1]
-        y_true = y_true[..., :y_pred.shape[-1]]
-        true = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
+        y_true = ops.cast(y_true[..., :y_pred.shape[-1]], "float32")
+        true = ops.cast(y_true > 0.5, "float32")
         pred = ops.cast(ops.cast(y_pred, "float32") >= self.threshold, "float32")
-        w = 1.0
+        w = ops.cast(y_true >= 0, "float32")  # unannotated pixels (negative targets) count nowhere
         if sample_weight is not None:
-            w = ops.cast(sample_weight, "float32")
-            while len(w.shape) < len(true.shape):
-                w = ops.expand_dims(w, -1)
+            weight = ops.cast(sample_weight, "float32")
+            while len(weight.shape) < len(true.shape):
+                weight = ops.expand_dims(weight, -1)
+            w = w * weight
         self.tp.assign_add(ops.sum(w * true * pred))
         self.fp.assign_add(ops.sum(w * (1.0 - true) * pred))
         self.fn.assign_add(ops.sum(w * true * (1.0 - pred)))
@@ -103,14 +104,16 @@ class ClassIoU(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Add one batch: ``y_true`` class ids ``(N, ..., 1)``, ``y_pred`` probabilities ``(N, ..., K)``."""
         k = self.classes
-        true = ops.one_hot(ops.cast(ops.reshape(y_true[..., 0], (-1,)), "int32"), k, dtype="float32")[:, 1:]
+        ids = ops.reshape(ops.cast(y_true[..., 0], "float32"), (-1,))
+        annotated = ops.cast(ids >= 0, "float32")  # unannotated pixels (negative ids) count nowhere
+        true = ops.one_hot(ops.cast(ids * annotated, "int32"), k, dtype="float32")[:, 1:]
         pred = ops.one_hot(ops.reshape(ops.argmax(y_pred, axis=-1), (-1,)), k, dtype="float32")[:, 1:]
-        w = 1.0
+        w = ops.expand_dims(annotated, -1)
         if sample_weight is not None:
-            w = ops.cast(sample_weight, "float32")
-            while len(w.shape) < len(y_pred.shape) - 1:
-                w = ops.expand_dims(w, -1)
-            w = ops.reshape(ops.broadcast_to(w, ops.shape(y_pred)[:-1]), (-1, 1))
+            weight = ops.cast(sample_weight, "float32")
+            while len(weight.shape) < len(y_pred.shape) - 1:
+                weight = ops.expand_dims(weight, -1)
+            w = w * ops.reshape(ops.broadcast_to(weight, ops.shape(y_pred)[:-1]), (-1, 1))
         self.tp.assign_add(ops.sum(w * true * pred, axis=0))
         self.fp.assign_add(ops.sum(w * (1.0 - true) * pred, axis=0))
         self.fn.assign_add(ops.sum(w * true * (1.0 - pred), axis=0))

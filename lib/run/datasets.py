@@ -89,7 +89,7 @@ def note_binary_objects(cfg, masks):
     """Say when an instance run's training masks are binary: their objects are connected components."""
     from ..evaluate.objects import is_binary
 
-    if cfg.model.targets != "mask" and all(m is None or is_binary(m) for m in masks):
+    if cfg.model.targets != "mask" and all(m is None or is_binary(np.where(io.ignored(m), 0, m)) for m in masks):
         print(f"Note: model.targets={cfg.model.targets} with binary training masks: each connected component is "
               "an object, so objects that touch stay one; label images (each object its own id) teach the "
               "network to split them")
@@ -97,14 +97,17 @@ def note_binary_objects(cfg, masks):
 
 @options(classes="model.classes")  # the masks' values are checked as they are read
 def _load(data_dir, cfg, ndim):
-    values = mask_values(cfg)
+    values, ignore = mask_values(cfg), cfg.data.ignore_value
     sets, training, groups = _read_folders(data_dir, cfg, ndim, lambda pairs, name: (
-        layout.load_pairs_2d(pairs, values) if ndim == 2 else layout.load_pairs_3d(pairs, name, values)))
+        layout.load_pairs_2d(pairs, values, ignore) if ndim == 2 else
+        layout.load_pairs_3d(pairs, name, values, ignore)))
     note_binary_objects(cfg, sets["train"][1])
     _check_split([x.shape for x in sets["train"][0]], cfg, ndim, "val" in sets)
     check_tile_count(cfg, [x.shape[:ndim] for x in sets["test"][0]])
-    check_foreground({split: (sum(int(np.count_nonzero(m)) for m in masks), sum(m.size for m in masks))
-                      for split, (_, masks, _) in sets.items() if split != "val" and masks[0] is not None}, data_dir)
+    counts = {split: [(int(np.count_nonzero(io.foreground(m))), int(np.count_nonzero(io.annotated(m))))
+                      for m in masks] for split, (_, masks, _) in sets.items() if masks[0] is not None}
+    check_foreground({split: tuple(map(sum, zip(*pixels))) for split, pixels in counts.items() if split != "val"},
+                     data_dir)
     train = tuple(sum((list(items[k]) for items in training), []) for k in range(3))
     stats = intensity.fit_normalization(train[0], cfg.data.normalization, cfg.data.clip_percentiles,
                                         (cfg.data.norm_mean, cfg.data.norm_std))
@@ -135,8 +138,10 @@ def _read_folders(data_dir, cfg, ndim, read):
                         f"({', '.join('zyx'[3 - ndim:])})")
     check_crop_options(cfg)
     loaded = []
+    sparse = ndim == 3 and cfg.data.ignore_value is not None  # masks of some slices of a volume
     for role, parent, name in data_folders(data_dir, cfg):
-        images, masks, names = read(layout.dataset_pairs(parent, name, masks_optional=role == "test"), name)
+        images, masks, names = read(layout.dataset_pairs(parent, name, masks_optional=role == "test", sparse=sparse),
+                                    name)
         folder = os.path.join(parent, name)
         check_crop_shape(cfg, [x.shape[:ndim] for x in images], folder, fit=role != "test")
         loaded.append((role, folder, (images, masks, names)))
@@ -305,16 +310,21 @@ def _open_streamed(data_dir, cfg, ndim, sources_of):
                             "use per_image or zscore for float images")
     fg = cfg.data.fg_sampling > 0
     cell = FG_BLOCK[ndim]
-    classes = mask_values(cfg)
+    classes, ignore = mask_values(cfg), cfg.data.ignore_value
     stats = {}
     if cfg.data.clip_percentiles is not None:  # a first pass for the levels, which the statistics depend on
         train_x, train_y = sources["train"][:2]
         samples = scan_pairs(train_x, train_y, cfg.train.workers, False, None, "train (percentiles)", classes,
-                             sample=intensity.CLIP_SAMPLE // len(train_x))
+                             sample=intensity.CLIP_SAMPLE // len(train_x), ignore=ignore)
         stats["clip"] = intensity.clip_levels([s.sample for s in samples], cfg.data.clip_percentiles)
     scans = {split: scan_pairs(sources[split][0], sources[split][1], cfg.train.workers, method == "zscore",
-                               cell if fg and split == "train" else None, split, classes, clip=stats.get("clip"))
+                               cell if fg and split == "train" else None, split, classes, clip=stats.get("clip"),
+                               ignore=ignore)
              for split in sources}
+    for split in sources if ignore is not None else ():  # each mask needs annotated pixels
+        for mask, scan in zip(sources[split][1], scans[split]):
+            if scan.fg is not None and scan.fg[1] == 0:
+                raise io.unannotated(mask.path)
     # DATA_DIR/train's own masks must hold both classes (an extra folder may hold background only)
     check_foreground({split: tuple(map(sum, zip(*(scans[split][i].fg for i in items))))
                       for split, items in (("train", main), ("test", range(len(scans["test"]))))
@@ -326,7 +336,7 @@ def _open_streamed(data_dir, cfg, ndim, sources_of):
 
     def disk_set(split, **more):
         images, masks, names = sources[split]
-        disk_masks = [None if m is None else disk.DiskMask(m, classes) for m in masks]
+        disk_masks = [None if m is None else disk.DiskMask(m, classes, ignore) for m in masks]
         disk_images = [disk.DiskImage(x, *normalization_affine(x, scan.stats, method, stats), clip=stats.get("clip"))
                        for x, scan in zip(images, scans[split])]
         foreground = ([disk.ForegroundIndex(m, scan.counts, cell) for m, scan in zip(disk_masks, scans[split])]

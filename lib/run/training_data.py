@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from .. import config as config_lib
-from ..data import splits, targets, tiling, weightmaps
+from ..data import io, splits, targets, tiling, weightmaps
 from ..data.sets import DiskImageSet
 from ..data.tiling import fixed_windows, seeded_choice, training_targets, validation_crops
 from ..errors import options
@@ -93,7 +93,7 @@ def class_weights(train_set, cfg):
     if k == 1:
         return None
     counts = (np.sum(train_set.class_counts, axis=0) if isinstance(train_set, DiskImageSet) else
-              sum(np.bincount(m.ravel(), minlength=k) for m in train_set.masks))
+              sum(np.bincount(m[io.annotated(m)], minlength=k) for m in train_set.masks))
     absent = [c for c in range(k) if counts[c] == 0]
     if absent:
         print(f"warning: no pixel of the training masks is of class {', '.join(map(str, absent))} "
@@ -142,7 +142,7 @@ def _crop_data(train, val, cfg, ndim):
             w = np.concatenate([tiling.crop_grid(m, crop)[0] for m in weights])
             weights = [w[i] for i in keep]
     # Random crops: each image gets the crops that would cover it; fixed crops are seen once each.
-    draws = [tiling.crops_to_cover(m.shape, crop) for m in masks] if cfg.data.random_crops else None
+    draws = tiling.annotated_draws(masks, crop) if cfg.data.random_crops else None
     samples = epoch_samples(draws or [1] * len(masks), cfg)
     if draws is not None and cfg.data.extra_train_shares:
         draws = tiling.share_draws(draws, groups, cfg.data.extra_train_shares)
@@ -156,9 +156,10 @@ def _crop_data(train, val, cfg, ndim):
 
         xs, ys = zip(*((tiling.crop_grid(x, crop)[0], val_crops(y, w))
                        for x, y, w in zip(val_images, val_masks, val_weights)))
-        val = (np.concatenate(xs), np.concatenate(ys))
-        keep = seeded_choice(len(val[0]), val_limit(samples, cfg), cfg.train.seed)
-        val = (val[0][keep], val[1][keep])
+        val = tiling.annotated_crops(np.concatenate(xs), np.concatenate(ys))
+        if val is not None:
+            keep = seeded_choice(len(val[0]), val_limit(samples, cfg), cfg.train.seed)
+            val = (val[0][keep], val[1][keep])
     augmenter = Augmenter(cfg.augment, ndim=ndim) if cfg.augment.enabled else None
     dataset = CropDataset(images, masks, crop, cfg.train.batch_size, augmenter=augmenter,
                           random_crops=cfg.data.random_crops, fg_sampling=cfg.data.fg_sampling,
@@ -196,7 +197,10 @@ def crop_targets(cfg):
     train = functools.partial(targets.instance_targets, kind=kind)
 
     def val(labels):
-        return np.concatenate([train(labels), labels[..., None].astype(np.float32)], axis=-1)
+        channels = train(labels)
+        labels = labels[..., None].astype(np.float32)
+        labels[channels[..., :1] < 0] = -1.0  # unannotated, as the channels
+        return np.concatenate([channels, labels], axis=-1)
 
     return train, val
 
@@ -210,22 +214,23 @@ def object_f1(val_data, cfg):
     import keras
 
     from ..evaluate.matching import Matches
-    from ..evaluate.objects import reference_objects
+    from ..evaluate.objects import reference_objects, without_unannotated
     from ..predict.instances import from_channels
 
     x, y = val_data
     post, threshold, batch = cfg.post, cfg.inference.threshold, cfg.train.batch_size
-    references = [reference_objects(labels.astype(np.uint32)) for labels in y[..., -1]]  # fixed: once
+    unannotated = y[..., -1] < 0  # the objects are compared on the annotated voxels
+    references = [reference_objects(np.maximum(labels, 0).astype(np.uint32)) for labels in y[..., -1]]  # once
 
     def score(model):
         matches = Matches()
         for start in range(0, len(x), batch):
             out = model(x[start:start + batch], training=False)
             prob = keras.ops.convert_to_numpy(out[0] if isinstance(out, (list, tuple)) else out)
-            for p, reference in zip(prob, references[start:start + batch]):
+            for k, (p, reference) in enumerate(zip(prob, references[start:start + batch]), start):
                 found = from_channels(p, threshold, post.contour_threshold, post.distance_threshold,
                                       post.seed_height, post.min_size)
-                matches += Matches.from_labels(found, reference)
+                matches += Matches.from_labels(without_unannotated(found, unannotated[k]), reference)
         return {"val_f1": float(matches.metrics()["f1_50"])}
 
     return score
@@ -265,7 +270,8 @@ def _weight_maps(masks, val_masks, cfg):
     """
     if not config_lib.uses_weight_maps(cfg.train.loss):
         return None, [None] * len(val_masks)
-    fg = sum(int(np.count_nonzero(m)) for m in masks) / sum(m.size for m in masks)
+    fg = (sum(int(np.count_nonzero(io.foreground(m))) for m in masks) /
+          sum(int(np.count_nonzero(io.annotated(m))) for m in masks))
     maps = [[weightmaps.weight_map(m, cfg.train.weight_w0, cfg.train.weight_sigma, fg_fraction=fg) for m in group]
             for group in (masks, val_masks)]
     return maps[0], maps[1]
@@ -305,7 +311,10 @@ def training_data_streamed(train_set, cfg):
     weights = _crop_weights(train_set, cfg)
     with options(min_fraction="data.min_fg_fraction"):
         windows = None if cfg.data.random_crops else fixed_windows(masks, crop, cfg.data.min_fg_fraction)
-    draws = [tiling.crops_to_cover(m.shape, crop) for m in masks]
+    # the annotated share of each item, from its scan (a z part of a volume takes the volume's)
+    shares = ([train_set.fg_counts[i][1] / max(1, int(np.prod(train_set.masks[i].shape))) for i, _ in train]
+              if train_set.fg_counts else None)
+    draws = tiling.annotated_draws(masks, crop, shares)
     samples = epoch_samples(draws if windows is None else [1] * len(windows), cfg)
     if cfg.data.extra_train_shares:
         draws = tiling.share_draws(draws, [groups[i] for i, _ in train], cfg.data.extra_train_shares)
