@@ -263,9 +263,11 @@ class _Evaluation:
         gray = image[..., 0] if image.shape[-1] == 1 else image.mean(axis=-1)
         # Unannotated pixels (data.ignore_value) are background in the mask and in every prediction scored, so
         # the foreground metrics are those of the annotated pixels.
-        unannotated = None if mask is None or not io.ignored(mask).any() else io.ignored(mask)
-        if unannotated is not None:
+        unannotated = None if mask is None else io.ignored(mask)
+        if unannotated is not None and unannotated.any():
             mask = np.where(unannotated, 0, mask).astype(mask.dtype)
+        else:
+            unannotated = None
         gt_labels = None if mask is None else (
             [objects.reference_objects(mask)] if self.classes == 1 else [label(mask == c) for c in range(self.classes)])
         if mask is not None and self.instance:  # a label image: its foreground is scored as a mask
