@@ -3,6 +3,7 @@
 # make bench  -> benchmarks (tests/benchmarks/), one JSON line each
 # make test-jax -> set up .venv-jax (JAX backend, no TensorFlow) and run the JAX subset below
 # make test-torch -> set up .venv-torch (PyTorch backend, CPU, no TensorFlow) and run the whole suite on it
+# make napari -> set up .venv-napari (napari, PyQt6 and the plugin); make test-napari runs its tests headless
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,6 +12,10 @@ STAMP := $(VENV)/.installed
 TORCH_VENV := .venv-torch
 TORCH_PY := $(TORCH_VENV)/bin/python
 TORCH_STAMP := $(TORCH_VENV)/.installed
+
+NAPARI_VENV := .venv-napari
+NAPARI_PY := $(NAPARI_VENV)/bin/python
+NAPARI_STAMP := $(NAPARI_VENV)/.installed
 
 JAX_VENV := .venv-jax
 JAX_PY := $(JAX_VENV)/bin/python
@@ -28,7 +33,7 @@ JAX_TESTS ?= tests/test_networks.py tests/test_losses.py tests/test_metrics.py t
 	tests/test_ignore.py::test_multiclass_and_instance_losses_leave_unannotated_pixels_out \
 	tests/test_ignore.py::test_iou_metrics_count_annotated_pixels_only
 
-.PHONY: setup setup-jax setup-torch demo test test-jax test-torch bench clean
+.PHONY: setup setup-jax setup-torch demo test test-jax test-torch bench clean napari test-napari
 
 setup: $(STAMP)
 
@@ -60,13 +65,28 @@ demo: $(STAMP)
 	@echo "predict.py's segmentation of a test image in demo_jobs/demo_predict.tif (+ _prob.tif), drawn in demo_jobs/demo_outlines.png"
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks  # two workers, one core each; loadgroup: a file whose fixtures run templates stays on one worker
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks --ignore=tests/napari  # two workers, one core each; loadgroup: a file whose fixtures run templates stays on one worker
 
 test-jax: $(JAX_STAMP)
 	KERAS_BACKEND=jax $(JAX_PY) -m pytest -q -n 2 --dist loadgroup $(JAX_TESTS)
 
 test-torch: $(TORCH_STAMP)
-	KERAS_BACKEND=torch $(TORCH_PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks
+	KERAS_BACKEND=torch $(TORCH_PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/benchmarks --ignore=tests/napari
+
+napari: $(NAPARI_STAMP)
+
+$(NAPARI_STAMP): env/requirements-base.txt env/requirements.txt env/requirements-dev.txt env/requirements-test.txt \
+		env/requirements-napari.txt pyproject.toml
+	test -x $(NAPARI_PY) || $(PYTHON) -m venv $(NAPARI_VENV)
+	$(NAPARI_PY) -m pip install --quiet --upgrade pip
+	$(NAPARI_PY) -m pip install --quiet -r env/requirements-napari.txt
+	$(NAPARI_PY) -m pip install --quiet --no-deps -e .
+	touch $(NAPARI_STAMP)
+
+# The plugin in a real napari viewer on a virtual screen (Xvfb; napari draws with OpenGL, which Qt's offscreen
+# platform lacks): reader, Segment, Train. Debian: apt install xvfb xauth libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0
+test-napari: $(NAPARI_STAMP)
+	xvfb-run -a $(NAPARI_PY) -m pytest -q tests/napari
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -s -o python_files='bench_*.py' tests/benchmarks

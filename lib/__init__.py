@@ -15,7 +15,10 @@ Stages, bottom to top; a stage imports only the stages below it (``tests/test_la
                    output stores
 ``evaluate``       NumPy metrics, evaluation of a test set, charts and reports
 ``run``            the command line, devices, run folders, the one runner every entry script
-                   calls, the steps of ``templates/predict.py``, Model Zoo export
+                   calls, the steps of ``templates/predict.py``, Model Zoo export, the
+                   neuroglancer server
+``napari``         the napari plugin (optional: ``make napari``): a reader and widgets that start
+                   the command line's scripts; nothing of lib imports it
 =================  ==========================================================================
 
 Only ``run`` knows option names in its messages, run folders and the command line; lower stages

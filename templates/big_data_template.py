@@ -145,6 +145,7 @@ CONFIG = {
         "overlays": 3,                 # test images drawn with outlines in charts/overlays.png (0 = none)
         "block_shape": [32, 1024, 1024],  # templates/predict.py with this run: blocks (z, y, x) predicted one at a time
         "prob_dtype": "uint8",         # templates/predict.py with this run: probabilities stored as uint8 (0-255) | float16
+        "overview_side": 256,          # templates/predict.py, OME-Zarr outputs: levels halved until every side <= this (0: none)
     },
     "post": {                          # post-processing variants, computed from the tiled (and tta) predictions
         "z_filter": True,              # median filter along z; consecutive test images of one size form the stack

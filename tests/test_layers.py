@@ -13,7 +13,7 @@ from conftest import REPO
 
 LIB = os.path.join(REPO, "lib")
 # Bottom to top; lib.errors, lib.config (the option schema) and lib.progress are the bottom.
-STAGES = ("errors", "config", "progress", "data", "model", "train", "predict", "evaluate", "run")
+STAGES = ("errors", "config", "progress", "data", "model", "train", "predict", "evaluate", "run", "napari")
 BOTTOM = {"errors", "config", "progress"}
 
 

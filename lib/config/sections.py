@@ -464,6 +464,8 @@ class InferenceConfig:
                                     "written one at a time; memory follows them", range="3 sizes, each >= 1")
     prob_dtype: str = option("uint8", "templates/predict.py: probabilities stored as uint8 (0-255) or float16",
                              PROB_DTYPES)
+    overview_side: int = option(256, "templates/predict.py, OME-Zarr outputs: levels halved in size are added until "
+                                "every side is at most this, for viewers (0: full resolution only)", range="[0, inf)")
 
     def validate(self):
         for value in self.overlap if isinstance(self.overlap, list) else [self.overlap]:
@@ -484,6 +486,7 @@ class InferenceConfig:
         for value in self.block_shape:
             _range("inference.block_shape", value, 1, None)
         _choice("inference.prob_dtype", self.prob_dtype, PROB_DTYPES)
+        _range("inference.overview_side", self.overview_side, 0, None)
 
 
 @dataclass

@@ -21,9 +21,6 @@ ZARR_SUFFIX = ".zarr"
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
-OME_VERSION = "0.5"
-
-
 class Volume:
     """A 2D image ``(Y, X, C)`` or a volume ``(Z, Y, X, C)`` read on demand.
 
@@ -90,7 +87,8 @@ def open_volume(spec, channels=1):
     ----------
     spec : str
         A TIFF or other image file, a folder of slices, ``path.zarr[/inner/path]``
-        or ``path.h5:dataset``.
+        or ``path.h5:dataset``. An OME-Zarr image (0.4 or 0.5) is read at its level 0;
+        ``vol.zarr/2`` reads its level 2, with that level's voxel size.
     channels : int
         The model's input channels: a zarr/HDF5 array ``(A, B, C)`` whose last
         size equals ``channels > 1`` is read as a 2D image with channels, else as
@@ -205,6 +203,7 @@ def _open_zarr(spec, channels):
         ome = (axes, dataset.get("coordinateTransformations", []))
     else:
         path = spec
+        ome = _ome_level(spec)  # a level of an OME-Zarr image, e.g. vol.zarr/2: the axes and scale of that level
     size = unit = None
     if ome and ome[0]:
         axes, transforms = ome
@@ -227,6 +226,23 @@ def _open_zarr(spec, channels):
     else:
         roles = _roles(spec, node.shape, channels)
     return _volume(spec, "zarr", path, node.shape, roles, io.pixel_type(node.dtype, spec), size, unit)
+
+
+def _ome_level(spec):
+    """``(axes, coordinateTransformations)`` of the array at ``spec`` when it is a level of an OME-Zarr image
+    (``vol.zarr/2``: the dataset ``2`` of the multiscales of ``vol.zarr``), else None."""
+    import zarr
+
+    parent, name = os.path.split(spec.rstrip("/"))
+    try:
+        attrs = dict(zarr.open_group(parent, mode="r").attrs)
+    except Exception:  # no group above: a plain array
+        return None
+    multiscales = attrs.get("ome", attrs).get("multiscales") or [{}]
+    for dataset in multiscales[0].get("datasets", []):
+        if dataset.get("path") == name:
+            return multiscales[0].get("axes"), dataset.get("coordinateTransformations", [])
+    return None
 
 
 def _volume(spec, kind, key, raw_shape, roles, dtype, size, unit):

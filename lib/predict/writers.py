@@ -3,7 +3,10 @@
 A zarr v3 store is laid out as OME-Zarr 0.5 lays out a segmentation of an image: the probabilities
 (uint8 0-255 or float16) are the image at its root (``OUT.zarr/0``), and the mask (uint8) is its label
 image ``OUT.zarr/labels/mask`` (``image-label`` metadata), so that a viewer opening ``OUT.zarr`` shows
-both. The store records the job that wrote it (:data:`JOB_KEY`), so that a rerun resumes it and a
+both. Each image is a pyramid (:func:`add_pyramid`): level 0 at full resolution, then levels halved until
+every side of the smallest is at most the job's ``overview_side``, so that a viewer shows an overview without
+reading the full resolution. The OME-Zarr metadata is written by ome-zarr-py, the OME's reference
+implementation. The store records the job that wrote it (:data:`JOB_KEY`), so that a rerun resumes it and a
 foreign folder is never taken for one.
 """
 
@@ -15,18 +18,20 @@ import numpy as np
 import tifffile
 
 from ..data import io
-from ..data.volumes import OME_VERSION, ZARR_SUFFIX
+from ..data.volumes import ZARR_SUFFIX
 
 JOB_KEY = "em_segmentation"  # root attribute of an output store: the job and its normalisation statistics
-# The layout of the outputs, recorded in the job: 2 is the probabilities at the root and the mask under labels/;
-# 1 (before 2026-12) held two images prob/ and mask/ side by side. A rerun on an output of another layout
-# is another job (replaced with --overwrite, never resumed).
-LAYOUT = 2
+# The layout of the outputs, recorded in the job: 3 is the probabilities at the root and the mask under labels/,
+# each a pyramid when the job's overview_side asks for one; 2 had the full resolution only; 1 (before 2026-12)
+# held two images prob/ and mask/ side by side.
+# A rerun on an output of another layout is another job (replaced with --overwrite, never resumed).
+LAYOUT = 3
 PROB = "0"                # the probabilities, in an output store
 MASK_IMAGE = "labels/mask"  # the mask's label image; its array is MASK_IMAGE/0
 INSTANCES_IMAGE = "labels/instances"  # the objects' label image (post.instances), INSTANCES_IMAGE/0
 TABLES = ("objects.csv", "objects_summary.csv")  # the table of objects and its summary, in the store's folder
 INSTANCES_DONE = "instances_done"  # in the job record: the objects are labelled and measured
+PYRAMID_DONE = "pyramid_done"  # in the job record: the downsampled levels are written
 
 
 # --------------------------------------------------------------------------- outputs
@@ -77,6 +82,8 @@ def store_complete(path):
     record = dict(root.attrs)[JOB_KEY]
     if record["job"].get("instances") and not record.get(INSTANCES_DONE):
         return False
+    if record["job"].get("overview_side") and not record.get(PYRAMID_DONE):
+        return False
     return bool(np.all(root["blocks_done"][...]))
 
 
@@ -114,6 +121,7 @@ def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, un
     instances : bool, also a label image ``labels/instances`` for the objects (uint32)
     """
     import zarr
+    from ome_zarr.writer import add_metadata, write_label_metadata
 
     if prob_dtype not in ("uint8", "float16"):
         raise ValueError(f"prob_dtype: expected 'uint8' or 'float16', got {prob_dtype!r}")
@@ -121,36 +129,110 @@ def create_store(path, shape, chunks, grid, prob_dtype, job, voxel_size=None, un
         raise FileExistsError(f"{path}: the output store must be new (or an empty folder)")  # never replaces anything
     names = "zyx"[3 - len(shape):]
     root = zarr.open_group(path, mode="w", zarr_format=3)
-    channels = classes > 1
+    channels = int(classes > 1)
     axes = ("c" if channels else "") + names
     root.create_array(PROB, shape=((classes,) if channels else ()) + tuple(shape),
                       chunks=((1,) if channels else ()) + tuple(chunks), dtype=prob_dtype, fill_value=0,
                       dimension_names=tuple(axes))
-    root.attrs["ome"] = ome_metadata("prob", axes, (1.0,) + tuple(voxel_size) if channels and voxel_size else
-                                     voxel_size, unit)
+    _write_multiscales(root, "prob", axes, [(1.0,) * channels + tuple(voxel_size or (1.0,) * len(shape))], unit)
     images = [(MASK_IMAGE, "uint8")] + ([(INSTANCES_IMAGE, "uint32")] if instances else [])
-    root.create_group("labels").attrs["ome"] = {"version": OME_VERSION,
-                                                "labels": [name.split("/")[1] for name, _ in images]}
+    labels = root.create_group("labels")
     for name, dtype in images:
         image = root.create_group(name)
         image.create_array("0", shape=tuple(shape), chunks=tuple(chunks), dtype=dtype, fill_value=0,
                            dimension_names=tuple(names))
-        image.attrs["ome"] = {**ome_metadata(name.split("/")[1], names, voxel_size, unit),
-                              "image-label": {"source": {"image": "../../"}}}  # the image it labels: OUT.zarr
+        _write_multiscales(image, name.split("/")[1], names, [tuple(voxel_size or (1.0,) * len(shape))], unit)
+        write_label_metadata(labels, name.split("/")[1], fmt=_ome_format(), source={"image": "../../"})
+    add_metadata(labels, {"version": _ome_format().version})  # ome-zarr-py 0.18 leaves it out of labels/
     root.create_array("blocks_done", shape=grid, chunks=(1,) * len(grid), dtype="uint8", fill_value=0)
     root.attrs[JOB_KEY] = {"job": job}
     return root
 
 
-def ome_metadata(name, axes, voxel_size=None, unit=None):
-    """OME-Zarr 0.5 ``multiscales`` of a one-level image with spatial ``axes`` (e.g. ``'zyx'``)."""
-    scale = [float(v) for v in voxel_size] if voxel_size else [1.0] * len(axes)
-    return {"version": OME_VERSION, "multiscales": [{
-        "name": name,
-        "axes": [{"name": a, "type": "channel"} if a == "c" else
-                 {"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in axes],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-    }]}
+def _write_multiscales(group, name, axes, scales, unit=None):
+    """The OME-Zarr 0.5 ``multiscales`` of ``group``: its levels ``0, 1, ...`` with their ``scales`` (one value per
+    axis of ``axes``, e.g. ``'czyx'``); ``unit`` that of the space axes."""
+    from ome_zarr.writer import write_multiscales_metadata
+
+    ome_axes = [{"name": a, "type": "channel"} if a == "c" else
+                {"name": a, "type": "space", **({"unit": unit} if unit else {})} for a in axes]
+    datasets = [{"path": str(k), "coordinateTransformations": [{"type": "scale", "scale": [float(v) for v in scale]}]}
+                for k, scale in enumerate(scales)]
+    write_multiscales_metadata(group, datasets, fmt=_ome_format(), axes=ome_axes, name=name)
+
+
+def _ome_format():
+    """ome-zarr-py's OME-Zarr 0.5 (zarr v3), the format of every output store."""
+    from ome_zarr.format import FormatV05
+
+    return FormatV05()
+
+
+def pyramid_steps(shape, scale, overview):
+    """The factors (1 or 2 per axis) from each level of a pyramid to the next, for a level 0 of spatial ``shape``
+    with voxel size ``scale``: halve the axes longer than one voxel whose voxels are at most twice the finest
+    (an anisotropic volume is halved in y and x until its voxels are about cubic), until every side is at
+    most ``overview`` (at least 1)."""
+    if overview < 1:
+        raise ValueError(f"overview: expected at least 1, got {overview}")
+    shape, scale, steps = list(shape), [float(s) for s in scale], []
+    while max(shape) > overview:
+        finest = min(s for s, n in zip(scale, shape) if n > 1)
+        step = tuple(2 if n > 1 and s <= 2 * finest else 1 for n, s in zip(shape, scale))  # the finest always
+        steps.append(step)
+        shape = [n // f for n, f in zip(shape, step)]
+        scale = [s * f for s, f in zip(scale, step)]
+    return steps
+
+
+def add_pyramid(path, overview):
+    """Add the downsampled levels ``1, 2, ...`` to each image of the output store at ``path``, whose level 0 is
+    complete: the mean of 2 x 2 (x 2) voxels for the probabilities, every second voxel (nearest) for the mask
+    and the objects, whose ids must stay ids. Each level is computed from the stored one above it, chunk by
+    chunk with Dask (memory: a few chunks, on the Dask cluster when one is connected), and has the chunks of
+    level 0 (no larger than itself). Written once: a rerun after a kill writes the levels again.
+
+    Returns the number of levels added.
+    """
+    import dask.array as da
+    import zarr
+    from ome_zarr import dask_utils
+
+    root = zarr.open_group(path, mode="r+")
+    record = dict(root.attrs)[JOB_KEY]
+    if record.get(PYRAMID_DONE):
+        return 0
+    labels = dict(root["labels"].attrs)["ome"]["labels"]
+    added = 0
+    for group, nearest in [(root, False)] + [(root["labels"][name], True) for name in labels]:
+        multiscale = dict(group.attrs)["ome"]["multiscales"][0]
+        axes = [a["name"] for a in multiscale["axes"]]
+        space = [a["type"] == "space" for a in multiscale["axes"]]
+        scale = multiscale["datasets"][0]["coordinateTransformations"][0]["scale"]
+        base = group["0"]
+        steps = pyramid_steps([n for n, s in zip(base.shape, space) if s], [v for v, s in zip(scale, space) if s],
+                              overview)
+        scales, above = [scale], base
+        for k, step in enumerate(steps, 1):
+            it = iter(step)
+            factors = tuple(next(it) if s else 1 for s in space)
+            shape = tuple(n // f for n, f in zip(above.shape, factors))
+            source = da.from_zarr(above)[tuple(slice(0, n * f) for n, f in zip(shape, factors))]
+            if nearest:
+                level = dask_utils.downscale_nearest(source, factors)
+            else:
+                level = dask_utils.local_mean(source, shape)
+            chunks = tuple(min(c, n) for c, n in zip(base.chunks, shape))
+            array = group.create_array(str(k), shape=shape, chunks=chunks, dtype=base.dtype, fill_value=0,
+                                       dimension_names=tuple(axes), overwrite=True)
+            da.store(level.astype(base.dtype).rechunk(chunks), array, lock=False)
+            scales.append([v * f for v, f in zip(scales[-1], factors)])
+            above = array
+        unit = next((a.get("unit") for a in multiscale["axes"] if a.get("unit")), None)
+        _write_multiscales(group, multiscale.get("name"), axes, scales, unit)
+        added = max(added, len(steps))
+    root.attrs[JOB_KEY] = {**record, PYRAMID_DONE: True}
+    return added
 
 
 def export_tiff(store, path, job, prob_dtype):

@@ -104,6 +104,8 @@ def plan(args):
     description = describe(job, args.input)
     if objects is not None:
         description.update(instances=True, **{k: v for k, v in objects.items() if k not in ("voxel_size", "unit")})
+    if kind == "zarr":
+        description["overview_side"] = cfg.inference.overview_side
     store, state, replace = _output_state(args, kind, description)
     job = dataclasses.replace(job, store=os.path.abspath(store))
     result = Plan(args, job, description, kind, store, state, replace, objects)
@@ -362,6 +364,12 @@ def run(plan):
         total, skipped, seconds = blockwise.run_job(job, run_tasks)
         if plan.objects is not None:
             _find_objects(plan, job, blocks, run_tasks)
+        if plan.description.get("overview_side"):  # a viewer's overview; on the Dask cluster when there is one
+            start = time.perf_counter()
+            levels = writers.add_pyramid(job.store, plan.description["overview_side"])
+            if levels:
+                print(f"Pyramid: {levels} levels halved in size (inference.overview_side="
+                      f"{plan.description['overview_side']}) in {time.perf_counter() - start:.1f} s")
     finally:
         if plan.client is not None:
             plan.client.close()
