@@ -264,3 +264,35 @@ def test_predict_writes_the_objects_of_a_volume_and_their_table(tmp_path):
     refused = run_here("templates/predict.py", str(tmp_path / "vol.zarr"), str(tmp_path / "seg.tif"), *args)
     assert refused.returncode == 2 and "post.instances=true: OUTPUT" in refused.stderr
     assert not (tmp_path / "seg.tif").exists()
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_a_table_without_objects_keeps_the_columns_of_one_with_objects(ndim, tmp_path):
+    from lib.data import io
+
+    labels = np.zeros((12,) * ndim, np.uint16)
+    labels[(slice(2, 7),) * ndim] = 4
+    for prob in (None, np.full(labels.shape, 0.8, np.float32)):
+        rows = objects.object_table(labels, prob=prob)
+        assert list(rows[0]) == objects.columns(ndim, probability=prob is not None)
+    header = io.rows_to_csv([], objects.columns(ndim)).splitlines()
+    assert header == [",".join(objects.columns(ndim))]
+
+
+def test_predict_finding_no_object_writes_the_header_of_the_table(tmp_path):
+    import csv
+
+    import zarr
+
+    from conftest import run_here, tiny_run_folder
+
+    run = tiny_run_folder(tmp_path / "tiny_0")
+    zarr.save_array(str(tmp_path / "vol.zarr"), np.full((4, 32, 32), 100, np.uint8), zarr_format=2)
+    result = run_here("templates/predict.py", str(tmp_path / "vol.zarr"), str(tmp_path / "seg.zarr"), "--model",
+                      str(run), "--gpu", "cpu", "--set", "post.instances=true", "--set", "post.min_size=100000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "seg.zarr" / "objects.csv") as fh:
+        reader = csv.DictReader(fh)
+        assert list(reader) == [] and reader.fieldnames == objects.columns(3, probability=True)
+    with open(tmp_path / "seg.zarr" / "objects_summary.csv") as fh:
+        assert next(csv.DictReader(fh))["objects"] == "0"

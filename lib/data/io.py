@@ -545,9 +545,10 @@ def write_text(path, text):
     write_atomic(path, write)
 
 
-def rows_to_csv(rows):
-    """CSV text for a list of dicts; the header is the union of their keys, in order of appearance."""
-    keys = []
+def rows_to_csv(rows, columns=()):
+    """CSV text for a list of dicts; the header is ``columns``, then the other keys of the rows in order of
+    appearance (a table without rows keeps its header)."""
+    keys = list(columns)
     for row in rows:
         keys += [k for k in row if k not in keys]
     out = _io.StringIO()

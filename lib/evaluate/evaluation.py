@@ -429,7 +429,7 @@ class ObjectTables:
         self.min_size, self.classes = cfg.post.min_size, cfg.model.classes
         self.voxel_size, self.unit = cfg.data.voxel_size, cfg.data.voxel_unit
         self.size_unit = f"{self.unit}^{len(cfg.data.crop_shape)}"
-        self.rows, self.summaries = [], []
+        self.rows, self.summaries, self.header = [], [], []
 
     def sizes(self):
         return [row["size"] for row in self.rows]
@@ -445,6 +445,7 @@ class ObjectTables:
             score = None if prob is None else (prob if self.classes == 1 else prob[..., c])
             found = objects.object_table(labels, self.voxel_size, self.unit, score)
             head = {"image": name, **({"class": c} if self.classes > 1 else {})}
+            self.header = self.header or list(head) + objects.columns(labels.ndim, score is not None)
             self.rows += [{**head, **row} for row in found]
             self.summaries.append({**head, **objects.summary(found, labels.shape, self.voxel_size, self.unit)})
             suffix = f"_c{c}" if self.classes > 1 else ""
@@ -452,7 +453,7 @@ class ObjectTables:
         return labels if self.classes == 1 else None
 
     def write(self):
-        io.write_text(os.path.join(self.folder, "objects.csv"), io.rows_to_csv(self.rows))
+        io.write_text(os.path.join(self.folder, "objects.csv"), io.rows_to_csv(self.rows, self.header))
         io.write_text(os.path.join(self.folder, "objects_summary.csv"), io.rows_to_csv(self.summaries))
 
 

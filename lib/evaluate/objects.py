@@ -53,6 +53,15 @@ def is_binary(mask):
     return not np.any((mask != 0) & (mask != high))
 
 
+def columns(ndim, probability=False):
+    """The columns of :func:`object_table`'s rows for ``ndim`` axes, in order (``probability``: with
+    ``mean_probability``): the header of a table that found no object."""
+    axes = AXES[3 - ndim:]
+    return (["id", "voxels", "size", "unit"] + [f"centroid_{a}" for a in axes] + [f"bbox_{a}_start" for a in axes]
+            + [f"bbox_{a}_stop" for a in axes] + ["equivalent_diameter", "solidity", "major_axis", "minor_axis"]
+            + (["mean_probability"] if probability else []) + ["perimeter" if ndim == 2 else "surface_area"])
+
+
 def object_table(labels, voxel_size=None, unit="pixel", prob=None, origin=None):
     """The objects of ``labels`` (0 background) as a list of row dicts, sorted by id.
 

@@ -410,7 +410,8 @@ def _find_objects(plan, job, blocks, run_tasks):
     size, unit = plan.objects["voxel_size"], plan.objects["unit"]
     rows = objects.store_table(out, prob, blocks, run_tasks, size, unit)
     spatial = job.volume.shape[:-1]
-    io.write_text(os.path.join(job.store, writers.TABLES[0]), io.rows_to_csv(rows))
+    io.write_text(os.path.join(job.store, writers.TABLES[0]),
+                  io.rows_to_csv(rows, objects.columns(len(spatial), probability=True)))
     io.write_text(os.path.join(job.store, writers.TABLES[1]),
                   io.rows_to_csv([objects.summary(rows, spatial, size, unit)]))
     root.attrs[writers.JOB_KEY] = {**record, writers.INSTANCES_DONE: True}
