@@ -187,20 +187,15 @@ def _open_zarr(spec, channels):
         node = zarr.open(spec, mode="r")
     except Exception as exc:  # zarr raises several types for folders that are no zarr node
         raise UserError(f"INPUT {spec}: cannot open it as a zarr array or group ({type(exc).__name__}: {exc})") from None
-    ome = None
     if isinstance(node, zarr.Group):
-        attrs = dict(node.attrs)
-        ome = attrs.get("ome", attrs)  # OME-Zarr 0.5 keeps its metadata under "ome", 0.4 at the top
-        if "multiscales" not in ome:
+        level = _ome_dataset(dict(node.attrs))
+        if level is None:
             arrays = [f"{spec.rstrip('/')}/{name}" for name, _ in node.arrays()]
             raise UserError(f"INPUT {spec}: a zarr group without OME-Zarr multiscales; give one of its arrays "
                             f"({', '.join(arrays) or 'it has none'})")
-        multiscale = ome["multiscales"][0]
-        dataset = multiscale["datasets"][0]
-        path = os.path.join(spec, dataset["path"])
+        path = os.path.join(spec, level[0])
         node = zarr.open_array(path, mode="r")
-        axes = multiscale.get("axes")
-        ome = (axes, dataset.get("coordinateTransformations", []))
+        ome = level[1:]
     else:
         path = spec
         ome = _ome_level(spec)  # a level of an OME-Zarr image, e.g. vol.zarr/2: the axes and scale of that level
@@ -238,10 +233,20 @@ def _ome_level(spec):
         attrs = dict(zarr.open_group(parent, mode="r").attrs)
     except Exception:  # no group above: a plain array
         return None
-    multiscales = attrs.get("ome", attrs).get("multiscales") or [{}]
-    for dataset in multiscales[0].get("datasets", []):
-        if dataset.get("path") == name:
-            return multiscales[0].get("axes"), dataset.get("coordinateTransformations", [])
+    level = _ome_dataset(attrs, name)
+    return None if level is None else level[1:]
+
+
+def _ome_dataset(attrs, path=None):
+    """``(path, axes, coordinateTransformations)`` of the dataset ``path`` (default: the first, level 0) of the
+    OME-Zarr multiscales in a group's ``attrs``, or None when there is none."""
+    ome = attrs.get("ome", attrs)  # OME-Zarr 0.5 keeps its metadata under "ome", 0.4 at the top
+    multiscale = (ome.get("multiscales") or [None])[0]
+    if multiscale is None:
+        return None
+    for dataset in multiscale.get("datasets", []):
+        if path is None or dataset.get("path") == path:
+            return dataset["path"], multiscale.get("axes"), dataset.get("coordinateTransformations", [])
     return None
 
 

@@ -22,8 +22,7 @@ from ..run import folders
 
 def napari_reader(path):
     """npe2 reader: a function reading ``path`` when it is a predict.py output or a run folder, else None."""
-    path = path[0] if isinstance(path, (list, tuple)) else path
-    path = str(path).rstrip("/")
+    path = _one_path(path)
     if is_output(path) or is_run(path):
         return read
     return None
@@ -31,9 +30,13 @@ def napari_reader(path):
 
 def read(path):
     """The layers of a predict.py output or a run folder (a list of ``(data, attributes, layer_type)``)."""
-    path = path[0] if isinstance(path, (list, tuple)) else path
-    path = str(path).rstrip("/")
+    path = _one_path(path)
     return output_layers(path) if is_output(path) else run_layers(path)
+
+
+def _one_path(path):
+    """The path napari gives a reader (a path, or a list of one) as a string without a trailing slash."""
+    return str(path[0] if isinstance(path, (list, tuple)) else path).rstrip("/")
 
 
 def is_output(path):

@@ -43,7 +43,7 @@ def viewer_link(base_url, outputs, image=None):
     """The neuroglancer link showing each output (its probabilities, mask and objects) under ``image``."""
     import zarr
 
-    layers = []
+    layers, ndim = [], None
     if image:
         layers.append({"type": "image", "source": f"zarr3://{base_url}/{image}/", "name": os.path.basename(image)})
     for output in outputs:
@@ -51,18 +51,13 @@ def viewer_link(base_url, outputs, image=None):
         layers.append({"type": "image", "source": f"zarr3://{base_url}/{name}/", "name": f"{name} probability",
                        "opacity": 0.5, "shader": "#uicontrol invlerp normalized\nvoid main() {\n"
                        "  emitRGB(vec3(normalized(), 0.0, 0.0));\n}\n"})
-        labels = dict(zarr.open_group(output, mode="r")["labels"].attrs)["ome"]["labels"]
-        for label in labels:
+        root = zarr.open_group(output, mode="r")
+        ndim = ndim or root["labels/mask/0"].ndim
+        for label in dict(root["labels"].attrs)["ome"]["labels"]:
             layers.append({"type": "segmentation", "source": f"zarr3://{base_url}/{name}/labels/{label}/",
                            "name": f"{name} {label}"})
-    state = {"layers": layers, "layout": "4panel" if len(_spatial_shape(outputs[0])) == 3 else "xy"}
+    state = {"layers": layers, "layout": "4panel" if ndim == 3 else "xy"}
     return NEUROGLANCER + "#!" + urllib.parse.quote(json.dumps(state, separators=(",", ":")), safe="")
-
-
-def _spatial_shape(output):
-    import zarr
-
-    return zarr.open_group(output, mode="r")["labels/mask/0"].shape
 
 
 def main(argv=None):
