@@ -191,14 +191,32 @@ def test_layer_input_is_the_source_when_it_holds_the_layer_else_written_chunk_by
     from lib.napari import jobs
 
     path, volume, _ = output
-    vol = str(path.parent / "vol.zarr")
-    assert jobs.layer_input(volume, vol, tmp_path) == vol
+    vol, work = str(path.parent / "vol.zarr"), tmp_path / "work"
+    assert jobs.layer_input(volume, vol, work) == vol
     lazy = da.from_array(volume, chunks=(3, 20, 20))
-    spec = jobs.layer_input([lazy, lazy[::2, ::2, ::2]], None, tmp_path)  # a multiscale layer: its level 0
-    assert spec == str(tmp_path / "input.zarr")
+    spec = jobs.layer_input([lazy, lazy[::2, ::2, ::2]], None, work)  # a multiscale layer: its level 0
+    assert spec == str(work / "input.zarr")
     assert np.array_equal(zarr.open_array(spec)[...], volume)
-    assert jobs.layer_input(volume[:6], vol, tmp_path) == spec  # another shape than the source: written anew
+    assert jobs.layer_input(volume[:6], vol, work) == spec  # another shape than the source: written anew
     assert zarr.open_array(spec).shape == (6, 40, 52)
+
+
+def test_the_widgets_never_write_in_a_folder_of_the_user(tmp_path):
+    from lib.napari import jobs
+
+    mine = tmp_path / "mine"
+    (mine / "train" / "x").mkdir(parents=True)
+    (mine / "train" / "x" / "image.tif").write_bytes(b"my own image")
+    image = np.zeros((32, 32), np.uint8)
+    for write in (lambda: jobs.training_data(image, image, mine), lambda: jobs.layer_input(image, None, mine)):
+        with pytest.raises(ValueError, match="exists and was not written by the napari plugin"):
+            write()
+    assert sorted(p.name for p in mine.rglob("*")) == ["image.tif", "train", "x"]
+    assert (mine / "train" / "x" / "image.tif").read_bytes() == b"my own image"
+    ours = tmp_path / "ours"
+    jobs.training_data(np.zeros((3, 32, 32), np.uint8), np.zeros((3, 32, 32), np.uint8), ours)
+    jobs.training_data(image, image, ours)  # its own folder: rewritten, the volume's slices gone
+    assert sorted(os.listdir(ours / "train" / "x")) == ["image.tif"]
 
 
 def test_training_data_and_commands(tmp_path):

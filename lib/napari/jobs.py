@@ -47,12 +47,28 @@ def _sets(overrides):
     return [a for o in overrides for a in ("--set", o)]
 
 
+MARKER = ".em-segmentation-napari"  # in the folders the widgets write: what they may replace
+
+
+def claim(folder):
+    """Make ``folder`` the widgets' own: create it with :data:`MARKER`, or find the marker in it. A folder that
+    exists without the marker is someone else's, and nothing in it is written or removed (ValueError)."""
+    marker = os.path.join(folder, MARKER)
+    if os.path.isdir(folder) and not os.path.isfile(marker):
+        raise ValueError(f"{folder}: exists and was not written by the napari plugin; move it away or choose "
+                         "another folder")
+    os.makedirs(folder, exist_ok=True)
+    if not os.path.isfile(marker):
+        io.write_text(marker, "written by the napari plugin of the EM segmentation toolkit; replaced by it\n")
+
+
 def layer_input(data, source, folder):
     """predict.py's INPUT for a layer's ``data`` (an array, dask array, or the levels of a multiscale layer).
 
     ``source`` is the path the layer was read from (``layer.source.path``) or None: when predict.py reads an array
     of the same shape there (level 0 of an OME-Zarr image), that path is the input. Otherwise ``data`` (level 0)
     is written to ``folder/input.zarr``, chunk by chunk (dask), once: a rerun with the same shape reuses it.
+    ``folder`` is the plugin's own (:func:`claim`).
     """
     import dask.array as da
     import zarr
@@ -64,7 +80,7 @@ def layer_input(data, source, folder):
                 return str(source)
         except Exception:  # not something predict.py reads: written below
             pass
-    os.makedirs(folder, exist_ok=True)
+    claim(folder)
     path = os.path.join(folder, "input.zarr")
     if os.path.isdir(path):
         existing = zarr.open_array(path, mode="r")
@@ -84,13 +100,18 @@ def layer_input(data, source, folder):
 def training_data(image, labels, folder):
     """Write ``image`` and its ``labels`` (as painted in the viewer: 0 background, any other id an object) as a
     data folder of the template layout: ``train/x``, ``train/y`` (0/255) and ``test/x`` (the
-    image again, predicted at the end of the run). A volume becomes a folder of slices. Returns its dimension."""
+    image again, predicted at the end of the run). A volume becomes a folder of slices. Returns its dimension.
+    ``folder`` is the plugin's own (:func:`claim`): what an earlier Train wrote there is replaced."""
     image, labels = np.asarray(image), np.asarray(labels)
     if image.shape != labels.shape:
         raise ValueError(f"labels: shape {labels.shape} differs from the image's {image.shape}")
     if image.ndim not in (2, 3):
         raise ValueError(f"image: expected a 2D image or a volume, got shape {image.shape}")
     mask = (labels > 0).astype(np.uint8) * 255
+    claim(folder)
+    for split in ("train", "test"):  # an earlier layer's slices would join this one's
+        if os.path.isdir(os.path.join(folder, split)):
+            io.remove_tree(os.path.join(folder, split))
     for split, arrays in (("train", (("x", image), ("y", mask))), ("test", (("x", image),))):
         for kind, array in arrays:
             out = os.path.join(folder, split, kind)
