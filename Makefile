@@ -4,6 +4,8 @@
 # make test-jax -> set up .venv-jax (JAX backend, no TensorFlow) and run the JAX subset below
 # make test-torch -> set up .venv-torch (PyTorch backend, CPU, no TensorFlow) and run the whole suite on it
 # make napari -> set up .venv-napari (napari, PyQt6 and the plugin); make test-napari runs its tests headless
+# make peers -> .venv-biapy (BiaPy 3.7.1) and .venv-nnunet (nnU-Net 2.8.1) beside the project, for the side-by-side
+#               runs (tests/benchmarks/peers/side_by_side.py); not part of setup, the tests or CI
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -33,7 +35,7 @@ JAX_TESTS ?= tests/test_networks.py tests/test_losses.py tests/test_metrics.py t
 	tests/test_ignore.py::test_multiclass_and_instance_losses_leave_unannotated_pixels_out \
 	tests/test_ignore.py::test_iou_metrics_count_annotated_pixels_only
 
-.PHONY: setup setup-jax setup-torch demo test test-jax test-torch bench clean napari test-napari
+.PHONY: setup setup-jax setup-torch demo test test-jax test-torch bench clean napari test-napari peers
 
 setup: $(STAMP)
 
@@ -87,6 +89,9 @@ $(NAPARI_STAMP): env/requirements-base.txt env/requirements.txt env/requirements
 # platform lacks): reader, Segment, Train. Debian: apt install xvfb xauth libgl1-mesa-dri libxkbcommon-x11-0 libxcb-cursor0
 test-napari: $(NAPARI_STAMP)
 	xvfb-run -a $(NAPARI_PY) -m pytest -q tests/napari
+
+peers: $(STAMP)
+	bash tests/benchmarks/peers/setup.sh
 
 bench: $(STAMP)
 	$(PY) -m pytest -q -s -o python_files='bench_*.py' tests/benchmarks

@@ -1,0 +1,145 @@
+"""BiaPy, nnU-Net, the tutorial U-Net and the 2D template side by side on one data set, for the same budget.
+
+usage: .venv/bin/python tests/benchmarks/peers/side_by_side.py DATA MINUTES OUT [--tools biapy,nnunet,naive,template]
+           [--seed S] [--labels NAME,NAME] [-- TEMPLATE OPTIONS...]
+
+Two runs at a time, each pinned to its own core with one thread (core 0 and core 1): first BiaPy and nnU-Net
+(:mod:`run_peer`: conversion, nnU-Net's planning, training for MINUTES from the first step, prediction with each
+tool's own command), then the tutorial U-Net (``../shared/bench/naive_unet.py``) and the 2D template with its
+defaults (``--set train.time_limit_minutes=MINUTES --set train.seed=S``, then any TEMPLATE OPTIONS). Every
+prediction is scored with this project's metrics on DATA/test. Run it on an otherwise idle machine.
+
+Each tool's JSON line is appended to OUT/result.jsonl; at the end a Markdown table of every line there: fg_iou,
+training steps, crops per second, wall time from the start to the end of prediction, prediction seconds per
+megavoxel and peak resident memory. The template's fg_iou is that of its ``tiled`` variant (``z_filter``'s too).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+sys.path.insert(0, HERE)
+from run_peer import ONE_THREAD, run  # noqa: E402
+
+TOOLS = ("biapy", "nnunet", "naive", "template")
+TF_ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+
+
+def naive(a, core, out):
+    """The tutorial U-Net of ../shared/bench for the budget, on ``core``."""
+    script = os.path.join(os.path.dirname(REPO), "shared", "bench", "naive_unet.py")
+    if not os.path.isfile(script):
+        raise SystemExit(f"error: {script}: not found; the tutorial U-Net lives in ../shared/bench beside the repo")
+    os.makedirs(out)
+    result = os.path.join(out, "naive.json")
+    env = {**os.environ, **ONE_THREAD, **TF_ONE_THREAD}
+    seconds, rss, rc = run(["taskset", "-c", str(core), sys.executable, script, a.data, str(a.minutes * 60), result],
+                           os.path.join(out, "naive.log"), env)
+    if rc:
+        raise SystemExit(f"error: the tutorial U-Net failed (exit {rc}); see {out}/naive.log")
+    r = json.load(open(result))
+    return {"tool": "naive", "fg_iou": r["fg_iou"], "steps": r["steps"],
+            "crops_per_s": round(r["steps"] * 6 / r["train_s"], 2),  # naive_unet.py: batches of 6
+            "wall_s": round(seconds, 1), "predict_s_per_mvox": round(1e6 / r["predict_vox_per_s"], 3),
+            "peak_rss_mb": round(rss)}
+
+
+def template(a, core, out):
+    """The 2D template with its defaults for the budget, on ``core``, one thread."""
+    env = {**os.environ, **ONE_THREAD, **TF_ONE_THREAD}
+    log = os.path.join(out + ".log")
+    cmd = ["taskset", "-c", str(core), sys.executable, os.path.join(REPO, "templates", "template.py"), REPO, a.data,
+           out, "--id", "sbs", "--rid", str(a.seed), "--gpu", "cpu", "--threads", "1",
+           "--set", f"train.time_limit_minutes={a.minutes:g}", "--set", f"train.seed={a.seed}", *a.template_options]
+    seconds, rss, rc = run(cmd, log, env)
+    if rc:
+        raise SystemExit(f"error: the template failed (exit {rc}); see {log}")
+    text = open(log).read()
+    run_dir = os.path.join(out, f"sbs_{a.seed}")
+    metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+    info, results = metrics["training"], metrics["results"]
+    steps_per_epoch, batch = (int(v) for v in re.search(r"(\d+) steps of (\d+) per epoch", text).groups())
+    steps = info["epochs"] * steps_per_epoch
+    return {"tool": "template", "fg_iou": round(results["tiled"]["fg_iou"], 4),
+            "fg_iou_z_filter": round(results["z_filter"]["fg_iou"], 4) if "z_filter" in results else None,
+            "steps": steps, "crops_per_s": round(steps * batch / info["seconds"], 2), "wall_s": round(seconds, 1),
+            "predict_s_per_mvox": info["predict_seconds_per_megavoxel"], "peak_rss_mb": round(rss),
+            "epochs": info["epochs"], "precision": info["precision"], "run": run_dir}
+
+
+def peer(a, name, core, out):
+    """BiaPy or nnU-Net through run_peer.py, on ``core``; its JSON line."""
+    cmd = [sys.executable, os.path.join(HERE, "run_peer.py"), name, a.data, f"{a.minutes:g}", out, "--core", str(core)]
+    if a.labels:
+        cmd += ["--labels", a.labels]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(f"error: {name} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    return {"tool": name, **{k: r.get(k) for k in ("fg_iou", "steps", "crops_per_s", "wall_s", "predict_s_per_mvox",
+                                                   "peak_rss_mb", "peer_version", "trainer", "epochs")}}
+
+
+def table(lines):
+    rows = ["| tool | fg_iou | steps | crops/s | wall s to the end of prediction | prediction s/MVox | peak RSS MB |",
+            "|---|---|---|---|---|---|---|"]
+    for r in lines:
+        fg = f"{r['fg_iou']:.4f}" + (f" (z_filter {r['fg_iou_z_filter']:.4f})" if r.get("fg_iou_z_filter") else "")
+        rows.append(f"| {r['tool']} | {fg} | {r['steps']} | {r['crops_per_s']} | {r['wall_s']} | "
+                    f"{r['predict_s_per_mvox']} | {r['peak_rss_mb']} |")
+    return "\n".join(rows)
+
+
+def main():
+    argv = sys.argv[1:]
+    template_options = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("minutes", type=float)
+    ap.add_argument("out")
+    ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of " + ", ".join(TOOLS))
+    ap.add_argument("--seed", type=int, default=1, help="the template's train.seed (default 1)")
+    ap.add_argument("--labels", help="names of the foreground classes for nnU-Net's dataset.json")
+    a = ap.parse_args(argv)
+    a.template_options = template_options
+    a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out)
+    tools = a.tools.split(",")
+    unknown = [t for t in tools if t not in TOOLS]
+    if unknown:
+        raise SystemExit(f"error: --tools {a.tools}: unknown {', '.join(unknown)}; expected some of {', '.join(TOOLS)}")
+    for split in ("train", "test"):
+        for sub in ("x", "y"):
+            if not os.path.isdir(os.path.join(a.data, split, sub)):
+                raise SystemExit(f"error: DATA {a.data}: no {split}/{sub} folder; expected the template layout")
+    mine = [os.path.join(a.out, t if t in ("biapy", "nnunet", "naive") else f"template_{a.seed}") for t in tools]
+    taken = [p for p in mine if os.path.exists(p)]
+    if taken:
+        raise SystemExit(f"error: OUT {a.out}: {', '.join(taken)} exist already; give another OUT or remove them")
+    os.makedirs(a.out, exist_ok=True)
+    jobs = {"biapy": lambda c: peer(a, "biapy", c, a.out), "nnunet": lambda c: peer(a, "nnunet", c, a.out),
+            "naive": lambda c: naive(a, c, os.path.join(a.out, "naive")),
+            "template": lambda c: template(a, c, os.path.join(a.out, f"template_{a.seed}"))}
+    pairs = [[t for t in ("biapy", "nnunet") if t in tools], [t for t in ("naive", "template") if t in tools]]
+    from concurrent.futures import ThreadPoolExecutor
+    for pair in (p for p in pairs if p):
+        start = time.strftime("%Y-%m-%d %H:%M")
+        with ThreadPoolExecutor(len(pair)) as pool:
+            results = list(pool.map(lambda tc: jobs[tc[0]](tc[1]), zip(pair, (0, 1))))
+        with open(os.path.join(a.out, "result.jsonl"), "a") as f:
+            for r in results:
+                r.update(data=a.data, budget_min=a.minutes, started=start,
+                         seed=a.seed if r["tool"] == "template" else None)
+                f.write(json.dumps(r) + "\n")
+                print(json.dumps(r), flush=True)
+    lines = [json.loads(line) for line in open(os.path.join(a.out, "result.jsonl"))]
+    print(table([r for r in lines if "tool" in r]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The side-by-side runs' own code (tests/benchmarks/peers): the data in each peer's layout, their predictions read
+back and scored with this project's metrics, and the driver's refusals. The peers themselves (BiaPy, nnU-Net) are
+not needed: they live in .venv-biapy and .venv-nnunet (make peers), outside the tests."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from lib.evaluate.metrics import PixelCounts
+
+PEERS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "benchmarks", "peers")
+sys.path.insert(0, PEERS)
+import convert  # noqa: E402
+
+
+def make_set(root, classes=1, n_train=3, n_test=2, size=32, seed=0):
+    """A template-layout set: masks 0/255 (``classes`` 1) or class ids 0..classes."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("test", n_test)):
+        for sub in ("x", "y"):
+            os.makedirs(os.path.join(root, split, sub))
+        for i in range(n):
+            tifffile.imwrite(os.path.join(root, split, "x", f"s{i:02d}.tif"),
+                             rng.integers(0, 255, (size, size), dtype=np.uint8))
+            ids = rng.integers(0, classes + 1, (size, size)).astype(np.uint8)
+            tifffile.imwrite(os.path.join(root, split, "y", f"s{i:02d}.tif"), ids * 255 if classes == 1 else ids)
+    return str(root)
+
+
+def test_nnunet_dataset_has_its_layout_and_labels(tmp_path):
+    data = make_set(tmp_path / "data")
+    folder = convert.to_nnunet(data, str(tmp_path / "raw"), 7, "mito")
+    assert os.path.basename(folder) == "Dataset007_mito"
+    assert sorted(os.listdir(os.path.join(folder, "imagesTr"))) == ["tr_0000_0000.tif", "tr_0001_0000.tif",
+                                                                    "tr_0002_0000.tif"]
+    assert sorted(os.listdir(os.path.join(folder, "imagesTs"))) == ["ts_0000_0000.tif", "ts_0001_0000.tif"]
+    dataset = json.load(open(os.path.join(folder, "dataset.json")))
+    assert dataset["labels"] == {"background": 0, "foreground": 1}
+    assert dataset["numTraining"] == 3 and dataset["file_ending"] == ".tif"
+    assert dataset["overwrite_image_reader_writer"] == "NaturalImage2DIO"
+    label = tifffile.imread(os.path.join(folder, "labelsTr", "tr_0001.tif"))
+    mask = tifffile.imread(os.path.join(data, "train", "y", "s01.tif"))
+    np.testing.assert_array_equal(label, (mask > 0).astype(np.uint8))  # 0/255 becomes 0/1
+    np.testing.assert_array_equal(tifffile.imread(os.path.join(folder, "imagesTr", "tr_0001_0000.tif")),
+                                  tifffile.imread(os.path.join(data, "train", "x", "s01.tif")))
+
+
+def test_three_classes_keep_their_ids_and_names(tmp_path):
+    data = make_set(tmp_path / "data", classes=2)
+    folder = convert.to_nnunet(data, str(tmp_path / "raw"), 8, "axons", ["myelin", "axon"])
+    assert json.load(open(os.path.join(folder, "dataset.json")))["labels"] == {"background": 0, "myelin": 1,
+                                                                                "axon": 2}
+    with pytest.raises(SystemExit, match="1 label names for 2 foreground classes"):
+        convert.to_nnunet(data, str(tmp_path / "raw2"), 9, "axons", ["axon"])
+    info = convert.to_biapy(data, str(tmp_path / "biapy"))
+    assert info["n_classes"] == 3 and not info["binary"]
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "biapy" / "test" / "y" / "s01.tif"),
+                                  tifffile.imread(os.path.join(data, "test", "y", "s01.tif")))
+
+
+def test_predictions_read_back_in_test_order_and_scored_as_the_project_does(tmp_path):
+    data = make_set(tmp_path / "data", n_test=3)
+    folder = convert.to_nnunet(data, str(tmp_path / "raw"), 7, "mito")
+    gts = [(tifffile.imread(os.path.join(data, "test", "y", f"s{i:02d}.tif")) > 0).astype(np.uint8) for i in range(3)]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    rng = np.random.default_rng(1)
+    preds = [np.where(rng.random(g.shape) < 0.2, 1 - g, g).astype(np.uint8) for g in gts]  # 20 % of pixels flipped
+    for i, p in enumerate(preds):
+        tifffile.imwrite(pred / f"ts_{i:04d}.tif", p)
+    back = convert.read_nnunet(str(pred), os.path.join(folder, "cases.json"))
+    for b, p in zip(back, preds):
+        np.testing.assert_array_equal(b, p)
+    counts = PixelCounts()
+    for p, g in zip(preds, gts):
+        counts += PixelCounts.from_arrays(p > 0, g > 0)
+    assert convert.score(back, data)["fg_iou"] == pytest.approx(counts.metrics()["fg_iou"])
+    assert convert.score(gts, data)["fg_iou"] == 1.0
+    with pytest.raises(SystemExit, match="2 predictions for 3 test masks"):
+        convert.score(back[:2], data)
+
+
+def test_side_by_side_refuses_bad_input_before_writing(tmp_path):
+    script = os.path.join(PEERS, "side_by_side.py")
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, script, str(tmp_path / "nothing"), "1", str(out)], capture_output=True,
+                       text=True)
+    assert p.returncode != 0 and "no train/x folder; expected the template layout" in p.stderr
+    data = make_set(tmp_path / "data")
+    p = subprocess.run([sys.executable, script, data, "1", str(out), "--tools", "biapy,cellpose"],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "--tools biapy,cellpose: unknown cellpose" in p.stderr
+    assert not out.exists()
+    (out / "nnunet").mkdir(parents=True)
+    p = subprocess.run([sys.executable, script, data, "1", str(out), "--tools", "nnunet"], capture_output=True,
+                       text=True)
+    assert p.returncode != 0 and "exist already" in p.stderr and os.listdir(out) == ["nnunet"]
