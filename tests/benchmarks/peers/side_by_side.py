@@ -3,11 +3,12 @@
 usage: .venv/bin/python tests/benchmarks/peers/side_by_side.py DATA MINUTES OUT [--tools biapy,nnunet,naive,template]
            [--seed S] [--labels NAME,NAME] [-- TEMPLATE OPTIONS...]
 
-Two runs at a time, each pinned to its own core with one thread (core 0 and core 1): first BiaPy and nnU-Net
-(:mod:`run_peer`: conversion, nnU-Net's planning, training for MINUTES from the first step, prediction with each
-tool's own command), then the tutorial U-Net (``../shared/bench/naive_unet.py``) and the 2D template with its
-defaults (``--set train.time_limit_minutes=MINUTES --set train.seed=S``, then any TEMPLATE OPTIONS). Every
-prediction is scored with this project's metrics on DATA/test. Run it on an otherwise idle machine.
+Two runs at a time, in the order of ``--tools``, each pinned to its own core with one thread (core 0 and core 1);
+by default first BiaPy and nnU-Net (:mod:`run_peer`: conversion, nnU-Net's planning, training for MINUTES from
+the first step, prediction with each tool's own command), then the tutorial U-Net
+(``../shared/bench/naive_unet.py``) and the 2D template with its defaults (``--set
+train.time_limit_minutes=MINUTES --set train.seed=S``, then any TEMPLATE OPTIONS). Every prediction is scored
+with this project's metrics on DATA/test. Run it on an otherwise idle machine.
 
 Each tool's JSON line is appended to OUT/result.jsonl; at the end a Markdown table of every line there: fg_iou,
 training steps, crops per second, wall time from the start to the end of prediction, prediction seconds per
@@ -125,9 +126,9 @@ def main():
     jobs = {"biapy": lambda c: peer(a, "biapy", c, a.out), "nnunet": lambda c: peer(a, "nnunet", c, a.out),
             "naive": lambda c: naive(a, c, os.path.join(a.out, "naive")),
             "template": lambda c: template(a, c, os.path.join(a.out, f"template_{a.seed}"))}
-    pairs = [[t for t in ("biapy", "nnunet") if t in tools], [t for t in ("naive", "template") if t in tools]]
+    pairs = [tools[i:i + 2] for i in range(0, len(tools), 2)]  # in the order given, two at a time
     from concurrent.futures import ThreadPoolExecutor
-    for pair in (p for p in pairs if p):
+    for pair in pairs:
         start = time.strftime("%Y-%m-%d %H:%M")
         with ThreadPoolExecutor(len(pair)) as pool:
             results = list(pool.map(lambda tc: jobs[tc[0]](tc[1]), zip(pair, (0, 1))))
