@@ -11,8 +11,10 @@ peak resident memory of its process (``os.wait4``):
 - ``plan`` (nnU-Net): ``nnUNetv2_plan_and_preprocess -d ID -c 2d -np 1 -npfp 1 --verify_dataset_integrity``;
 - ``train``: the peer's stock training for MINUTES, counted from its first training step, stopped after the
   first step that ends past it, the weights of that moment saved (biapy_budget.py, nnunet_budget.py);
-- ``predict``: the peer's stock command on DATA/test/x with those weights: ``biapy --config test.yaml``
-  (TRAIN.ENABLE False, MODEL.LOAD_CHECKPOINT True, PATHS.CHECKPOINT_FILE), or ``nnUNetv2_predict -f FOLD
+- ``predict``: the peer's stock command on DATA/test/x: ``biapy --config test.yaml`` (TRAIN.ENABLE False,
+  MODEL.LOAD_CHECKPOINT True, PATHS.CHECKPOINT_FILE) with the checkpoint BiaPy itself tests with at the end
+  of a training, its best on validation (the weights at the budget where it wrote none; those are scored
+  too, after the clock: ``fg_iou_budget_weights``), or ``nnUNetv2_predict -f FOLD
   -chk checkpoint_latest.pth -device cpu -npp 0 -nps 0`` (its defaults otherwise: mirroring TTA, step 0.5).
 
 Then the predictions are read back in the order of DATA/test/x and scored with this project's metrics
@@ -101,23 +103,38 @@ def biapy(a, out, env, budget_s, rec):
     check("BiaPy training", rc, log)
     rec["train_wall_s"], rec["train_peak_rss_mb"] = round(s, 1), round(rss)
     rec.update(json.load(open(stats)))
-    subprocess.run([py, driver, "config", template, test_yaml, *common, "TRAIN.ENABLE=false",
-                    "MODEL.LOAD_CHECKPOINT=true", f"PATHS.CHECKPOINT_FILE={rec['checkpoint']}"], check=True, env=env)
-    s, rss, rc = run([os.path.join(venv, "bin", "biapy"), "--config", test_yaml, "--result_dir", jobs,
-                      "--name", "peer", "--run_id", "2"], log, env, timeout=7200)
-    check("BiaPy prediction", rc, log)
+    # at the end of a training BiaPy tests with its best checkpoint on validation (lowest validation loss,
+    # ``<job>-checkpoint-best.pth``, written after each validation that improves): that one, where it exists
+    best = os.path.join(os.path.dirname(rec["checkpoint"]), f"{rec['job_identifier']}-checkpoint-best.pth")
+    rec["checkpoint_budget"] = rec["checkpoint"]
+    rec["checkpoint"] = best if os.path.isfile(best) else rec["checkpoint"]
+
+    def predict(checkpoint, run_id):
+        yaml_path = os.path.join(out, f"test_{run_id}.yaml")
+        subprocess.run([py, driver, "config", template, yaml_path, *common, "TRAIN.ENABLE=false",
+                        "MODEL.LOAD_CHECKPOINT=true", f"PATHS.CHECKPOINT_FILE={checkpoint}"], check=True, env=env)
+        s, rss, rc = run([os.path.join(venv, "bin", "biapy"), "--config", yaml_path, "--result_dir", jobs,
+                          "--name", "peer", "--run_id", str(run_id)], log, env, timeout=7200)
+        check("BiaPy prediction", rc, log)
+        results = os.path.join(jobs, "peer", "results", f"peer_{run_id}")
+        binarized = [p for p in (os.path.join(results, "full_image_binarized"),
+                                 os.path.join(results, "per_image_binarized"))
+                     if os.path.isdir(p)]
+        return s, rss, results, binarized[0]
+
+    s, rss, results, binarized = predict(rec["checkpoint"], 2)
     rec["predict_s"], rec["predict_peak_rss_mb"] = round(s, 1), round(rss)
     rec["wall_s"] = round(time.time() - rec.pop("_t_start"), 1)
-    results = os.path.join(jobs, "peer", "results", "peer_2")
-    binarized = [p for p in (os.path.join(results, "full_image_binarized"),
-                             os.path.join(results, "per_image_binarized"))
-                 if os.path.isdir(p)]
-    rec["predictions"] = binarized[0]
-    rec.update(convert.score(convert.read_biapy(binarized[0], a.data), a.data))
+    rec["predictions"] = binarized
+    rec.update(convert.score(convert.read_biapy(binarized, a.data), a.data))
     if info["n_classes"] == 2 and os.path.isdir(os.path.join(results, "per_image")):
         # BiaPy binarises its foreground probabilities with Otsu's threshold of each image; also score them at 0.5
         prob = convert.read_biapy(os.path.join(results, "per_image"), a.data)
         rec["fg_iou_prob_at_0.5"] = convert.score([(p >= 0.5).astype(np.uint8) for p in prob], a.data)["fg_iou"]
+    if rec["checkpoint"] != rec["checkpoint_budget"]:
+        # the weights at the budget too, after the clock (not in wall_s)
+        binarized = predict(rec["checkpoint_budget"], 3)[3]
+        rec["fg_iou_budget_weights"] = convert.score(convert.read_biapy(binarized, a.data), a.data)["fg_iou"]
     rec["peer_version"] = version(py, "biapy")
     rec["torch_version"] = version(py, "torch")
 

@@ -83,7 +83,8 @@ def peer(a, name, core, out):
         raise SystemExit(f"error: {name} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
     return {"tool": name, **{k: r.get(k) for k in ("fg_iou", "steps", "crops_per_s", "wall_s", "predict_s_per_mvox",
-                                                   "peak_rss_mb", "peer_version", "trainer", "epochs")}}
+                                                   "peak_rss_mb", "peer_version", "trainer", "epochs", "checkpoint",
+                                                   "fg_iou_budget_weights", "fg_iou_prob_at_0.5")}}
 
 
 def table(lines):
