@@ -117,7 +117,7 @@ CONFIG = {
         "pretrained": None,            # fine-tune: a .keras file, a zoo .zip, a run folder, or a run name "ID_RID" in JOB_DIR
         "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
         "patience": 30,                # early stopping: epochs without a better validation loss
-        "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
+        "time_limit_minutes": 0,       # training (validation and checkpoints included) ends within this many minutes (0 = no limit), then predict
         "seed": 42,                    # random seed (weights, split, subvolumes, augmentation)
         "workers": 1,                  # threads preparing batches beside training
         "steps_per_epoch": 0,          # 0: an epoch covers the training volumes once (volume / subvolume x data.replicate), 20-100 steps

@@ -122,7 +122,7 @@ CONFIG = {
         "pretrained": None,            # fine-tune: a .keras file, a zoo .zip, a run folder, or a run name "ID_RID" in JOB_DIR
         "freeze_encoder": False,       # fine-tune: keep the pretrained encoder fixed, train the decoder
         "patience": 30,                # early stopping: epochs without a better validation loss
-        "time_limit_minutes": 0,       # stop training after this many minutes (0 = no limit), then predict
+        "time_limit_minutes": 0,       # training (validation and checkpoints included) ends within this many minutes (0 = no limit), then predict
         "seed": 42,                    # random seed (weights, split, crops, augmentation)
         "workers": 2,                  # threads reading and augmenting crops beside training (1 = in the training loop)
         "steps_per_epoch": 0,          # 0: an epoch covers the training area once (area / crop area x data.replicate), 20-100 steps

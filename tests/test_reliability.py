@@ -274,6 +274,33 @@ def test_finished_by_repeats_the_callbacks(values, patience, minutes, expected):
     assert loop.finished_by(rows, cfg, "val_loss") == expected
 
 
+def test_time_limit_keeps_back_the_last_validation_and_a_cut_epoch_ends_training(monkeypatch):
+    import types
+
+    from lib.config import TrainConfig
+    from lib.train import loop
+
+    clock = [100.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    # an earlier session: 50 s of steps, its checkpoints 2 s (in the next row); its validation took 4 s
+    rows = [{"epoch": 1, "seconds": 48.0, "val_seconds": 4.0, "save_seconds": 2.0}]
+    limit, model = loop.TimeLimit(1.0, rows), types.SimpleNamespace(stop_training=False)
+    limit.set_model(model)
+    limit.on_train_begin()
+    limit.on_epoch_begin(1)
+    clock[0] += 3.5
+    limit.on_train_batch_end(0)  # 50 + 3.5 + the last validation and checkpoints (6) < 60
+    assert not model.stop_training and not limit.cut
+    clock[0] += 1.0
+    limit.on_train_batch_end(1)  # 50 + 4.5 + 6 >= 60: stopped, the epoch's validation still to come
+    assert model.stop_training and limit.cut
+    rows.append({"epoch": 2, "seconds": 8.5, "save_seconds": 0.4, "cut_by_time_limit": 1.0})
+    cfg = TrainConfig(epochs=10, time_limit_minutes=1.0)
+    assert loop.spent_seconds(rows) == pytest.approx(58.9)  # under the minute, yet training is over
+    assert loop.finished_by(rows, cfg, "val_loss") == "time_limit"
+    assert loop.finished_by(rows[:1], cfg, "val_loss") is None
+
+
 def test_resumed_run_counts_the_time_already_trained(tmp_path, capsys):
     from lib.config import ModelConfig, TrainConfig
     from lib.data import io

@@ -304,8 +304,8 @@ class TrainConfig:
                                        range="null or a path or run name")
     freeze_encoder: bool = option(False, "fine-tune: keep the pretrained encoder fixed, train the decoder")
     patience: int = option(30, "early stopping: epochs without a better monitored value", range="[0, inf)")
-    time_limit_minutes: float = option(0.0, "stop training after this many minutes (0 = no limit), then predict",
-                                       range="[0, inf)")
+    time_limit_minutes: float = option(0.0, "training (validation and checkpoints included) ends within this many "
+                                       "minutes (0 = no limit), then predict", range="[0, inf)")
     seed: int = option(42, "random seed (weights, split, crops, augmentation)", range="[0, 4294967295]")
     workers: int = option(2, "threads preparing batches beside training (1 = in the training loop)",
                           range="[1, inf)")

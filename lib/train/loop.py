@@ -23,7 +23,7 @@ from ..model.metrics import ClassIoU, ForegroundIoU
 from ..model.mixed_precision import precision
 from ..model.saving import BEST, LAST, load_model, save_model_atomic
 from .determinism import enable_determinism
-from .schedules import LearningRateSchedule, make_optimizer, to_minimise
+from .schedules import LearningRateSchedule, make_optimizer, spent_seconds, to_minimise
 
 
 def deep_supervision_weights(cfg, n_outputs):
@@ -198,7 +198,8 @@ class RunRecorder(keras.callbacks.Callback):
     limit), ``step_seconds`` (in optimiser steps), ``wait_seconds``
     (between steps: waiting for a batch, callbacks), ``val_seconds``
     (validation) and ``save_seconds`` (checkpoints and history, of the
-    previous epoch: an epoch's own saving ends after its row). With several
+    previous epoch: an epoch's own saving ends after its row); an epoch that
+    the time limit cut short has ``cut_by_time_limit`` 1. With several
     outputs, the metrics of the main output (``output_iou``) are recorded
     under their plain names (``iou``), as for a single output.
 
@@ -216,6 +217,7 @@ class RunRecorder(keras.callbacks.Callback):
         self.best = min((v for v in (to_minimise(r, monitor) for r in self.rows) if v is not None),
                         default=math.inf)
         self._saving = 0.0
+        self.time_limit = None  # the run's TimeLimit, if any: an epoch it cut short is marked in its row
         os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -252,6 +254,8 @@ class RunRecorder(keras.callbacks.Callback):
             self._diverged(f"{bad[0]} is {row[bad[0]]}")
         row.update(steps=self._count, step_seconds=round(self._steps, 3), wait_seconds=round(self._wait, 3),
                    val_seconds=round(self._val, 3), save_seconds=round(self._saving, 3))
+        if self.time_limit is not None and self.time_limit.cut:
+            row["cut_by_time_limit"] = 1.0
         saving = time.perf_counter()
         value = to_minimise(row, self.monitor)
         checkpoints = os.path.join(self.run_dir, "checkpoints")
@@ -310,12 +314,15 @@ class _EarlyStopping(keras.callbacks.Callback):
 
 
 class TimeLimit(keras.callbacks.Callback):
-    """Stops training once the epochs have taken ``minutes``, counting the epochs of earlier sessions.
+    """Stops training so that it ends within ``minutes``, counting the epochs of earlier sessions.
 
-    Time is that of the ``seconds`` column of the history ``rows`` (shared with
-    :class:`RunRecorder`) plus the current epoch, so a resumed run counts the
-    time already spent. Checked after every batch (the current epoch then ends,
-    with validation and checkpoints) and after every epoch, the test that
+    Time is :func:`spent_seconds` of the history ``rows`` of earlier sessions
+    (shared with :class:`RunRecorder`) plus the time since this session's
+    training began: optimiser steps, validation and the checkpoints written
+    between epochs. Checked after every batch, keeping back the time of the
+    last epoch's validation and checkpoints, which the current epoch still
+    spends once stopped (``cut`` is then set: :class:`RunRecorder` marks the
+    epoch's row ``cut_by_time_limit``); and after every epoch, the test that
     :func:`finished_by` repeats when a run is resumed.
     """
 
@@ -323,25 +330,31 @@ class TimeLimit(keras.callbacks.Callback):
         super().__init__()
         self.seconds = minutes * 60.0
         self.rows = rows
+        self.cut = False
+
+    def on_train_begin(self, logs=None):
+        self._start, self._earlier = time.perf_counter(), spent_seconds(self.rows)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-        self._spent = sum(r.get("seconds", 0.0) for r in self.rows)
+        self.cut = False
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._spent + time.perf_counter() - self._start >= self.seconds:
-            self.model.stop_training = True
+        last = self.rows[-1] if self.rows else {}
+        reserve = last.get("val_seconds", 0.0) + last.get("save_seconds", 0.0)
+        if self._earlier + time.perf_counter() - self._start + reserve >= self.seconds:
+            self.model.stop_training = self.cut = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if sum(r.get("seconds", 0.0) for r in self.rows) >= self.seconds:
+        if spent_seconds(self.rows) >= self.seconds:
             self.model.stop_training = True
 
 
 def finished_by(rows, cfg, monitor):
     """Why training is over after the epochs of history ``rows``, or None if it goes on.
 
-    The tests of the callbacks, in their order: ``time_limit`` (the epochs'
-    seconds reach ``train.time_limit_minutes``), ``early_stopping``
+    The tests of the callbacks, in their order: ``time_limit`` (the last
+    epoch was cut short by it, or :func:`spent_seconds` reach
+    ``train.time_limit_minutes``), ``early_stopping``
     (``train.patience`` epochs, at least one, without a new minimum of
     ``monitor``) and ``epochs`` (``train.epochs`` done). A run killed after
     its training ended, e.g. during prediction, is thereby not trained further
@@ -359,7 +372,8 @@ def finished_by(rows, cfg, monitor):
     """
     if not rows:
         return None
-    if cfg.time_limit_minutes > 0 and sum(r.get("seconds", 0.0) for r in rows) >= cfg.time_limit_minutes * 60:
+    if cfg.time_limit_minutes > 0 and (rows[-1].get("cut_by_time_limit")
+                                       or spent_seconds(rows) >= cfg.time_limit_minutes * 60):
         return "time_limit"
     if _since_best(rows, monitor)[1] >= max(1, cfg.patience):
         return "early_stopping"
@@ -517,7 +531,8 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replica
             callbacks.insert(2, TensorBoardLogger(run_dir, len(history), val_data, cfg.tensorboard_images_every,
                                                   lambda key: _main_metric_name(key, main)))
         if cfg.time_limit_minutes > 0:
-            callbacks.append(TimeLimit(cfg.time_limit_minutes, recorder.rows))
+            recorder.time_limit = TimeLimit(cfg.time_limit_minutes, recorder.rows)
+            callbacks.append(recorder.time_limit)
         # shuffle=False: the dataset shuffles itself from (seed, epoch); Keras would reorder its batches
         # with Python's global random state, which a resumed run cannot restore.
         model.fit(fit_input(per_output(train_data, n_outputs)), validation_data=per_output(val_data, n_outputs),

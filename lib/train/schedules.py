@@ -111,14 +111,21 @@ def _plateau_drops(values, patience):
     return drops
 
 
+def spent_seconds(rows):
+    """Seconds of training in the history ``rows``: each epoch's ``seconds`` and ``save_seconds`` (the
+    checkpoints written between epochs, recorded in the next row)."""
+    return sum(r.get("seconds", 0.0) + r.get("save_seconds", 0.0) for r in rows)
+
+
 class LearningRateSchedule(keras.callbacks.Callback):
     """Sets the optimiser's learning rate from :func:`learning_rate_at` at the start of each epoch.
 
     ``history`` is the list of history rows that :class:`RunRecorder` appends
     to, shared so that ``plateau`` sees every finished epoch. A ``cosine``
     schedule under ``train.time_limit_minutes`` is also updated before every
-    batch from the share of the time limit used (the seconds of the earlier
-    epochs in ``history`` plus the current one), so that it ends at the limit.
+    batch from the share of the time limit used (:func:`spent_seconds` of the
+    epochs of earlier sessions in ``history``, plus the time since this
+    session's training began), so that it ends at the limit.
     """
 
     def __init__(self, cfg, monitor, history):
@@ -128,10 +135,11 @@ class LearningRateSchedule(keras.callbacks.Callback):
         self.history = history
         self.by_time = cfg.schedule == "cosine" and cfg.time_limit_minutes > 0
 
+    def on_train_begin(self, logs=None):
+        self._start, self._spent = time.perf_counter(), spent_seconds(self.history)
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
-        self._start = time.perf_counter()
-        self._spent = sum(r.get("seconds", 0.0) for r in self.history[:epoch])
         self._set()
 
     def on_train_batch_begin(self, batch, logs=None):
