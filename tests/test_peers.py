@@ -100,3 +100,59 @@ def test_side_by_side_refuses_bad_input_before_writing(tmp_path):
     p = subprocess.run([sys.executable, script, data, "1", str(out), "--tools", "nnunet"], capture_output=True,
                        text=True)
     assert p.returncode != 0 and "exist already" in p.stderr and os.listdir(out) == ["nnunet"]
+
+
+def test_nnunet_3d_case_is_the_stack_of_slices_with_its_spacing(tmp_path):
+    data = make_set(tmp_path / "data", n_train=4, n_test=3)
+    folder = convert.to_nnunet(data, str(tmp_path / "raw"), 7, "mito", spacing=(50, 4, 4))
+    assert sorted(os.listdir(os.path.join(folder, "imagesTr"))) == ["tr_0000.json", "tr_0000_0000.tif"]
+    volume = tifffile.imread(os.path.join(folder, "imagesTr", "tr_0000_0000.tif"))
+    assert volume.shape == (4, 32, 32)
+    np.testing.assert_array_equal(volume[2], tifffile.imread(os.path.join(data, "train", "x", "s02.tif")))
+    labels = tifffile.imread(os.path.join(folder, "labelsTr", "tr_0000.tif"))
+    np.testing.assert_array_equal(labels[3], tifffile.imread(os.path.join(data, "train", "y", "s03.tif")) > 0)
+    assert json.load(open(os.path.join(folder, "labelsTr", "tr_0000.json"))) == {"spacing": [50.0, 4.0, 4.0]}
+    dataset = json.load(open(os.path.join(folder, "dataset.json")))
+    assert dataset["overwrite_image_reader_writer"] == "Tiff3DIO" and dataset["numTraining"] == 1
+    # nnU-Net's one 3D prediction comes back as the test slices, in order
+    gts = [(tifffile.imread(os.path.join(data, "test", "y", f"s{i:02d}.tif")) > 0).astype(np.uint8) for i in range(3)]
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    tifffile.imwrite(pred / "ts_0000.tif", np.stack(gts))
+    back = convert.read_nnunet(str(pred), os.path.join(folder, "cases.json"))
+    assert len(back) == 3 and convert.score(back, data)["fg_iou"] == 1.0
+    tifffile.imwrite(pred / "ts_0000.tif", np.stack(gts[:2]))
+    with pytest.raises(SystemExit, match="expected 3 slices"):
+        convert.read_nnunet(str(pred), os.path.join(folder, "cases.json"))
+
+
+def test_side_by_side_refuses_an_unknown_template(tmp_path):
+    data = make_set(tmp_path / "data")
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, os.path.join(PEERS, "side_by_side.py"), data, "1", str(out),
+                        "--tools", "template", "--template", "4D_template.py"], capture_output=True, text=True)
+    assert p.returncode != 0 and "--template 4D_template.py: no such file" in p.stderr
+    assert not out.exists()
+
+
+def test_sweep_holds_out_the_last_training_slices_and_refuses_bad_configs(tmp_path):
+    script = os.path.join(os.path.dirname(PEERS), "sweep_defaults.py")
+    sys.path.insert(0, os.path.dirname(PEERS))
+    import sweep_defaults
+
+    data = make_set(tmp_path / "data", n_train=10)
+    split = sweep_defaults.validation_split(data, 0.2)
+    assert [os.path.basename(x) for x, _ in split["test"]] == ["s08.tif", "s09.tif"]
+    assert len(split["train"]) == 8 and all("/train/" in x for pairs in split.values() for x, _ in pairs)
+    sweep_defaults.link(split, str(tmp_path / "val"))
+    assert sorted(os.listdir(tmp_path / "val" / "test" / "y")) == ["s08.tif", "s09.tif"]
+    assert sweep_defaults.parse_config("bn:model.batch_norm=true; train.batch_size=4") == (
+        "bn", ["model.batch_norm=true", "train.batch_size=4"])
+    out = tmp_path / "out"
+    for args, message in (([data, "--minutes", "1", "--config", "a b:x=1"], "--config 'a b:x=1': expected"),
+                          ([data, "--minutes", "1", "--config", "bn:model.batch_norm"], "expected NAME[:KEY=VALUE"),
+                          ([str(tmp_path / "none"), "--minutes", "1", "--config", "d"], "no train/x folder"),
+                          ([data, "--config", "d"], "give DATA, --minutes")):
+        p = subprocess.run([sys.executable, script, str(out), *args], capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr.startswith("error: ") and message in p.stderr, p.stderr
+    assert not out.exists()

@@ -85,7 +85,7 @@ def to_biapy(data, out):
     return info
 
 
-def to_nnunet(data, raw, dataset_id, name, labels=None):
+def to_nnunet(data, raw, dataset_id, name, labels=None, spacing=None):
     """An nnU-Net v2 raw data set ``RAW/DatasetXXX_NAME`` (``imagesTr``, ``labelsTr``, ``imagesTs``, ``dataset.json``).
 
     2D slices stay TIFF, read by nnU-Net's ``NaturalImage2DIO`` (named in dataset.json: its ``.tif`` reader
@@ -93,7 +93,9 @@ def to_nnunet(data, raw, dataset_id, name, labels=None):
     (one channel, ``_0000``; channel name "EM": z-score normalisation); ``cases.json`` keeps the original
     names. Labels are class ids: 0/1 for a binary set (``labels`` names the foreground, default
     "foreground"), ``0 .. K-1`` otherwise (``labels``: the K-1 foreground names, default class1 ..).
-    Returns the data set folder.
+    With ``spacing`` (z, y, x) the sorted slices of each split form one volume instead, for nnU-Net's 3D
+    configurations: cases ``tr_0000`` and ``ts_0000``, 3D TIFFs read by ``Tiff3DIO``, each with the
+    ``CASE.json`` holding its spacing that Tiff3DIO reads. Returns the data set folder.
     """
     k, binary = mask_classes(data)
     folder = os.path.join(raw, f"Dataset{int(dataset_id):03d}_{name}")
@@ -102,7 +104,18 @@ def to_nnunet(data, raw, dataset_id, name, labels=None):
     cases = {"train": [], "test": []}
     for split, prefix, images, masks in (("train", "tr", "imagesTr", "labelsTr"),
                                          ("test", "ts", "imagesTs", "labelsTs")):
-        for i, (x, y) in enumerate(_pairs(data, split)):
+        pairs = _pairs(data, split)
+        if spacing is not None:
+            case = f"{prefix}_0000"
+            tifffile.imwrite(os.path.join(folder, images, f"{case}_0000.tif"), np.stack([read2d(x) for x, _ in pairs]))
+            tifffile.imwrite(os.path.join(folder, masks, f"{case}.tif"),
+                             np.stack([to_labels(read2d(y), binary) for _, y in pairs]))
+            for sub in (images, masks):
+                with open(os.path.join(folder, sub, f"{case}.json"), "w") as f:
+                    json.dump({"spacing": [float(v) for v in spacing]}, f)
+            cases[split].append({"case": case, "names": [os.path.splitext(os.path.basename(x))[0] for x, _ in pairs]})
+            continue
+        for i, (x, y) in enumerate(pairs):
             case = f"{prefix}_{i:04d}"
             tifffile.imwrite(os.path.join(folder, images, f"{case}_0000.tif"), read2d(x))
             tifffile.imwrite(os.path.join(folder, masks, f"{case}.tif"), to_labels(read2d(y), binary))
@@ -115,7 +128,7 @@ def to_nnunet(data, raw, dataset_id, name, labels=None):
         "labels": {"background": 0, **{n: c for c, n in enumerate(names, 1)}},
         "numTraining": len(cases["train"]),
         "file_ending": ".tif",
-        "overwrite_image_reader_writer": "NaturalImage2DIO",
+        "overwrite_image_reader_writer": "NaturalImage2DIO" if spacing is None else "Tiff3DIO",
         "name": name,
         "description": f"converted from {os.path.abspath(data)} (template layout)",
     }
@@ -140,7 +153,8 @@ def read_biapy(pred_dir, data):
 
 
 def read_nnunet(pred_dir, cases_json):
-    """nnU-Net's test segmentations (``PRED_DIR/ts_XXXX.tif``, class ids), in the order of ``DATA/test/x``."""
+    """nnU-Net's test segmentations (``PRED_DIR/ts_XXXX.tif``, class ids), in the order of ``DATA/test/x``
+    (a 3D case: its slices)."""
     with open(cases_json) as f:
         cases = json.load(f)["test"]
     out = []
@@ -148,7 +162,13 @@ def read_nnunet(pred_dir, cases_json):
         p = os.path.join(pred_dir, c["case"] + ".tif")
         if not os.path.exists(p):
             raise SystemExit(f"nnU-Net wrote no prediction {p}")
-        out.append(np.squeeze(tifffile.imread(p)))
+        seg = tifffile.imread(p)
+        if "names" in c:
+            if seg.ndim != 3 or len(seg) != len(c["names"]):
+                raise SystemExit(f"{p}: shape {seg.shape}; expected {len(c['names'])} slices")
+            out.extend(seg)
+        else:
+            out.append(np.squeeze(seg))
     return out
 
 

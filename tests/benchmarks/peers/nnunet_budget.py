@@ -7,8 +7,8 @@ _750epochs, _2000epochs, _4000epochs, _8000epochs change only that) of 250 train
 iterations, and it writes ``checkpoint_latest.pth`` only every 50 epochs (``checkpoint_best.pth`` after an
 epoch whose EMA pseudo-Dice improves; ``checkpoint_final.pth`` at the end). Killing it at the budget would
 therefore leave no checkpoint on a CPU, where one epoch can take longer than the whole budget. So this runs
-the stock command line entry (``nnunetv2.run.run_training.run_training_entry``: ``nnUNetv2_train DATASET 2d
-FOLD -tr TRAINER -device cpu``) in this process with hooks that change nothing of its training:
+the stock command line entry (``nnunetv2.run.run_training.run_training_entry``: ``nnUNetv2_train DATASET
+CONFIGURATION FOLD -tr TRAINER -device cpu``) in this process with hooks that change nothing of its training:
 
 - ``multiprocessing.cpu_count`` answers the number of cores this process may run on (its affinity, one
   under ``taskset -c N``): ``-device cpu`` sets torch's threads to ``cpu_count()``, every core of the

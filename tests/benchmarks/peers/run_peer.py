@@ -1,14 +1,16 @@
 """One peer (BiaPy or nnU-Net v2) on a template-layout data set, for a training budget, on one core with one thread.
 
 usage: .venv/bin/python tests/benchmarks/peers/run_peer.py {biapy,nnunet} DATA MINUTES OUT [--core N]
-           [--fold all] [--trainer nnUNetTrainer] [--labels NAME,NAME]
+           [--fold all] [--trainer nnUNetTrainer] [--labels NAME,NAME] [--configuration 2d|3d_fullres]
+           [--spacing Z,Y,X]
 
 Everything runs pinned to core N (this process and its children: ``sched_setaffinity``, inherited), with
 OMP/MKL/OpenBLAS at one thread and torch at one thread (set by the drivers). Steps, each timed, with the
 peak resident memory of its process (``os.wait4``):
 
 - ``convert``: DATA into the peer's layout (convert.py), under OUT;
-- ``plan`` (nnU-Net): ``nnUNetv2_plan_and_preprocess -d ID -c 2d -np 1 -npfp 1 --verify_dataset_integrity``;
+- ``plan`` (nnU-Net): ``nnUNetv2_plan_and_preprocess -d ID -c 2d -np 1 -npfp 1 --verify_dataset_integrity``
+  (``-c 3d_fullres`` with ``--configuration 3d_fullres``: the slices of each split as one volume);
 - ``train``: the peer's stock training for MINUTES, counted from its first training step, stopped after the
   first step that ends past it, the weights of that moment saved (biapy_budget.py, nnunet_budget.py);
 - ``predict``: the peer's stock command on DATA/test/x: ``biapy --config test.yaml`` (TRAIN.ENABLE False,
@@ -146,25 +148,27 @@ def nnunet(a, out, env, budget_s, rec):
            "nnUNet_preprocessed": os.path.join(out, "nnUNet_preprocessed"),
            "nnUNet_results": os.path.join(out, "nnUNet_results"), "nnUNet_def_n_proc": "1", "nnUNet_compile": "false"}
     t = time.time()
+    spacing = [float(v) for v in a.spacing.split(",")] if a.configuration.startswith("3d") else None
     folder = convert.to_nnunet(a.data, env["nnUNet_raw"], a.dataset_id, "peer",
-                               a.labels.split(",") if a.labels else None)
+                               a.labels.split(",") if a.labels else None, spacing)
     rec["convert_s"] = round(time.time() - t, 1)
     # the planner sets torch's threads to nnUNet_n_proc_DA (0 fails there); training loads data in-process (0)
-    s, rss, rc = run([os.path.join(bin_, "nnUNetv2_plan_and_preprocess"), "-d", str(a.dataset_id), "-c", "2d",
-                      "-np", "1", "-npfp", "1", "--verify_dataset_integrity"], log, {**env, "nnUNet_n_proc_DA": "1"})
+    s, rss, rc = run([os.path.join(bin_, "nnUNetv2_plan_and_preprocess"), "-d", str(a.dataset_id),
+                      "-c", a.configuration, "-np", "1", "-npfp", "1", "--verify_dataset_integrity"],
+                     log, {**env, "nnUNet_n_proc_DA": "1"})
     check("nnU-Net planning", rc, log)
     rec["plan_s"], rec["plan_peak_rss_mb"] = round(s, 1), round(rss)
     stats = os.path.join(out, "train_stats.json")
-    s, rss, rc = run([py, os.path.join(HERE, "nnunet_budget.py"), str(a.dataset_id), "2d", a.fold, a.trainer,
+    s, rss, rc = run([py, os.path.join(HERE, "nnunet_budget.py"), str(a.dataset_id), a.configuration, a.fold, a.trainer,
                       str(budget_s), stats], log, {**env, "nnUNet_n_proc_DA": "0"}, timeout=budget_s * 1.5 + 1800)
     check("nnU-Net training", rc, log)
     rec["train_wall_s"], rec["train_peak_rss_mb"] = round(s, 1), round(rss)
     rec.update(json.load(open(stats)))
-    rec["trainer"], rec["fold"], rec["configuration"] = a.trainer, a.fold, "2d"
+    rec["trainer"], rec["fold"], rec["configuration"] = a.trainer, a.fold, a.configuration
     pred = os.path.join(out, "pred")
     s, rss, rc = run([os.path.join(bin_, "nnUNetv2_predict"), "-i", os.path.join(folder, "imagesTs"), "-o", pred,
-                      "-d", str(a.dataset_id), "-c", "2d", "-tr", a.trainer, "-f", a.fold, "-chk", rec["checkpoint"],
-                      "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_progress_bar"],
+                      "-d", str(a.dataset_id), "-c", a.configuration, "-tr", a.trainer, "-f", a.fold,
+                      "-chk", rec["checkpoint"], "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_progress_bar"],
                      log, {**env, "nnUNet_n_proc_DA": "0"}, timeout=7200)
     check("nnU-Net prediction", rc, log)
     rec["predict_s"], rec["predict_peak_rss_mb"] = round(s, 1), round(rss)
@@ -186,8 +190,16 @@ def main():
     ap.add_argument("--trainer", default="nnUNetTrainer", help="nnU-Net trainer class, e.g. nnUNetTrainer_100epochs")
     ap.add_argument("--dataset-id", type=int, default=501, help="nnU-Net data set id (its folders are under OUT)")
     ap.add_argument("--labels", help="names of the foreground classes, comma-separated (nnU-Net's dataset.json)")
+    ap.add_argument("--configuration", default="2d", choices=("2d", "3d_fullres", "3d_lowres"),
+                    help="nnU-Net configuration (default 2d); a 3D one trains on the training slices as one volume")
+    ap.add_argument("--spacing", default="1,1,1", help="3D configurations: voxel size z,y,x (default 1,1,1)")
     a = ap.parse_args()
     a.data = os.path.abspath(a.data)
+    try:
+        if len([float(v) for v in a.spacing.split(",")]) != 3:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--spacing {a.spacing}: expected three numbers z,y,x")
     t_start = time.time()
     os.sched_setaffinity(0, {a.core})
     out = os.path.abspath(os.path.join(a.out, a.peer))

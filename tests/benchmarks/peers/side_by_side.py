@@ -1,14 +1,17 @@
 """BiaPy, nnU-Net, the tutorial U-Net and the 2D template side by side on one data set, for the same budget.
 
 usage: .venv/bin/python tests/benchmarks/peers/side_by_side.py DATA MINUTES OUT [--tools biapy,nnunet,naive,template]
-           [--seed S] [--labels NAME,NAME] [-- TEMPLATE OPTIONS...]
+           [--seed S] [--labels NAME,NAME] [--template 3D_template.py --nnunet-configuration 3d_fullres
+           --spacing Z,Y,X] [-- TEMPLATE OPTIONS...]
 
 Two runs at a time, in the order of ``--tools``, each pinned to its own core with one thread (core 0 and core 1);
 by default first BiaPy and nnU-Net (:mod:`run_peer`: conversion, nnU-Net's planning, training for MINUTES from
 the first step, prediction with each tool's own command), then the tutorial U-Net
 (``../shared/bench/naive_unet.py``) and the 2D template with its defaults (``--set
 train.time_limit_minutes=MINUTES --set train.seed=S``, then any TEMPLATE OPTIONS). Every prediction is scored
-with this project's metrics on DATA/test. Run it on an otherwise idle machine.
+with this project's metrics on DATA/test. Run it on an otherwise idle machine. For the 3D comparison,
+``--template 3D_template.py --nnunet-configuration 3d_fullres --spacing Z,Y,X`` (nnU-Net then trains on the
+training slices as one volume and predicts the test slices as one).
 
 Each tool's JSON line is appended to OUT/result.jsonl; at the end a Markdown table of every line there: fg_iou,
 training steps, crops per second, wall time from the start to the end of prediction, prediction seconds per
@@ -54,7 +57,7 @@ def template(a, core, out):
     """The 2D template with its defaults for the budget, on ``core``, one thread."""
     env = {**os.environ, **ONE_THREAD, **TF_ONE_THREAD}
     log = os.path.join(out + ".log")
-    cmd = ["taskset", "-c", str(core), sys.executable, os.path.join(REPO, "templates", "template.py"), REPO, a.data,
+    cmd = ["taskset", "-c", str(core), sys.executable, os.path.join(REPO, "templates", a.template), REPO, a.data,
            out, "--id", "sbs", "--rid", str(a.seed), "--gpu", "cpu", "--threads", "1",
            "--set", f"train.time_limit_minutes={a.minutes:g}", "--set", f"train.seed={a.seed}", *a.template_options]
     seconds, rss, rc = run(cmd, log, env)
@@ -78,6 +81,8 @@ def peer(a, name, core, out):
     cmd = [sys.executable, os.path.join(HERE, "run_peer.py"), name, a.data, f"{a.minutes:g}", out, "--core", str(core)]
     if a.labels:
         cmd += ["--labels", a.labels]
+    if name == "nnunet":
+        cmd += ["--configuration", a.nnunet_configuration, "--spacing", a.spacing]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"error: {name} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
@@ -108,6 +113,11 @@ def main():
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of " + ", ".join(TOOLS))
     ap.add_argument("--seed", type=int, default=1, help="the template's train.seed (default 1)")
     ap.add_argument("--labels", help="names of the foreground classes for nnU-Net's dataset.json")
+    ap.add_argument("--template", default="template.py",
+                    help="the template under templates/ (default template.py; 3D_template.py beside 3d_fullres)")
+    ap.add_argument("--nnunet-configuration", default="2d", choices=("2d", "3d_fullres", "3d_lowres"),
+                    help="nnU-Net's configuration (default 2d; a 3D one trains on the slices as one volume)")
+    ap.add_argument("--spacing", default="1,1,1", help="voxel size z,y,x for nnU-Net's 3D configurations")
     a = ap.parse_args(argv)
     a.template_options = template_options
     a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out)
@@ -115,6 +125,8 @@ def main():
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         raise SystemExit(f"error: --tools {a.tools}: unknown {', '.join(unknown)}; expected some of {', '.join(TOOLS)}")
+    if "template" in tools and not os.path.isfile(os.path.join(REPO, "templates", a.template)):
+        raise SystemExit(f"error: --template {a.template}: no such file in {os.path.join(REPO, 'templates')}")
     for split in ("train", "test"):
         for sub in ("x", "y"):
             if not os.path.isdir(os.path.join(a.data, split, sub)):
