@@ -31,9 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(HERE, "peers"))
 import convert  # noqa: E402
-
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-              "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+from run_peer import ONE_THREAD  # noqa: E402
+from side_by_side import TF_ONE_THREAD  # noqa: E402
 
 
 def fail(message):
@@ -90,7 +89,8 @@ def run_one(a, cores, lock, name, options, set_name, seed):
         log = os.path.join(jobs, f"{name}__{set_name}_{seed}.log")
         os.makedirs(jobs, exist_ok=True)
         with open(log, "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **ONE_THREAD}).returncode
+            env = {**os.environ, **ONE_THREAD, **TF_ONE_THREAD}
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
     finally:
         cores.append(core)
     if rc:
