@@ -19,9 +19,10 @@ usage:
   python biapy_budget.py config TEMPLATE OUT.yaml KEY=VALUE ...   # the template with dotted keys replaced
   python biapy_budget.py train CONFIG RESULT_DIR NAME BUDGET_S STATS.json
 """
-import json
 import sys
 import time
+
+from budget_stats import write_stats
 
 T_START = time.time()
 
@@ -95,25 +96,9 @@ def train(config, result_dir, name, budget_s, stats_path):
                       jobname=wf.job_identifier, epoch="budget", model_without_ddp=wf.model_without_ddp,
                       optimizer=wf.optimizer, model_build_kwargs=wf.model_build_kwargs,
                       extension=wf.cfg.MODEL.OUT_CHECKPOINT_FORMAT)
-    t_train = state["t_stop"] - state["t0"]
-    batch = int(wf.cfg.TRAIN.BATCH_SIZE)
-    stats = {
-        "setup_s": round(state["t0"] - T_START, 1),
-        "train_s": round(t_train, 1),
-        "steps": state["steps"],
-        "crops": state["crops"],
-        "batch_size": batch,
-        "crops_per_s": round(state["crops"] / t_train, 3) if t_train > 0 else None,
-        "epochs_started": state["epochs_started"],
-        "steps_per_epoch": len(wf.train_generator),
-        "stopped_by": state["stopped_by"],
-        "checkpoint": str(ckpt),
-        "job_identifier": wf.job_identifier,
-        "torch_threads": torch.get_num_threads(),
-    }
-    with open(stats_path, "w") as f:
-        json.dump(stats, f, indent=1)
-    print(json.dumps(stats))
+    write_stats(stats_path, state, T_START, wf.cfg.TRAIN.BATCH_SIZE, torch.get_num_threads(),
+                epochs_started=state["epochs_started"], steps_per_epoch=len(wf.train_generator),
+                stopped_by=state["stopped_by"], checkpoint=str(ckpt), job_identifier=wf.job_identifier)
 
 
 if __name__ == "__main__":

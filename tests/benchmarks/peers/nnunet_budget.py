@@ -25,11 +25,12 @@ A training that ends inside the budget runs on as nnU-Net does (final validation
 
 usage: python nnunet_budget.py DATASET CONFIGURATION FOLD TRAINER BUDGET_S STATS.json
 """
-import json
 import multiprocessing
 import os
 import sys
 import time
+
+from budget_stats import write_stats
 
 T_START = time.time()
 
@@ -69,27 +70,12 @@ def main(dataset, configuration, fold, trainer_name, budget_s, stats_path):
     except BudgetReached:
         stopped_by, checkpoint = "budget", "checkpoint_latest.pth"
     tr = state["trainer"]
-    t_train = state["t_stop"] - state["t0"]
-    stats = {
-        "setup_s": round(state["t0"] - T_START, 1),
-        "train_s": round(t_train, 1),
-        "steps": state["steps"],
-        "crops": state["crops"],
-        "batch_size": int(tr.batch_size),
-        "patch_size": [int(p) for p in tr.configuration_manager.patch_size],
-        "crops_per_s": round(state["crops"] / t_train, 3) if t_train > 0 else None,
-        "epochs_started": min(int(tr.current_epoch) + 1, int(tr.num_epochs)),
-        "steps_per_epoch": int(tr.num_iterations_per_epoch),
-        "val_steps_per_epoch": int(tr.num_val_iterations_per_epoch),
-        "num_epochs": int(tr.num_epochs),
-        "stopped_by": stopped_by,
-        "checkpoint": checkpoint,
-        "output_folder": tr.output_folder,
-        "torch_threads": torch.get_num_threads(),
-    }
-    with open(stats_path, "w") as f:
-        json.dump(stats, f, indent=1)
-    print(json.dumps(stats))
+    write_stats(stats_path, state, T_START, tr.batch_size, torch.get_num_threads(),
+                patch_size=[int(p) for p in tr.configuration_manager.patch_size],
+                epochs_started=min(int(tr.current_epoch) + 1, int(tr.num_epochs)),
+                steps_per_epoch=int(tr.num_iterations_per_epoch),
+                val_steps_per_epoch=int(tr.num_val_iterations_per_epoch), num_epochs=int(tr.num_epochs),
+                stopped_by=stopped_by, checkpoint=checkpoint, output_folder=tr.output_folder)
 
 
 if __name__ == "__main__":
