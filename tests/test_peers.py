@@ -135,6 +135,47 @@ def test_side_by_side_refuses_an_unknown_template(tmp_path):
     assert not out.exists()
 
 
+def test_side_by_side_table_gives_each_tools_mean_and_spread_over_its_runs(tmp_path):
+    lines = [{"tool": "template", "seed": s, "fg_iou": f, "steps": 800, "crops_per_s": 14.0, "wall_s": w,
+              "predict_s_per_mvox": 0.5, "peak_rss_mb": 2000, "data": "/d/isbi2012", "budget_min": 20}
+             for s, f, w in ((1, 0.678, 806), (2, 0.686, 813), (3, 0.682, 800))]
+    lines += [{"tool": "naive", "seed": None, "repeat": k, "fg_iou": f, "steps": 1100, "crops_per_s": 5.5,
+               "wall_s": 1209, "predict_s_per_mvox": 2.0, "peak_rss_mb": 1500, "data": "/d/isbi2012",
+               "budget_min": 20} for k, f in ((1, 0.670), (2, 0.654))]
+    for name, part in (("a", lines[:4]), ("b", lines[4:])):
+        (tmp_path / name).mkdir()
+        with open(tmp_path / name / "result.jsonl", "w") as f:
+            f.write(json.dumps({"peer": "biapy", "fg_iou": 0.1}) + "\n")  # run_peer.py's own line: not a run
+            f.writelines(json.dumps(r) + "\n" for r in part)
+    p = subprocess.run([sys.executable, os.path.join(PEERS, "side_by_side.py"), "--table", str(tmp_path / "a"),
+                        str(tmp_path / "b")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = p.stdout.splitlines()
+    assert "| isbi2012 | template | seed 2 | 0.6860 | 800 |" in p.stdout
+    assert "| isbi2012 | naive | 2 | 0.6540 |" in p.stdout
+    assert "| isbi2012 | 20 | template | 3 | 0.682 ± 0.004 | 0.678 – 0.686 | 806 | 800 | 2000 |" in rows
+    assert "| isbi2012 | 20 | naive | 2 | 0.662 ± 0.011 | 0.654 – 0.670 | 1209 | 1100 | 1500 |" in rows
+    assert "0.1" not in p.stdout
+    p = subprocess.run([sys.executable, os.path.join(PEERS, "side_by_side.py"), "--table", str(tmp_path / "c")],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "OUT " + str(tmp_path / "c") + ": no result.jsonl" in p.stderr
+
+
+def test_side_by_side_repeats_refuse_runs_already_done_before_writing(tmp_path):
+    data = make_set(tmp_path / "data")
+    out = tmp_path / "out"
+    (out / "template_3").mkdir(parents=True)
+    (out / "run_2" / "naive").mkdir(parents=True)
+    script = os.path.join(PEERS, "side_by_side.py")
+    for args, taken in ((["--tools", "template", "--runs", "3"], "template_3"),
+                        (["--tools", "naive,template", "--seed", "4", "--runs", "2"], "run_2/naive")):
+        p = subprocess.run([sys.executable, script, data, "1", str(out), *args], capture_output=True, text=True)
+        assert p.returncode != 0 and taken in p.stderr and "exist already" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, script, data, "1", str(out), "--runs", "0"], capture_output=True, text=True)
+    assert p.returncode != 0 and "--runs 0" in p.stderr
+    assert sorted(os.listdir(out)) == ["run_2", "template_3"] and os.listdir(out / "run_2") == ["naive"]
+
+
 def test_sweep_holds_out_the_last_training_slices_and_refuses_bad_configs(tmp_path):
     script = os.path.join(os.path.dirname(PEERS), "sweep_defaults.py")
     sys.path.insert(0, os.path.dirname(PEERS))

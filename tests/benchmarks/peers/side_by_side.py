@@ -1,8 +1,9 @@
 """BiaPy, nnU-Net, the tutorial U-Net and the 2D template side by side on one data set, for the same budget.
 
 usage: .venv/bin/python tests/benchmarks/peers/side_by_side.py DATA MINUTES OUT [--tools biapy,nnunet,naive,template]
-           [--seed S] [--labels NAME,NAME] [--template 3D_template.py --nnunet-configuration 3d_fullres
-           --spacing Z,Y,X] [-- TEMPLATE OPTIONS...]
+           [--seed S] [--runs N] [--first-run K] [--labels NAME,NAME]
+           [--template 3D_template.py --nnunet-configuration 3d_fullres --spacing Z,Y,X] [-- TEMPLATE OPTIONS...]
+       .venv/bin/python tests/benchmarks/peers/side_by_side.py --table OUT [OUT ...]
 
 Two runs at a time, in the order of ``--tools``, each pinned to its own core with one thread (core 0 and core 1);
 by default first BiaPy and nnU-Net (:mod:`run_peer`: conversion, nnU-Net's planning, training for MINUTES from
@@ -13,14 +14,21 @@ with this project's metrics on DATA/test. Run it on an otherwise idle machine. F
 ``--template 3D_template.py --nnunet-configuration 3d_fullres --spacing Z,Y,X`` (nnU-Net then trains on the
 training slices as one volume and predicts the test slices as one).
 
+``--runs N`` runs each tool N times, run by run: the template with seeds S .. S+N-1 (``OUT/template_SEED``), each
+peer and the tutorial U-Net unseeded as they ship (run k > 1 in ``OUT/run_k/``). A later call with the same OUT
+adds runs: ``--seed`` and ``--first-run K`` (the peers' run numbers start at K) must then not reach those done.
+
 Each tool's JSON line is appended to OUT/result.jsonl; at the end a Markdown table of every line there: fg_iou,
 training steps, crops per second, wall time from the start to the end of prediction, prediction seconds per
-megavoxel and peak resident memory. The template's fg_iou is that of its ``tiled`` variant (``z_filter``'s too).
+megavoxel and peak resident memory; then one line per tool, the mean and standard deviation over its runs.
+``--table OUT [OUT ...]`` prints the tables of those folders and runs nothing. The template's fg_iou is that of
+its ``tiled`` variant (``z_filter``'s too).
 """
 import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -46,25 +54,35 @@ def naive(a, core, out):
                            os.path.join(out, "naive.log"), env)
     if rc:
         raise SystemExit(f"error: the tutorial U-Net failed (exit {rc}); see {out}/naive.log")
-    r = json.load(open(result))
+    return naive_record(out, seconds, rss)
+
+
+def naive_record(out, seconds, rss):
+    """The JSON line of a tutorial U-Net run in ``out``, ``seconds`` from start to the end of prediction."""
+    r = json.load(open(os.path.join(out, "naive.json")))
     return {"tool": "naive", "fg_iou": r["fg_iou"], "steps": r["steps"],
             "crops_per_s": round(r["steps"] * 6 / r["train_s"], 2),  # naive_unet.py: batches of 6
             "wall_s": round(seconds, 1), "predict_s_per_mvox": round(1e6 / r["predict_vox_per_s"], 3),
             "peak_rss_mb": round(rss)}
 
 
-def template(a, core, out):
-    """The 2D template with its defaults for the budget, on ``core``, one thread."""
+def template(a, core, out, seed):
+    """The 2D template with its defaults for the budget, on ``core``, one thread, with ``train.seed`` ``seed``."""
     env = {**os.environ, **ONE_THREAD, **TF_ONE_THREAD}
     log = os.path.join(out + ".log")
     cmd = ["taskset", "-c", str(core), sys.executable, os.path.join(REPO, "templates", a.template), REPO, a.data,
-           out, "--id", "sbs", "--rid", str(a.seed), "--gpu", "cpu", "--threads", "1",
-           "--set", f"train.time_limit_minutes={a.minutes:g}", "--set", f"train.seed={a.seed}", *a.template_options]
+           out, "--id", "sbs", "--rid", str(seed), "--gpu", "cpu", "--threads", "1",
+           "--set", f"train.time_limit_minutes={a.minutes:g}", "--set", f"train.seed={seed}", *a.template_options]
     seconds, rss, rc = run(cmd, log, env)
     if rc:
         raise SystemExit(f"error: the template failed (exit {rc}); see {log}")
-    text = open(log).read()
-    run_dir = os.path.join(out, f"sbs_{a.seed}")
+    return template_record(out, seed, seconds, rss)
+
+
+def template_record(out, seed, seconds, rss):
+    """The JSON line of the template's run ``out`` (its log beside it), ``seconds`` from start to the end."""
+    text = open(out + ".log").read()
+    run_dir = os.path.join(out, f"sbs_{seed}")
     metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
     info, results = metrics["training"], metrics["results"]
     steps_per_epoch, batch = (int(v) for v in re.search(r"(\d+) steps of (\d+) per epoch", text).groups())
@@ -72,7 +90,8 @@ def template(a, core, out):
     return {"tool": "template", "fg_iou": round(results["tiled"]["fg_iou"], 4),
             "fg_iou_z_filter": round(results["z_filter"]["fg_iou"], 4) if "z_filter" in results else None,
             "steps": steps, "crops_per_s": round(steps * batch / info["seconds"], 2), "wall_s": round(seconds, 1),
-            "predict_s_per_mvox": info["predict_seconds_per_megavoxel"], "peak_rss_mb": round(rss),
+            "predict_s_per_mvox": info["predict_seconds_per_megavoxel"],
+            "peak_rss_mb": None if rss is None else round(rss),  # None: not measured
             "epochs": info["epochs"], "precision": info["precision"], "run": run_dir}
 
 
@@ -93,17 +112,47 @@ def peer(a, name, core, out):
 
 
 def table(lines):
-    rows = ["| tool | fg_iou | steps | crops/s | wall s to the end of prediction | prediction s/MVox | peak RSS MB |",
-            "|---|---|---|---|---|---|---|"]
+    """Markdown: one row per run, then one per data set and tool with the mean and spread over its runs."""
+    rows = ["| data | tool | run | fg_iou | steps | crops/s | wall s to the end of prediction | prediction s/MVox "
+            "| peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
+    groups = {}
     for r in lines:
+        name = os.path.basename(r["data"])
+        run = f"seed {r['seed']}" if r["tool"] == "template" else r.get("repeat", 1)
         fg = f"{r['fg_iou']:.4f}" + (f" (z_filter {r['fg_iou_z_filter']:.4f})" if r.get("fg_iou_z_filter") else "")
-        rows.append(f"| {r['tool']} | {fg} | {r['steps']} | {r['crops_per_s']} | {r['wall_s']} | "
+        rows.append(f"| {name} | {r['tool']} | {run} | {fg} | {r['steps']} | {r['crops_per_s']} | {r['wall_s']} | "
                     f"{r['predict_s_per_mvox']} | {r['peak_rss_mb']} |")
+        groups.setdefault((name, r["budget_min"], r["tool"]), []).append(r)
+    rows += ["", "| data | minutes | tool | runs | fg_iou mean ± sd | fg_iou min – max | wall s, mean | steps, mean "
+             "| peak RSS MB, max |", "|---|---|---|---|---|---|---|---|---|"]
+    for (name, minutes, tool), rs in groups.items():
+        fg = [r["fg_iou"] for r in rs]
+        sd = statistics.stdev(fg) if len(fg) > 1 else 0.0
+        rows.append(f"| {name} | {minutes:g} | {tool} | {len(rs)} | {statistics.mean(fg):.3f} ± {sd:.3f} | "
+                    f"{min(fg):.3f} – {max(fg):.3f} | {statistics.mean(r['wall_s'] for r in rs):.0f} | "
+                    f"{statistics.mean(r['steps'] for r in rs):.0f} | "
+                    f"{max((r['peak_rss_mb'] or 0) for r in rs):.0f} |")  # None: not measured
     return "\n".join(rows)
+
+
+def read_results(outs):
+    """The tools' lines of each OUT/result.jsonl (run_peer.py's own lines there are left out)."""
+    lines = []
+    for out in outs:
+        path = os.path.join(out, "result.jsonl")
+        if not os.path.isfile(path):
+            raise SystemExit(f"error: OUT {out}: no result.jsonl; expected the folder of a side-by-side run")
+        lines += [r for r in map(json.loads, open(path)) if "tool" in r]
+    return lines
 
 
 def main():
     argv = sys.argv[1:]
+    if argv[:1] == ["--table"]:
+        if len(argv) < 2:
+            raise SystemExit("error: --table OUT [OUT ...]: expected the folder(s) of side-by-side runs")
+        print(table(read_results(argv[1:])))
+        return
     template_options = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +161,10 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, of " + ", ".join(TOOLS))
     ap.add_argument("--seed", type=int, default=1, help="the template's train.seed (default 1)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="runs of each tool (default 1): the template with seeds S .. S+N-1, the others unseeded")
+    ap.add_argument("--first-run", type=int, default=1,
+                    help="number of the peers' first run here (default 1; give 2 to add runs to an OUT with one)")
     ap.add_argument("--labels", help="names of the foreground classes for nnU-Net's dataset.json")
     ap.add_argument("--template", default="template.py",
                     help="the template under templates/ (default template.py; 3D_template.py beside 3d_fullres)")
@@ -125,34 +178,49 @@ def main():
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
         raise SystemExit(f"error: --tools {a.tools}: unknown {', '.join(unknown)}; expected some of {', '.join(TOOLS)}")
+    if a.runs < 1 or a.first_run < 1:
+        raise SystemExit(f"error: --runs {a.runs} --first-run {a.first_run}: expected whole numbers from 1")
     if "template" in tools and not os.path.isfile(os.path.join(REPO, "templates", a.template)):
         raise SystemExit(f"error: --template {a.template}: no such file in {os.path.join(REPO, 'templates')}")
     for split in ("train", "test"):
         for sub in ("x", "y"):
             if not os.path.isdir(os.path.join(a.data, split, sub)):
                 raise SystemExit(f"error: DATA {a.data}: no {split}/{sub} folder; expected the template layout")
-    mine = [os.path.join(a.out, t if t in ("biapy", "nnunet", "naive") else f"template_{a.seed}") for t in tools]
-    taken = [p for p in mine if os.path.exists(p)]
+
+    def folder(k):  # the peers' run k (counted from 1 here) writes under this folder
+        n = a.first_run + k
+        return a.out if n == 1 else os.path.join(a.out, f"run_{n}")
+
+    jobs = []  # (tool, its folder, the JSON line's repeat number, the call on a core), run by run
+    for k in range(a.runs):
+        for t in tools:
+            if t == "template":
+                seed = a.seed + k
+                path = os.path.join(a.out, f"template_{seed}")
+                jobs.append((t, path, seed, lambda c, p=path, s=seed: template(a, c, p, s)))
+            elif t == "naive":
+                path = os.path.join(folder(k), "naive")
+                jobs.append((t, path, a.first_run + k, lambda c, p=path: naive(a, c, p)))
+            else:
+                path = os.path.join(folder(k), t)
+                jobs.append((t, path, a.first_run + k, lambda c, t=t, f=folder(k): peer(a, t, c, f)))
+    taken = [p for _, p, _, _ in jobs if os.path.exists(p)]
     if taken:
-        raise SystemExit(f"error: OUT {a.out}: {', '.join(taken)} exist already; give another OUT or remove them")
+        raise SystemExit(f"error: OUT {a.out}: {', '.join(taken)} exist already; give another OUT, --seed or "
+                         "--first-run, or remove them")
     os.makedirs(a.out, exist_ok=True)
-    jobs = {"biapy": lambda c: peer(a, "biapy", c, a.out), "nnunet": lambda c: peer(a, "nnunet", c, a.out),
-            "naive": lambda c: naive(a, c, os.path.join(a.out, "naive")),
-            "template": lambda c: template(a, c, os.path.join(a.out, f"template_{a.seed}"))}
-    pairs = [tools[i:i + 2] for i in range(0, len(tools), 2)]  # in the order given, two at a time
     from concurrent.futures import ThreadPoolExecutor
-    for pair in pairs:
+    for pair in [jobs[i:i + 2] for i in range(0, len(jobs), 2)]:  # in order, two at a time
         start = time.strftime("%Y-%m-%d %H:%M")
         with ThreadPoolExecutor(len(pair)) as pool:
-            results = list(pool.map(lambda tc: jobs[tc[0]](tc[1]), zip(pair, (0, 1))))
+            results = list(pool.map(lambda jc: jc[0][3](jc[1]), zip(pair, (0, 1))))
         with open(os.path.join(a.out, "result.jsonl"), "a") as f:
-            for r in results:
+            for (tool, _, number, _), r in zip(pair, results):
                 r.update(data=a.data, budget_min=a.minutes, started=start,
-                         seed=a.seed if r["tool"] == "template" else None)
+                         seed=number if tool == "template" else None, repeat=None if tool == "template" else number)
                 f.write(json.dumps(r) + "\n")
                 print(json.dumps(r), flush=True)
-    lines = [json.loads(line) for line in open(os.path.join(a.out, "result.jsonl"))]
-    print(table([r for r in lines if "tool" in r]))
+    print(table(read_results([a.out])))
 
 
 if __name__ == "__main__":
