@@ -8,6 +8,7 @@ again, and must end as the reference did.
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -275,27 +276,38 @@ def test_finished_by_repeats_the_callbacks(values, patience, minutes, expected):
 
 
 def test_time_limit_keeps_back_the_last_validation_and_a_cut_epoch_ends_training(monkeypatch):
+    """The time limit and the cosine schedule read one clock: the earlier session's epochs plus the time since."""
     import types
 
     from lib.config import TrainConfig
-    from lib.train import loop
+    from lib.train import loop, schedules
 
-    clock = [100.0]
-    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    now = [100.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: now[0])
     # an earlier session: 50 s of steps, its checkpoints 2 s (in the next row); its validation took 4 s
     rows = [{"epoch": 1, "seconds": 48.0, "val_seconds": 4.0, "save_seconds": 2.0}]
-    limit, model = loop.TimeLimit(1.0, rows), types.SimpleNamespace(stop_training=False)
+    clock = loop.TrainingClock(rows)
+    limit, model = loop.TimeLimit(1.0, rows, clock), types.SimpleNamespace(stop_training=False)
     limit.set_model(model)
-    limit.on_train_begin()
+    clock.on_train_begin()
     limit.on_epoch_begin(1)
-    clock[0] += 3.5
+    now[0] += 3.5
     limit.on_train_batch_end(0)  # 50 + 3.5 + the last validation and checkpoints (6) < 60
     assert not model.stop_training and not limit.cut
-    clock[0] += 1.0
+    now[0] += 1.0
     limit.on_train_batch_end(1)  # 50 + 4.5 + 6 >= 60: stopped, the epoch's validation still to come
     assert model.stop_training and limit.cut
+    cfg = TrainConfig(epochs=10, time_limit_minutes=1.0, schedule="cosine", learning_rate=1e-3,
+                      min_learning_rate=0.0, warmup_epochs=0)
+    rate = types.SimpleNamespace(value=None)
+    rate.assign = lambda v: setattr(rate, "value", v)
+    schedule = loop.LearningRateSchedule(cfg, "val_loss", rows, clock)
+    schedule.set_model(types.SimpleNamespace(optimizer=types.SimpleNamespace(learning_rate=rate)))
+    schedule.on_epoch_begin(1)
+    schedule.on_train_batch_begin(2)  # 54.5 of the 60 s on the same clock
+    assert rate.value == pytest.approx(schedules.learning_rate_at(1, cfg, rows, "val_loss", 54.5 / 60))
+    assert rate.value == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 54.5 / 60)))
     rows.append({"epoch": 2, "seconds": 8.5, "save_seconds": 0.4, "cut_by_time_limit": 1.0})
-    cfg = TrainConfig(epochs=10, time_limit_minutes=1.0)
     assert loop.spent_seconds(rows) == pytest.approx(58.9)  # under the minute, yet training is over
     assert loop.finished_by(rows, cfg, "val_loss") == "time_limit"
     assert loop.finished_by(rows[:1], cfg, "val_loss") is None

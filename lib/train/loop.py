@@ -23,7 +23,7 @@ from ..model.metrics import ClassIoU, ForegroundIoU
 from ..model.mixed_precision import precision
 from ..model.saving import BEST, LAST, load_model, save_model_atomic
 from .determinism import enable_determinism
-from .schedules import LearningRateSchedule, make_optimizer, spent_seconds, to_minimise
+from .schedules import LearningRateSchedule, TrainingClock, make_optimizer, spent_seconds, to_minimise
 
 
 def deep_supervision_weights(cfg, n_outputs):
@@ -316,24 +316,21 @@ class _EarlyStopping(keras.callbacks.Callback):
 class TimeLimit(keras.callbacks.Callback):
     """Stops training so that it ends within ``minutes``, counting the epochs of earlier sessions.
 
-    Time is :func:`spent_seconds` of the history ``rows`` of earlier sessions
-    (shared with :class:`RunRecorder`) plus the time since this session's
-    training began: optimiser steps, validation and the checkpoints written
-    between epochs. Checked after every batch, keeping back the time of the
+    Time is the run's :class:`TrainingClock` (over the history ``rows`` shared
+    with :class:`RunRecorder`): the epochs of earlier sessions plus the time
+    since this session's training began. Checked after every batch, keeping back the time of the
     last epoch's validation and checkpoints, which the current epoch still
     spends once stopped (``cut`` is then set: :class:`RunRecorder` marks the
     epoch's row ``cut_by_time_limit``); and after every epoch, the test that
     :func:`finished_by` repeats when a run is resumed.
     """
 
-    def __init__(self, minutes, rows):
+    def __init__(self, minutes, rows, clock):
         super().__init__()
         self.seconds = minutes * 60.0
         self.rows = rows
+        self.clock = clock
         self.cut = False
-
-    def on_train_begin(self, logs=None):
-        self._start, self._earlier = time.perf_counter(), spent_seconds(self.rows)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.cut = False
@@ -341,7 +338,7 @@ class TimeLimit(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         last = self.rows[-1] if self.rows else {}
         reserve = last.get("val_seconds", 0.0) + last.get("save_seconds", 0.0)
-        if self._earlier + time.perf_counter() - self._start + reserve >= self.seconds:
+        if self.clock.seconds() + reserve >= self.seconds:
             self.model.stop_training = self.cut = True
 
     def on_epoch_end(self, epoch, logs=None):
@@ -516,11 +513,10 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replica
         print(f"Resuming from {last} after epoch {len(history)}")
     else:
         compile_model(model, cfg, class_weights, targets)
-    earlier = sum(r.get("seconds", 0.0) for r in history)
     recorder = RunRecorder(run_dir, monitor, history)
-    start = time.perf_counter()
+    clock = TrainingClock(recorder.rows)
     if not done:
-        callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows), recorder,
+        callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows, clock), recorder,
                      _EarlyStopping(monitor, cfg.patience, recorder.rows)]
         if val_score is not None and val_data is not None:
             callbacks.insert(0, ValidationScores(val_score))
@@ -531,15 +527,16 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replica
             callbacks.insert(2, TensorBoardLogger(run_dir, len(history), val_data, cfg.tensorboard_images_every,
                                                   lambda key: _main_metric_name(key, main)))
         if cfg.time_limit_minutes > 0:
-            recorder.time_limit = TimeLimit(cfg.time_limit_minutes, recorder.rows)
+            recorder.time_limit = TimeLimit(cfg.time_limit_minutes, recorder.rows, clock)
             callbacks.append(recorder.time_limit)
+        callbacks.insert(0, clock)  # first: it starts before the callbacks that read it
         # shuffle=False: the dataset shuffles itself from (seed, epoch); Keras would reorder its batches
         # with Python's global random state, which a resumed run cannot restore.
         model.fit(fit_input(per_output(train_data, n_outputs)), validation_data=per_output(val_data, n_outputs),
                   epochs=cfg.epochs, initial_epoch=len(history), callbacks=callbacks, shuffle=False,
                   validation_batch_size=cfg.batch_size if replicas > 1 else None,
                   verbose=progress.keras_verbose())
-    seconds = earlier + time.perf_counter() - start
+    seconds = clock.seconds()
     best = os.path.join(run_dir, "checkpoints", BEST)
     if os.path.exists(best):
         model.load_weights(best)

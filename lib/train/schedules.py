@@ -117,26 +117,45 @@ def spent_seconds(rows):
     return sum(r.get("seconds", 0.0) + r.get("save_seconds", 0.0) for r in rows)
 
 
+class TrainingClock(keras.callbacks.Callback):
+    """Seconds of training of a run so far, the one clock of the schedule, the time limit and the run's summary.
+
+    :func:`spent_seconds` of the history ``rows`` of earlier sessions (read when
+    this session's training begins) plus the time since: optimiser steps,
+    validation and the checkpoints written between epochs. First in the list of
+    callbacks, so that it starts before the callbacks that read it.
+    """
+
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = rows
+        self.on_train_begin()
+
+    def on_train_begin(self, logs=None):
+        self._start, self._earlier = time.perf_counter(), spent_seconds(self.rows)
+
+    def seconds(self):
+        """Seconds trained by the run, earlier sessions included."""
+        return self._earlier + time.perf_counter() - self._start
+
+
 class LearningRateSchedule(keras.callbacks.Callback):
     """Sets the optimiser's learning rate from :func:`learning_rate_at` at the start of each epoch.
 
     ``history`` is the list of history rows that :class:`RunRecorder` appends
     to, shared so that ``plateau`` sees every finished epoch. A ``cosine``
     schedule under ``train.time_limit_minutes`` is also updated before every
-    batch from the share of the time limit used (:func:`spent_seconds` of the
-    epochs of earlier sessions in ``history``, plus the time since this
-    session's training began), so that it ends at the limit.
+    batch from the share of the time limit used (the run's :class:`TrainingClock`),
+    so that it ends at the limit.
     """
 
-    def __init__(self, cfg, monitor, history):
+    def __init__(self, cfg, monitor, history, clock):
         super().__init__()
         self.cfg = cfg
         self.monitor = monitor
         self.history = history
+        self.clock = clock
         self.by_time = cfg.schedule == "cosine" and cfg.time_limit_minutes > 0
-
-    def on_train_begin(self, logs=None):
-        self._start, self._spent = time.perf_counter(), spent_seconds(self.history)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
@@ -147,7 +166,6 @@ class LearningRateSchedule(keras.callbacks.Callback):
             self._set()
 
     def _set(self):
-        elapsed = ((self._spent + time.perf_counter() - self._start) / (60.0 * self.cfg.time_limit_minutes)
-                   if self.by_time else 0.0)
+        elapsed = self.clock.seconds() / (60.0 * self.cfg.time_limit_minutes) if self.by_time else 0.0
         rate = learning_rate_at(self.epoch, self.cfg, self.history[:self.epoch], self.monitor, elapsed)
         self.model.optimizer.learning_rate.assign(rate)
