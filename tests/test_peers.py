@@ -50,13 +50,15 @@ def test_nnunet_dataset_has_its_layout_and_labels(tmp_path):
                                   tifffile.imread(os.path.join(data, "train", "x", "s01.tif")))
 
 
-def test_three_classes_keep_their_ids_and_names(tmp_path):
+def test_three_classes_keep_their_ids_and_names(tmp_path, capsys):
     data = make_set(tmp_path / "data", classes=2)
     folder = convert.to_nnunet(data, str(tmp_path / "raw"), 8, "axons", ["myelin", "axon"])
     assert json.load(open(os.path.join(folder, "dataset.json")))["labels"] == {"background": 0, "myelin": 1,
                                                                                 "axon": 2}
-    with pytest.raises(SystemExit, match="1 label names for 2 foreground classes"):
+    with pytest.raises(SystemExit) as refused:
         convert.to_nnunet(data, str(tmp_path / "raw2"), 9, "axons", ["axon"])
+    assert refused.value.code == 2
+    assert capsys.readouterr().err == "error: --labels: 1 label names for 2 foreground classes\n"
     info = convert.to_biapy(data, str(tmp_path / "biapy"))
     assert info["n_classes"] == 3 and not info["binary"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "biapy" / "test" / "y" / "s01.tif"),
@@ -90,16 +92,16 @@ def test_side_by_side_refuses_bad_input_before_writing(tmp_path):
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, script, str(tmp_path / "nothing"), "1", str(out)], capture_output=True,
                        text=True)
-    assert p.returncode != 0 and "no train/x folder; expected the template layout" in p.stderr
+    assert p.returncode == 2 and "no train/x folder; expected the template layout" in p.stderr
     data = make_set(tmp_path / "data")
     p = subprocess.run([sys.executable, script, data, "1", str(out), "--tools", "biapy,cellpose"],
                        capture_output=True, text=True)
-    assert p.returncode != 0 and "--tools biapy,cellpose: unknown cellpose" in p.stderr
+    assert p.returncode == 2 and "--tools biapy,cellpose: unknown cellpose" in p.stderr
     assert not out.exists()
     (out / "nnunet").mkdir(parents=True)
     p = subprocess.run([sys.executable, script, data, "1", str(out), "--tools", "nnunet"], capture_output=True,
                        text=True)
-    assert p.returncode != 0 and "exist already" in p.stderr and os.listdir(out) == ["nnunet"]
+    assert p.returncode == 2 and "exist already" in p.stderr and os.listdir(out) == ["nnunet"]
 
 
 def test_nnunet_3d_case_is_the_stack_of_slices_with_its_spacing(tmp_path):
@@ -131,7 +133,7 @@ def test_side_by_side_refuses_an_unknown_template(tmp_path):
     out = tmp_path / "out"
     p = subprocess.run([sys.executable, os.path.join(PEERS, "side_by_side.py"), data, "1", str(out),
                         "--tools", "template", "--template", "4D_template.py"], capture_output=True, text=True)
-    assert p.returncode != 0 and "--template 4D_template.py: no such file" in p.stderr
+    assert p.returncode == 2 and "--template 4D_template.py: no such file" in p.stderr
     assert not out.exists()
 
 
@@ -158,7 +160,7 @@ def test_side_by_side_table_gives_each_tools_mean_and_spread_over_its_runs(tmp_p
     assert "0.1" not in p.stdout
     p = subprocess.run([sys.executable, os.path.join(PEERS, "side_by_side.py"), "--table", str(tmp_path / "c")],
                        capture_output=True, text=True)
-    assert p.returncode != 0 and "OUT " + str(tmp_path / "c") + ": no result.jsonl" in p.stderr
+    assert p.returncode == 2 and "OUT " + str(tmp_path / "c") + ": no result.jsonl" in p.stderr
 
 
 def test_side_by_side_repeats_refuse_runs_already_done_before_writing(tmp_path):
@@ -170,9 +172,9 @@ def test_side_by_side_repeats_refuse_runs_already_done_before_writing(tmp_path):
     for args, taken in ((["--tools", "template", "--runs", "3"], "template_3"),
                         (["--tools", "naive,template", "--seed", "4", "--runs", "2"], "run_2/naive")):
         p = subprocess.run([sys.executable, script, data, "1", str(out), *args], capture_output=True, text=True)
-        assert p.returncode != 0 and taken in p.stderr and "exist already" in p.stderr, p.stderr
+        assert p.returncode == 2 and taken in p.stderr and "exist already" in p.stderr, p.stderr
     p = subprocess.run([sys.executable, script, data, "1", str(out), "--runs", "0"], capture_output=True, text=True)
-    assert p.returncode != 0 and "--runs 0" in p.stderr
+    assert p.returncode == 2 and "--runs 0" in p.stderr
     assert sorted(os.listdir(out)) == ["run_2", "template_3"] and os.listdir(out / "run_2") == ["naive"]
 
 

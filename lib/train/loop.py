@@ -516,8 +516,8 @@ def train(model, train_data, val_data, cfg, run_dir, class_weights=None, replica
     recorder = RunRecorder(run_dir, monitor, history)
     clock = TrainingClock(recorder.rows)
     if not done:
-        callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows, clock), recorder,
-                     _EarlyStopping(monitor, cfg.patience, recorder.rows)]
+        callbacks = [EpochSeeds(cfg.seed, train_data), LearningRateSchedule(cfg, monitor, recorder.rows, clock),
+                     recorder, _EarlyStopping(monitor, cfg.patience, recorder.rows)]
         if val_score is not None and val_data is not None:
             callbacks.insert(0, ValidationScores(val_score))
         if cfg.tensorboard:  # before the recorder: an epoch in history.csv is in the event files

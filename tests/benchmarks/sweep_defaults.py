@@ -31,14 +31,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(HERE, "peers"))
 import convert  # noqa: E402
+from convert import fail  # noqa: E402
 from run_peer import ONE_THREAD  # noqa: E402
 from side_by_side import TF_ONE_THREAD  # noqa: E402
-
-
-def fail(message):
-    """One ``error:`` line on stderr, exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def parse_config(text):

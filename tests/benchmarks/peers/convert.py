@@ -23,19 +23,25 @@ import tifffile
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
+def fail(message):
+    """Bad input to a benchmark command: one ``error:`` line on stderr and exit status 2, as the templates do."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def files(data, split, sub):
     """Sorted ``DATA/split/sub/*.tif`` (and ``*.tiff``)."""
     folder = os.path.join(data, split, sub)
     found = sorted(glob.glob(os.path.join(folder, "*.tif")) + glob.glob(os.path.join(folder, "*.tiff")))
     if not found:
-        raise SystemExit(f"no TIFF in {os.path.join(data, split, sub)}")
+        fail(f"no TIFF in {os.path.join(data, split, sub)}")
     return found
 
 
 def read2d(path):
     a = np.squeeze(tifffile.imread(path))
     if a.ndim != 2:
-        raise SystemExit(f"{path}: expected one 2D slice, got shape {a.shape}")
+        fail(f"{path}: expected one 2D slice, got shape {a.shape}")
     return a
 
 
@@ -60,7 +66,7 @@ def to_labels(mask, binary):
 def _pairs(data, split):
     xs, ys = files(data, split, "x"), files(data, split, "y")
     if len(xs) != len(ys):
-        raise SystemExit(f"{data}/{split}: {len(xs)} images but {len(ys)} masks")
+        fail(f"{data}/{split}: {len(xs)} images but {len(ys)} masks")
     return list(zip(xs, ys))
 
 
@@ -122,7 +128,7 @@ def to_nnunet(data, raw, dataset_id, name, labels=None, spacing=None):
             cases[split].append({"case": case, "name": os.path.splitext(os.path.basename(x))[0]})
     names = labels or (["foreground"] if k == 2 else [f"class{c}" for c in range(1, k)])
     if len(names) != k - 1:
-        raise SystemExit(f"{len(names)} label names for {k - 1} foreground classes")
+        fail(f"--labels: {len(names)} label names for {k - 1} foreground classes")
     dataset = {
         "channel_names": {"0": "EM"},
         "labels": {"background": 0, **{n: c for c, n in enumerate(names, 1)}},

@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 import convert  # noqa: E402
+from convert import fail  # noqa: E402
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "NUMEXPR_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
@@ -199,12 +200,12 @@ def main():
         if len([float(v) for v in a.spacing.split(",")]) != 3:
             raise ValueError
     except ValueError:
-        ap.error(f"--spacing {a.spacing}: expected three numbers z,y,x")
+        fail(f"--spacing {a.spacing}: expected three numbers z,y,x")
     t_start = time.time()
     os.sched_setaffinity(0, {a.core})
     out = os.path.abspath(os.path.join(a.out, a.peer))
     if os.path.exists(out) and os.listdir(out):
-        raise SystemExit(f"{out} exists and is not empty: give another OUT")
+        fail(f"OUT {out} exists and is not empty: give another OUT")
     os.makedirs(out, exist_ok=True)
     env = {**os.environ, **ONE_THREAD}
     budget_s = a.minutes * 60.0

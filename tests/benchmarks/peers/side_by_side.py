@@ -36,6 +36,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
+from convert import fail  # noqa: E402
 from run_peer import ONE_THREAD, run  # noqa: E402
 
 TOOLS = ("biapy", "nnunet", "naive", "template")
@@ -46,7 +47,7 @@ def naive(a, core, out):
     """The tutorial U-Net of ../shared/bench for the budget, on ``core``."""
     script = os.path.join(os.path.dirname(REPO), "shared", "bench", "naive_unet.py")
     if not os.path.isfile(script):
-        raise SystemExit(f"error: {script}: not found; the tutorial U-Net lives in ../shared/bench beside the repo")
+        fail(f"{script}: not found; the tutorial U-Net lives in ../shared/bench beside the repo")
     os.makedirs(out)
     result = os.path.join(out, "naive.json")
     env = {**os.environ, **ONE_THREAD, **TF_ONE_THREAD}
@@ -141,7 +142,7 @@ def read_results(outs):
     for out in outs:
         path = os.path.join(out, "result.jsonl")
         if not os.path.isfile(path):
-            raise SystemExit(f"error: OUT {out}: no result.jsonl; expected the folder of a side-by-side run")
+            fail(f"OUT {out}: no result.jsonl; expected the folder of a side-by-side run")
         lines += [r for r in map(json.loads, open(path)) if "tool" in r]
     return lines
 
@@ -150,7 +151,7 @@ def main():
     argv = sys.argv[1:]
     if argv[:1] == ["--table"]:
         if len(argv) < 2:
-            raise SystemExit("error: --table OUT [OUT ...]: expected the folder(s) of side-by-side runs")
+            fail("--table OUT [OUT ...]: expected the folder(s) of side-by-side runs")
         print(table(read_results(argv[1:])))
         return
     template_options = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -177,15 +178,15 @@ def main():
     tools = a.tools.split(",")
     unknown = [t for t in tools if t not in TOOLS]
     if unknown:
-        raise SystemExit(f"error: --tools {a.tools}: unknown {', '.join(unknown)}; expected some of {', '.join(TOOLS)}")
+        fail(f"--tools {a.tools}: unknown {', '.join(unknown)}; expected some of {', '.join(TOOLS)}")
     if a.runs < 1 or a.first_run < 1:
-        raise SystemExit(f"error: --runs {a.runs} --first-run {a.first_run}: expected whole numbers from 1")
+        fail(f"--runs {a.runs} --first-run {a.first_run}: expected whole numbers from 1")
     if "template" in tools and not os.path.isfile(os.path.join(REPO, "templates", a.template)):
-        raise SystemExit(f"error: --template {a.template}: no such file in {os.path.join(REPO, 'templates')}")
+        fail(f"--template {a.template}: no such file in {os.path.join(REPO, 'templates')}")
     for split in ("train", "test"):
         for sub in ("x", "y"):
             if not os.path.isdir(os.path.join(a.data, split, sub)):
-                raise SystemExit(f"error: DATA {a.data}: no {split}/{sub} folder; expected the template layout")
+                fail(f"DATA {a.data}: no {split}/{sub} folder; expected the template layout")
 
     def folder(k):  # the peers' run k (counted from 1 here) writes under this folder
         n = a.first_run + k
@@ -206,7 +207,7 @@ def main():
                 jobs.append((t, path, a.first_run + k, lambda c, t=t, f=folder(k): peer(a, t, c, f)))
     taken = [p for _, p, _, _ in jobs if os.path.exists(p)]
     if taken:
-        raise SystemExit(f"error: OUT {a.out}: {', '.join(taken)} exist already; give another OUT, --seed or "
+        fail(f"OUT {a.out}: {', '.join(taken)} exist already; give another OUT, --seed or "
                          "--first-run, or remove them")
     os.makedirs(a.out, exist_ok=True)
     from concurrent.futures import ThreadPoolExecutor
