@@ -199,3 +199,14 @@ def test_sweep_holds_out_the_last_training_slices_and_refuses_bad_configs(tmp_pa
         p = subprocess.run([sys.executable, script, str(out), *args], capture_output=True, text=True)
         assert p.returncode == 2 and p.stderr.startswith("error: ") and message in p.stderr, p.stderr
     assert not out.exists()
+    out.mkdir()
+    with open(out / "sweep.jsonl", "w") as f:
+        for config, set_name, values in (("a", "s1", (0.70, 0.72, 0.74)), ("a", "s2", (0.5,)),
+                                         ("b", "s1", (0.80, 0.80, 0.80)), ("b", "s2", (0.6,))):
+            for seed, v in enumerate(values, 1):
+                f.write(json.dumps({"config": config, "set": set_name, "seed": seed, "fg_iou": v}) + "\n")
+    p = subprocess.run([sys.executable, script, str(out), "--summary"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [  # best first; the sample standard deviation over the seeds
+        "b                        mean 0.7000  s1 0.8000 +- 0.0000 (n=3)  s2 0.6000 +- 0.0000 (n=1)",
+        "a                        mean 0.6100  s1 0.7200 +- 0.0200 (n=3)  s2 0.5000 +- 0.0000 (n=1)"]

@@ -13,8 +13,8 @@ A configuration is the defaults plus its ``KEY=VALUE`` options (``--set`` of the
 is the defaults); sets whose masks hold more than two class ids get ``model.classes``. Runs already in
 ``OUT/sweep.jsonl`` are not run again, so a sweep can be continued or widened later.
 
-``--summary`` prints, per configuration, each set's mean fg_iou over its seeds with the standard deviation, and
-the mean over the sets, best first.
+``--summary`` prints, per configuration, each set's mean fg_iou over its seeds with their sample standard
+deviation (as ``side_by_side.py`` gives the spread of its runs), and the mean over the sets, best first.
 """
 import argparse
 import collections
@@ -109,7 +109,8 @@ def summary(path):
     rows = sorted(((np.mean([np.mean(v) for v in sets.values()]), name, sets) for name, sets in by.items()),
                   key=lambda row: -row[0])
     for mean, name, sets in rows:
-        per = "  ".join(f"{s} {np.mean(v):.4f} +- {np.std(v):.4f} (n={len(v)})" for s, v in sorted(sets.items()))
+        per = "  ".join(f"{s} {np.mean(v):.4f} +- {np.std(v, ddof=1) if len(v) > 1 else 0.0:.4f} (n={len(v)})"
+                        for s, v in sorted(sets.items()))
         print(f"{name:24s} mean {mean:.4f}  {per}")
 
 
