@@ -318,11 +318,12 @@ class TimeLimit(keras.callbacks.Callback):
 
     Time is the run's :class:`TrainingClock` (over the history ``rows`` shared
     with :class:`RunRecorder`): the epochs of earlier sessions plus the time
-    since this session's training began. Checked after every batch, keeping back the time of the
-    last epoch's validation and checkpoints, which the current epoch still
-    spends once stopped (``cut`` is then set: :class:`RunRecorder` marks the
-    epoch's row ``cut_by_time_limit``); and after every epoch, the test that
-    :func:`finished_by` repeats when a run is resumed.
+    since this session's training began. Checked after every batch, keeping
+    back the time of the last epoch's validation and checkpoints, which the
+    current epoch still spends once stopped (``cut`` is then set:
+    :class:`RunRecorder` marks the epoch's row ``cut_by_time_limit``); and
+    after every epoch, the test that :func:`finished_by` repeats when a run is
+    resumed.
     """
 
     def __init__(self, minutes, rows, clock):

@@ -208,7 +208,7 @@ def main():
     taken = [p for _, p, _, _ in jobs if os.path.exists(p)]
     if taken:
         fail(f"OUT {a.out}: {', '.join(taken)} exist already; give another OUT, --seed or "
-                         "--first-run, or remove them")
+             "--first-run, or remove them")
     os.makedirs(a.out, exist_ok=True)
     from concurrent.futures import ThreadPoolExecutor
     for pair in [jobs[i:i + 2] for i in range(0, len(jobs), 2)]:  # in order, two at a time
