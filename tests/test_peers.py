@@ -210,3 +210,67 @@ def test_sweep_holds_out_the_last_training_slices_and_refuses_bad_configs(tmp_pa
     assert p.stdout.splitlines() == [  # best first; the sample standard deviation over the seeds
         "b                        mean 0.7000  s1 0.8000 +- 0.0000 (n=3)  s2 0.6000 +- 0.0000 (n=1)",
         "a                        mean 0.6100  s1 0.7200 +- 0.0200 (n=3)  s2 0.5000 +- 0.0000 (n=1)"]
+
+
+def test_side_by_side_runs_one_job_per_core_and_a_failure_loses_no_other_result(tmp_path):
+    import threading
+    from argparse import Namespace
+
+    import side_by_side
+    a = Namespace(cores=[0, 1], data="/d/lucchi_dev", minutes=20, out=str(tmp_path))
+    both = threading.Barrier(2, timeout=10)  # broken unless the first two runs are under way together
+    cores = []
+
+    def ok(core, fg):
+        cores.append(core)
+        if len(cores) <= 2:
+            both.wait()
+        return {"tool": "template", "fg_iou": fg, "steps": 10, "crops_per_s": 1.0, "wall_s": 5.0,
+                "predict_s_per_mvox": 0.5, "peak_rss_mb": 100}
+
+    def broken(core):
+        cores.append(core)
+        both.wait()
+        raise side_by_side.ToolFailed("nnunet failed (exit 1): nnU-Net prediction failed")
+
+    jobs = [("template", "", 1, lambda c: ok(c, 0.8)), ("nnunet", "", 1, broken),
+            ("template", "", 2, lambda c: ok(c, 0.9))]
+    assert side_by_side.run_jobs(jobs, a) == 1
+    assert sorted(cores[:2]) == [0, 1] and cores[2] in (0, 1)
+    lines = [json.loads(x) for x in open(tmp_path / "result.jsonl")]
+    assert sorted((r["tool"], r["seed"] or r["repeat"]) for r in lines) == [("nnunet", 1), ("template", 1),
+                                                                         ("template", 2)]
+    assert [r["failed"] for r in lines if r["tool"] == "nnunet"] == ["nnunet failed (exit 1): nnU-Net prediction "
+                                                                     "failed"]
+    out = side_by_side.table(lines)
+    assert "| lucchi_dev | nnunet | 1 | failed: nnunet failed (exit 1): nnU-Net prediction failed |" in out
+    assert "| lucchi_dev | 20 | nnunet | 0 | no scored run |" in out
+    assert "| lucchi_dev | 20 | template | 2 | 0.850 ± 0.071 |" in out
+
+
+def test_an_unfinished_nnunet_prediction_is_shown_with_how_far_it_got(tmp_path):
+    import run_peer
+    import side_by_side
+    log = "Predicting ts_0000:\n\r  0%|          | 0/42 [00:00<?, ?it/s]\r  2%|▏         | 1/42 [02:10<1:29:00, " \
+          "130.2s/it]\r  5%|▍         | 2/42 [04:20<1:26:40, 130.1s/it]\nkilled after 1800.0 s\n"
+    assert run_peer.window_progress(log) == (2, 42) and run_peer.window_progress("no bar") == (0, None)
+    line = {"tool": "nnunet", "repeat": 1, "fg_iou": None, "steps": 4, "crops_per_s": 0.01, "wall_s": 3400.0,
+            "predict_s_per_mvox": None, "peak_rss_mb": 9000, "data": "/d/lucchi_dev", "budget_min": 20,
+            "predict_unfinished": {"after_s": 1800, "windows_done": 2, "windows": 42, "estimated_s": 37800}}
+    out = side_by_side.table([line])
+    assert ("| lucchi_dev | nnunet | 1 | not scored: prediction stopped after 1800 s at 2 of 42 windows, about "
+            "37800 s at that pace | 4 |") in out
+    assert "| lucchi_dev | 20 | nnunet | 0 | no scored run |" in out
+
+
+@pytest.mark.parametrize("args, message", [(["--cores", "0,0"], "--cores 0,0: expected distinct cores"),
+                                           (["--cores", "x"], "--cores x: expected distinct cores"),
+                                           (["--cores", "4096"], "--cores 4096: expected distinct cores"),
+                                           (["--predict-minutes", "0"], "--predict-minutes 0: expected")])
+def test_side_by_side_refuses_bad_cores_and_prediction_limits(tmp_path, args, message):
+    data = make_set(tmp_path / "data")
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, os.path.join(PEERS, "side_by_side.py"), data, "1", str(out),
+                        "--tools", "biapy", *args], capture_output=True, text=True)
+    assert p.returncode == 2 and message in p.stderr, p.stderr
+    assert not out.exists()

@@ -2,7 +2,7 @@
 
 usage: .venv/bin/python tests/benchmarks/peers/run_peer.py {biapy,nnunet} DATA MINUTES OUT [--core N]
            [--fold all] [--trainer nnUNetTrainer] [--labels NAME,NAME] [--configuration 2d|3d_fullres]
-           [--spacing Z,Y,X]
+           [--spacing Z,Y,X] [--predict-minutes M]
 
 Everything runs pinned to core N (this process and its children: ``sched_setaffinity``, inherited), with
 OMP/MKL/OpenBLAS at one thread and torch at one thread (set by the drivers). Steps, each timed, with the
@@ -17,7 +17,10 @@ peak resident memory of its process (``os.wait4``):
   MODEL.LOAD_CHECKPOINT True, PATHS.CHECKPOINT_FILE) with the checkpoint BiaPy itself tests with at the end
   of a training, its best on validation (the weights at the budget where it wrote none; those are scored
   too, after the clock: ``fg_iou_budget_weights``), or ``nnUNetv2_predict -f FOLD
-  -chk checkpoint_latest.pth -device cpu -npp 0 -nps 0`` (its defaults otherwise: mirroring TTA, step 0.5).
+  -chk checkpoint_latest.pth -device cpu -npp 0 -nps 0`` (its defaults otherwise: mirroring TTA, step 0.5),
+  stopped after ``--predict-minutes`` (120): its line then has ``fg_iou`` null and ``predict_unfinished``, the
+  sliding windows done of those of the case it was on (from its progress bar) and, for a 3D configuration's one
+  test case, the seconds that pace gives the whole prediction.
 
 Then the predictions are read back in the order of DATA/test/x and scored with this project's metrics
 (:mod:`lib.evaluate.metrics`). Prints one JSON line (also appended to OUT/result.jsonl): ``wall_s`` from
@@ -27,6 +30,7 @@ command, start-up included, per million test voxels), ``peak_rss_mb`` and the sc
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,18 +170,34 @@ def nnunet(a, out, env, budget_s, rec):
     rec["train_wall_s"], rec["train_peak_rss_mb"] = round(s, 1), round(rss)
     rec.update(json.load(open(stats)))
     rec["trainer"], rec["fold"], rec["configuration"] = a.trainer, a.fold, a.configuration
-    pred = os.path.join(out, "pred")
+    pred, limit = os.path.join(out, "pred"), a.predict_minutes * 60.0
+    log_start = os.path.getsize(log)
     s, rss, rc = run([os.path.join(bin_, "nnUNetv2_predict"), "-i", os.path.join(folder, "imagesTs"), "-o", pred,
                       "-d", str(a.dataset_id), "-c", a.configuration, "-tr", a.trainer, "-f", a.fold,
-                      "-chk", rec["checkpoint"], "-device", "cpu", "-npp", "0", "-nps", "0", "--disable_progress_bar"],
-                     log, {**env, "nnUNet_n_proc_DA": "0"}, timeout=7200)
-    check("nnU-Net prediction", rc, log)
+                      "-chk", rec["checkpoint"], "-device", "cpu", "-npp", "0", "-nps", "0"],
+                     log, {**env, "nnUNet_n_proc_DA": "0"}, timeout=limit)
     rec["predict_s"], rec["predict_peak_rss_mb"] = round(s, 1), round(rss)
     rec["wall_s"] = round(time.time() - rec.pop("_t_start"), 1)
-    rec["predictions"] = pred
-    rec.update(convert.score(convert.read_nnunet(pred, os.path.join(folder, "cases.json")), a.data))
     rec["peer_version"] = version(py, "nnunetv2")
     rec["torch_version"] = version(py, "torch")
+    if rc and s >= limit:  # stopped at --predict-minutes: how far its sliding window got, not a score
+        with open(log, errors="replace") as f:
+            f.seek(log_start)
+            done, total = window_progress(f.read())
+        rec["fg_iou"] = None
+        rec["predict_unfinished"] = {"after_s": round(s), "windows_done": done, "windows": total}
+        if done and a.configuration.startswith("3d"):  # one test case: its windows are the whole prediction
+            rec["predict_unfinished"]["estimated_s"] = round(s * total / done)
+        return
+    check("nnU-Net prediction", rc, log)
+    rec["predictions"] = pred
+    rec.update(convert.score(convert.read_nnunet(pred, os.path.join(folder, "cases.json")), a.data))
+
+
+def window_progress(text):
+    """``(done, total)`` of the last sliding-window progress bar (tqdm's ``k/n [``) in nnU-Net's log text."""
+    found = re.findall(r"(\d+)/(\d+) \[", text)
+    return tuple(int(v) for v in found[-1]) if found else (0, None)
 
 
 def main():
@@ -194,6 +214,8 @@ def main():
     ap.add_argument("--configuration", default="2d", choices=("2d", "3d_fullres", "3d_lowres"),
                     help="nnU-Net configuration (default 2d); a 3D one trains on the training slices as one volume")
     ap.add_argument("--spacing", default="1,1,1", help="3D configurations: voxel size z,y,x (default 1,1,1)")
+    ap.add_argument("--predict-minutes", type=float, default=120,
+                    help="nnU-Net: stop its prediction after this long and record how far it got (default 120)")
     a = ap.parse_args()
     a.data = os.path.abspath(a.data)
     try:
@@ -201,6 +223,8 @@ def main():
             raise ValueError
     except ValueError:
         fail(f"--spacing {a.spacing}: expected three numbers z,y,x")
+    if not a.predict_minutes > 0:
+        fail(f"--predict-minutes {a.predict_minutes:g}: expected a number of minutes above 0")
     t_start = time.time()
     os.sched_setaffinity(0, {a.core})
     out = os.path.abspath(os.path.join(a.out, a.peer))
@@ -214,7 +238,7 @@ def main():
            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()], "_t_start": t_start}
     (biapy if a.peer == "biapy" else nnunet)(a, out, env, budget_s, rec)
     rec["test_megavoxels"] = round(mvox, 3)
-    rec["predict_s_per_mvox"] = round(rec["predict_s"] / mvox, 3)
+    rec["predict_s_per_mvox"] = None if rec.get("predict_unfinished") else round(rec["predict_s"] / mvox, 3)
     rec["peak_rss_mb"] = max(v for k, v in rec.items() if k.endswith("peak_rss_mb"))
     rec["n_train"] = len(convert.files(a.data, "train", "x"))
     rec["n_test"] = len(convert.files(a.data, "test", "x"))

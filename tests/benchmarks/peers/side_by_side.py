@@ -2,13 +2,14 @@
 
 usage: .venv/bin/python tests/benchmarks/peers/side_by_side.py DATA MINUTES OUT [--tools biapy,nnunet,naive,template]
            [--seed S] [--runs N] [--first-run K] [--labels NAME,NAME]
-           [--template 3D_template.py --nnunet-configuration 3d_fullres --spacing Z,Y,X] [-- TEMPLATE OPTIONS...]
+           [--template 3D_template.py --nnunet-configuration 3d_fullres --spacing Z,Y,X] [--predict-minutes M]
+           [--cores 0,1] [-- TEMPLATE OPTIONS...]
        .venv/bin/python tests/benchmarks/peers/side_by_side.py --table OUT [OUT ...]
 
-Two runs at a time, in the order of ``--tools``, each pinned to its own core with one thread (core 0 and core 1);
-by default first BiaPy and nnU-Net (:mod:`run_peer`: conversion, nnU-Net's planning, training for MINUTES from
-the first step, prediction with each tool's own command), then the tutorial U-Net
-(``../shared/bench/naive_unet.py``) and the 2D template with its defaults (``--set
+The runs start in the order of ``--tools``, one on each of ``--cores`` (0 and 1) at a time, pinned there with one
+thread, the next as soon as a core is free; by default first BiaPy and nnU-Net (:mod:`run_peer`: conversion,
+nnU-Net's planning, training for MINUTES from the first step, prediction with each tool's own command), then the
+tutorial U-Net (``../shared/bench/naive_unet.py``) and the 2D template with its defaults (``--set
 train.time_limit_minutes=MINUTES --set train.seed=S``, then any TEMPLATE OPTIONS). Every prediction is scored
 with this project's metrics on DATA/test. Run it on an otherwise idle machine. For the 3D comparison,
 ``--template 3D_template.py --nnunet-configuration 3d_fullres --spacing Z,Y,X`` (nnU-Net then trains on the
@@ -18,7 +19,9 @@ training slices as one volume and predicts the test slices as one).
 peer and the tutorial U-Net unseeded as they ship (run k > 1 in ``OUT/run_k/``). A later call with the same OUT
 adds runs: ``--seed`` and ``--first-run K`` (the peers' run numbers start at K) must then not reach those done.
 
-Each tool's JSON line is appended to OUT/result.jsonl; at the end a Markdown table of every line there: fg_iou,
+Each run's JSON line is appended to OUT/result.jsonl when it ends (a failed run's with ``failed``: the message;
+the others go on, and the command then exits 1); nnU-Net's prediction stops after ``--predict-minutes`` (120),
+its line then unscored with how far it got (run_peer.py). At the end a Markdown table of every line there: fg_iou,
 training steps, crops per second, wall time from the start to the end of prediction, prediction seconds per
 megavoxel and peak resident memory; then one line per tool, the mean and standard deviation over its runs.
 ``--table OUT [OUT ...]`` prints the tables of those folders and runs nothing. The template's fg_iou is that of
@@ -40,21 +43,23 @@ from convert import fail  # noqa: E402
 from run_peer import ONE_THREAD, run  # noqa: E402
 
 TOOLS = ("biapy", "nnunet", "naive", "template")
+NAIVE = os.path.join(os.path.dirname(REPO), "shared", "bench", "naive_unet.py")
 TF_ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
+
+
+class ToolFailed(Exception):
+    """A tool's run ended without a result; its line records the message and the other runs go on."""
 
 
 def naive(a, core, out):
     """The tutorial U-Net of ../shared/bench for the budget, on ``core``."""
-    script = os.path.join(os.path.dirname(REPO), "shared", "bench", "naive_unet.py")
-    if not os.path.isfile(script):
-        fail(f"{script}: not found; the tutorial U-Net lives in ../shared/bench beside the repo")
     os.makedirs(out)
     result = os.path.join(out, "naive.json")
     env = {**os.environ, **ONE_THREAD, **TF_ONE_THREAD}
-    seconds, rss, rc = run(["taskset", "-c", str(core), sys.executable, script, a.data, str(a.minutes * 60), result],
+    seconds, rss, rc = run(["taskset", "-c", str(core), sys.executable, NAIVE, a.data, str(a.minutes * 60), result],
                            os.path.join(out, "naive.log"), env)
     if rc:
-        raise SystemExit(f"error: the tutorial U-Net failed (exit {rc}); see {out}/naive.log")
+        raise ToolFailed(f"the tutorial U-Net failed (exit {rc}); see {out}/naive.log")
     return naive_record(out, seconds, rss)
 
 
@@ -76,7 +81,7 @@ def template(a, core, out, seed):
            "--set", f"train.time_limit_minutes={a.minutes:g}", "--set", f"train.seed={seed}", *a.template_options]
     seconds, rss, rc = run(cmd, log, env)
     if rc:
-        raise SystemExit(f"error: the template failed (exit {rc}); see {log}")
+        raise ToolFailed(f"the template failed (exit {rc}); see {log}")
     return template_record(out, seed, seconds, rss)
 
 
@@ -102,14 +107,16 @@ def peer(a, name, core, out):
     if a.labels:
         cmd += ["--labels", a.labels]
     if name == "nnunet":
-        cmd += ["--configuration", a.nnunet_configuration, "--spacing", a.spacing]
+        cmd += ["--configuration", a.nnunet_configuration, "--spacing", a.spacing,
+                "--predict-minutes", f"{a.predict_minutes:g}"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode:
-        raise SystemExit(f"error: {name} failed (exit {p.returncode}):\n{p.stderr[-2000:]}")
+        raise ToolFailed(f"{name} failed (exit {p.returncode}): {p.stderr.strip()[-1500:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
     return {"tool": name, **{k: r.get(k) for k in ("fg_iou", "steps", "crops_per_s", "wall_s", "predict_s_per_mvox",
                                                    "peak_rss_mb", "peer_version", "trainer", "epochs", "checkpoint",
-                                                   "fg_iou_budget_weights", "fg_iou_prob_at_0.5")}}
+                                                   "fg_iou_budget_weights", "fg_iou_prob_at_0.5",
+                                                   "predict_unfinished")}}
 
 
 def table(lines):
@@ -120,13 +127,27 @@ def table(lines):
     for r in lines:
         name = os.path.basename(r["data"])
         run = f"seed {r['seed']}" if r["tool"] == "template" else r.get("repeat", 1)
-        fg = f"{r['fg_iou']:.4f}" + (f" (z_filter {r['fg_iou_z_filter']:.4f})" if r.get("fg_iou_z_filter") else "")
+        groups.setdefault((name, r["budget_min"], r["tool"]), [])
+        if r.get("failed"):
+            rows.append(f"| {name} | {r['tool']} | {run} | failed: {r['failed'].splitlines()[0][:200]} "
+                        "| | | | | |")
+            continue
+        if r["fg_iou"] is None:  # a prediction stopped at --predict-minutes
+            u = r["predict_unfinished"]
+            fg = (f"not scored: prediction stopped after {u['after_s']} s at {u['windows_done']} of {u['windows']} "
+                  "windows" + (f", about {u['estimated_s']} s at that pace" if u.get("estimated_s") else ""))
+        else:
+            fg = f"{r['fg_iou']:.4f}" + (f" (z_filter {r['fg_iou_z_filter']:.4f})" if r.get("fg_iou_z_filter")
+                                         else "")
+            groups[(name, r["budget_min"], r["tool"])].append(r)
         rows.append(f"| {name} | {r['tool']} | {run} | {fg} | {r['steps']} | {r['crops_per_s']} | {r['wall_s']} | "
                     f"{r['predict_s_per_mvox']} | {r['peak_rss_mb']} |")
-        groups.setdefault((name, r["budget_min"], r["tool"]), []).append(r)
     rows += ["", "| data | minutes | tool | runs | fg_iou mean ± sd | fg_iou min – max | wall s, mean | steps, mean "
              "| peak RSS MB, max |", "|---|---|---|---|---|---|---|---|---|"]
     for (name, minutes, tool), rs in groups.items():
+        if not rs:
+            rows.append(f"| {name} | {minutes:g} | {tool} | 0 | no scored run | | | | |")
+            continue
         fg = [r["fg_iou"] for r in rs]
         sd = statistics.stdev(fg) if len(fg) > 1 else 0.0
         rows.append(f"| {name} | {minutes:g} | {tool} | {len(rs)} | {statistics.mean(fg):.3f} ± {sd:.3f} | "
@@ -172,6 +193,10 @@ def main():
     ap.add_argument("--nnunet-configuration", default="2d", choices=("2d", "3d_fullres", "3d_lowres"),
                     help="nnU-Net's configuration (default 2d; a 3D one trains on the slices as one volume)")
     ap.add_argument("--spacing", default="1,1,1", help="voxel size z,y,x for nnU-Net's 3D configurations")
+    ap.add_argument("--predict-minutes", type=float, default=120,
+                    help="nnU-Net's prediction is stopped after this long, how far it got recorded (default 120)")
+    ap.add_argument("--cores", default="0,1",
+                    help="the cores the runs take, one run on each at a time (default 0,1; 0 runs them one by one)")
     a = ap.parse_args(argv)
     a.template_options = template_options
     a.data, a.out = os.path.abspath(a.data), os.path.abspath(a.out)
@@ -181,6 +206,15 @@ def main():
         fail(f"--tools {a.tools}: unknown {', '.join(unknown)}; expected some of {', '.join(TOOLS)}")
     if a.runs < 1 or a.first_run < 1:
         fail(f"--runs {a.runs} --first-run {a.first_run}: expected whole numbers from 1")
+    if not a.predict_minutes > 0:
+        fail(f"--predict-minutes {a.predict_minutes:g}: expected a number of minutes above 0")
+    usable, given = sorted(os.sched_getaffinity(0)), a.cores
+    a.cores = [int(c) for c in given.split(",") if c.strip().isdigit()]
+    if len(a.cores) < len(given.split(",")) or len(set(a.cores)) < len(a.cores) or not set(a.cores) <= set(usable):
+        fail(f"--cores {given}: expected distinct cores of this machine, comma-separated, of "
+             f"{','.join(map(str, usable))}")
+    if "naive" in tools and not os.path.isfile(NAIVE):
+        fail(f"--tools naive: {NAIVE} not found; the tutorial U-Net lives in ../shared/bench beside the repo")
     if "template" in tools and not os.path.isfile(os.path.join(REPO, "templates", a.template)):
         fail(f"--template {a.template}: no such file in {os.path.join(REPO, 'templates')}")
     for split in ("train", "test"):
@@ -210,18 +244,43 @@ def main():
         fail(f"OUT {a.out}: {', '.join(taken)} exist already; give another OUT, --seed or "
              "--first-run, or remove them")
     os.makedirs(a.out, exist_ok=True)
-    from concurrent.futures import ThreadPoolExecutor
-    for pair in [jobs[i:i + 2] for i in range(0, len(jobs), 2)]:  # in order, two at a time
-        start = time.strftime("%Y-%m-%d %H:%M")
-        with ThreadPoolExecutor(len(pair)) as pool:
-            results = list(pool.map(lambda jc: jc[0][3](jc[1]), zip(pair, (0, 1))))
-        with open(os.path.join(a.out, "result.jsonl"), "a") as f:
-            for (tool, _, number, _), r in zip(pair, results):
-                r.update(data=a.data, budget_min=a.minutes, started=start,
-                         seed=number if tool == "template" else None, repeat=None if tool == "template" else number)
-                f.write(json.dumps(r) + "\n")
-                print(json.dumps(r), flush=True)
+    failed = run_jobs(jobs, a)
     print(table(read_results([a.out])))
+    if failed:
+        raise SystemExit(f"error: {failed} of {len(jobs)} runs failed; their lines in {a.out}/result.jsonl say why")
+
+
+def run_jobs(jobs, a):
+    """Run ``jobs`` in order, one on each of ``a.cores`` at a time, each starting as soon as a core is free. Each
+    run's JSON line is appended to OUT/result.jsonl when it ends, a failed run's with ``failed`` and its message,
+    so that one tool's failure loses no other's result. Returns the number of failed runs."""
+    from concurrent.futures import ThreadPoolExecutor
+    from queue import Queue
+    from threading import Lock
+    free, lock, failed = Queue(), Lock(), []
+    for c in a.cores:
+        free.put(c)
+
+    def work(job):
+        tool, _, number, call = job
+        core, start, t = free.get(), time.strftime("%Y-%m-%d %H:%M"), time.time()
+        try:
+            r = call(core)
+        except ToolFailed as e:
+            r = {"tool": tool, "failed": str(e), "fg_iou": None, "steps": None, "crops_per_s": None,
+                 "wall_s": round(time.time() - t, 1), "predict_s_per_mvox": None, "peak_rss_mb": None}
+            failed.append(tool)
+        finally:
+            free.put(core)
+        r.update(data=a.data, budget_min=a.minutes, started=start, core=core,
+                 seed=number if tool == "template" else None, repeat=None if tool == "template" else number)
+        with lock, open(os.path.join(a.out, "result.jsonl"), "a") as f:
+            f.write(json.dumps(r) + "\n")
+            print(json.dumps(r), flush=True)
+
+    with ThreadPoolExecutor(len(a.cores)) as pool:
+        list(pool.map(work, jobs))
+    return len(failed)
 
 
 if __name__ == "__main__":
