@@ -266,7 +266,8 @@ def test_an_unfinished_nnunet_prediction_is_shown_with_how_far_it_got(tmp_path):
 @pytest.mark.parametrize("args, message", [(["--cores", "0,0"], "--cores 0,0: expected distinct cores"),
                                            (["--cores", "x"], "--cores x: expected distinct cores"),
                                            (["--cores", "4096"], "--cores 4096: expected distinct cores"),
-                                           (["--predict-minutes", "0"], "--predict-minutes 0: expected")])
+                                           (["--predict-minutes", "0"], "--predict-minutes 0: expected"),
+                                           (["--spacing", "5,5"], "--spacing 5,5: expected three numbers")])
 def test_side_by_side_refuses_bad_cores_and_prediction_limits(tmp_path, args, message):
     data = make_set(tmp_path / "data")
     out = tmp_path / "out"

@@ -194,6 +194,18 @@ def nnunet(a, out, env, budget_s, rec):
     rec.update(convert.score(convert.read_nnunet(pred, os.path.join(folder, "cases.json")), a.data))
 
 
+def check_options(a):
+    """Refuse a bad ``--spacing`` or ``--predict-minutes`` (this command's and side_by_side.py's) before anything
+    is written."""
+    try:
+        if len([float(v) for v in a.spacing.split(",")]) != 3:
+            raise ValueError
+    except ValueError:
+        fail(f"--spacing {a.spacing}: expected three numbers z,y,x")
+    if not a.predict_minutes > 0:
+        fail(f"--predict-minutes {a.predict_minutes:g}: expected a number of minutes above 0")
+
+
 def window_progress(text):
     """``(done, total)`` of the last sliding-window progress bar (tqdm's ``k/n [``) in nnU-Net's log text."""
     found = re.findall(r"(\d+)/(\d+) \[", text)
@@ -218,13 +230,7 @@ def main():
                     help="nnU-Net: stop its prediction after this long and record how far it got (default 120)")
     a = ap.parse_args()
     a.data = os.path.abspath(a.data)
-    try:
-        if len([float(v) for v in a.spacing.split(",")]) != 3:
-            raise ValueError
-    except ValueError:
-        fail(f"--spacing {a.spacing}: expected three numbers z,y,x")
-    if not a.predict_minutes > 0:
-        fail(f"--predict-minutes {a.predict_minutes:g}: expected a number of minutes above 0")
+    check_options(a)
     t_start = time.time()
     os.sched_setaffinity(0, {a.core})
     out = os.path.abspath(os.path.join(a.out, a.peer))

@@ -40,7 +40,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 sys.path.insert(0, HERE)
 from convert import fail  # noqa: E402
-from run_peer import ONE_THREAD, run  # noqa: E402
+from run_peer import ONE_THREAD, check_options, run  # noqa: E402
 
 TOOLS = ("biapy", "nnunet", "naive", "template")
 NAIVE = os.path.join(os.path.dirname(REPO), "shared", "bench", "naive_unet.py")
@@ -206,8 +206,7 @@ def main():
         fail(f"--tools {a.tools}: unknown {', '.join(unknown)}; expected some of {', '.join(TOOLS)}")
     if a.runs < 1 or a.first_run < 1:
         fail(f"--runs {a.runs} --first-run {a.first_run}: expected whole numbers from 1")
-    if not a.predict_minutes > 0:
-        fail(f"--predict-minutes {a.predict_minutes:g}: expected a number of minutes above 0")
+    check_options(a)
     usable, given = sorted(os.sched_getaffinity(0)), a.cores
     a.cores = [int(c) for c in given.split(",") if c.strip().isdigit()]
     if len(a.cores) < len(given.split(",")) or len(set(a.cores)) < len(a.cores) or not set(a.cores) <= set(usable):
